@@ -66,11 +66,11 @@ type Reason uint8
 
 // The reasons a request can fail.
 const (
-	InvalidRequest Reason = iota + 1 // the request contradicts itself
-	UnknownPool                      // the pool asked for does not exist
-	PoolExhausted                    // no free address of a needed family
-	IPUnavailable                    // the address asked for is outside the pools, avoided, or held
-	SharingConflict                  // the address is held by Services it may not be shared with
+	InvalidRequest  Reason = iota + 1 // the request contradicts itself
+	UnknownPool                       // the pool asked for does not exist
+	PoolExhausted                     // no free address of a needed family
+	IPUnavailable                     // the address asked for is outside the pools, avoided, or held
+	SharingConflict                   // the address is held by Services it may not be shared with
 )
 
 func (r Reason) String() string {
@@ -105,8 +105,8 @@ func fail(r Reason, format string, args ...any) *Error {
 type Allocator struct {
 	pools   []*pool // configuration order
 	byName  map[string]*pool
-	holders map[string]*holder     // by Service
-	used    map[netip.Addr]*ipUse  // addresses held by at least one Service
+	holders map[string]*holder      // by Service
+	used    map[netip.Addr]*ipUse   // addresses held by at least one Service
 	byKey   map[string][]netip.Addr // sharing key -> addresses held under it, sorted
 }
 

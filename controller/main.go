@@ -1,0 +1,149 @@
+// Command controller is Herald's IP controller: it gives LoadBalancer Services an address
+// from the pools in Herald's ConfigMap and writes it to their status.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/heraldlb/herald/pkg/controller"
+	"github.com/heraldlb/herald/pkg/k8s"
+	"github.com/heraldlb/herald/pkg/metrics"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "controller:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		kubeconfig   = flag.String("kubeconfig", "", "kubeconfig file; empty means the in-cluster service account")
+		cmNamespace  = flag.String("config-namespace", "herald-system", "namespace of the configuration ConfigMap (and of the leader Lease)")
+		cmName       = flag.String("config-name", "config", "name of the configuration ConfigMap")
+		cmKey        = flag.String("config-key", "config", "key in the ConfigMap holding the configuration")
+		class        = flag.String("load-balancer-class", k8s.DefaultLoadBalancerClass, "spec.loadBalancerClass served besides none; Services of any other class are never touched")
+		workers      = flag.Int("workers", 8, "Services synced in parallel")
+		metricsAddr  = flag.String("metrics-addr", ":7472", "address serving /metrics, /healthz and /readyz; empty disables")
+		leaderElect  = flag.Bool("leader-elect", true, "run only while holding the Lease, so replicas can stand by")
+		leaseName    = flag.String("lease-name", "herald-controller", "name of the leader Lease")
+		leaseDur     = flag.Duration("lease-duration", k8s.DefaultLeaderTimings.LeaseDuration, "how long a leader's Lease lasts without renewal")
+		renewDl      = flag.Duration("renew-deadline", k8s.DefaultLeaderTimings.RenewDeadline, "how long the leader tries to renew before giving up")
+		retryPeriod  = flag.Duration("retry-period", k8s.DefaultLeaderTimings.RetryPeriod, "how often a standby tries to take the Lease")
+		qps          = flag.Float64("kube-api-qps", 0, "client-side limit on API requests per second; 0 leaves flow control to the API server (priority and fairness)")
+		burst        = flag.Int("kube-api-burst", 0, "client-side burst of API requests, with --kube-api-qps")
+		logLevel     = flag.String("log-level", "info", "debug, info, warn or error")
+		logFormat    = flag.String("log-format", "json", "json or text")
+		resyncPeriod = flag.Duration("resync-period", 10*time.Minute, "how often every Service is checked again")
+	)
+	flag.Parse()
+
+	logger, err := newLogger(*logLevel, *logFormat)
+	if err != nil {
+		return err
+	}
+	k8s.RouteKlog(logger)
+	cfg, err := k8s.RESTConfig(*kubeconfig, float32(*qps), *burst)
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ctrl, err := controller.New(controller.Options{
+		Client: client, ConfigNamespace: *cmNamespace, ConfigName: *cmName, ConfigKey: *cmKey,
+		LoadBalancerClass: *class, Workers: *workers, ResyncPeriod: *resyncPeriod,
+		Logger: logger, Registerer: reg,
+	})
+	if err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	g, ctx := errgroup.WithContext(ctx)
+	var leading atomic.Bool
+	if *metricsAddr != "" {
+		ln, err := net.Listen("tcp", *metricsAddr)
+		if err != nil {
+			return fmt.Errorf("listen on --metrics-addr %q: %w", *metricsAddr, err)
+		}
+		srv := &metrics.Server{Gatherer: reg, Ready: func() error {
+			if *leaderElect && !leading.Load() {
+				return nil // a standby replica is ready to take over
+			}
+			return ctrl.Ready()
+		}}
+		g.Go(func() error { return srv.Serve(ctx, ln) })
+	}
+	g.Go(func() error {
+		defer stop() // the controller ending ends the process
+		if !*leaderElect {
+			leading.Store(true)
+			return ctrl.Run(ctx)
+		}
+		id, err := identity()
+		if err != nil {
+			return err
+		}
+		timings := k8s.LeaderTimings{LeaseDuration: *leaseDur, RenewDeadline: *renewDl, RetryPeriod: *retryPeriod}
+		return k8s.RunAsLeader(ctx, client, *cmNamespace, *leaseName, id, timings, logger, func(ctx context.Context) error {
+			leading.Store(true)
+			return ctrl.Run(ctx)
+		})
+	})
+	err = g.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	logger.Info("controller stopped")
+	return err
+}
+
+func identity() (string, error) {
+	host, err := os.Hostname()
+	if err != nil {
+		return "", err
+	}
+	b := make([]byte, 4)
+	if _, err := rand.Read(b); err != nil {
+		return "", err
+	}
+	return host + "_" + hex.EncodeToString(b), nil
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want json or text", format)
+}

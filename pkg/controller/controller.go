@@ -1,0 +1,535 @@
+package controller
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+
+	"github.com/heraldlb/herald/pkg/config"
+	"github.com/heraldlb/herald/pkg/ipam"
+	"github.com/heraldlb/herald/pkg/k8s"
+	"github.com/heraldlb/herald/pkg/metrics"
+)
+
+// Options configure a Controller. Zero values take the defaults noted.
+type Options struct {
+	Client kubernetes.Interface // required
+	// The ConfigMap holding the configuration, and its key.
+	ConfigNamespace string // default herald-system
+	ConfigName      string // default config
+	ConfigKey       string // default config
+	// LoadBalancerClass is the class Herald serves besides none; default herald.dev/lb.
+	LoadBalancerClass string
+	// WatchNamespace limits the controller to Services of one namespace; "" means all.
+	WatchNamespace string
+	Workers        int           // parallel syncs; default 8
+	ResyncPeriod   time.Duration // full re-sync; default 10m
+	Logger         *slog.Logger  // nil discards
+	Registerer     prometheus.Registerer // nil registers nowhere
+}
+
+// configKey is the work-queue key for the ConfigMap; it cannot be a Service key, as
+// namespace and Service names never contain a colon.
+const configKey = "::config"
+
+// Controller assigns addresses to Services.
+type Controller struct {
+	opts    Options
+	log     *slog.Logger
+	events  *k8s.Events
+	metrics *metrics.Controller
+	queue   workqueue.TypedRateLimitingInterface[string]
+
+	svcFactory, cmFactory informers.SharedInformerFactory
+	svcInformer           cache.SharedIndexInformer
+	cmInformer            cache.SharedIndexInformer
+	svcLister             corelisters.ServiceLister
+	cmLister              corelisters.ConfigMapLister
+
+	seenConfig *string // the ConfigMap text last handled; touched only by the config sync
+
+	mu       sync.Mutex
+	alloc    *ipam.Allocator // nil until a configuration is accepted
+	cfg      *config.Config
+	pending  map[string]bool   // Services waiting for an address
+	reported map[string]string // the last problem recorded as an Event, per Service
+
+	ready atomic.Bool
+}
+
+// New builds a Controller. It starts nothing: call Run.
+func New(opts Options) (*Controller, error) {
+	if opts.Client == nil {
+		return nil, errors.New("controller: Options.Client is required")
+	}
+	opts.ConfigNamespace = cmp.Or(opts.ConfigNamespace, "herald-system")
+	opts.ConfigName = cmp.Or(opts.ConfigName, "config")
+	opts.ConfigKey = cmp.Or(opts.ConfigKey, "config")
+	opts.LoadBalancerClass = cmp.Or(opts.LoadBalancerClass, k8s.DefaultLoadBalancerClass)
+	opts.Workers = cmp.Or(opts.Workers, 8)
+	opts.ResyncPeriod = cmp.Or(opts.ResyncPeriod, 10*time.Minute)
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if opts.Registerer == nil {
+		opts.Registerer = prometheus.NewRegistry()
+	}
+	c := &Controller{
+		opts:     opts,
+		log:      opts.Logger,
+		events:   k8s.NewEvents(opts.Client, "herald-controller"),
+		pending:  map[string]bool{},
+		reported: map[string]string{},
+		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.DefaultTypedControllerRateLimiter[string](),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: "herald-controller"}),
+	}
+	c.metrics = metrics.NewController(opts.Registerer, c.poolStats)
+	c.svcFactory = informers.NewSharedInformerFactoryWithOptions(opts.Client, opts.ResyncPeriod, informers.WithNamespace(opts.WatchNamespace))
+	c.cmFactory = informers.NewSharedInformerFactoryWithOptions(opts.Client, opts.ResyncPeriod,
+		informers.WithNamespace(opts.ConfigNamespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + opts.ConfigName }))
+	c.svcInformer = c.svcFactory.Core().V1().Services().Informer()
+	c.svcLister = c.svcFactory.Core().V1().Services().Lister()
+	c.cmInformer = c.cmFactory.Core().V1().ConfigMaps().Informer()
+	c.cmLister = c.cmFactory.Core().V1().ConfigMaps().Lister()
+	return c, nil
+}
+
+// Ready says whether the controller is serving: caches synced and a configuration in force.
+func (c *Controller) Ready() error {
+	if !c.ready.Load() {
+		return errors.New("caches not synced yet")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.alloc == nil {
+		return fmt.Errorf("no valid configuration in ConfigMap %s/%s", c.opts.ConfigNamespace, c.opts.ConfigName)
+	}
+	return nil
+}
+
+// Run syncs Services until ctx ends.
+func (c *Controller) Run(ctx context.Context) error {
+	defer c.queue.ShutDown()
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return c.events.Run(ctx) })
+	c.svcFactory.Start(ctx.Done())
+	c.cmFactory.Start(ctx.Done())
+	defer c.svcFactory.Shutdown()
+	defer c.cmFactory.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), c.svcInformer.HasSynced, c.cmInformer.HasSynced) {
+		return g.Wait() // ctx ended first
+	}
+	// The configuration, and with it every assignment already in Service statuses, comes
+	// before any Service is synced.
+	if err := c.syncConfig(); err != nil {
+		return err
+	}
+	enqueue := func(obj any) {
+		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+			c.queue.Add(key)
+		}
+	}
+	if _, err := c.svcInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: enqueue, UpdateFunc: func(_, obj any) { enqueue(obj) }, DeleteFunc: enqueue,
+	}); err != nil {
+		return err
+	}
+	onConfig := func(any) { c.queue.Add(configKey) }
+	if _, err := c.cmInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: onConfig, UpdateFunc: func(_, obj any) { onConfig(obj) }, DeleteFunc: onConfig,
+	}); err != nil {
+		return err
+	}
+	for range c.opts.Workers {
+		g.Go(func() error {
+			for c.processNext(ctx) {
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		<-ctx.Done()
+		c.queue.ShutDown()
+		return nil
+	})
+	c.ready.Store(true)
+	c.log.Info("controller running", "workers", c.opts.Workers, "loadBalancerClass", c.opts.LoadBalancerClass)
+	return g.Wait()
+}
+
+func (c *Controller) processNext(ctx context.Context) bool {
+	key, quit := c.queue.Get()
+	if quit {
+		return false
+	}
+	defer c.queue.Done(key)
+	var err error
+	if key == configKey {
+		err = c.syncConfig()
+	} else {
+		err = c.syncService(ctx, key)
+	}
+	if err == nil {
+		c.queue.Forget(key)
+		return true
+	}
+	if ctx.Err() == nil {
+		c.log.Warn("sync failed; will retry", "key", key, "err", err)
+		c.queue.AddRateLimited(key)
+	}
+	return true
+}
+
+// syncConfig reads the ConfigMap and puts it in force if it is valid and takes no
+// address away; otherwise it keeps the configuration in force and says why.
+func (c *Controller) syncConfig() error {
+	ns, name := c.opts.ConfigNamespace, c.opts.ConfigName
+	cm, err := c.cmLister.ConfigMaps(ns).Get(name)
+	if apierrors.IsNotFound(err) {
+		if c.seenConfig == nil || *c.seenConfig != "\x00missing" {
+			c.seenConfig = ptr("\x00missing")
+			c.mu.Lock()
+			inForce := c.alloc != nil
+			c.mu.Unlock()
+			c.log.Warn("configuration ConfigMap not found", "configMap", ns+"/"+name, "inForce", inForce)
+			if inForce {
+				c.metrics.ConfigStale.Set(1)
+			}
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	text, ok := cm.Data[c.opts.ConfigKey]
+	if !ok {
+		text = "\x00nokey"
+	}
+	if c.seenConfig != nil && *c.seenConfig == text {
+		return nil
+	}
+	c.seenConfig = &text
+	if !ok {
+		c.refuse(cm, "invalid", "InvalidConfig", fmt.Errorf("ConfigMap has no key %q", c.opts.ConfigKey))
+		return nil
+	}
+	cfg, err := config.Parse([]byte(text))
+	if err != nil {
+		c.refuse(cm, "invalid", "InvalidConfig", err)
+		return nil
+	}
+	c.mu.Lock()
+	first := c.alloc == nil
+	if first {
+		c.alloc = ipam.New(cfg.Pools)
+		c.restoreLocked()
+	} else if err := c.alloc.SetPools(cfg.Pools); err != nil {
+		c.mu.Unlock()
+		c.refuse(cm, "refused", "ConfigRefused", err)
+		return nil
+	}
+	c.cfg = cfg
+	c.mu.Unlock()
+
+	c.metrics.ConfigLoads.WithLabelValues("accepted").Inc()
+	c.metrics.ConfigStale.Set(0)
+	c.metrics.ConfigLastSuccess.SetToCurrentTime()
+	msg := fmt.Sprintf("configuration loaded: %d address pools, %d BGP peers", len(cfg.Pools), len(cfg.Peers))
+	c.events.Recorder.Event(cm, corev1.EventTypeNormal, "ConfigLoaded", msg)
+	c.log.Info("configuration loaded", "configMap", ns+"/"+name, "pools", len(cfg.Pools), "peers", len(cfg.Peers))
+	// Pools may have grown or changed: every Service is looked at again.
+	svcs, _ := c.svcLister.List(labels.Everything())
+	for _, svc := range svcs {
+		c.queue.Add(k8s.Key(svc))
+	}
+	return nil
+}
+
+func (c *Controller) refuse(cm *corev1.ConfigMap, result, reason string, err error) {
+	c.metrics.ConfigLoads.WithLabelValues(result).Inc()
+	c.mu.Lock()
+	inForce := c.alloc != nil
+	c.mu.Unlock()
+	c.metrics.ConfigStale.Set(1)
+	keeping := "no configuration is in force yet"
+	if inForce {
+		keeping = "the last good configuration stays in force"
+	}
+	msg := truncate(fmt.Sprintf("configuration refused, %s: %v", keeping, err), 1024)
+	c.events.Recorder.Event(cm, corev1.EventTypeWarning, reason, msg)
+	c.log.Error("configuration refused", "configMap", cm.Namespace+"/"+cm.Name, "reason", reason, "err", err)
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// restoreLocked records every address already in a Service's status, oldest Service
+// first, so that where two claim one address the older keeps it.
+func (c *Controller) restoreLocked() {
+	svcs, _ := c.svcLister.List(labels.Everything())
+	slices.SortFunc(svcs, func(a, b *corev1.Service) int {
+		return cmp.Or(a.CreationTimestamp.Compare(b.CreationTimestamp.Time), cmp.Compare(k8s.Key(a), k8s.Key(b)))
+	})
+	restored := 0
+	for _, svc := range svcs {
+		ips := k8s.IngressIPs(svc)
+		if !k8s.Manages(svc, c.opts.LoadBalancerClass) || len(ips) == 0 {
+			continue
+		}
+		// An annotation that no longer parses must not cost the Service its address: the
+		// sharing terms read before the bad field still apply.
+		req, _ := k8s.Request(svc)
+		if _, err := c.alloc.Restore(req, ips); err != nil {
+			c.log.Warn("cannot keep the address in the Service's status", "service", k8s.Key(svc), "ip", ips, "err", err)
+			continue
+		}
+		restored++
+	}
+	c.log.Info("restored assignments from Service statuses", "services", restored)
+}
+
+func (c *Controller) poolStats() []ipam.PoolStats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.alloc == nil {
+		return nil
+	}
+	return c.alloc.Stats()
+}
+
+// syncService brings one Service's address and status in line with its spec.
+func (c *Controller) syncService(ctx context.Context, key string) error {
+	ns, name, err := cache.SplitMetaNamespaceKey(key)
+	if err != nil {
+		return nil // not a key we made; nothing to do
+	}
+	svc, err := c.svcLister.Services(ns).Get(name)
+	if apierrors.IsNotFound(err) {
+		c.release(key)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !k8s.ClassIsOurs(svc, c.opts.LoadBalancerClass) {
+		c.release(key) // never touch another class's status
+		return nil
+	}
+	if svc.Spec.Type != corev1.ServiceTypeLoadBalancer {
+		held := c.release(key)
+		if held {
+			// The API server may already have cleared the status; the Event is for the release.
+			c.events.Recorder.Event(svc, corev1.EventTypeNormal, "IPReleased", "Released the load-balancer address: the Service is no longer of type LoadBalancer")
+			c.log.Info("released", "service", key)
+		}
+		if held || c.inPools(k8s.IngressIPs(svc)) {
+			return c.writeStatus(ctx, svc, nil, "")
+		}
+		return nil
+	}
+
+	req, reqErr := k8s.Request(svc)
+	c.mu.Lock()
+	if c.alloc == nil {
+		c.mu.Unlock()
+		c.report(svc, "NoConfiguration", "no_config", fmt.Sprintf("no valid configuration in ConfigMap %s/%s yet", c.opts.ConfigNamespace, c.opts.ConfigName))
+		return nil
+	}
+	before, _ := c.alloc.Assigned(key)
+	var as ipam.Assignment
+	if reqErr == nil {
+		as, err = c.assignLocked(svc, req)
+	}
+	held, holds := c.alloc.Assigned(key)
+	c.pending[key] = reqErr != nil || err != nil
+	if !c.pending[key] {
+		delete(c.pending, key)
+	}
+	c.mu.Unlock()
+	if !slices.Equal(before.IPs, held.IPs) && len(before.IPs) > 0 {
+		c.retryPending() // addresses were freed
+	}
+
+	var want []netip.Addr
+	switch {
+	case reqErr != nil:
+		c.report(svc, "InvalidRequest", "invalid_annotation", reqErr.Error())
+		want = held.IPs
+	case err != nil:
+		var e *ipam.Error
+		reason := ipam.Reason(0)
+		if errors.As(err, &e) {
+			reason = e.Reason
+		}
+		c.report(svc, eventReason(reason), reason.String(), err.Error())
+		want = held.IPs
+	default:
+		c.clearReport(key)
+		want = as.IPs
+	}
+	if !holds {
+		want = nil
+	}
+	return c.writeStatus(ctx, svc, want, held.Pool)
+}
+
+// assignLocked asks the allocator, falling back to one family for PreferDualStack.
+func (c *Controller) assignLocked(svc *corev1.Service, req ipam.Request) (ipam.Assignment, error) {
+	as, err := c.alloc.Assign(req)
+	if err == nil || len(req.Families) < 2 || svc.Spec.IPFamilyPolicy == nil || *svc.Spec.IPFamilyPolicy != corev1.IPFamilyPolicyPreferDualStack {
+		return as, err
+	}
+	req.Families = req.Families[:1]
+	req.IPs = slices.DeleteFunc(slices.Clone(req.IPs), func(ip netip.Addr) bool { return ipam.FamilyOf(ip) != req.Families[0] })
+	return c.alloc.Assign(req)
+}
+
+func eventReason(r ipam.Reason) string {
+	switch r {
+	case ipam.PoolExhausted:
+		return "PoolExhausted"
+	case ipam.IPUnavailable:
+		return "IPUnavailable"
+	case ipam.SharingConflict:
+		return "SharingConflict"
+	case ipam.UnknownPool:
+		return "UnknownPool"
+	}
+	return "InvalidRequest"
+}
+
+// release frees what key holds and reports whether it held anything.
+func (c *Controller) release(key string) bool {
+	c.mu.Lock()
+	held := false
+	if c.alloc != nil {
+		_, held = c.alloc.Assigned(key)
+		c.alloc.Release(key)
+	}
+	delete(c.pending, key)
+	delete(c.reported, key)
+	c.mu.Unlock()
+	if held {
+		c.retryPending()
+	}
+	return held
+}
+
+func (c *Controller) retryPending() {
+	c.mu.Lock()
+	keys := make([]string, 0, len(c.pending))
+	for k := range c.pending {
+		keys = append(keys, k)
+	}
+	c.mu.Unlock()
+	for _, k := range keys {
+		c.queue.Add(k)
+	}
+}
+
+// inPools reports whether any of ips lies in a configured pool.
+func (c *Controller) inPools(ips []netip.Addr) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cfg == nil {
+		return false
+	}
+	for _, ip := range ips {
+		for i := range c.cfg.Pools {
+			if c.cfg.Pools[i].Contains(ip) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// report records a problem with a Service as an Event, once for as long as it lasts.
+func (c *Controller) report(svc *corev1.Service, reason, metric, msg string) {
+	key := k8s.Key(svc)
+	c.mu.Lock()
+	same := c.reported[key] == reason+"\x00"+msg
+	c.reported[key] = reason + "\x00" + msg
+	c.mu.Unlock()
+	if same {
+		return
+	}
+	c.metrics.Allocations.WithLabelValues(metric).Inc()
+	c.events.Recorder.Event(svc, corev1.EventTypeWarning, reason, msg)
+	c.log.Warn("cannot give the Service an address", "service", key, "reason", reason, "err", msg)
+}
+
+func (c *Controller) clearReport(key string) {
+	c.mu.Lock()
+	delete(c.reported, key)
+	c.mu.Unlock()
+}
+
+// writeStatus publishes ips in the Service's status when it says otherwise.
+func (c *Controller) writeStatus(ctx context.Context, svc *corev1.Service, ips []netip.Addr, pool string) error {
+	want := k8s.Ingress(ips)
+	if ingressEqual(svc.Status.LoadBalancer.Ingress, want) {
+		return nil
+	}
+	upd := svc.DeepCopy()
+	upd.Status.LoadBalancer.Ingress = want
+	_, err := c.opts.Client.CoreV1().Services(svc.Namespace).UpdateStatus(ctx, upd, metav1.UpdateOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("update status of Service %s: %w", k8s.Key(svc), err)
+	}
+	// Clearing is said by whoever decided it (a release, or the reported failure).
+	if len(ips) > 0 {
+		c.metrics.Allocations.WithLabelValues("assigned").Inc()
+		c.events.Recorder.Eventf(svc, corev1.EventTypeNormal, "IPAllocated", "Assigned IP %s from pool %q", ipList(ips), pool)
+		c.log.Info("assigned", "service", k8s.Key(svc), "ip", ipList(ips), "pool", pool)
+	}
+	return nil
+}
+
+func ingressEqual(a, b []corev1.LoadBalancerIngress) bool {
+	return slices.EqualFunc(a, b, func(x, y corev1.LoadBalancerIngress) bool {
+		return x.IP == y.IP && x.Hostname == "" && x.IPMode == nil && len(x.Ports) == 0
+	})
+}
+
+func ipList(ips []netip.Addr) string {
+	s := ""
+	for i, ip := range ips {
+		if i > 0 {
+			s += ","
+		}
+		s += ip.String()
+	}
+	return s
+}

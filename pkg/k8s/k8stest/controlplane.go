@@ -1,0 +1,239 @@
+package k8stest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+)
+
+// Options says where and how to run a control plane.
+type Options struct {
+	// Dir holds certificates, etcd's data and the logs (etcd.log, kube-apiserver.log).
+	Dir string
+	// BindAddress is where kube-apiserver listens; default 127.0.0.1.
+	BindAddress string
+	// Port is kube-apiserver's port; default a free one.
+	Port int
+	// BinDir holds etcd and kube-apiserver; default: what Binaries returns.
+	BinDir string
+	// CommandPrefix runs both processes under another command, for example
+	// ["ip", "netns", "exec", "lab-cp"] to run them in a network namespace.
+	CommandPrefix []string
+}
+
+// ControlPlane is a running etcd and kube-apiserver.
+type ControlPlane struct {
+	// Config reaches the API server with cluster-admin rights.
+	Config *rest.Config
+	// Kubeconfig is a kubeconfig file for the same user, for kubectl.
+	Kubeconfig string
+	// URL is the API server's address.
+	URL string
+
+	procs []*proc
+	logs  []*os.File
+}
+
+// proc is a started process and a channel closed once it has exited and been reaped.
+type proc struct {
+	name   string
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+// Start runs etcd and kube-apiserver and returns once the API server is ready. On error
+// nothing is left running.
+func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
+	if opts.Dir == "" {
+		return nil, errors.New("control plane: Options.Dir is required")
+	}
+	if opts.BindAddress == "" {
+		opts.BindAddress = "127.0.0.1"
+	}
+	if opts.BinDir == "" {
+		if opts.BinDir, err = Binaries(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.MkdirAll(opts.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	ip := net.ParseIP(opts.BindAddress)
+	if ip == nil {
+		return nil, fmt.Errorf("control plane: bind address %q is not an IP address", opts.BindAddress)
+	}
+	certs, err := newPKI(opts.Dir, []net.IP{ip, net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return nil, fmt.Errorf("control plane certificates: %w", err)
+	}
+
+	cp := &ControlPlane{}
+	defer func() {
+		if err != nil {
+			cp.Stop()
+		}
+	}()
+	ports, err := freePorts(3)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Port != 0 {
+		ports[2] = opts.Port
+	}
+	etcdURL := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
+	peerURL := fmt.Sprintf("http://127.0.0.1:%d", ports[1])
+	if err := cp.run(opts, "etcd",
+		"--name=default",
+		"--data-dir="+filepath.Join(opts.Dir, "etcd"),
+		"--listen-client-urls="+etcdURL, "--advertise-client-urls="+etcdURL,
+		"--listen-peer-urls="+peerURL, "--initial-advertise-peer-urls="+peerURL,
+		"--initial-cluster=default="+peerURL,
+		"--unsafe-no-fsync", // test data: durability buys nothing here
+		"--log-level=warn",
+	); err != nil {
+		return nil, err
+	}
+	host := net.JoinHostPort(opts.BindAddress, strconv.Itoa(ports[2]))
+	cp.URL = "https://" + host
+	if err := cp.run(opts, "kube-apiserver",
+		"--etcd-servers="+etcdURL,
+		"--bind-address="+opts.BindAddress, "--advertise-address="+opts.BindAddress,
+		"--secure-port="+strconv.Itoa(ports[2]),
+		"--cert-dir="+filepath.Join(opts.Dir, "apiserver-certs"),
+		"--tls-cert-file="+certs.serverCert, "--tls-private-key-file="+certs.serverKey,
+		"--client-ca-file="+certs.caCert,
+		"--service-account-issuer=https://kubernetes.default.svc",
+		"--service-account-key-file="+certs.saKey, "--service-account-signing-key-file="+certs.saKey,
+		"--service-cluster-ip-range=10.96.0.0/16,fd00:10:96::/108", // dual-stack, so Services may ask for both families
+		"--authorization-mode=RBAC",
+		// No Endpoints for the kubernetes Service: its reconciler refuses a loopback
+		// address, and nothing here reaches the API server through a Service.
+		"--endpoint-reconciler-type=none",
+		"--disable-admission-plugins=ServiceAccount",
+		"--profiling=false",
+	); err != nil {
+		return nil, err
+	}
+	cp.Config = &rest.Config{
+		Host: cp.URL,
+		TLSClientConfig: rest.TLSClientConfig{
+			CAData: certs.caPEM, CertData: certs.adminCertPEM, KeyData: certs.adminKeyPEM,
+		},
+		QPS: 1000, Burst: 2000,
+	}
+	cp.Kubeconfig = filepath.Join(opts.Dir, "kubeconfig")
+	if err := writeKubeconfig(cp.Kubeconfig, cp.URL, certs); err != nil {
+		return nil, err
+	}
+	if err := cp.waitReady(ctx, 90*time.Second); err != nil {
+		return nil, fmt.Errorf("%w (logs in %s)", err, opts.Dir)
+	}
+	return cp, nil
+}
+
+func (cp *ControlPlane) run(opts Options, name string, args ...string) error {
+	logf, err := os.Create(filepath.Join(opts.Dir, name+".log"))
+	if err != nil {
+		return err
+	}
+	cp.logs = append(cp.logs, logf)
+	argv := append(append([]string{}, opts.CommandPrefix...), filepath.Join(opts.BinDir, name))
+	argv = append(argv, args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Its own process group so Stop takes everything it started; killed with us if we die.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, exited: make(chan struct{})}
+	go func() { _ = cmd.Wait(); close(p.exited) }()
+	cp.procs = append(cp.procs, p)
+	return nil
+}
+
+func (cp *ControlPlane) waitReady(ctx context.Context, limit time.Duration) error {
+	client, err := kubernetes.NewForConfig(cp.Config)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	var last error
+	for {
+		body, err := client.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+		if err == nil && strings.TrimSpace(string(body)) == "ok" {
+			return nil
+		}
+		last = err
+		for _, p := range cp.procs {
+			select {
+			case <-p.exited:
+				return fmt.Errorf("%s exited before the API server was ready", p.name)
+			default:
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("API server not ready after %s: %v", limit, last)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// Stop ends both processes and waits for them. It is safe to call more than once.
+func (cp *ControlPlane) Stop() {
+	for i := len(cp.procs) - 1; i >= 0; i-- {
+		p := cp.procs[i]
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-p.exited:
+		case <-time.After(10 * time.Second):
+			_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+			<-p.exited
+		}
+	}
+	cp.procs = nil
+	for _, f := range cp.logs {
+		f.Close()
+	}
+	cp.logs = nil
+}
+
+// freePorts finds n TCP ports free on this network namespace's loopback. (A control plane
+// run in another namespace through CommandPrefix has a loopback of its own, where these
+// ports are all the more free.)
+func freePorts(n int) ([]int, error) {
+	out := make([]int, 0, n)
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("find a free port: %w", err)
+		}
+		defer l.Close()
+		out = append(out, l.Addr().(*net.TCPAddr).Port)
+	}
+	return out, nil
+}
+
+func writeKubeconfig(path, server string, certs *pki) error {
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["herald"] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: certs.caPEM}
+	cfg.AuthInfos["herald-admin"] = &clientcmdapi.AuthInfo{ClientCertificateData: certs.adminCertPEM, ClientKeyData: certs.adminKeyPEM}
+	cfg.Contexts["herald"] = &clientcmdapi.Context{Cluster: "herald", AuthInfo: "herald-admin", Namespace: "default"}
+	cfg.CurrentContext = "herald"
+	return clientcmd.WriteToFile(*cfg, path)
+}

@@ -1,0 +1,148 @@
+package k8s
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/heraldlb/herald/pkg/ipam"
+)
+
+// DefaultLoadBalancerClass is the spec.loadBalancerClass Herald answers to (besides none).
+const DefaultLoadBalancerClass = "herald.dev/lb"
+
+// Annotations a Service may carry. Each is also read under the MetalLB prefix
+// (metallb.universe.tf/), so Services written for MetalLB 0.12 work unchanged.
+const (
+	AnnotationLoadBalancerIPs = "herald.dev/loadBalancerIPs" // comma-separated, one per family
+	AnnotationAddressPool     = "herald.dev/address-pool"
+	AnnotationAllowSharedIP   = "herald.dev/allow-shared-ip"
+)
+
+const heraldPrefix, metallbPrefix = "herald.dev/", "metallb.universe.tf/"
+
+// Manages reports whether a Service of this type and class is Herald's to serve: type
+// LoadBalancer, with no loadBalancerClass or with class.
+func Manages(svc *corev1.Service, class string) bool {
+	return svc.Spec.Type == corev1.ServiceTypeLoadBalancer && ClassIsOurs(svc, class)
+}
+
+// ClassIsOurs reports whether the Service's loadBalancerClass leaves it to Herald. A
+// Service of another class is never touched, whatever its type.
+func ClassIsOurs(svc *corev1.Service, class string) bool {
+	return svc.Spec.LoadBalancerClass == nil || *svc.Spec.LoadBalancerClass == class
+}
+
+// Key is the Service's identity in Herald: "namespace/name".
+func Key(svc *corev1.Service) string { return svc.Namespace + "/" + svc.Name }
+
+// annotation reads a Herald annotation or its MetalLB spelling. Both present and
+// different is an error naming both.
+func annotation(svc *corev1.Service, name string) (string, error) {
+	suffix := strings.TrimPrefix(name, heraldPrefix)
+	h, hok := svc.Annotations[name]
+	m, mok := svc.Annotations[metallbPrefix+suffix]
+	switch {
+	case hok && mok && h != m:
+		return "", fmt.Errorf("annotations %s=%q and %s%s=%q disagree", name, h, metallbPrefix, suffix, m)
+	case hok:
+		return h, nil
+	}
+	return m, nil
+}
+
+// Request turns what a Service asks for into an allocation request. An error names the
+// field or annotation and the value that is wrong.
+func Request(svc *corev1.Service) (ipam.Request, error) {
+	req := ipam.Request{Service: Key(svc)}
+	for _, f := range svc.Spec.IPFamilies {
+		switch f {
+		case corev1.IPv4Protocol:
+			req.Families = append(req.Families, ipam.IPv4)
+		case corev1.IPv6Protocol:
+			req.Families = append(req.Families, ipam.IPv6)
+		}
+	}
+	if len(req.Families) == 0 {
+		req.Families = []ipam.Family{ipam.IPv4}
+	}
+	if svc.Spec.IPFamilyPolicy == nil || *svc.Spec.IPFamilyPolicy == corev1.IPFamilyPolicySingleStack {
+		req.Families = req.Families[:1]
+	}
+
+	var err error
+	if req.Pool, err = annotation(svc, AnnotationAddressPool); err != nil {
+		return req, err
+	}
+	if req.SharingKey, err = annotation(svc, AnnotationAllowSharedIP); err != nil {
+		return req, err
+	}
+	ips, err := annotation(svc, AnnotationLoadBalancerIPs)
+	if err != nil {
+		return req, err
+	}
+	field := AnnotationLoadBalancerIPs
+	if ips == "" && svc.Spec.LoadBalancerIP != "" {
+		ips, field = svc.Spec.LoadBalancerIP, "spec.loadBalancerIP"
+	} else if ips != "" && svc.Spec.LoadBalancerIP != "" && ips != svc.Spec.LoadBalancerIP {
+		return req, fmt.Errorf("spec.loadBalancerIP %q and annotation %s %q disagree", svc.Spec.LoadBalancerIP, AnnotationLoadBalancerIPs, ips)
+	}
+	if ips != "" {
+		for s := range strings.SplitSeq(ips, ",") {
+			ip, err := netip.ParseAddr(strings.TrimSpace(s))
+			if err != nil || ip.Zone() != "" || ip.Is4In6() {
+				return req, fmt.Errorf("%s: %q is not an IP address", field, strings.TrimSpace(s))
+			}
+			if !slices.Contains(req.Families, ipam.FamilyOf(ip)) {
+				return req, fmt.Errorf("%s: %s is %s, but the Service's IP families are %v", field, ip, ipam.FamilyOf(ip), svc.Spec.IPFamilies)
+			}
+			if slices.ContainsFunc(req.IPs, func(o netip.Addr) bool { return o.Is4() == ip.Is4() }) {
+				return req, fmt.Errorf("%s: %q names more than one %s address", field, ips, ipam.FamilyOf(ip))
+			}
+			req.IPs = append(req.IPs, ip)
+		}
+	}
+
+	if svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal {
+		// Services with Local traffic share an address only when the same pods back them.
+		req.BackendKey = labels.SelectorFromSet(svc.Spec.Selector).String()
+		if req.BackendKey == "" {
+			req.BackendKey = "<no selector>"
+		}
+	}
+	for _, p := range svc.Spec.Ports {
+		proto := string(p.Protocol)
+		if proto == "" {
+			proto = string(corev1.ProtocolTCP)
+		}
+		req.Ports = append(req.Ports, ipam.Port{Protocol: proto, Port: uint16(p.Port)})
+	}
+	return req, nil
+}
+
+// IngressIPs returns the addresses in the Service's status.loadBalancer.ingress.
+func IngressIPs(svc *corev1.Service) []netip.Addr {
+	var out []netip.Addr
+	for _, in := range svc.Status.LoadBalancer.Ingress {
+		if ip, err := netip.ParseAddr(in.IP); err == nil {
+			out = append(out, ip)
+		}
+	}
+	return out
+}
+
+// Ingress is the status.loadBalancer.ingress that publishes ips.
+func Ingress(ips []netip.Addr) []corev1.LoadBalancerIngress {
+	if len(ips) == 0 {
+		return nil
+	}
+	out := make([]corev1.LoadBalancerIngress, len(ips))
+	for i, ip := range ips {
+		out[i] = corev1.LoadBalancerIngress{IP: ip.String()}
+	}
+	return out
+}
