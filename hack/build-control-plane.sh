@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the test control plane, kube-apiserver and etcd, from their Go modules and caches
-# the binaries outside the work tree. Re-running it with the binaries present does nothing.
+# Builds the test control plane, kube-apiserver and etcd, and a kubectl of the same
+# release, from their Go modules, and caches the binaries outside the work tree.
+# Re-running it with the binaries present does nothing.
 #
 #   HERALD_CACHE   cache root (default: $XDG_CACHE_HOME/herald or ~/.cache/herald)
 #
@@ -46,8 +47,8 @@ GO
 }
 
 build_apiserver() {
-	[ -x "$bin/kube-apiserver" ] && return
-	log "building kube-apiserver $K8S_VERSION (about 5 minutes on 2 cores, once)"
+	[ -x "$bin/kube-apiserver" ] && [ -x "$bin/kubectl" ] && return
+	log "building kube-apiserver and kubectl $K8S_VERSION (about 6 minutes on 2 cores, once)"
 	local work gomod
 	work=$(mktemp -d)
 	trap 'rm -rf "$work"' RETURN
@@ -66,11 +67,14 @@ build_apiserver() {
 		major=${K8S_VERSION#v}; major=${major%%.*}
 		minor=${K8S_VERSION#v*.}; minor=${minor%%.*}
 		pkg=k8s.io/component-base/version
-		CGO_ENABLED=0 go build -trimpath \
-			-ldflags "-s -w -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor" \
-			-o "$bin/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
+		go get "k8s.io/kubernetes/cmd/kubectl@$K8S_VERSION" >/dev/null
+		ldflags="-s -w -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+		for cmd in kube-apiserver kubectl; do
+			[ -x "$bin/$cmd" ] && continue
+			CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$bin/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
+			mv "$bin/$cmd.tmp" "$bin/$cmd"
+		done
 	)
-	mv "$bin/kube-apiserver.tmp" "$bin/kube-apiserver"
 }
 
 build_etcd

@@ -42,9 +42,9 @@ type Options struct {
 	LoadBalancerClass string
 	// WatchNamespace limits the controller to Services of one namespace; "" means all.
 	WatchNamespace string
-	Workers        int           // parallel syncs; default 8
-	ResyncPeriod   time.Duration // full re-sync; default 10m
-	Logger         *slog.Logger  // nil discards
+	Workers        int                   // parallel syncs; default 8
+	ResyncPeriod   time.Duration         // full re-sync; default 10m
+	Logger         *slog.Logger          // nil discards
 	Registerer     prometheus.Registerer // nil registers nowhere
 }
 
@@ -132,8 +132,9 @@ func (c *Controller) Ready() error {
 // Run syncs Services until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
 	defer c.queue.ShutDown()
+	c.events.Start()
+	defer c.events.Shutdown() // deferred first, so it runs after the workers have returned
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return c.events.Run(ctx) })
 	c.svcFactory.Start(ctx.Done())
 	c.cmFactory.Start(ctx.Done())
 	defer c.svcFactory.Shutdown()
@@ -496,7 +497,7 @@ func (c *Controller) clearReport(key string) {
 // writeStatus publishes ips in the Service's status when it says otherwise.
 func (c *Controller) writeStatus(ctx context.Context, svc *corev1.Service, ips []netip.Addr, pool string) error {
 	want := k8s.Ingress(ips)
-	if ingressEqual(svc.Status.LoadBalancer.Ingress, want) {
+	if k8s.IngressEqual(svc.Status.LoadBalancer.Ingress, want) {
 		return nil
 	}
 	upd := svc.DeepCopy()
@@ -515,12 +516,6 @@ func (c *Controller) writeStatus(ctx context.Context, svc *corev1.Service, ips [
 		c.log.Info("assigned", "service", k8s.Key(svc), "ip", ipList(ips), "pool", pool)
 	}
 	return nil
-}
-
-func ingressEqual(a, b []corev1.LoadBalancerIngress) bool {
-	return slices.EqualFunc(a, b, func(x, y corev1.LoadBalancerIngress) bool {
-		return x.IP == y.IP && x.Hostname == "" && x.IPMode == nil && len(x.Ports) == 0
-	})
 }
 
 func ipList(ips []netip.Addr) string {

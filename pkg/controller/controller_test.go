@@ -44,6 +44,12 @@ func TestAssignsAddressInStatus(t *testing.T) {
 	if err := c.Ready(); err != nil {
 		t.Errorf("Ready: %v", err)
 	}
+	// One status write per assignment: what is written must read back as equal (the API
+	// server defaults ipMode), or every Service is written twice.
+	time.Sleep(300 * time.Millisecond)
+	if v := c.metric(t, "herald_controller_allocations_total", map[string]string{"result": "assigned"}); v != 2 {
+		t.Errorf("%v status writes for 2 assignments", v)
+	}
 }
 
 func TestLeavesOtherClassesAndTypesAlone(t *testing.T) {

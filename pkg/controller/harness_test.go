@@ -26,12 +26,12 @@ func TestMain(m *testing.M) { k8stest.Main(m) }
 // env is one test's corner of the shared API server: a namespace of its own that holds
 // both its ConfigMap and its Services, watched by its controllers alone.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	client kubernetes.Interface
 	ns     string
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	cp := k8stest.Shared(t)
 	client := kubernetes.NewForConfigOrDie(cp.Config)
@@ -97,7 +97,7 @@ func (c *controller) stop() {
 	c.done <- nil // stop may be called again
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 var logMu sync.Mutex
 

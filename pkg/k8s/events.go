@@ -1,8 +1,6 @@
 package k8s
 
 import (
-	"context"
-
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -10,14 +8,14 @@ import (
 	"k8s.io/client-go/tools/record"
 )
 
-// Events records Kubernetes Events as component. Nothing is sent before Run starts.
+// Events records Kubernetes Events as one component.
 type Events struct {
 	broadcaster record.EventBroadcaster
 	client      kubernetes.Interface
 	Recorder    record.EventRecorder
 }
 
-// NewEvents returns an Event recorder for component; Run delivers what it records.
+// NewEvents returns an Event recorder for component; nothing is delivered before Start.
 func NewEvents(client kubernetes.Interface, component string) *Events {
 	b := record.NewBroadcaster()
 	return &Events{
@@ -27,10 +25,11 @@ func NewEvents(client kubernetes.Interface, component string) *Events {
 	}
 }
 
-// Run delivers Events to the API server until ctx ends.
-func (e *Events) Run(ctx context.Context) error {
+// Start begins delivering recorded Events to the API server.
+func (e *Events) Start() {
 	e.broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: e.client.CoreV1().Events("")})
-	<-ctx.Done()
-	e.broadcaster.Shutdown()
-	return nil
 }
+
+// Shutdown stops delivering, after what was recorded so far has been handed on. Call it
+// once nothing records any more.
+func (e *Events) Shutdown() { e.broadcaster.Shutdown() }

@@ -135,14 +135,34 @@ func IngressIPs(svc *corev1.Service) []netip.Addr {
 	return out
 }
 
-// Ingress is the status.loadBalancer.ingress that publishes ips.
+// Ingress is the status.loadBalancer.ingress that publishes ips. The ipMode is spelt out
+// (VIP: traffic to the address reaches the node as addressed to it), as the API server
+// would default it anyway, so that what is written compares equal to what is read back.
 func Ingress(ips []netip.Addr) []corev1.LoadBalancerIngress {
 	if len(ips) == 0 {
 		return nil
 	}
 	out := make([]corev1.LoadBalancerIngress, len(ips))
 	for i, ip := range ips {
-		out[i] = corev1.LoadBalancerIngress{IP: ip.String()}
+		mode := corev1.LoadBalancerIPModeVIP
+		out[i] = corev1.LoadBalancerIngress{IP: ip.String(), IPMode: &mode}
 	}
 	return out
+}
+
+// IngressEqual reports whether two ingress lists publish the same thing; an unset ipMode
+// is VIP.
+func IngressEqual(a, b []corev1.LoadBalancerIngress) bool {
+	mode := func(m *corev1.LoadBalancerIPMode) corev1.LoadBalancerIPMode {
+		if m == nil {
+			return corev1.LoadBalancerIPModeVIP
+		}
+		return *m
+	}
+	return slices.EqualFunc(a, b, func(x, y corev1.LoadBalancerIngress) bool {
+		return x.IP == y.IP && x.Hostname == y.Hostname && mode(x.IPMode) == mode(y.IPMode) &&
+			slices.EqualFunc(x.Ports, y.Ports, func(p, q corev1.PortStatus) bool {
+				return p.Port == q.Port && p.Protocol == q.Protocol && (p.Error == nil) == (q.Error == nil)
+			})
+	})
 }

@@ -32,6 +32,9 @@ type Options struct {
 	// CommandPrefix runs both processes under another command, for example
 	// ["ip", "netns", "exec", "lab-cp"] to run them in a network namespace.
 	CommandPrefix []string
+	// Detach lets the processes outlive this one (for the lab); their process IDs are
+	// written to Dir/NAME.pid for StopDetached.
+	Detach bool
 }
 
 // ControlPlane is a running etcd and kube-apiserver.
@@ -154,10 +157,20 @@ func (cp *ControlPlane) run(opts Options, name string, args ...string) error {
 	argv = append(argv, args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	// Its own process group so Stop takes everything it started; killed with us if we die.
+	// Its own process group so Stop takes everything it started; killed with us if we
+	// die, unless it is meant to outlive us.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if opts.Detach {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start %s: %w", name, err)
+	}
+	if opts.Detach {
+		if err := os.WriteFile(filepath.Join(opts.Dir, name+".pid"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+			_ = cmd.Process.Kill()
+			return err
+		}
 	}
 	p := &proc{name: name, cmd: cmd, exited: make(chan struct{})}
 	go func() { _ = cmd.Wait(); close(p.exited) }()
@@ -236,4 +249,41 @@ func writeKubeconfig(path, server string, certs *pki) error {
 	cfg.Contexts["herald"] = &clientcmdapi.Context{Cluster: "herald", AuthInfo: "herald-admin", Namespace: "default"}
 	cfg.CurrentContext = "herald"
 	return clientcmd.WriteToFile(*cfg, path)
+}
+
+// StopDetached stops the processes a detached control plane in dir left running, and
+// any other process whose ID is in a dir/*.pid file. It is safe when nothing runs.
+func StopDetached(dir string) error {
+	pids, _ := filepath.Glob(filepath.Join(dir, "*.pid"))
+	for _, f := range pids {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+		if err != nil || pid <= 1 {
+			return fmt.Errorf("%s: not a process ID", f)
+		}
+		if err := StopProcessGroup(pid, 10*time.Second); err != nil {
+			return err
+		}
+		os.Remove(f)
+	}
+	return nil
+}
+
+// StopProcessGroup ends the process group led by pid: SIGTERM, then SIGKILL after grace.
+func StopProcessGroup(pid int, grace time.Duration) error {
+	if syscall.Kill(-pid, syscall.SIGTERM) != nil {
+		return nil // already gone
+	}
+	for deadline := time.Now().Add(grace); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if syscall.Kill(-pid, 0) != nil {
+			return nil
+		}
+	}
+	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil && err != syscall.ESRCH {
+		return fmt.Errorf("kill process group %d: %w", pid, err)
+	}
+	return nil
 }

@@ -1,0 +1,45 @@
+# Herald. `make lab` shows it working; `make test` runs every test.
+SHELL := /bin/bash
+GO    ?= go
+BIN   := bin
+
+.PHONY: all build test bench lint fuzz deps control-plane lab lab-down lab-status clean
+
+all: build
+
+build: ## the binaries, in bin/
+	$(GO) build -trimpath -o $(BIN)/ ./controller
+
+deps: ## Debian packages the tests and the lab need (installs only what is missing)
+	hack/install-deps.sh
+
+control-plane: ## etcd, kube-apiserver and kubectl, built once from their Go modules
+	hack/build-control-plane.sh >/dev/null
+
+test: deps control-plane ## every test: unit, fuzz seeds, property, real API server
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 45m ./...
+
+bench: control-plane ## the benchmarks quoted in the README
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 5x ./pkg/ipam
+	$(GO) test -run '^$$' -bench Services2000 -benchtime 1x ./pkg/controller
+
+lint: ## formatting, vet, and the purity of the pure packages
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: the files above need formatting'; exit 1; }
+	$(GO) vet ./...
+	$(GO) test -count=1 -run TestPurePackages ./pkg
+
+fuzz: ## a minute of fuzzing per parser
+	$(GO) test ./pkg/config -run '^$$' -fuzz FuzzParse -fuzztime 60s
+
+lab: deps control-plane ## bring up the lab and show Herald working
+	$(GO) run ./hack/lab up
+
+lab-status: ## what the lab runs now
+	$(GO) run ./hack/lab status
+
+lab-down: ## stop the lab and remove everything it made
+	$(GO) run ./hack/lab down
+
+clean:
+	rm -rf $(BIN)

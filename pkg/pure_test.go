@@ -1,0 +1,41 @@
+// Package pkg_test holds checks on the package structure as a whole.
+package pkg_test
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestPurePackages checks that the pure core imports nothing that does I/O: it takes
+// values and returns values, so it can be tested and fuzzed without a kernel or a cluster.
+func TestPurePackages(t *testing.T) {
+	forbiddenPrefixes := []string{
+		"k8s.io/client-go", "github.com/vishvananda", "github.com/mdlayher", "github.com/osrg",
+		"github.com/hashicorp/memberlist", "github.com/moby/ipvs", "github.com/google/nftables",
+		"github.com/prometheus",
+	}
+	forbiddenDirect := map[string]bool{"os": true, "os/exec": true, "net": true, "net/http": true, "syscall": true, "golang.org/x/sys/unix": true, "log": true, "log/slog": true}
+	for _, pkg := range []string{"./config", "./ipam", "./election", "./plan"} {
+		deps, err := exec.Command("go", "list", "-deps", pkg).Output()
+		if err != nil {
+			continue // not written yet
+		}
+		for _, d := range strings.Fields(string(deps)) {
+			for _, f := range forbiddenPrefixes {
+				if strings.HasPrefix(d, f) {
+					t.Errorf("%s depends on %s", pkg, d)
+				}
+			}
+		}
+		direct, err := exec.Command("go", "list", "-f", `{{join .Imports " "}}`, pkg).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range strings.Fields(string(direct)) {
+			if forbiddenDirect[d] {
+				t.Errorf("%s imports %s", pkg, d)
+			}
+		}
+	}
+}
