@@ -21,7 +21,8 @@ test: deps control-plane ## every test: unit, fuzz seeds, property, real API ser
 	$(GO) test -count=1 -timeout 45m ./...
 
 bench: control-plane ## the benchmarks quoted in the README
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime 5x ./pkg/ipam
+	$(GO) test -run '^$$' -bench Assign100k -benchmem -benchtime 5x ./pkg/ipam
+	$(GO) test -run '^$$' -bench AssignWith100kInUse -benchmem ./pkg/ipam
 	$(GO) test -run '^$$' -bench Services2000 -benchtime 1x ./pkg/controller
 
 lint: ## formatting, vet, and the purity of the pure packages
