@@ -1,0 +1,125 @@
+// Package netlab builds test networks out of Linux network namespaces: hosts are
+// namespaces, links are veth pairs and bridges created inside them, so nothing is ever
+// added to the host's own namespace. Everything a test creates is removed in t.Cleanup,
+// also when the test fails. It needs root and iproute2.
+package netlab
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netns"
+)
+
+// Require skips the test, saying why, when namespaces cannot be made here.
+func Require(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create network namespaces")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs iproute2's ip command (make deps)")
+	}
+}
+
+// NS is a network namespace.
+type NS struct {
+	Name string
+	t    testing.TB
+}
+
+// NewNS creates a namespace with loopback up and duplicate address detection off (so
+// IPv6 addresses are usable at once), removed when the test ends, processes in it killed.
+func NewNS(t testing.TB, role string) *NS {
+	t.Helper()
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	n := &NS{Name: "herald-" + role + "-" + hex.EncodeToString(b), t: t}
+	run(t, "ip", "netns", "add", n.Name)
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "pids", n.Name).Output(); err == nil {
+			for _, pid := range strings.Fields(string(out)) {
+				_ = exec.Command("kill", "-9", pid).Run()
+			}
+		}
+		_ = exec.Command("ip", "netns", "del", n.Name).Run()
+	})
+	n.Run("ip", "link", "set", "lo", "up")
+	n.Run("sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+	return n
+}
+
+// Run runs a command inside the namespace and returns its output, failing the test on error.
+func (n *NS) Run(args ...string) string {
+	n.t.Helper()
+	return run(n.t, append([]string{"ip", "netns", "exec", n.Name}, args...)...)
+}
+
+// Command returns a command that runs inside the namespace.
+func (n *NS) Command(args ...string) *exec.Cmd {
+	return exec.Command("ip", append([]string{"netns", "exec", n.Name}, args...)...)
+}
+
+// Do runs f on an OS thread inside the namespace. Sockets f opens stay in the namespace
+// and may be used from any goroutine afterwards.
+func (n *NS) Do(f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// The thread is not unlocked: if switching back failed it must not be reused,
+		// and the runtime ends a locked thread when its goroutine exits.
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		target, err := netns.GetFromName(n.Name)
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			errc <- fmt.Errorf("enter namespace %s: %w", n.Name, err)
+			return
+		}
+		ferr := f()
+		if err := netns.Set(orig); err != nil {
+			errc <- fmt.Errorf("leave namespace %s: %w", n.Name, err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// Veth links namespace a's interface aName with namespace b's bName, both up.
+func Veth(t testing.TB, a *NS, aName string, b *NS, bName string) {
+	t.Helper()
+	a.Run("ip", "link", "add", aName, "type", "veth", "peer", "name", bName, "netns", b.Name)
+	a.Run("ip", "link", "set", aName, "up")
+	b.Run("ip", "link", "set", bName, "up")
+}
+
+// Addr adds an address (CIDR) to an interface of the namespace.
+func (n *NS) Addr(dev, cidr string) {
+	n.t.Helper()
+	n.Run("ip", "addr", "add", cidr, "dev", dev)
+}
+
+func run(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}

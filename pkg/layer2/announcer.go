@@ -1,0 +1,424 @@
+package layer2
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/mdlayher/ndp"
+	"github.com/mdlayher/packet"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/net/ipv6"
+
+	"github.com/heraldlb/herald/pkg/metrics"
+)
+
+// Owned is an address this node answers for, and where.
+type Owned struct {
+	IP netip.Addr
+	// Interfaces names the interfaces to answer on; nil means those where the address's
+	// subnet is directly connected.
+	Interfaces []string
+}
+
+// DefaultBurst is when the gratuitous announcements of a newly owned address go out,
+// counted from the takeover.
+var DefaultBurst = []time.Duration{0, 50 * time.Millisecond, 250 * time.Millisecond}
+
+// Options configure an Announcer.
+type Options struct {
+	Logger     *slog.Logger          // nil discards
+	Registerer prometheus.Registerer // nil registers nowhere
+	Burst      []time.Duration       // default DefaultBurst
+	// Rescan is how often interfaces are listed again besides on netlink notifications;
+	// default 10s.
+	Rescan time.Duration
+}
+
+// Announcer answers ARP and NDP for the owned addresses on this node's interfaces.
+type Announcer struct {
+	log     *slog.Logger
+	metrics *metrics.Layer2
+	burst   []time.Duration
+	every   time.Duration
+	poke    chan struct{}
+
+	mu    sync.Mutex
+	ctx   context.Context // Run's; nil before Run
+	owned map[netip.Addr]Owned
+	links map[int]*link // by interface index
+}
+
+// link is one interface and its sockets.
+type link struct {
+	ifi      net.Interface
+	prefixes []netip.Prefix
+	arp      *packet.Conn
+	ndp      *ndp.Conn
+	serves   map[netip.Addr]bool // guarded by Announcer.mu
+	groups   map[netip.Addr]bool // solicited-node groups joined
+}
+
+// New returns an Announcer; it answers nothing before Run.
+func New(opts Options) *Announcer {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if opts.Registerer == nil {
+		opts.Registerer = prometheus.NewRegistry()
+	}
+	if opts.Burst == nil {
+		opts.Burst = DefaultBurst
+	}
+	if opts.Rescan == 0 {
+		opts.Rescan = 10 * time.Second
+	}
+	return &Announcer{
+		log: opts.Logger, metrics: metrics.NewLayer2(opts.Registerer), burst: opts.Burst, every: opts.Rescan,
+		poke: make(chan struct{}, 1), owned: map[netip.Addr]Owned{}, links: map[int]*link{},
+	}
+}
+
+// SetOwned replaces the set of owned addresses. Addresses no longer in it stop being
+// answered at once; new ones are announced with a gratuitous burst.
+func (a *Announcer) SetOwned(owned []Owned) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.owned = make(map[netip.Addr]Owned, len(owned))
+	for _, o := range owned {
+		a.owned[o.IP] = o
+	}
+	a.metrics.Announced.Set(float64(len(a.owned)))
+	a.reconcileLocked()
+}
+
+// Serving returns, for each owned address, the interfaces it is answered on.
+func (a *Announcer) Serving() map[netip.Addr][]string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := map[netip.Addr][]string{}
+	for _, l := range a.links {
+		for ip := range l.serves {
+			out[ip] = append(out[ip], l.ifi.Name)
+		}
+	}
+	for _, names := range out {
+		slices.Sort(names)
+	}
+	return out
+}
+
+// Run watches the interfaces and answers on them until ctx ends.
+func (a *Announcer) Run(ctx context.Context) error {
+	a.mu.Lock()
+	a.ctx = ctx
+	a.mu.Unlock()
+	defer a.closeAll()
+
+	updates := make(chan netlink.LinkUpdate, 16)
+	addrs := make(chan netlink.AddrUpdate, 16)
+	done := make(chan struct{})
+	defer close(done)
+	onErr := func(err error) { a.log.Warn("netlink subscription", "err", err) }
+	if err := netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr}); err != nil {
+		a.log.Warn("cannot watch links; rescanning periodically only", "err", err)
+	}
+	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ErrorCallback: onErr}); err != nil {
+		a.log.Warn("cannot watch addresses; rescanning periodically only", "err", err)
+	}
+	t := time.NewTicker(a.every)
+	defer t.Stop()
+	a.rescan()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-updates:
+		case <-addrs:
+		case <-a.poke:
+		case <-t.C:
+		}
+		a.rescan()
+	}
+}
+
+func (a *Announcer) closeAll() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for idx, l := range a.links {
+		l.close()
+		delete(a.links, idx)
+	}
+}
+
+func (l *link) close() {
+	if l.arp != nil {
+		l.arp.Close()
+	}
+	if l.ndp != nil {
+		l.ndp.Close()
+	}
+}
+
+// usable reports whether addresses may be answered on ifi: up, Ethernet-like, not
+// loopback, and not a port of a bridge (the bridge itself answers).
+func usable(ifi net.Interface) bool {
+	if ifi.Flags&net.FlagUp == 0 || ifi.Flags&net.FlagLoopback != 0 || len(ifi.HardwareAddr) != 6 {
+		return false
+	}
+	_, err := os.Stat("/sys/class/net/" + ifi.Name + "/brport")
+	return errors.Is(err, os.ErrNotExist)
+}
+
+// rescan brings the set of links in line with the interfaces.
+func (a *Announcer) rescan() {
+	ifis, err := net.Interfaces()
+	if err != nil {
+		a.log.Warn("list interfaces", "err", err)
+		return
+	}
+	seen := map[int]bool{}
+	for _, ifi := range ifis {
+		if !usable(ifi) {
+			continue
+		}
+		seen[ifi.Index] = true
+		var prefixes []netip.Prefix
+		if as, err := ifi.Addrs(); err == nil {
+			for _, ad := range as {
+				if p, err := netip.ParsePrefix(ad.String()); err == nil {
+					prefixes = append(prefixes, p.Masked())
+				}
+			}
+		}
+		a.mu.Lock()
+		l := a.links[ifi.Index]
+		if l == nil || l.ifi.Name != ifi.Name || string(l.ifi.HardwareAddr) != string(ifi.HardwareAddr) {
+			if l != nil {
+				l.close()
+			}
+			l = &link{ifi: ifi, serves: map[netip.Addr]bool{}, groups: map[netip.Addr]bool{}}
+			a.links[ifi.Index] = l
+		}
+		l.prefixes = prefixes
+		a.openLocked(l)
+		a.mu.Unlock()
+	}
+	a.mu.Lock()
+	for idx, l := range a.links {
+		if !seen[idx] {
+			a.log.Info("interface gone", "interface", l.ifi.Name)
+			l.close()
+			delete(a.links, idx)
+		}
+	}
+	a.reconcileLocked()
+	a.mu.Unlock()
+}
+
+// openLocked opens whatever socket of l is not open yet and starts its reader.
+func (a *Announcer) openLocked(l *link) {
+	if a.ctx == nil {
+		return
+	}
+	if l.arp == nil {
+		c, err := packet.Listen(&l.ifi, packet.Raw, 0x0806, nil)
+		if err != nil {
+			a.log.Warn("cannot answer ARP", "interface", l.ifi.Name, "err", err)
+		} else {
+			l.arp = c
+			go a.serveARP(l, c)
+		}
+	}
+	if l.ndp == nil && slices.ContainsFunc(l.prefixes, func(p netip.Prefix) bool { return p.Addr().Is6() && p.Addr().IsLinkLocalUnicast() }) {
+		c, _, err := ndp.Listen(&l.ifi, ndp.LinkLocal)
+		if err != nil {
+			a.log.Debug("cannot answer NDP yet", "interface", l.ifi.Name, "err", err)
+			return
+		}
+		var f ipv6.ICMPFilter
+		f.SetAll(true)
+		f.Accept(ipv6.ICMPTypeNeighborSolicitation)
+		if err := c.SetICMPFilter(&f); err != nil {
+			a.log.Warn("set ICMPv6 filter", "interface", l.ifi.Name, "err", err)
+		}
+		l.ndp = c
+		l.groups = map[netip.Addr]bool{}
+		go a.serveNDP(l, c)
+	}
+}
+
+// reconcileLocked computes which link serves which owned address, starting a gratuitous
+// burst where an address is newly served and joining or leaving solicited-node groups.
+func (a *Announcer) reconcileLocked() {
+	for _, l := range a.links {
+		want := map[netip.Addr]bool{}
+		for ip, o := range a.owned {
+			if servesOn(o, l) {
+				want[ip] = true
+			}
+		}
+		for ip := range want {
+			if !l.serves[ip] {
+				a.log.Info("announcing", "ip", ip, "interface", l.ifi.Name)
+				if a.ctx != nil {
+					go a.announce(a.ctx, l, ip)
+				}
+			}
+		}
+		for ip := range l.serves {
+			if !want[ip] {
+				a.log.Info("no longer announcing", "ip", ip, "interface", l.ifi.Name)
+			}
+		}
+		l.serves = want
+		if l.ndp != nil {
+			groups := map[netip.Addr]bool{}
+			for ip := range want {
+				if ip.Is6() {
+					if g, err := ndp.SolicitedNodeMulticast(ip); err == nil {
+						groups[g] = true
+					}
+				}
+			}
+			for g := range groups {
+				if !l.groups[g] {
+					if err := l.ndp.JoinGroup(g); err != nil {
+						a.log.Warn("join solicited-node group", "interface", l.ifi.Name, "group", g, "err", err)
+						delete(groups, g)
+					}
+				}
+			}
+			for g := range l.groups {
+				if !groups[g] {
+					_ = l.ndp.LeaveGroup(g)
+				}
+			}
+			l.groups = groups
+		}
+	}
+}
+
+func servesOn(o Owned, l *link) bool {
+	if o.Interfaces != nil {
+		return slices.Contains(o.Interfaces, l.ifi.Name)
+	}
+	return slices.ContainsFunc(l.prefixes, func(p netip.Prefix) bool { return p.Contains(o.IP) })
+}
+
+func (a *Announcer) serving(l *link) func(netip.Addr) bool {
+	return func(ip netip.Addr) bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return l.serves[ip]
+	}
+}
+
+func family(ip netip.Addr) string {
+	if ip.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
+}
+
+func (a *Announcer) serveARP(l *link, c *packet.Conn) {
+	buf := make([]byte, 1514)
+	owned := a.serving(l)
+	for {
+		n, _, err := c.ReadFrom(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			a.log.Debug("read ARP", "interface", l.ifi.Name, "err", err)
+			continue
+		}
+		reply, dst, v := arpReply(buf[:n], l.ifi.HardwareAddr, owned)
+		switch v {
+		case answered:
+			if _, err := c.WriteTo(reply, &packet.Addr{HardwareAddr: dst}); err != nil {
+				a.log.Warn("send ARP reply", "interface", l.ifi.Name, "err", err)
+				continue
+			}
+			a.metrics.Answered.WithLabelValues("IPv4").Inc()
+		case ownPacket:
+		default:
+			a.metrics.Dropped.WithLabelValues("IPv4", v.String()).Inc()
+		}
+	}
+}
+
+func (a *Announcer) serveNDP(l *link, c *ndp.Conn) {
+	buf := make([]byte, 1500)
+	owned := a.serving(l)
+	for {
+		n, _, src, err := c.ReadRaw(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			a.log.Debug("read NDP", "interface", l.ifi.Name, "err", err)
+			continue
+		}
+		na, dst, v := ndpReply(buf[:n], src, l.ifi.HardwareAddr, owned)
+		switch v {
+		case answered:
+			if err := c.WriteTo(na, nil, dst); err != nil {
+				a.log.Warn("send Neighbor Advertisement", "interface", l.ifi.Name, "err", err)
+				continue
+			}
+			a.metrics.Answered.WithLabelValues("IPv6").Inc()
+		case ownPacket:
+		default:
+			a.metrics.Dropped.WithLabelValues("IPv6", v.String()).Inc()
+		}
+	}
+}
+
+// announce sends the gratuitous burst for ip on l, stopping early if l stops serving it.
+func (a *Announcer) announce(ctx context.Context, l *link, ip netip.Addr) {
+	start := time.Now()
+	owned := a.serving(l)
+	for _, at := range a.burst {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Until(start.Add(at))):
+		}
+		if !owned(ip) {
+			return
+		}
+		a.mu.Lock()
+		arpc, ndpc := l.arp, l.ndp
+		a.mu.Unlock()
+		if ip.Is4() && arpc != nil {
+			frames, err := gratuitousARP(ip, l.ifi.HardwareAddr)
+			if err != nil {
+				a.log.Warn("build gratuitous ARP", "ip", ip, "err", err)
+				return
+			}
+			for _, f := range frames {
+				if _, err := arpc.WriteTo(f, &packet.Addr{HardwareAddr: broadcast}); err != nil {
+					a.log.Warn("send gratuitous ARP", "ip", ip, "interface", l.ifi.Name, "err", err)
+					continue
+				}
+				a.metrics.Gratuitous.WithLabelValues(family(ip)).Inc()
+			}
+		}
+		if ip.Is6() && ndpc != nil {
+			if err := ndpc.WriteTo(unsolicitedNA(ip, l.ifi.HardwareAddr), nil, allNodes); err != nil {
+				a.log.Warn("send unsolicited Neighbor Advertisement", "ip", ip, "interface", l.ifi.Name, "err", err)
+				continue
+			}
+			a.metrics.Gratuitous.WithLabelValues(family(ip)).Inc()
+		}
+	}
+}

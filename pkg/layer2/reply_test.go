@@ -1,0 +1,182 @@
+package layer2
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+
+	"github.com/mdlayher/arp"
+	"github.com/mdlayher/ethernet"
+	"github.com/mdlayher/ndp"
+)
+
+var (
+	ourMAC    = net.HardwareAddr{0x02, 0, 0, 0, 0, 1}
+	clientMAC = net.HardwareAddr{0x02, 0, 0, 0, 0, 2}
+	vip       = netip.MustParseAddr("192.168.10.90")
+	vip6      = netip.MustParseAddr("fc00::90")
+	clientIP  = netip.MustParseAddr("192.168.10.2")
+	client6   = netip.MustParseAddr("fe80::2")
+)
+
+func owns(ips ...netip.Addr) func(netip.Addr) bool {
+	return func(ip netip.Addr) bool {
+		for _, o := range ips {
+			if o == ip {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+func arpFrame(t testing.TB, op arp.Operation, srcMAC net.HardwareAddr, srcIP, dstIP netip.Addr) []byte {
+	t.Helper()
+	p, err := arp.NewPacket(op, srcMAC, srcIP, net.HardwareAddr{0, 0, 0, 0, 0, 0}, dstIP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := marshalFrame(broadcast, srcMAC, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestARPReply(t *testing.T) {
+	req := arpFrame(t, arp.OperationRequest, clientMAC, clientIP, vip)
+	tests := []struct {
+		name  string
+		frame []byte
+		owned func(netip.Addr) bool
+		want  verdict
+	}{
+		{"owned", req, owns(vip), answered},
+		{"not owned", req, owns(), notOwned},
+		{"a reply", arpFrame(t, arp.OperationReply, clientMAC, clientIP, vip), owns(vip), notRequest},
+		{"our own", arpFrame(t, arp.OperationRequest, ourMAC, vip, vip), owns(vip), ownPacket},
+		{"truncated", req[:20], owns(vip), malformed},
+		{"empty", nil, owns(vip), malformed},
+		{"not ARP", append(append([]byte{}, req[:12]...), append([]byte{0x08, 0x00}, req[14:]...)...), owns(vip), malformed},
+		{"bad ARP payload", append(append([]byte{}, req[:14]...), make([]byte, 46)...), owns(vip), malformed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b, dst, v := arpReply(tt.frame, ourMAC, tt.owned)
+			if v != tt.want {
+				t.Fatalf("verdict %v, want %v", v, tt.want)
+			}
+			if v != answered {
+				return
+			}
+			var f ethernet.Frame
+			var p arp.Packet
+			if err := f.UnmarshalBinary(b); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.UnmarshalBinary(f.Payload); err != nil {
+				t.Fatal(err)
+			}
+			if dst.String() != clientMAC.String() || f.Destination.String() != clientMAC.String() || f.Source.String() != ourMAC.String() {
+				t.Errorf("frame %s -> %s (sent to %s), want %s -> %s", f.Source, f.Destination, dst, ourMAC, clientMAC)
+			}
+			if p.Operation != arp.OperationReply || p.SenderIP != vip || p.SenderHardwareAddr.String() != ourMAC.String() || p.TargetIP != clientIP || p.TargetHardwareAddr.String() != clientMAC.String() {
+				t.Errorf("reply %+v", p)
+			}
+		})
+	}
+}
+
+func TestGratuitousARP(t *testing.T) {
+	frames, err := gratuitousARP(vip, ourMAC)
+	if err != nil || len(frames) != 2 {
+		t.Fatalf("%d frames, %v", len(frames), err)
+	}
+	for i, b := range frames {
+		var f ethernet.Frame
+		var p arp.Packet
+		if err := f.UnmarshalBinary(b); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.UnmarshalBinary(f.Payload); err != nil {
+			t.Fatal(err)
+		}
+		if f.Destination.String() != broadcast.String() || p.SenderIP != vip || p.TargetIP != vip || p.SenderHardwareAddr.String() != ourMAC.String() {
+			t.Errorf("frame %d: %s -> %s %+v", i, f.Source, f.Destination, p)
+		}
+		// Linux takes a fresh update only from a request, or from a reply whose target
+		// hardware address is the sender's.
+		if p.Operation == arp.OperationReply && p.TargetHardwareAddr.String() != ourMAC.String() {
+			t.Errorf("gratuitous reply with target hardware address %s", p.TargetHardwareAddr)
+		}
+	}
+}
+
+func nsBytes(t testing.TB, target netip.Addr, src net.HardwareAddr) []byte {
+	t.Helper()
+	b, err := ndp.MarshalMessage(&ndp.NeighborSolicitation{TargetAddress: target, Options: []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Source, Addr: src}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestNDPReply(t *testing.T) {
+	ra, _ := ndp.MarshalMessage(&ndp.RouterSolicitation{})
+	tests := []struct {
+		name    string
+		msg     []byte
+		src     netip.Addr
+		owned   func(netip.Addr) bool
+		want    verdict
+		wantDst netip.Addr
+		solicit bool
+	}{
+		{"owned", nsBytes(t, vip6, clientMAC), client6, owns(vip6), answered, client6, true},
+		{"duplicate address detection", nsBytes(t, vip6, clientMAC), netip.IPv6Unspecified(), owns(vip6), answered, allNodes, false},
+		{"not owned", nsBytes(t, vip6, clientMAC), client6, owns(), notOwned, netip.Addr{}, false},
+		{"our own", nsBytes(t, vip6, ourMAC), client6, owns(vip6), ownPacket, netip.Addr{}, false},
+		{"not a solicitation", ra, client6, owns(vip6), notRequest, netip.Addr{}, false},
+		{"garbage", []byte{135, 0, 0}, client6, owns(vip6), malformed, netip.Addr{}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			na, dst, v := ndpReply(tt.msg, tt.src, ourMAC, tt.owned)
+			if v != tt.want {
+				t.Fatalf("verdict %v, want %v", v, tt.want)
+			}
+			if v != answered {
+				return
+			}
+			if dst != tt.wantDst || na.TargetAddress != vip6 || !na.Override || na.Solicited != tt.solicit {
+				t.Errorf("advertisement %+v to %s", na, dst)
+			}
+			lla, ok := na.Options[0].(*ndp.LinkLayerAddress)
+			if !ok || lla.Direction != ndp.Target || lla.Addr.String() != ourMAC.String() {
+				t.Errorf("target link-layer address option %+v", na.Options)
+			}
+		})
+	}
+}
+
+func FuzzARPReply(f *testing.F) {
+	f.Add(arpFrame(f, arp.OperationRequest, clientMAC, clientIP, vip))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		reply, _, v := arpReply(b, ourMAC, owns(vip))
+		if (v == answered) != (reply != nil) {
+			t.Fatalf("verdict %v with reply %x", v, reply)
+		}
+	})
+}
+
+func FuzzNDPReply(f *testing.F) {
+	f.Add(nsBytes(f, vip6, clientMAC))
+	f.Add([]byte{135})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		na, _, v := ndpReply(b, client6, ourMAC, owns(vip6))
+		if (v == answered) != (na != nil) {
+			t.Fatalf("verdict %v with advertisement %v", v, na)
+		}
+	})
+}
