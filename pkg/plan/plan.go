@@ -1,0 +1,148 @@
+package plan
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+
+	"github.com/heraldlb/herald/pkg/config"
+	"github.com/heraldlb/herald/pkg/election"
+)
+
+// Service is a Service with addresses, as the plan needs it.
+type Service struct {
+	Key   string       // namespace/name
+	IPs   []netip.Addr // from its status
+	Local bool         // externalTrafficPolicy Local
+	// EndpointNodes are the nodes with a ready endpoint of the Service.
+	EndpointNodes map[string]bool
+}
+
+// Node is a cluster node.
+type Node struct {
+	Name     string
+	Ready    bool
+	Excluded bool // labelled node.kubernetes.io/exclude-from-external-load-balancers
+}
+
+// Input is everything a plan depends on.
+type Input struct {
+	Config   *config.Config
+	Services []Service
+	Nodes    []Node
+	// Members are the live speakers. With UseMembers false (memberlist off), a node's
+	// Ready condition stands in for its speaker being alive.
+	Members    []string
+	UseMembers bool
+	Self       string
+}
+
+// Desired is what this speaker should do.
+type Desired struct {
+	// Layer2 are the addresses this node answers ARP/NDP for, sorted.
+	Layer2 []Layer2
+	// Decisions say, for every address of every Service, who announces it and why this
+	// node does or does not; sorted by Service, then address.
+	Decisions []Decision
+}
+
+// Layer2 is one address to answer for.
+type Layer2 struct {
+	IP         netip.Addr
+	Interfaces []string // from the pool; nil: where the subnet is connected
+}
+
+// Decision is the outcome for one address of one Service.
+type Decision struct {
+	Service  string
+	IP       netip.Addr
+	Pool     string // "" when the address is in no pool
+	Protocol config.Protocol
+	Owner    string          // layer 2: the elected node, "" when none
+	Announce bool            // this node announces it
+	Reason   election.Reason // why (0 when the address is in no pool)
+}
+
+// Compute returns the desired state for in.Self.
+func Compute(in Input) Desired {
+	var d Desired
+	if in.Config == nil {
+		return d
+	}
+	alive := map[string]bool{}
+	for _, m := range in.Members {
+		alive[m] = true
+	}
+	nodes := make([]election.Node, 0, len(in.Nodes))
+	for _, n := range in.Nodes {
+		nodes = append(nodes, election.Node{
+			Name:         n.Name,
+			SpeakerAlive: (in.UseMembers && alive[n.Name]) || (!in.UseMembers && n.Ready),
+			Ready:        n.Ready,
+			Excluded:     n.Excluded,
+			Selected:     true,
+		})
+	}
+	slices.SortFunc(nodes, func(a, b election.Node) int { return cmp.Compare(a.Name, b.Name) })
+
+	// Services that share an address are elected together: the union of their endpoints.
+	type shared struct {
+		svc  election.Service
+		keys []string
+	}
+	byIP := map[netip.Addr]*shared{}
+	for _, s := range in.Services {
+		for _, ip := range s.IPs {
+			sh := byIP[ip]
+			if sh == nil {
+				sh = &shared{svc: election.Service{Local: s.Local, EndpointNodes: map[string]bool{}}}
+				byIP[ip] = sh
+			}
+			sh.svc.Local = sh.svc.Local || s.Local
+			for n, ok := range s.EndpointNodes {
+				if ok {
+					sh.svc.EndpointNodes[n] = true
+				}
+			}
+			sh.keys = append(sh.keys, s.Key)
+		}
+	}
+
+	for ip, sh := range byIP {
+		pool := poolOf(in.Config, ip)
+		dec := Decision{IP: ip}
+		var announce bool
+		if pool != nil {
+			dec.Pool, dec.Protocol = pool.Name, pool.Protocol
+			if pool.Protocol == config.Layer2 {
+				dec.Owner, _ = election.Owner(ip, nodes, sh.svc)
+				announce, dec.Reason = election.Layer2(in.Self, ip, nodes, sh.svc)
+				if dec.Owner == "" && dec.Reason == election.NotOwner {
+					dec.Reason = election.NoEligibleNode
+				}
+				if announce {
+					d.Layer2 = append(d.Layer2, Layer2{IP: ip, Interfaces: pool.Interfaces})
+				}
+			}
+		}
+		dec.Announce = announce
+		for _, k := range sh.keys {
+			dec.Service = k
+			d.Decisions = append(d.Decisions, dec)
+		}
+	}
+	slices.SortFunc(d.Layer2, func(a, b Layer2) int { return a.IP.Compare(b.IP) })
+	slices.SortFunc(d.Decisions, func(a, b Decision) int {
+		return cmp.Or(cmp.Compare(a.Service, b.Service), a.IP.Compare(b.IP))
+	})
+	return d
+}
+
+func poolOf(c *config.Config, ip netip.Addr) *config.Pool {
+	for i := range c.Pools {
+		if c.Pools[i].Contains(ip) {
+			return &c.Pools[i]
+		}
+	}
+	return nil
+}
