@@ -8,7 +8,7 @@ BIN   := bin
 all: build
 
 build: ## the binaries, in bin/
-	$(GO) build -trimpath -o $(BIN)/ ./controller
+	$(GO) build -trimpath -o $(BIN)/ ./controller ./speaker
 
 deps: ## Debian packages the tests and the lab need (installs only what is missing)
 	hack/install-deps.sh

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/heraldlb/herald/pkg/controller"
 	"github.com/heraldlb/herald/pkg/k8s"
+	"github.com/heraldlb/herald/pkg/logging"
 	"github.com/heraldlb/herald/pkg/metrics"
 )
 
@@ -56,7 +56,7 @@ func run() error {
 	)
 	flag.Parse()
 
-	logger, err := newLogger(*logLevel, *logFormat)
+	logger, err := logging.New(os.Stderr, *logLevel, *logFormat)
 	if err != nil {
 		return err
 	}
@@ -131,19 +131,4 @@ func identity() (string, error) {
 		return "", err
 	}
 	return host + "_" + hex.EncodeToString(b), nil
-}
-
-func newLogger(level, format string) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
-	}
-	opts := &slog.HandlerOptions{Level: lv}
-	switch format {
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
-	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
-	}
-	return nil, fmt.Errorf("--log-format %q: want json or text", format)
 }

@@ -1,0 +1,25 @@
+// Package logging builds the log/slog logger both binaries use, from their flags.
+package logging
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+)
+
+// New returns a logger writing to w at level ("debug", "info", "warn", "error") in
+// format ("json" or "text"); an error names the bad flag value.
+func New(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want json or text", format)
+}

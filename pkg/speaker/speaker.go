@@ -1,0 +1,322 @@
+package speaker
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/heraldlb/herald/pkg/config"
+	"github.com/heraldlb/herald/pkg/k8s"
+	"github.com/heraldlb/herald/pkg/layer2"
+	"github.com/heraldlb/herald/pkg/plan"
+)
+
+// Layer2 is what the speaker needs of the layer-2 announcer.
+type Layer2 interface {
+	SetOwned([]layer2.Owned)
+}
+
+var _ Layer2 = (*layer2.Announcer)(nil)
+
+// Members is what the speaker needs of the membership.
+type Members interface {
+	Alive() []string
+	Changed() <-chan struct{}
+}
+
+// Options configure a Speaker.
+type Options struct {
+	Client            kubernetes.Interface // required
+	NodeName          string               // required: this node
+	ConfigNamespace   string               // default herald-system
+	ConfigName        string               // default config
+	ConfigKey         string               // default config
+	LoadBalancerClass string               // default herald.dev/lb
+	Layer2            Layer2               // required
+	Members           Members              // nil: memberlist off, node Ready stands in
+	ResyncPeriod      time.Duration        // default 30s
+	Logger            *slog.Logger
+	Registerer        prometheus.Registerer
+}
+
+// Speaker runs the per-node loop.
+type Speaker struct {
+	opts    Options
+	log     *slog.Logger
+	events  *k8s.Events
+	metrics *speakerMetrics
+	trigger chan struct{}
+
+	factory, cmFactory informers.SharedInformerFactory
+	synced             []cache.InformerSynced
+
+	seenConfig string
+	cfg        *config.Config
+	announced  map[string]bool // "service ip" -> this node announces it
+
+	mu    sync.Mutex
+	last  plan.Desired
+	ready atomic.Bool
+}
+
+// New builds a Speaker; nothing runs before Run.
+func New(opts Options) (*Speaker, error) {
+	if opts.Client == nil || opts.NodeName == "" || opts.Layer2 == nil {
+		return nil, errors.New("speaker: Client, NodeName and Layer2 are required")
+	}
+	opts.ConfigNamespace = cmp.Or(opts.ConfigNamespace, "herald-system")
+	opts.ConfigName = cmp.Or(opts.ConfigName, "config")
+	opts.ConfigKey = cmp.Or(opts.ConfigKey, "config")
+	opts.LoadBalancerClass = cmp.Or(opts.LoadBalancerClass, k8s.DefaultLoadBalancerClass)
+	opts.ResyncPeriod = cmp.Or(opts.ResyncPeriod, 30*time.Second)
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if opts.Registerer == nil {
+		opts.Registerer = prometheus.NewRegistry()
+	}
+	s := &Speaker{
+		opts: opts, log: opts.Logger, trigger: make(chan struct{}, 1),
+		events:    k8s.NewEvents(opts.Client, "herald-speaker"),
+		metrics:   newSpeakerMetrics(opts.Registerer),
+		announced: map[string]bool{},
+	}
+	s.factory = informers.NewSharedInformerFactory(opts.Client, 0)
+	s.cmFactory = informers.NewSharedInformerFactoryWithOptions(opts.Client, 0,
+		informers.WithNamespace(opts.ConfigNamespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + opts.ConfigName }))
+	for _, inf := range []cache.SharedIndexInformer{
+		s.factory.Core().V1().Services().Informer(),
+		s.factory.Discovery().V1().EndpointSlices().Informer(),
+		s.factory.Core().V1().Nodes().Informer(),
+		s.cmFactory.Core().V1().ConfigMaps().Informer(),
+	} {
+		s.synced = append(s.synced, inf.HasSynced)
+		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(any) { s.poke() },
+			UpdateFunc: func(any, any) { s.poke() },
+			DeleteFunc: func(any) { s.poke() },
+		}); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+// NodeAddresses returns the InternalIP of every known node (for finding the other
+// speakers); empty until the caches have synced.
+func (s *Speaker) NodeAddresses() []netip.Addr {
+	nodes, _ := s.factory.Core().V1().Nodes().Lister().List(labels.Everything())
+	var out []netip.Addr
+	for _, n := range nodes {
+		for _, a := range n.Status.Addresses {
+			if a.Type == corev1.NodeInternalIP {
+				if ip, err := netip.ParseAddr(a.Address); err == nil {
+					out = append(out, ip)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// Ready says whether the speaker is serving: caches synced and a configuration loaded.
+func (s *Speaker) Ready() error {
+	if !s.ready.Load() {
+		return errors.New("caches not synced or no configuration loaded yet")
+	}
+	return nil
+}
+
+// Last returns the last desired state computed.
+func (s *Speaker) Last() plan.Desired {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last
+}
+
+func (s *Speaker) poke() {
+	select {
+	case s.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// Run follows the cluster until ctx ends.
+func (s *Speaker) Run(ctx context.Context) error {
+	s.events.Start()
+	defer s.events.Shutdown()
+	s.factory.Start(ctx.Done())
+	s.cmFactory.Start(ctx.Done())
+	defer s.factory.Shutdown()
+	defer s.cmFactory.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), s.synced...) {
+		return nil
+	}
+	var changed <-chan struct{}
+	if s.opts.Members != nil {
+		changed = s.opts.Members.Changed()
+	}
+	resync := time.NewTicker(s.opts.ResyncPeriod)
+	defer resync.Stop()
+	s.log.Info("speaker running", "node", s.opts.NodeName)
+	for {
+		s.sync()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.trigger:
+		case <-changed:
+		case <-resync.C:
+		}
+	}
+}
+
+// sync computes the desired state from the caches and applies it.
+func (s *Speaker) sync() {
+	start := time.Now()
+	s.loadConfig()
+	in := plan.Input{Config: s.cfg, Self: s.opts.NodeName}
+	if s.opts.Members != nil {
+		in.UseMembers, in.Members = true, s.opts.Members.Alive()
+	}
+	in.Nodes = s.nodes()
+	in.Services = s.services()
+	d := plan.Compute(in)
+	owned := make([]layer2.Owned, len(d.Layer2))
+	for i, l := range d.Layer2 {
+		owned[i] = layer2.Owned{IP: l.IP, Interfaces: l.Interfaces}
+	}
+	s.opts.Layer2.SetOwned(owned)
+	s.report(d)
+	s.mu.Lock()
+	s.last = d
+	s.mu.Unlock()
+	if s.cfg != nil {
+		s.ready.Store(true)
+	}
+	s.metrics.syncSeconds.Observe(time.Since(start).Seconds())
+	s.metrics.members.Set(float64(len(in.Members)))
+}
+
+// loadConfig takes a new configuration when it parses; otherwise the last good one stays.
+func (s *Speaker) loadConfig() {
+	cm, err := s.cmFactory.Core().V1().ConfigMaps().Lister().ConfigMaps(s.opts.ConfigNamespace).Get(s.opts.ConfigName)
+	if err != nil {
+		return // missing: keep what is in force
+	}
+	text, ok := cm.Data[s.opts.ConfigKey]
+	if !ok || text == s.seenConfig {
+		return
+	}
+	s.seenConfig = text
+	cfg, err := config.Parse([]byte(text))
+	if err != nil {
+		s.metrics.configStale.Set(1)
+		s.log.Error("configuration refused; the last good one stays in force", "configMap", s.opts.ConfigNamespace+"/"+s.opts.ConfigName, "err", err)
+		return
+	}
+	s.cfg = cfg
+	s.metrics.configStale.Set(0)
+	s.log.Info("configuration loaded", "pools", len(cfg.Pools))
+}
+
+func (s *Speaker) nodes() []plan.Node {
+	list, _ := s.factory.Core().V1().Nodes().Lister().List(labels.Everything())
+	out := make([]plan.Node, 0, len(list))
+	for _, n := range list {
+		pn := plan.Node{Name: n.Name}
+		for _, c := range n.Status.Conditions {
+			if c.Type == corev1.NodeReady {
+				pn.Ready = c.Status == corev1.ConditionTrue
+			}
+		}
+		_, pn.Excluded = n.Labels[corev1.LabelNodeExcludeBalancers]
+		out = append(out, pn)
+	}
+	return out
+}
+
+func (s *Speaker) services() []plan.Service {
+	svcs, _ := s.factory.Core().V1().Services().Lister().List(labels.Everything())
+	slices.SortFunc(svcs, func(a, b *corev1.Service) int { return cmp.Compare(k8s.Key(a), k8s.Key(b)) })
+	slicesLister := s.factory.Discovery().V1().EndpointSlices().Lister()
+	var out []plan.Service
+	for _, svc := range svcs {
+		ips := k8s.IngressIPs(svc)
+		if !k8s.Manages(svc, s.opts.LoadBalancerClass) || len(ips) == 0 {
+			continue
+		}
+		ps := plan.Service{Key: k8s.Key(svc), IPs: ips, Local: svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal}
+		if ps.Local {
+			ps.EndpointNodes = map[string]bool{}
+			eps, _ := slicesLister.EndpointSlices(svc.Namespace).List(labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: svc.Name}))
+			for _, es := range eps {
+				for _, ep := range es.Endpoints {
+					if ep.NodeName != nil && (ep.Conditions.Ready == nil || *ep.Conditions.Ready) {
+						ps.EndpointNodes[*ep.NodeName] = true
+					}
+				}
+			}
+		}
+		out = append(out, ps)
+	}
+	return out
+}
+
+// report records, on change only, which Service addresses this node took or gave up.
+func (s *Speaker) report(d plan.Desired) {
+	now := map[string]bool{}
+	svcLister := s.factory.Core().V1().Services().Lister()
+	for _, dec := range d.Decisions {
+		if !dec.Announce {
+			continue
+		}
+		key := dec.Service + " " + dec.IP.String()
+		now[key] = true
+		if s.announced[key] {
+			continue
+		}
+		s.metrics.ownershipChanges.Inc()
+		s.log.Info("announcing", "service", dec.Service, "ip", dec.IP, "mode", dec.Protocol.String())
+		if svc := getService(svcLister, dec.Service); svc != nil {
+			s.events.Recorder.Eventf(svc, corev1.EventTypeNormal, "Announcing", "node %s announces %s (%s)", s.opts.NodeName, dec.IP, dec.Protocol)
+		}
+	}
+	for key := range s.announced {
+		if !now[key] {
+			s.metrics.ownershipChanges.Inc()
+			s.log.Info("stopped announcing", "serviceAndIP", key)
+		}
+	}
+	s.announced = now
+}
+
+func getService(l corelisters.ServiceLister, key string) *corev1.Service {
+	ns, name, err := cache.SplitMetaNamespaceKey(key)
+	if err != nil {
+		return nil
+	}
+	svc, err := l.Services(ns).Get(name)
+	if err != nil {
+		return nil
+	}
+	return svc
+}

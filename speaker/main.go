@@ -1,0 +1,173 @@
+// Command speaker is Herald's per-node daemon: it finds the other speakers, elects which
+// node announces each Service address, and answers ARP/NDP for the ones this node owns.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/heraldlb/herald/pkg/k8s"
+	"github.com/heraldlb/herald/pkg/layer2"
+	"github.com/heraldlb/herald/pkg/logging"
+	"github.com/heraldlb/herald/pkg/members"
+	"github.com/heraldlb/herald/pkg/metrics"
+	"github.com/heraldlb/herald/pkg/speaker"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "speaker:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		kubeconfig  = flag.String("kubeconfig", "", "kubeconfig file; empty means the in-cluster service account")
+		nodeName    = flag.String("node-name", os.Getenv("NODE_NAME"), "this node's name (default: $NODE_NAME, from the downward API)")
+		cmNamespace = flag.String("config-namespace", "herald-system", "namespace of the configuration ConfigMap and the memberlist Secret")
+		cmName      = flag.String("config-name", "config", "name of the configuration ConfigMap")
+		cmKey       = flag.String("config-key", "config", "key in the ConfigMap holding the configuration")
+		class       = flag.String("load-balancer-class", k8s.DefaultLoadBalancerClass, "spec.loadBalancerClass served besides none")
+		metricsAddr = flag.String("metrics-addr", ":7473", "address serving /metrics, /healthz and /readyz; empty disables")
+		useML       = flag.Bool("memberlist", true, "find the other speakers with memberlist; false: a node's Ready condition stands in for its speaker")
+		mlAddr      = flag.String("memberlist-bind-addr", "", "address memberlist binds and advertises (default: the node's InternalIP)")
+		mlPort      = flag.Int("memberlist-port", 7946, "memberlist port, the same on every node")
+		mlSecret    = flag.String("memberlist-secret", "memberlist", "Secret (in --config-namespace) whose key secretkey encrypts gossip; empty gossips in the clear")
+		probe       = flag.Duration("memberlist-probe-interval", members.DefaultProbeInterval, "how often each speaker probes a random peer")
+		probeTO     = flag.Duration("memberlist-probe-timeout", members.DefaultProbeTimeout, "how long a probe waits for an answer")
+		suspicion   = flag.Int("memberlist-suspicion-mult", members.DefaultSuspicionMult, "suspicion timeout multiplier: higher is slower to declare a speaker dead, and safer on busy nodes")
+		qps         = flag.Float64("kube-api-qps", 0, "client-side limit on API requests per second; 0 leaves flow control to the API server")
+		logLevel    = flag.String("log-level", "info", "debug, info, warn or error")
+		logFormat   = flag.String("log-format", "json", "json or text")
+	)
+	flag.Parse()
+	logger, err := logging.New(os.Stderr, *logLevel, *logFormat)
+	if err != nil {
+		return err
+	}
+	if *nodeName == "" {
+		return errors.New("no node name: set --node-name or $NODE_NAME")
+	}
+	logger = logger.With("node", *nodeName)
+	k8s.RouteKlog(logger)
+	cfg, err := k8s.RESTConfig(*kubeconfig, float32(*qps), 0)
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	announcer := layer2.New(layer2.Options{Logger: logger.With("component", "layer2"), Registerer: reg})
+	opts := speaker.Options{
+		Client: client, NodeName: *nodeName, ConfigNamespace: *cmNamespace, ConfigName: *cmName, ConfigKey: *cmKey,
+		LoadBalancerClass: *class, Layer2: announcer, Logger: logger, Registerer: reg,
+	}
+	var ml *members.Members
+	var spk *speaker.Speaker
+	if *useML {
+		bind := *mlAddr
+		if bind == "" {
+			if bind, err = internalIP(ctx, client, *nodeName); err != nil {
+				return err
+			}
+		}
+		key, err := gossipKey(ctx, client, *cmNamespace, *mlSecret)
+		if err != nil {
+			return err
+		}
+		if key == nil {
+			logger.Warn("memberlist gossip is not encrypted (--memberlist-secret is empty)")
+		}
+		ml, err = members.New(members.Config{
+			Name: *nodeName, BindAddr: bind, BindPort: *mlPort, AdvertiseAddr: bind, Key: key,
+			ProbeInterval: *probe, ProbeTimeout: *probeTO, SuspicionMult: *suspicion,
+			Logger: logger.With("component", "memberlist"),
+			Peers: func() []string {
+				var out []string
+				for _, ip := range spk.NodeAddresses() {
+					out = append(out, net.JoinHostPort(ip.String(), strconv.Itoa(*mlPort)))
+				}
+				return out
+			},
+		})
+		if err != nil {
+			return err
+		}
+		opts.Members = ml
+	}
+	if spk, err = speaker.New(opts); err != nil {
+		return err
+	}
+
+	g, ctx := errgroup.WithContext(ctx)
+	if *metricsAddr != "" {
+		ln, err := net.Listen("tcp", *metricsAddr)
+		if err != nil {
+			return fmt.Errorf("listen on --metrics-addr %q: %w", *metricsAddr, err)
+		}
+		srv := &metrics.Server{Gatherer: reg, Ready: spk.Ready}
+		g.Go(func() error { return srv.Serve(ctx, ln) })
+	}
+	if ml != nil {
+		g.Go(func() error { return ml.Run(ctx) })
+	}
+	g.Go(func() error { return announcer.Run(ctx) })
+	g.Go(func() error { return spk.Run(ctx) })
+	err = g.Wait()
+	logger.Info("speaker stopped")
+	return err
+}
+
+// internalIP returns the node's InternalIP from its Node object.
+func internalIP(ctx context.Context, client kubernetes.Interface, node string) (string, error) {
+	n, err := client.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("read Node %s for its address (or set --memberlist-bind-addr): %w", node, err)
+	}
+	for _, a := range n.Status.Addresses {
+		if a.Type == corev1.NodeInternalIP {
+			if _, err := netip.ParseAddr(a.Address); err == nil {
+				return a.Address, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("node %s has no InternalIP; set --memberlist-bind-addr", node)
+}
+
+// gossipKey reads the memberlist key from the Secret; nil when name is empty.
+func gossipKey(ctx context.Context, client kubernetes.Interface, ns, name string) ([]byte, error) {
+	if name == "" {
+		return nil, nil
+	}
+	s, err := client.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("memberlist key: Secret %s/%s: %w (create it, or pass --memberlist-secret='' to gossip in the clear)", ns, name, err)
+	}
+	key, ok := s.Data["secretkey"]
+	if !ok {
+		return nil, fmt.Errorf("memberlist key: Secret %s/%s has no key secretkey", ns, name)
+	}
+	return key, nil
+}
