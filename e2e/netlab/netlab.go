@@ -5,9 +5,11 @@
 package netlab
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"runtime"
@@ -99,6 +101,40 @@ func (n *NS) Do(f func() error) error {
 		errc <- ferr
 	}()
 	return <-errc
+}
+
+// DialContext dials from inside the namespace; the connection may then be used from any
+// goroutine. It suits rest.Config.Dial and http.Transport.DialContext.
+func (n *NS) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	var c net.Conn
+	err := n.Do(func() error {
+		var err error
+		c, err = (&net.Dialer{}).DialContext(ctx, network, address)
+		return err
+	})
+	return c, err
+}
+
+// Bridge creates bridge name in the namespace, up, with multicast snooping off so that
+// neighbour discovery reaches every port.
+func (n *NS) Bridge(name string) {
+	n.t.Helper()
+	n.Run("ip", "link", "add", name, "type", "bridge", "mcast_snooping", "0")
+	n.Run("ip", "link", "set", name, "up")
+}
+
+// Plug links host's interface dev to bridge br of namespace sw, through a veth whose
+// bridge end is named port.
+func Plug(t testing.TB, sw *NS, br, port string, host *NS, dev string) {
+	t.Helper()
+	Veth(t, sw, port, host, dev)
+	sw.Run("ip", "link", "set", port, "master", br)
+}
+
+// MAC returns the hardware address of an interface of the namespace.
+func (n *NS) MAC(dev string) string {
+	n.t.Helper()
+	return strings.TrimSpace(n.Run("cat", "/sys/class/net/"+dev+"/address"))
 }
 
 // Veth links namespace a's interface aName with namespace b's bName, both up.

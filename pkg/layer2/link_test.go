@@ -3,9 +3,7 @@ package layer2
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -15,11 +13,7 @@ import (
 	"time"
 
 	"github.com/mdlayher/arp"
-	"github.com/mdlayher/ethernet"
-	"github.com/mdlayher/ndp"
-	"github.com/mdlayher/packet"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/net/ipv6"
 
 	"github.com/heraldlb/herald/e2e/netlab"
 )
@@ -69,11 +63,8 @@ func helper(owned string) int {
 
 type linkEnv struct {
 	a, b       *netlab.NS
-	aMAC       net.HardwareAddr
-	bIfi       *net.Interface
-	arp        *packet.Conn
-	ndp        *ndp.Conn
-	helperOut  *bufio.Scanner
+	aMAC       string
+	probe      *netlab.Prober
 	stopHelper func() []string
 }
 
@@ -85,29 +76,8 @@ func setupLink(t *testing.T) *linkEnv {
 	e.a.Addr("a0", "fd77::1/64")
 	e.b.Addr("b0", "192.168.77.2/24")
 	e.b.Addr("b0", "fd77::2/64")
-	mac := e.a.Run("cat", "/sys/class/net/a0/address")
-	e.aMAC, _ = net.ParseMAC(strings.TrimSpace(mac))
-	err := e.b.Do(func() error {
-		var err error
-		if e.bIfi, err = net.InterfaceByName("b0"); err != nil {
-			return err
-		}
-		if e.arp, err = packet.Listen(e.bIfi, packet.Raw, 0x0806, nil); err != nil {
-			return err
-		}
-		// The link-local address appears once the link is up.
-		for range 50 {
-			if e.ndp, _, err = ndp.Listen(e.bIfi, ndp.LinkLocal); err == nil {
-				return nil
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		return err
-	})
-	if err != nil {
-		t.Fatalf("client sockets: %v", err)
-	}
-	t.Cleanup(func() { e.arp.Close(); e.ndp.Close() })
+	e.aMAC = e.a.MAC("a0")
+	e.probe = netlab.NewProber(t, e.b, "b0", netip.MustParseAddr("192.168.77.2"))
 	return e
 }
 
@@ -123,13 +93,13 @@ func (e *linkEnv) startHelper(t *testing.T, owned ...string) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	e.helperOut = bufio.NewScanner(out)
+	scan := bufio.NewScanner(out)
 	done := make(chan struct{})
 	var lines []string
 	go func() {
 		defer close(done)
-		for e.helperOut.Scan() {
-			lines = append(lines, e.helperOut.Text())
+		for scan.Scan() {
+			lines = append(lines, scan.Text())
 		}
 	}()
 	stopped := false
@@ -150,79 +120,8 @@ func (e *linkEnv) startHelper(t *testing.T, owned ...string) {
 	t.Cleanup(func() { e.stopHelper() })
 }
 
-// readARP returns the first ARP packet read within limit that match accepts.
-func (e *linkEnv) readARP(limit time.Duration, match func(*arp.Packet) bool) (*arp.Packet, error) {
-	deadline := time.Now().Add(limit)
-	buf := make([]byte, 1514)
-	for time.Now().Before(deadline) {
-		_ = e.arp.SetReadDeadline(deadline)
-		n, _, err := e.arp.ReadFrom(buf)
-		if err != nil {
-			return nil, err
-		}
-		var f ethernet.Frame
-		var p arp.Packet
-		if f.UnmarshalBinary(buf[:n]) != nil || p.UnmarshalBinary(f.Payload) != nil {
-			continue
-		}
-		if match(&p) {
-			return &p, nil
-		}
-	}
-	return nil, errors.New("timed out")
-}
-
-func (e *linkEnv) askARP(t *testing.T, ip netip.Addr) {
-	t.Helper()
-	p, err := arp.NewPacket(arp.OperationRequest, e.bIfi.HardwareAddr, netip.MustParseAddr("192.168.77.2"), net.HardwareAddr{0, 0, 0, 0, 0, 0}, ip)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := marshalFrame(broadcast, e.bIfi.HardwareAddr, p)
-	if _, err := e.arp.WriteTo(b, &packet.Addr{HardwareAddr: broadcast}); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func (e *linkEnv) readNA(limit time.Duration, target netip.Addr, solicited bool) (*ndp.NeighborAdvertisement, error) {
-	deadline := time.Now().Add(limit)
-	for time.Now().Before(deadline) {
-		_ = e.ndp.SetReadDeadline(deadline)
-		m, _, _, err := e.ndp.ReadFrom()
-		if err != nil {
-			return nil, err
-		}
-		if na, ok := m.(*ndp.NeighborAdvertisement); ok && na.TargetAddress == target && na.Solicited == solicited {
-			return na, nil
-		}
-	}
-	return nil, errors.New("timed out")
-}
-
-func (e *linkEnv) askNDP(t *testing.T, ip netip.Addr) {
-	t.Helper()
-	group, _ := ndp.SolicitedNodeMulticast(ip)
-	ns := &ndp.NeighborSolicitation{TargetAddress: ip, Options: []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Source, Addr: e.bIfi.HardwareAddr}}}
-	if err := e.ndp.WriteTo(ns, nil, group); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func targetLLA(na *ndp.NeighborAdvertisement) string {
-	for _, o := range na.Options {
-		if l, ok := o.(*ndp.LinkLayerAddress); ok && l.Direction == ndp.Target {
-			return l.Addr.String()
-		}
-	}
-	return ""
-}
-
 func TestAnswersOnlyOwnedAddressesAcrossVeth(t *testing.T) {
 	e := setupLink(t)
-	var f ipv6.ICMPFilter
-	f.SetAll(true)
-	f.Accept(ipv6.ICMPTypeNeighborAdvertisement)
-	_ = e.ndp.SetICMPFilter(&f)
 	vip4, vip6 := netip.MustParseAddr("192.168.77.100"), netip.MustParseAddr("fd77::100")
 	e.startHelper(t, vip4.String(), vip6.String())
 
@@ -230,60 +129,68 @@ func TestAnswersOnlyOwnedAddressesAcrossVeth(t *testing.T) {
 	// unsolicited override advertisement.
 	garp := func(op arp.Operation) func(*arp.Packet) bool {
 		return func(p *arp.Packet) bool {
-			return p.Operation == op && p.SenderIP == vip4 && p.TargetIP == vip4 && p.SenderHardwareAddr.String() == e.aMAC.String()
+			return p.Operation == op && p.SenderIP == vip4 && p.TargetIP == vip4 && p.SenderHardwareAddr.String() == e.aMAC
 		}
 	}
-	if _, err := e.readARP(3*time.Second, garp(arp.OperationRequest)); err != nil {
+	if _, err := e.probe.ReadARP(3*time.Second, garp(arp.OperationRequest)); err != nil {
 		t.Fatalf("no gratuitous ARP request: %v", err)
 	}
-	if _, err := e.readARP(time.Second, garp(arp.OperationReply)); err != nil {
+	if _, err := e.probe.ReadARP(time.Second, garp(arp.OperationReply)); err != nil {
 		t.Fatalf("no gratuitous ARP reply: %v", err)
 	}
-	na, err := e.readNA(3*time.Second, vip6, false)
+	na, err := e.probe.ReadNA(3*time.Second, vip6, false)
 	if err != nil {
 		t.Fatalf("no unsolicited Neighbor Advertisement: %v", err)
 	}
-	if !na.Override || na.Solicited || targetLLA(na) != e.aMAC.String() {
-		t.Errorf("unsolicited advertisement %+v, target %s", na, targetLLA(na))
+	if !na.Override || na.Solicited || netlab.TargetLLA(na) != e.aMAC {
+		t.Errorf("unsolicited advertisement %+v, target %s", na, netlab.TargetLLA(na))
 	}
 
 	// Asked, it answers for what it owns, with its own MAC...
 	time.Sleep(300 * time.Millisecond) // let the burst end
-	e.askARP(t, vip4)
+	if err := e.probe.SendARP(vip4); err != nil {
+		t.Fatal(err)
+	}
 	client := netip.MustParseAddr("192.168.77.2")
-	reply, err := e.readARP(2*time.Second, func(p *arp.Packet) bool {
+	reply, err := e.probe.ReadARP(2*time.Second, func(p *arp.Packet) bool {
 		return p.Operation == arp.OperationReply && p.SenderIP == vip4 && p.TargetIP == client
 	})
 	if err != nil {
 		t.Fatalf("no ARP reply for %s: %v", vip4, err)
 	}
-	if reply.SenderHardwareAddr.String() != e.aMAC.String() || reply.TargetHardwareAddr.String() != e.bIfi.HardwareAddr.String() {
+	if reply.SenderHardwareAddr.String() != e.aMAC || reply.TargetHardwareAddr.String() != e.probe.Ifi.HardwareAddr.String() {
 		t.Errorf("ARP reply %+v", reply)
 	}
-	e.askNDP(t, vip6)
-	if na, err = e.readNA(2*time.Second, vip6, true); err != nil {
+	if err := e.probe.SendNS(vip6); err != nil {
+		t.Fatal(err)
+	}
+	if na, err = e.probe.ReadNA(2*time.Second, vip6, true); err != nil {
 		t.Fatalf("no Neighbor Advertisement for %s: %v", vip6, err)
 	}
-	if !na.Solicited || !na.Override || targetLLA(na) != e.aMAC.String() {
-		t.Errorf("solicited advertisement %+v, target %s", na, targetLLA(na))
+	if !na.Solicited || !na.Override || netlab.TargetLLA(na) != e.aMAC {
+		t.Errorf("solicited advertisement %+v, target %s", na, netlab.TargetLLA(na))
 	}
 
 	// ...and stays silent for what it does not.
-	e.askARP(t, netip.MustParseAddr("192.168.77.101"))
-	if p, err := e.readARP(500*time.Millisecond, func(p *arp.Packet) bool { return p.SenderIP == netip.MustParseAddr("192.168.77.101") }); err == nil {
+	if err := e.probe.SendARP(netip.MustParseAddr("192.168.77.101")); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := e.probe.ReadARP(500*time.Millisecond, func(p *arp.Packet) bool { return p.SenderIP == netip.MustParseAddr("192.168.77.101") }); err == nil {
 		t.Errorf("answered for an address it does not own: %+v", p)
 	}
-	e.askNDP(t, netip.MustParseAddr("fd77::101"))
-	if na, err := e.readNA(500*time.Millisecond, netip.MustParseAddr("fd77::101"), true); err == nil {
+	if err := e.probe.SendNS(netip.MustParseAddr("fd77::101")); err != nil {
+		t.Fatal(err)
+	}
+	if na, err := e.probe.ReadNA(500*time.Millisecond, netip.MustParseAddr("fd77::101"), true); err == nil {
 		t.Errorf("advertised an address it does not own: %+v", na)
 	}
 
 	// A malformed frame is dropped and counted.
 	bad := make([]byte, 60)
 	copy(bad, broadcast)
-	copy(bad[6:], e.bIfi.HardwareAddr)
+	copy(bad[6:], e.probe.Ifi.HardwareAddr)
 	bad[12], bad[13] = 0x08, 0x06 // ARP, with an all-zero (invalid) payload
-	if _, err := e.arp.WriteTo(bad, &packet.Addr{HardwareAddr: broadcast}); err != nil {
+	if err := e.probe.WriteFrame(bad); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(200 * time.Millisecond)

@@ -35,6 +35,9 @@ type Options struct {
 	// Detach lets the processes outlive this one (for the lab); their process IDs are
 	// written to Dir/NAME.pid for StopDetached.
 	Detach bool
+	// Dial, when set, is how Config reaches the API server: for one in another network
+	// namespace, a dialer that opens its sockets there.
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
 }
 
 // ControlPlane is a running etcd and kube-apiserver.
@@ -136,6 +139,7 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 			CAData: certs.caPEM, CertData: certs.adminCertPEM, KeyData: certs.adminKeyPEM,
 		},
 		QPS: 1000, Burst: 2000,
+		Dial: opts.Dial,
 	}
 	cp.Kubeconfig = filepath.Join(opts.Dir, "kubeconfig")
 	if err := writeKubeconfig(cp.Kubeconfig, cp.URL, certs); err != nil {

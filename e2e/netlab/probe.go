@@ -1,0 +1,182 @@
+package netlab
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/mdlayher/arp"
+	"github.com/mdlayher/ethernet"
+	"github.com/mdlayher/ndp"
+	"github.com/mdlayher/packet"
+)
+
+// Prober asks and listens for ARP and NDP on one interface of a namespace, as a client
+// on the LAN does, from raw sockets opened inside the namespace.
+type Prober struct {
+	Ifi *net.Interface
+	IP4 netip.Addr // the address it asks from
+	arp *packet.Conn
+	ndp *ndp.Conn
+}
+
+var broadcast = net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+
+// NewProber opens the sockets on dev of ns, which must have the IPv4 address ip4 and be up.
+func NewProber(t interface {
+	Helper()
+	Fatalf(string, ...any)
+	Cleanup(func())
+}, ns *NS, dev string, ip4 netip.Addr) *Prober {
+	t.Helper()
+	p := &Prober{IP4: ip4}
+	err := ns.Do(func() error {
+		var err error
+		if p.Ifi, err = net.InterfaceByName(dev); err != nil {
+			return err
+		}
+		if p.arp, err = packet.Listen(p.Ifi, packet.Raw, 0x0806, nil); err != nil {
+			return err
+		}
+		for range 100 { // the link-local address appears once the link is up
+			if p.ndp, _, err = ndp.Listen(p.Ifi, ndp.LinkLocal); err == nil {
+				return nil
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("prober on %s/%s: %v", ns.Name, dev, err)
+	}
+	t.Cleanup(func() { p.arp.Close(); p.ndp.Close() })
+	return p
+}
+
+// ReadARP returns the first ARP packet within limit that match accepts.
+func (p *Prober) ReadARP(limit time.Duration, match func(*arp.Packet) bool) (*arp.Packet, error) {
+	deadline := time.Now().Add(limit)
+	buf := make([]byte, 1514)
+	for time.Now().Before(deadline) {
+		_ = p.arp.SetReadDeadline(deadline)
+		n, _, err := p.arp.ReadFrom(buf)
+		if err != nil {
+			return nil, err
+		}
+		var f ethernet.Frame
+		var a arp.Packet
+		if f.UnmarshalBinary(buf[:n]) != nil || a.UnmarshalBinary(f.Payload) != nil {
+			continue
+		}
+		if match(&a) {
+			return &a, nil
+		}
+	}
+	return nil, errors.New("timed out")
+}
+
+// SendARP broadcasts an ARP request for ip.
+func (p *Prober) SendARP(ip netip.Addr) error {
+	a, err := arp.NewPacket(arp.OperationRequest, p.Ifi.HardwareAddr, p.IP4, net.HardwareAddr{0, 0, 0, 0, 0, 0}, ip)
+	if err != nil {
+		return err
+	}
+	pb, err := a.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	b, err := (&ethernet.Frame{Destination: broadcast, Source: p.Ifi.HardwareAddr, EtherType: ethernet.EtherTypeARP, Payload: pb}).MarshalBinary()
+	if err != nil {
+		return err
+	}
+	_, err = p.arp.WriteTo(b, &packet.Addr{HardwareAddr: broadcast})
+	return err
+}
+
+// WriteFrame sends a raw Ethernet frame (for malformed input).
+func (p *Prober) WriteFrame(b []byte) error {
+	_, err := p.arp.WriteTo(b, &packet.Addr{HardwareAddr: broadcast})
+	return err
+}
+
+// AskARP asks who has ip and returns every hardware address that answered within window.
+func (p *Prober) AskARP(ip netip.Addr, window time.Duration) ([]string, error) {
+	if err := p.SendARP(ip); err != nil {
+		return nil, err
+	}
+	var macs []string
+	deadline := time.Now().Add(window)
+	for {
+		a, err := p.ReadARP(time.Until(deadline), func(a *arp.Packet) bool {
+			return a.Operation == arp.OperationReply && a.SenderIP == ip && a.TargetIP == p.IP4
+		})
+		if err != nil {
+			break
+		}
+		if m := a.SenderHardwareAddr.String(); !slices.Contains(macs, m) {
+			macs = append(macs, m)
+		}
+	}
+	slices.Sort(macs)
+	return macs, nil
+}
+
+// ReadNA returns the first Neighbor Advertisement for target within limit with the
+// given solicited flag.
+func (p *Prober) ReadNA(limit time.Duration, target netip.Addr, solicited bool) (*ndp.NeighborAdvertisement, error) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		_ = p.ndp.SetReadDeadline(deadline)
+		m, _, _, err := p.ndp.ReadFrom()
+		if err != nil {
+			return nil, err
+		}
+		if na, ok := m.(*ndp.NeighborAdvertisement); ok && na.TargetAddress == target && na.Solicited == solicited {
+			return na, nil
+		}
+	}
+	return nil, errors.New("timed out")
+}
+
+// SendNS sends a Neighbor Solicitation for ip to its solicited-node group.
+func (p *Prober) SendNS(ip netip.Addr) error {
+	group, err := ndp.SolicitedNodeMulticast(ip)
+	if err != nil {
+		return err
+	}
+	ns := &ndp.NeighborSolicitation{TargetAddress: ip, Options: []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Source, Addr: p.Ifi.HardwareAddr}}}
+	return p.ndp.WriteTo(ns, nil, group)
+}
+
+// AskNDP solicits ip and returns the target hardware address of every advertisement
+// within window.
+func (p *Prober) AskNDP(ip netip.Addr, window time.Duration) ([]string, error) {
+	if err := p.SendNS(ip); err != nil {
+		return nil, err
+	}
+	var macs []string
+	deadline := time.Now().Add(window)
+	for {
+		na, err := p.ReadNA(time.Until(deadline), ip, true)
+		if err != nil {
+			break
+		}
+		if m := TargetLLA(na); m != "" && !slices.Contains(macs, m) {
+			macs = append(macs, m)
+		}
+	}
+	slices.Sort(macs)
+	return macs, nil
+}
+
+// TargetLLA is the target link-layer address an advertisement carries, "" when none.
+func TargetLLA(na *ndp.NeighborAdvertisement) string {
+	for _, o := range na.Options {
+		if l, ok := o.(*ndp.LinkLayerAddress); ok && l.Direction == ndp.Target {
+			return l.Addr.String()
+		}
+	}
+	return ""
+}
