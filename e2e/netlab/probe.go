@@ -11,15 +11,18 @@ import (
 	"github.com/mdlayher/ethernet"
 	"github.com/mdlayher/ndp"
 	"github.com/mdlayher/packet"
+	"golang.org/x/net/ipv6"
 )
 
 // Prober asks and listens for ARP and NDP on one interface of a namespace, as a client
 // on the LAN does, from raw sockets opened inside the namespace.
 type Prober struct {
+	ns  *NS
 	Ifi *net.Interface
 	IP4 netip.Addr // the address it asks from
 	arp *packet.Conn
-	ndp *ndp.Conn
+	ndp *ndp.Conn        // reads advertisements
+	ns6 *ipv6.PacketConn // sends solicitations, by interface index (no zone names)
 }
 
 var broadcast = net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
@@ -31,7 +34,7 @@ func NewProber(t interface {
 	Cleanup(func())
 }, ns *NS, dev string, ip4 netip.Addr) *Prober {
 	t.Helper()
-	p := &Prober{IP4: ip4}
+	p := &Prober{ns: ns, IP4: ip4}
 	err := ns.Do(func() error {
 		var err error
 		if p.Ifi, err = net.InterfaceByName(dev); err != nil {
@@ -42,16 +45,24 @@ func NewProber(t interface {
 		}
 		for range 100 { // the link-local address appears once the link is up
 			if p.ndp, _, err = ndp.Listen(p.Ifi, ndp.LinkLocal); err == nil {
-				return nil
+				break
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		c, err := net.ListenPacket("ip6:ipv6-icmp", "::")
+		if err != nil {
+			return err
+		}
+		p.ns6 = ipv6.NewPacketConn(c)
+		return p.ns6.SetMulticastHopLimit(255)
 	})
 	if err != nil {
 		t.Fatalf("prober on %s/%s: %v", ns.Name, dev, err)
 	}
-	t.Cleanup(func() { p.arp.Close(); p.ndp.Close() })
+	t.Cleanup(func() { p.arp.Close(); p.ndp.Close(); p.ns6.Close() })
 	return p
 }
 
@@ -75,6 +86,27 @@ func (p *Prober) ReadARP(limit time.Duration, match func(*arp.Packet) bool) (*ar
 		}
 	}
 	return nil, errors.New("timed out")
+}
+
+// drainARP discards what the socket has buffered: replies to the client kernel's own
+// requests land there too, and must not pass for answers to the next question.
+func (p *Prober) drainARP() {
+	buf := make([]byte, 1514)
+	for {
+		_ = p.arp.SetReadDeadline(time.Now().Add(time.Millisecond))
+		if _, _, err := p.arp.ReadFrom(buf); err != nil {
+			return
+		}
+	}
+}
+
+func (p *Prober) drainNDP() {
+	for {
+		_ = p.ndp.SetReadDeadline(time.Now().Add(time.Millisecond))
+		if _, _, _, err := p.ndp.ReadFrom(); err != nil {
+			return
+		}
+	}
 }
 
 // SendARP broadcasts an ARP request for ip.
@@ -103,6 +135,7 @@ func (p *Prober) WriteFrame(b []byte) error {
 
 // AskARP asks who has ip and returns every hardware address that answered within window.
 func (p *Prober) AskARP(ip netip.Addr, window time.Duration) ([]string, error) {
+	p.drainARP()
 	if err := p.SendARP(ip); err != nil {
 		return nil, err
 	}
@@ -146,13 +179,20 @@ func (p *Prober) SendNS(ip netip.Addr) error {
 	if err != nil {
 		return err
 	}
-	ns := &ndp.NeighborSolicitation{TargetAddress: ip, Options: []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Source, Addr: p.Ifi.HardwareAddr}}}
-	return p.ndp.WriteTo(ns, nil, group)
+	b, err := ndp.MarshalMessage(&ndp.NeighborSolicitation{TargetAddress: ip, Options: []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Source, Addr: p.Ifi.HardwareAddr}}})
+	if err != nil {
+		return err
+	}
+	// The interface goes by index: a zone name would be resolved through Go's
+	// process-wide cache, which may hold another namespace's interfaces.
+	_, err = p.ns6.WriteTo(b, &ipv6.ControlMessage{IfIndex: p.Ifi.Index, HopLimit: 255}, &net.IPAddr{IP: group.AsSlice()})
+	return err
 }
 
 // AskNDP solicits ip and returns the target hardware address of every advertisement
 // within window.
 func (p *Prober) AskNDP(ip netip.Addr, window time.Duration) ([]string, error) {
+	p.drainNDP()
 	if err := p.SendNS(ip); err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/mdlayher/ndp"
@@ -65,6 +66,7 @@ type link struct {
 	ndp      *ndp.Conn
 	serves   map[netip.Addr]bool // guarded by Announcer.mu
 	groups   map[netip.Addr]bool // solicited-node groups joined
+	done     chan struct{}       // closed with the link: its readers return
 }
 
 // New returns an Announcer; it answers nothing before Run.
@@ -160,6 +162,12 @@ func (a *Announcer) closeAll() {
 }
 
 func (l *link) close() {
+	select {
+	case <-l.done:
+		return
+	default:
+		close(l.done)
+	}
 	if l.arp != nil {
 		l.arp.Close()
 	}
@@ -205,7 +213,7 @@ func (a *Announcer) rescan() {
 			if l != nil {
 				l.close()
 			}
-			l = &link{ifi: ifi, serves: map[netip.Addr]bool{}, groups: map[netip.Addr]bool{}}
+			l = &link{ifi: ifi, serves: map[netip.Addr]bool{}, groups: map[netip.Addr]bool{}, done: make(chan struct{})}
 			a.links[ifi.Index] = l
 		}
 		l.prefixes = prefixes
@@ -329,16 +337,36 @@ func family(ip netip.Addr) string {
 	return "IPv6"
 }
 
+// readFailed handles a read error: true when the reader should return (the link is
+// closed, or the socket is gone); otherwise it waits a little, so that a failing socket
+// cannot spin, until the next rescan replaces it.
+func (l *link) readFailed(log *slog.Logger, proto string, err error) bool {
+	select {
+	case <-l.done:
+		return true
+	default:
+	}
+	if errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.EBADF) {
+		return true
+	}
+	log.Debug("read "+proto, "interface", l.ifi.Name, "err", err)
+	select {
+	case <-l.done:
+		return true
+	case <-time.After(100 * time.Millisecond):
+		return false
+	}
+}
+
 func (a *Announcer) serveARP(l *link, c *packet.Conn) {
 	buf := make([]byte, 1514)
 	owned := a.serving(l)
 	for {
 		n, _, err := c.ReadFrom(buf)
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+			if l.readFailed(a.log, "ARP", err) {
 				return
 			}
-			a.log.Debug("read ARP", "interface", l.ifi.Name, "err", err)
 			continue
 		}
 		reply, dst, v := arpReply(buf[:n], l.ifi.HardwareAddr, owned)
@@ -362,10 +390,9 @@ func (a *Announcer) serveNDP(l *link, c *ndp.Conn) {
 	for {
 		n, _, src, err := c.ReadRaw(buf)
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+			if l.readFailed(a.log, "NDP", err) {
 				return
 			}
-			a.log.Debug("read NDP", "interface", l.ifi.Name, "err", err)
 			continue
 		}
 		na, dst, v := ndpReply(buf[:n], src, l.ifi.HardwareAddr, owned)

@@ -211,6 +211,17 @@ func (cp *ControlPlane) waitReady(ctx context.Context, limit time.Duration) erro
 	}
 }
 
+// Pid returns the process ID of the named component ("etcd", "kube-apiserver"), 0 when
+// it does not run.
+func (cp *ControlPlane) Pid(name string) int {
+	for _, p := range cp.procs {
+		if p.name == name {
+			return p.cmd.Process.Pid
+		}
+	}
+	return 0
+}
+
 // Stop ends both processes and waits for them. It is safe to call more than once.
 func (cp *ControlPlane) Stop() {
 	for i := len(cp.procs) - 1; i >= 0; i-- {

@@ -1,0 +1,417 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/heraldlb/herald/e2e/netlab"
+	"github.com/heraldlb/herald/pkg/controller"
+	"github.com/heraldlb/herald/pkg/k8s/k8stest"
+)
+
+// Addresses of the lab network.
+const (
+	cpIP4     = "192.168.10.5"
+	clientIP4 = "192.168.10.2"
+	// ServicePort is where the stand-in servers listen.
+	ServicePort = 8090
+)
+
+// DefaultConfig is the lab's address pool.
+const DefaultConfig = `
+address-pools:
+- name: default
+  protocol: layer2
+  addresses:
+  - 192.168.10.90-192.168.10.100
+  - fd10::90-fd10::a0
+`
+
+// Cluster is a running lab.
+type Cluster struct {
+	t       testing.TB
+	Switch  *netlab.NS
+	CPNS    *netlab.NS
+	Client  *netlab.NS
+	Nodes   []*Node
+	CP      *k8stest.ControlPlane
+	Kube    kubernetes.Interface
+	Probe   *netlab.Prober
+	logDir  string
+	speaker string // binary
+}
+
+// Node is one lab node.
+type Node struct {
+	Name     string
+	NS       *netlab.NS
+	IP4, IP6 string
+	MAC      string
+	speaker  *exec.Cmd
+	exited   chan struct{}
+}
+
+// Options shape a cluster.
+type Options struct {
+	Nodes        int    // default 3
+	Config       string // default DefaultConfig
+	SpeakerFlags []string
+}
+
+// Start brings up a lab cluster; everything is torn down when the test ends.
+func Start(t testing.TB, speakerBin string, opts Options) *Cluster {
+	t.Helper()
+	netlab.Require(t)
+	if opts.Nodes == 0 {
+		opts.Nodes = 3
+	}
+	if opts.Config == "" {
+		opts.Config = DefaultConfig
+	}
+	logDir, err := os.MkdirTemp("", "herald-e2e-logs-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("logs kept in %s", logDir)
+			return
+		}
+		os.RemoveAll(logDir)
+	})
+	c := &Cluster{t: t, speaker: speakerBin, logDir: logDir}
+	c.Switch = netlab.NewNS(t, "sw")
+	c.Switch.Bridge("br0")
+	c.CPNS = netlab.NewNS(t, "cp")
+	netlab.Plug(t, c.Switch, "br0", "p-cp", c.CPNS, "eth0")
+	c.CPNS.Addr("eth0", cpIP4+"/24")
+	c.Client = netlab.NewNS(t, "client")
+	netlab.Plug(t, c.Switch, "br0", "p-client", c.Client, "eth0")
+	c.Client.Addr("eth0", clientIP4+"/24")
+	c.Client.Addr("eth0", "fd10::2/64")
+	for i := range opts.Nodes {
+		n := &Node{Name: fmt.Sprintf("node%d", i+1), IP4: fmt.Sprintf("192.168.10.%d", 11+i), IP6: fmt.Sprintf("fd10::%d", 11+i)}
+		n.NS = netlab.NewNS(t, n.Name)
+		netlab.Plug(t, c.Switch, "br0", "p-"+n.Name, n.NS, "eth0")
+		n.NS.Addr("eth0", n.IP4+"/24")
+		n.NS.Addr("eth0", n.IP6+"/64")
+		// The kernel never answers ARP for the stand-in's addresses on loopback.
+		n.NS.Run("sysctl", "-q", "-w", "net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.eth0.arp_ignore=1")
+		// A node's network configuration keeps its addresses across a link flap (Linux
+		// flushes IPv6 ones on link down otherwise).
+		n.NS.Run("sysctl", "-q", "-w", "net.ipv6.conf.eth0.keep_addr_on_down=1")
+		n.MAC = n.NS.MAC("eth0")
+		c.Nodes = append(c.Nodes, n)
+	}
+
+	ctx := context.Background()
+	cp, err := k8stest.Start(ctx, k8stest.Options{
+		Dir: filepath.Join(c.logDir, "control-plane"), BindAddress: cpIP4,
+		CommandPrefix: []string{"ip", "netns", "exec", c.CPNS.Name}, Dial: c.CPNS.DialContext,
+	})
+	if err != nil {
+		t.Fatalf("control plane: %v", err)
+	}
+	t.Cleanup(cp.Stop)
+	c.CP = cp
+	c.Kube = kubernetes.NewForConfigOrDie(cp.Config)
+
+	c.apply(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "herald-system"}})
+	key := make([]byte, 16)
+	_, _ = rand.Read(key)
+	if _, err := c.Kube.CoreV1().Secrets("herald-system").Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "memberlist"}, Data: map[string][]byte{"secretkey": key},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.SetConfig(opts.Config)
+	for _, n := range c.Nodes {
+		c.createNode(n)
+	}
+
+	// The controller runs in this process, against the API server in its namespace.
+	ctrl, err := controller.New(controller.Options{Client: c.Kube, Logger: c.logger("controller")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- ctrl.Run(cctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	for _, n := range c.Nodes {
+		c.startServer(n)
+		c.StartSpeaker(n, opts.SpeakerFlags...)
+	}
+	c.Probe = netlab.NewProber(t, c.Client, "eth0", netip.MustParseAddr(clientIP4))
+	c.WaitMembers(len(c.Nodes), 20*time.Second)
+	return c
+}
+
+func (c *Cluster) logger(name string) *slog.Logger {
+	f, err := os.Create(filepath.Join(c.logDir, name+".log"))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { f.Close() })
+	return slog.New(slog.NewTextHandler(f, nil))
+}
+
+func (c *Cluster) apply(ns *corev1.Namespace) {
+	if _, err := c.Kube.CoreV1().Namespaces().Create(context.Background(), ns, metav1.CreateOptions{}); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// SetConfig writes the Herald ConfigMap.
+func (c *Cluster) SetConfig(text string) {
+	ctx := context.Background()
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "herald-system", Name: "config"}, Data: map[string]string{"config": text}}
+	if _, err := c.Kube.CoreV1().ConfigMaps("herald-system").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		if _, err := c.Kube.CoreV1().ConfigMaps("herald-system").Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+}
+
+// createNode registers n as a Ready Node with its InternalIP (there is no kubelet).
+func (c *Cluster) createNode(n *Node) {
+	ctx := context.Background()
+	node, err := c.Kube.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name}}, metav1.CreateOptions{})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: n.IP4}, {Type: corev1.NodeInternalIP, Address: n.IP6}}
+	node.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}}
+	if _, err := c.Kube.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// startServer runs the stand-in for the Service's pods and kube-proxy on n: this test
+// binary again, answering every connection on ServicePort with the node's name.
+func (c *Cluster) startServer(n *Node) {
+	cmd := n.NS.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "HERALD_E2E_SERVE="+n.Name)
+	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+}
+
+// Serve is the stand-in server's main, run when HERALD_E2E_SERVE is set.
+func Serve(name string) error {
+	l, err := net.Listen("tcp", fmt.Sprintf(":%d", ServicePort))
+	if err != nil {
+		return err
+	}
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(conn, name)
+		conn.Close()
+	}
+}
+
+// StartSpeaker starts n's speaker process.
+func (c *Cluster) StartSpeaker(n *Node, flags ...string) {
+	c.t.Helper()
+	logf, err := os.OpenFile(filepath.Join(c.logDir, n.Name+"-speaker.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	args := append([]string{c.speaker, "--kubeconfig", c.CP.Kubeconfig, "--node-name", n.Name,
+		"--metrics-addr", "127.0.0.1:7473", "--log-format", "text", "--log-level", "debug"}, flags...)
+	cmd := n.NS.Command(args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	n.speaker, n.exited = cmd, make(chan struct{})
+	exited := n.exited
+	go func() { _ = cmd.Wait(); logf.Close(); close(exited) }()
+	c.t.Cleanup(func() { c.StopSpeaker(n, syscall.SIGKILL) })
+}
+
+// Signal sends sig to n's speaker without waiting for it to exit.
+func (c *Cluster) Signal(n *Node, sig syscall.Signal) {
+	if n.speaker != nil {
+		_ = n.speaker.Process.Signal(sig)
+	}
+}
+
+// StopSpeaker signals n's speaker and waits for it to exit. `ip netns exec` passes the
+// signal on, as it execs the speaker in place.
+func (c *Cluster) StopSpeaker(n *Node, sig syscall.Signal) {
+	if n.speaker == nil {
+		return
+	}
+	_ = n.speaker.Process.Signal(sig)
+	select {
+	case <-n.exited:
+	case <-time.After(10 * time.Second):
+		_ = n.speaker.Process.Kill()
+		<-n.exited
+	}
+	n.speaker = nil
+}
+
+// Metrics returns n's speaker's metrics text.
+func (c *Cluster) Metrics(n *Node) (string, error) {
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DialContext: n.NS.DialContext}}
+	resp, err := client.Get("http://127.0.0.1:7473/metrics")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+// WaitMembers waits until every running speaker sees want live speakers.
+func (c *Cluster) WaitMembers(want int, limit time.Duration) {
+	c.t.Helper()
+	deadline := time.Now().Add(limit)
+	line := fmt.Sprintf("herald_speaker_members %d\n", want)
+	for _, n := range c.Nodes {
+		if n.speaker == nil {
+			continue
+		}
+		for {
+			m, err := c.Metrics(n)
+			if err == nil && strings.Contains(m, line) {
+				break
+			}
+			if time.Now().After(deadline) {
+				c.t.Fatalf("%s does not see %d speakers (logs in %s): %v", n.Name, want, c.logDir, err)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+}
+
+// CreateService creates a LoadBalancer Service on ServicePort, waits for its addresses,
+// and puts them on every node's stand-in.
+func (c *Cluster) CreateService(name string, mod func(*corev1.Service)) []netip.Addr {
+	c.t.Helper()
+	ctx := context.Background()
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name},
+		Spec: corev1.ServiceSpec{
+			Type:     corev1.ServiceTypeLoadBalancer,
+			Selector: map[string]string{"app": name},
+			Ports:    []corev1.ServicePort{{Name: "http", Port: ServicePort, TargetPort: intstr.FromInt32(ServicePort)}},
+		},
+	}
+	if mod != nil {
+		mod(svc)
+	}
+	if _, err := c.Kube.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		c.t.Fatal(err)
+	}
+	var ips []netip.Addr
+	for deadline := time.Now().Add(10 * time.Second); len(ips) == 0; time.Sleep(50 * time.Millisecond) {
+		s, err := c.Kube.CoreV1().Services("default").Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		for _, in := range s.Status.LoadBalancer.Ingress {
+			ips = append(ips, netip.MustParseAddr(in.IP))
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("Service %s got no address", name)
+		}
+	}
+	for _, n := range c.Nodes {
+		for _, ip := range ips {
+			n.NS.Run("ip", "addr", "add", netip.PrefixFrom(ip, ip.BitLen()).String(), "dev", "lo")
+		}
+	}
+	return ips
+}
+
+// Connect opens a TCP connection from the client to ip and returns the name of the node
+// that answered.
+func (c *Cluster) Connect(ip netip.Addr, timeout time.Duration) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	conn, err := c.Client.DialContext(ctx, "tcp", net.JoinHostPort(ip.String(), fmt.Sprint(ServicePort)))
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(timeout))
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	return strings.TrimSpace(line), err
+}
+
+// NodeByMAC returns the node whose eth0 has mac.
+func (c *Cluster) NodeByMAC(mac string) *Node {
+	for _, n := range c.Nodes {
+		if n.MAC == mac {
+			return n
+		}
+	}
+	return nil
+}
+
+// Node returns the named node.
+func (c *Cluster) Node(name string) *Node {
+	for _, n := range c.Nodes {
+		if n.Name == name {
+			return n
+		}
+	}
+	c.t.Fatalf("no node %s", name)
+	return nil
+}
+
+// Owners asks the LAN who has ip (ARP or NDP) and returns the names of the nodes that
+// answered within window.
+func (c *Cluster) Owners(ip netip.Addr, window time.Duration) []string {
+	c.t.Helper()
+	var macs []string
+	var err error
+	if ip.Is4() {
+		macs, err = c.Probe.AskARP(ip, window)
+	} else {
+		macs, err = c.Probe.AskNDP(ip, window)
+	}
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	var out []string
+	for _, m := range macs {
+		if n := c.NodeByMAC(m); n != nil {
+			out = append(out, n.Name)
+		} else {
+			out = append(out, "unknown "+m)
+		}
+	}
+	return out
+}
+
+// LogDir is where every component's log is.
+func (c *Cluster) LogDir() string { return c.logDir }

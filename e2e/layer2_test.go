@@ -1,0 +1,206 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// owner waits until exactly one node answers for ip and returns it.
+func (c *Cluster) owner(t *testing.T, ip netip.Addr, limit time.Duration) *Node {
+	t.Helper()
+	var got []string
+	for deadline := time.Now().Add(limit); time.Now().Before(deadline); {
+		got = c.Owners(ip, 300*time.Millisecond)
+		if len(got) == 1 {
+			return c.Node(got[0])
+		}
+		if len(got) > 1 {
+			t.Fatalf("%s answered by %v: more than one node", ip, got)
+		}
+	}
+	t.Fatalf("no node answers for %s after %s (logs in %s)", ip, limit, c.LogDir())
+	return nil
+}
+
+// reach waits until a TCP connection to ip is answered by a node other than not, and
+// returns that node's name and how long it took.
+func (c *Cluster) reach(t *testing.T, ip netip.Addr, not string, limit time.Duration) (string, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	var last error
+	for time.Since(start) < limit {
+		name, err := c.Connect(ip, 250*time.Millisecond)
+		if err == nil && name != not {
+			return name, time.Since(start)
+		}
+		last = err
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("%s not reached through a node other than %q after %s: %v (logs in %s)", ip, not, limit, last, c.LogDir())
+	return "", 0
+}
+
+func TestLayer2OneAnswerAndTraffic(t *testing.T) {
+	c := Start(t, speakerBin, Options{})
+	ips := c.CreateService("web", func(s *corev1.Service) {
+		p := corev1.IPFamilyPolicyRequireDualStack
+		s.Spec.IPFamilyPolicy, s.Spec.IPFamilies = &p, []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
+	})
+	if len(ips) != 2 || ips[0] != netip.MustParseAddr("192.168.10.90") || ips[1] != netip.MustParseAddr("fd10::90") {
+		t.Fatalf("addresses %v", ips)
+	}
+	for _, ip := range ips {
+		o := c.owner(t, ip, 10*time.Second)
+		// Asked again and again, always the same single node answers, with its own MAC.
+		for range 3 {
+			if got := c.Owners(ip, 300*time.Millisecond); !slices.Equal(got, []string{o.Name}) {
+				t.Fatalf("%s answered by %v, want only %s", ip, got, o.Name)
+			}
+		}
+		name, err := c.Connect(ip, 2*time.Second)
+		if err != nil || name != o.Name {
+			t.Errorf("TCP to %s reached %q (%v), want the owner %s", ip, name, err, o.Name)
+		}
+	}
+	// The client's kernel resolved the address to the owner's MAC.
+	neigh := c.Client.Run("ip", "neigh", "show", "192.168.10.90")
+	if o := c.owner(t, ips[0], time.Second); !containsMAC(neigh, o.MAC) {
+		t.Errorf("client neighbour entry %q, want %s's MAC %s", neigh, o.Name, o.MAC)
+	}
+}
+
+func containsMAC(s, mac string) bool { return len(mac) > 0 && len(s) > 0 && contains(s, mac) }
+
+func contains(s, sub string) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if s[i:i+len(sub)] == sub {
+			return true
+		}
+	}
+	return false
+}
+
+func TestLayer2LocalFollowsEndpoints(t *testing.T) {
+	c := Start(t, speakerBin, Options{})
+	ctx := context.Background()
+	ready := true
+	slice := func(node string) *discoveryv1.EndpointSlice {
+		return &discoveryv1.EndpointSlice{
+			ObjectMeta:  metav1.ObjectMeta{Namespace: "default", Name: "local-1", Labels: map[string]string{discoveryv1.LabelServiceName: "local"}},
+			AddressType: discoveryv1.AddressTypeIPv4,
+			Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.244.0.5"}, NodeName: &node, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
+		}
+	}
+	if _, err := c.Kube.DiscoveryV1().EndpointSlices("default").Create(ctx, slice("node2"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ips := c.CreateService("local", func(s *corev1.Service) {
+		s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+	})
+	if o := c.owner(t, ips[0], 10*time.Second); o.Name != "node2" {
+		t.Fatalf("Local Service announced by %s, want node2 (its only endpoint)", o.Name)
+	}
+	// The endpoint moves to node3; so does the address.
+	if _, err := c.Kube.DiscoveryV1().EndpointSlices("default").Update(ctx, slice("node3"), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if got := c.Owners(ips[0], 300*time.Millisecond); slices.Equal(got, []string{"node3"}) {
+			break
+		} else if time.Now().After(deadline) {
+			t.Fatalf("after the endpoint moved, %s answered by %v, want node3", ips[0], got)
+		}
+	}
+	if name, _ := c.reach(t, ips[0], "", 5*time.Second); name != "node3" {
+		t.Errorf("traffic reached %s, want node3", name)
+	}
+}
+
+// failover takes the owner of ip out with kill, measures the time from then until a
+// client's connection to ip is answered by another node, and brings the old owner back.
+func (c *Cluster) failover(t *testing.T, ip netip.Addr, how string) (from, to string, took time.Duration) {
+	t.Helper()
+	old := c.owner(t, ip, 10*time.Second)
+	if name, err := c.Connect(ip, 2*time.Second); err != nil || name != old.Name {
+		t.Fatalf("before: %s reached %q (%v), want %s", ip, name, err, old.Name)
+	}
+	start := time.Now()
+	switch how {
+	case "graceful":
+		c.Signal(old, syscall.SIGTERM)
+	case "crash":
+		c.Signal(old, syscall.SIGKILL)
+	case "link down":
+		old.NS.Run("ip", "link", "set", "eth0", "down")
+	}
+	to, _ = c.reach(t, ip, old.Name, 10*time.Second)
+	took = time.Since(start)
+	if now := c.owner(t, ip, 5*time.Second); now.Name != to {
+		t.Errorf("traffic went to %s but %s answers for %s", to, now.Name, ip)
+	}
+	if how == "link down" {
+		old.NS.Run("ip", "link", "set", "eth0", "up")
+	} else {
+		c.StopSpeaker(old, syscall.SIGKILL) // reaps it; a no-op signal if it has exited
+		c.StartSpeaker(old)
+	}
+	c.WaitMembers(len(c.Nodes), 20*time.Second)
+	return old.Name, to, took
+}
+
+func TestLayer2Failover(t *testing.T) {
+	c := Start(t, speakerBin, Options{})
+	ips := c.CreateService("web", func(s *corev1.Service) {
+		p := corev1.IPFamilyPolicyRequireDualStack
+		s.Spec.IPFamilyPolicy, s.Spec.IPFamilies = &p, []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
+	})
+	for _, how := range []string{"graceful", "crash", "link down"} {
+		for _, ip := range ips {
+			from, to, took := c.failover(t, ip, how)
+			t.Logf("%-9s %-12s %s -> %s: traffic through the new owner after %s", how, ip, from, to, took.Round(time.Millisecond))
+		}
+	}
+}
+
+func TestLayer2KeepsAnnouncingWithoutAPIServer(t *testing.T) {
+	c := Start(t, speakerBin, Options{})
+	ips := c.CreateService("web", nil)
+	o := c.owner(t, ips[0], 10*time.Second)
+	apiserver := c.CP.Pid("kube-apiserver")
+	if err := syscall.Kill(apiserver, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			_ = syscall.Kill(apiserver, syscall.SIGCONT)
+		}
+	}
+	t.Cleanup(resume)
+	// Thirty seconds without an API server: traffic keeps flowing to the same node.
+	for i := range 30 {
+		name, err := c.Connect(ips[0], time.Second)
+		if err != nil || name != o.Name {
+			t.Fatalf("second %d without the API server: reached %q (%v), want %s", i, name, err, o.Name)
+		}
+		time.Sleep(time.Second)
+	}
+	if got := c.Owners(ips[0], 300*time.Millisecond); !slices.Equal(got, []string{o.Name}) {
+		t.Fatalf("without the API server, %s answered by %v", ips[0], got)
+	}
+	resume()
+	// Back: a new Service is announced again.
+	ips2 := c.CreateService(fmt.Sprint("web2"), nil)
+	c.owner(t, ips2[0], 20*time.Second)
+}

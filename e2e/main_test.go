@@ -1,0 +1,34 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+var speakerBin string
+
+func TestMain(m *testing.M) {
+	if name := os.Getenv("HERALD_E2E_SERVE"); name != "" {
+		if err := Serve(name); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
+	dir, err := os.MkdirTemp("", "herald-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	speakerBin = filepath.Join(dir, "speaker")
+	if out, err := exec.Command("go", "build", "-o", speakerBin, "../speaker").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build the speaker: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
