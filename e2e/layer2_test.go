@@ -15,7 +15,7 @@ import (
 )
 
 // owner waits until exactly one node answers for ip and returns it.
-func (c *Cluster) owner(t *testing.T, ip netip.Addr, limit time.Duration) *Node {
+func (c *Cluster) owner(t testing.TB, ip netip.Addr, limit time.Duration) *Node {
 	t.Helper()
 	var got []string
 	for deadline := time.Now().Add(limit); time.Now().Before(deadline); {
@@ -33,7 +33,7 @@ func (c *Cluster) owner(t *testing.T, ip netip.Addr, limit time.Duration) *Node 
 
 // reach waits until a TCP connection to ip is answered by a node other than not, and
 // returns that node's name and how long it took.
-func (c *Cluster) reach(t *testing.T, ip netip.Addr, not string, limit time.Duration) (string, time.Duration) {
+func (c *Cluster) reach(t testing.TB, ip netip.Addr, not string, limit time.Duration) (string, time.Duration) {
 	t.Helper()
 	start := time.Now()
 	var last error
@@ -128,7 +128,7 @@ func TestLayer2LocalFollowsEndpoints(t *testing.T) {
 
 // failover takes the owner of ip out with kill, measures the time from then until a
 // client's connection to ip is answered by another node, and brings the old owner back.
-func (c *Cluster) failover(t *testing.T, ip netip.Addr, how string) (from, to string, took time.Duration) {
+func (c *Cluster) failover(t testing.TB, ip netip.Addr, how string) (from, to string, took time.Duration) {
 	t.Helper()
 	old := c.owner(t, ip, 10*time.Second)
 	if name, err := c.Connect(ip, 2*time.Second); err != nil || name != old.Name {

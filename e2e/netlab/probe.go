@@ -12,6 +12,7 @@ import (
 	"github.com/mdlayher/ndp"
 	"github.com/mdlayher/packet"
 	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
 )
 
 // Prober asks and listens for ARP and NDP on one interface of a namespace, as a client
@@ -86,6 +87,31 @@ func (p *Prober) ReadARP(limit time.Duration, match func(*arp.Packet) bool) (*ar
 		}
 	}
 	return nil, errors.New("timed out")
+}
+
+// GrowARPBuffer sets the ARP socket's receive buffer to n bytes (for capturing bursts),
+// beyond the system limit as root may.
+func (p *Prober) GrowARPBuffer(n int) error {
+	rc, err := p.arp.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n)
+	}); err != nil {
+		return err
+	}
+	return serr
+}
+
+// ARPDrops returns how many frames the kernel dropped for the ARP socket so far.
+func (p *Prober) ARPDrops() (uint32, error) {
+	st, err := p.arp.Stats()
+	if err != nil {
+		return 0, err
+	}
+	return st.Drops, nil
 }
 
 // drainARP discards what the socket has buffered: replies to the client kernel's own
