@@ -24,6 +24,9 @@ bench: control-plane ## the benchmarks quoted in the README
 	$(GO) test -run '^$$' -bench Assign100k -benchmem -benchtime 5x ./pkg/ipam
 	$(GO) test -run '^$$' -bench AssignWith100kInUse -benchmem ./pkg/ipam
 	$(GO) test -run '^$$' -bench Services2000 -benchtime 1x ./pkg/controller
+	$(GO) test -run '^$$' -bench . -benchmem ./pkg/election
+	$(GO) test -run '^$$' -bench DetectHardFailure -benchtime 20x ./pkg/members
+	$(GO) test -run '^$$' -bench 'Failover|ThousandServicesMove' -benchtime 1x ./e2e
 
 lint: ## formatting, vet, and the purity of the pure packages
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: the files above need formatting'; exit 1; }
