@@ -3,6 +3,7 @@ package members
 import (
 	"context"
 	"fmt"
+	"os/exec"
 	"slices"
 	"strconv"
 	"sync"
@@ -151,4 +152,34 @@ func BenchmarkDetectHardFailure(b *testing.B) {
 	slices.Sort(took)
 	b.ReportMetric(float64(took[len(took)/2].Milliseconds()), "ms-median")
 	b.ReportMetric(float64(took[len(took)-1].Milliseconds()), "ms-max")
+}
+
+// The defaults must never declare a live speaker dead because its node is busy: with
+// four processes spinning on the two cores for ten seconds, no member may drop out of
+// anyone's view.
+func TestNoFalseAlarmUnderCPULoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("ten seconds of CPU load")
+	}
+	c := newCluster(t, key)
+	ms := []*Members{c.start("a", key), c.start("b", key), c.start("c", key)}
+	for _, m := range ms {
+		c.waitAlive(m, []string{"a", "b", "c"}, 10*time.Second)
+	}
+	for range 4 {
+		hog := exec.Command("sh", "-c", "while :; do :; done")
+		if err := hog.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = hog.Process.Kill(); _ = hog.Wait() })
+	}
+	end := time.Now().Add(10 * time.Second)
+	for time.Now().Before(end) {
+		for _, m := range ms {
+			if got := m.Alive(); len(got) != 3 {
+				t.Fatalf("under CPU load %s sees only %v", m.cfg.Name, got)
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
