@@ -72,7 +72,7 @@ func run() error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ctrl, err := controller.New(controller.Options{
-		Client: client, ConfigNamespace: *cmNamespace, ConfigName: *cmName, ConfigKey: *cmKey,
+		Client: client, Config: k8s.ConfigRef{Namespace: *cmNamespace, Name: *cmName, Key: *cmKey},
 		LoadBalancerClass: *class, Workers: *workers, ResyncPeriod: *resyncPeriod,
 		Logger: logger, Registerer: reg,
 	})

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -73,20 +74,9 @@ func TestLayer2OneAnswerAndTraffic(t *testing.T) {
 	}
 	// The client's kernel resolved the address to the owner's MAC.
 	neigh := c.Client.Run("ip", "neigh", "show", "192.168.10.90")
-	if o := c.owner(t, ips[0], time.Second); !containsMAC(neigh, o.MAC) {
+	if o := c.owner(t, ips[0], time.Second); !strings.Contains(neigh, o.MAC) {
 		t.Errorf("client neighbour entry %q, want %s's MAC %s", neigh, o.Name, o.MAC)
 	}
-}
-
-func containsMAC(s, mac string) bool { return len(mac) > 0 && len(s) > 0 && contains(s, mac) }
-
-func contains(s, sub string) bool {
-	for i := 0; i+len(sub) <= len(s); i++ {
-		if s[i:i+len(sub)] == sub {
-			return true
-		}
-	}
-	return false
 }
 
 func TestLayer2LocalFollowsEndpoints(t *testing.T) {

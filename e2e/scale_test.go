@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -16,6 +15,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/heraldlb/herald/pkg/k8s/k8stest"
 )
 
 const manyConfig = `
@@ -30,28 +31,13 @@ address-pools:
 func (c *Cluster) createMany(t testing.TB, n int) {
 	t.Helper()
 	ctx := context.Background()
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 16)
-	errs := make(chan error, n)
-	for i := range n {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			_, err := c.Kube.CoreV1().Services("default").Create(ctx, &corev1.Service{
-				ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: fmt.Sprintf("svc-%04d", i)},
-				Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Selector: map[string]string{"app": "x"},
-					Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(80)}}},
-			}, metav1.CreateOptions{})
-			if err != nil {
-				errs <- err
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	if _, err := k8stest.CreateServices(ctx, c.Kube, n, func(i int) *corev1.Service {
+		return &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: fmt.Sprintf("svc-%04d", i)},
+			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Selector: map[string]string{"app": "x"},
+				Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(80)}}},
+		}
+	}); err != nil {
 		t.Fatal(err)
 	}
 	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(500 * time.Millisecond) {
@@ -87,6 +73,23 @@ func (c *Cluster) announced(n *Node) int {
 		}
 	}
 	return -1
+}
+
+// waitAnnounced waits until the speakers between them announce want addresses.
+func (c *Cluster) waitAnnounced(t testing.TB, want int) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		total := 0
+		for _, n := range c.Nodes {
+			total += c.announced(n)
+		}
+		if total == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the speakers announce %d of %d addresses", total, want)
+		}
+	}
 }
 
 // moveAll kills the speaker of victim and returns how long it took until the client had
@@ -127,18 +130,7 @@ func (c *Cluster) moveAll(t testing.TB, victim *Node, sig syscall.Signal) (int, 
 func TestLayer2ThousandServicesMove(t *testing.T) {
 	c := Start(t, speakerBin, Options{Config: manyConfig})
 	c.createMany(t, 1000)
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		total := 0
-		for _, n := range c.Nodes {
-			total += c.announced(n)
-		}
-		if total == 1000 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the speakers announce %d of 1000 addresses", total)
-		}
-	}
+	c.waitAnnounced(t, 1000)
 	owned, took := c.moveAll(t, c.Nodes[0], syscall.SIGKILL)
 	t.Logf("crash of %s: all %d of its addresses re-announced by other nodes %s after", c.Nodes[0].Name, owned, took.Round(time.Millisecond))
 	// The survivors now announce all of them between them.
@@ -183,15 +175,7 @@ func BenchmarkFailover(b *testing.B) {
 func BenchmarkThousandServicesMove(b *testing.B) {
 	c := Start(b, speakerBin, Options{Config: manyConfig})
 	c.createMany(b, 1000)
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		total := 0
-		for _, n := range c.Nodes {
-			total += c.announced(n)
-		}
-		if total == 1000 || time.Now().After(deadline) {
-			break
-		}
-	}
+	c.waitAnnounced(b, 1000)
 	for b.Loop() {
 		owned, took := c.moveAll(b, c.Nodes[0], syscall.SIGKILL)
 		b.ReportMetric(float64(owned), "addresses-moved")

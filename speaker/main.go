@@ -81,7 +81,7 @@ func run() error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	announcer := layer2.New(layer2.Options{Logger: logger.With("component", "layer2"), Registerer: reg})
 	opts := speaker.Options{
-		Client: client, NodeName: *nodeName, ConfigNamespace: *cmNamespace, ConfigName: *cmName, ConfigKey: *cmKey,
+		Client: client, NodeName: *nodeName, Config: k8s.ConfigRef{Namespace: *cmNamespace, Name: *cmName, Key: *cmKey},
 		LoadBalancerClass: *class, Layer2: announcer, Logger: logger, Registerer: reg,
 	}
 	var ml *members.Members

@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -49,12 +48,15 @@ func BenchmarkServices2000(b *testing.B) {
 		f := newEnv(b)
 		start = time.Now()
 		svcs := createServices(b, client, f.ns, n)
-		parallel(b, 8, len(svcs), func(i int) error {
+		err := k8stest.Parallel(8, len(svcs), func(i int) error {
 			s := svcs[i]
 			s.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: fmt.Sprintf("10.60.%d.%d", i/256, i%256)}}
 			_, err := client.CoreV1().Services(f.ns).UpdateStatus(context.Background(), s, metav1.UpdateOptions{})
 			return err
 		})
+		if err != nil {
+			b.Fatal(err)
+		}
 		floor = time.Since(start)
 		f.deleteAll()
 	}
@@ -64,43 +66,13 @@ func BenchmarkServices2000(b *testing.B) {
 }
 
 func createServices(b testing.TB, client kubernetes.Interface, ns string, n int) []*corev1.Service {
-	out := make([]*corev1.Service, n)
-	parallel(b, 16, n, func(i int) error {
-		s, err := client.CoreV1().Services(ns).Create(context.Background(), newService(ns, fmt.Sprintf("s-%04d", i)), metav1.CreateOptions{})
-		out[i] = s
-		return err
+	out, err := k8stest.CreateServices(context.Background(), client, n, func(i int) *corev1.Service {
+		return newService(ns, fmt.Sprintf("s-%04d", i))
 	})
-	return out
-}
-
-// parallel runs f(0..n-1) on workers goroutines and fails b on the first error.
-func parallel(b testing.TB, workers, n int, f func(i int) error) {
-	var wg sync.WaitGroup
-	next := make(chan int)
-	errs := make(chan error, workers)
-	for range workers {
-		wg.Go(func() {
-			for i := range next {
-				if err := f(i); err != nil {
-					errs <- err
-					return
-				}
-			}
-		})
-	}
-	for i := range n {
-		select {
-		case next <- i:
-		case err := <-errs:
-			b.Fatal(err)
-		}
-	}
-	close(next)
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
+	if err != nil {
 		b.Fatal(err)
 	}
+	return out
 }
 
 // watchAssigned closes the returned channel once n Services in ns show an address.

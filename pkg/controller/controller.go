@@ -34,10 +34,9 @@ import (
 // Options configure a Controller. Zero values take the defaults noted.
 type Options struct {
 	Client kubernetes.Interface // required
-	// The ConfigMap holding the configuration, and its key.
-	ConfigNamespace string // default herald-system
-	ConfigName      string // default config
-	ConfigKey       string // default config
+	// Config names the ConfigMap key holding the configuration; default
+	// herald-system/config, key config.
+	Config k8s.ConfigRef
 	// LoadBalancerClass is the class Herald serves besides none; default herald.dev/lb.
 	LoadBalancerClass string
 	// WatchNamespace limits the controller to Services of one namespace; "" means all.
@@ -60,11 +59,10 @@ type Controller struct {
 	metrics *metrics.Controller
 	queue   workqueue.TypedRateLimitingInterface[string]
 
-	svcFactory, cmFactory informers.SharedInformerFactory
-	svcInformer           cache.SharedIndexInformer
-	cmInformer            cache.SharedIndexInformer
-	svcLister             corelisters.ServiceLister
-	cmLister              corelisters.ConfigMapLister
+	svcFactory  informers.SharedInformerFactory
+	svcInformer cache.SharedIndexInformer
+	svcLister   corelisters.ServiceLister
+	configs     *k8s.ConfigSource
 
 	seenConfig *string // the ConfigMap text last handled; touched only by the config sync
 
@@ -82,9 +80,7 @@ func New(opts Options) (*Controller, error) {
 	if opts.Client == nil {
 		return nil, errors.New("controller: Options.Client is required")
 	}
-	opts.ConfigNamespace = cmp.Or(opts.ConfigNamespace, "herald-system")
-	opts.ConfigName = cmp.Or(opts.ConfigName, "config")
-	opts.ConfigKey = cmp.Or(opts.ConfigKey, "config")
+	opts.Config = opts.Config.WithDefaults()
 	opts.LoadBalancerClass = cmp.Or(opts.LoadBalancerClass, k8s.DefaultLoadBalancerClass)
 	opts.Workers = cmp.Or(opts.Workers, 8)
 	opts.ResyncPeriod = cmp.Or(opts.ResyncPeriod, 10*time.Minute)
@@ -106,13 +102,9 @@ func New(opts Options) (*Controller, error) {
 	}
 	c.metrics = metrics.NewController(opts.Registerer, c.poolStats)
 	c.svcFactory = informers.NewSharedInformerFactoryWithOptions(opts.Client, opts.ResyncPeriod, informers.WithNamespace(opts.WatchNamespace))
-	c.cmFactory = informers.NewSharedInformerFactoryWithOptions(opts.Client, opts.ResyncPeriod,
-		informers.WithNamespace(opts.ConfigNamespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + opts.ConfigName }))
+	c.configs = k8s.NewConfigSource(opts.Client, opts.Config, opts.ResyncPeriod)
 	c.svcInformer = c.svcFactory.Core().V1().Services().Informer()
 	c.svcLister = c.svcFactory.Core().V1().Services().Lister()
-	c.cmInformer = c.cmFactory.Core().V1().ConfigMaps().Informer()
-	c.cmLister = c.cmFactory.Core().V1().ConfigMaps().Lister()
 	return c, nil
 }
 
@@ -124,7 +116,7 @@ func (c *Controller) Ready() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.alloc == nil {
-		return fmt.Errorf("no valid configuration in ConfigMap %s/%s", c.opts.ConfigNamespace, c.opts.ConfigName)
+		return fmt.Errorf("no valid configuration in ConfigMap %s", c.opts.Config)
 	}
 	return nil
 }
@@ -136,10 +128,10 @@ func (c *Controller) Run(ctx context.Context) error {
 	defer c.events.Shutdown() // deferred first, so it runs after the workers have returned
 	g, ctx := errgroup.WithContext(ctx)
 	c.svcFactory.Start(ctx.Done())
-	c.cmFactory.Start(ctx.Done())
+	c.configs.Start(ctx.Done())
 	defer c.svcFactory.Shutdown()
-	defer c.cmFactory.Shutdown()
-	if !cache.WaitForCacheSync(ctx.Done(), c.svcInformer.HasSynced, c.cmInformer.HasSynced) {
+	defer c.configs.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), c.svcInformer.HasSynced, c.configs.Informer.HasSynced) {
 		return g.Wait() // ctx ended first
 	}
 	// The configuration, and with it every assignment already in Service statuses, comes
@@ -158,7 +150,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		return err
 	}
 	onConfig := func(any) { c.queue.Add(configKey) }
-	if _, err := c.cmInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	if _, err := c.configs.Informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc: onConfig, UpdateFunc: func(_, obj any) { onConfig(obj) }, DeleteFunc: onConfig,
 	}); err != nil {
 		return err
@@ -206,34 +198,31 @@ func (c *Controller) processNext(ctx context.Context) bool {
 // syncConfig reads the ConfigMap and puts it in force if it is valid and takes no
 // address away; otherwise it keeps the configuration in force and says why.
 func (c *Controller) syncConfig() error {
-	ns, name := c.opts.ConfigNamespace, c.opts.ConfigName
-	cm, err := c.cmLister.ConfigMaps(ns).Get(name)
-	if apierrors.IsNotFound(err) {
+	cm, text, err := c.configs.Get()
+	if errors.Is(err, k8s.ErrNoConfigMap) {
 		if c.seenConfig == nil || *c.seenConfig != "\x00missing" {
 			c.seenConfig = ptr("\x00missing")
 			c.mu.Lock()
 			inForce := c.alloc != nil
 			c.mu.Unlock()
-			c.log.Warn("configuration ConfigMap not found", "configMap", ns+"/"+name, "inForce", inForce)
+			c.log.Warn("configuration ConfigMap not found", "configMap", c.opts.Config.String(), "inForce", inForce)
 			if inForce {
 				c.metrics.ConfigStale.Set(1)
 			}
 		}
 		return nil
 	}
-	if err != nil {
-		return err
-	}
-	text, ok := cm.Data[c.opts.ConfigKey]
-	if !ok {
+	if errors.Is(err, k8s.ErrNoKey) {
 		text = "\x00nokey"
+	} else if err != nil {
+		return err
 	}
 	if c.seenConfig != nil && *c.seenConfig == text {
 		return nil
 	}
 	c.seenConfig = &text
-	if !ok {
-		c.refuse(cm, "invalid", "InvalidConfig", fmt.Errorf("ConfigMap has no key %q", c.opts.ConfigKey))
+	if errors.Is(err, k8s.ErrNoKey) {
+		c.refuse(cm, "invalid", "InvalidConfig", err)
 		return nil
 	}
 	cfg, err := config.Parse([]byte(text))
@@ -259,7 +248,7 @@ func (c *Controller) syncConfig() error {
 	c.metrics.ConfigLastSuccess.SetToCurrentTime()
 	msg := fmt.Sprintf("configuration loaded: %d address pools, %d BGP peers", len(cfg.Pools), len(cfg.Peers))
 	c.events.Recorder.Event(cm, corev1.EventTypeNormal, "ConfigLoaded", msg)
-	c.log.Info("configuration loaded", "configMap", ns+"/"+name, "pools", len(cfg.Pools), "peers", len(cfg.Peers))
+	c.log.Info("configuration loaded", "configMap", c.opts.Config.String(), "pools", len(cfg.Pools), "peers", len(cfg.Peers))
 	// Pools may have grown or changed: every Service is looked at again.
 	svcs, _ := c.svcLister.List(labels.Everything())
 	for _, svc := range svcs {
@@ -361,7 +350,7 @@ func (c *Controller) syncService(ctx context.Context, key string) error {
 	c.mu.Lock()
 	if c.alloc == nil {
 		c.mu.Unlock()
-		c.report(svc, "NoConfiguration", "no_config", fmt.Sprintf("no valid configuration in ConfigMap %s/%s yet", c.opts.ConfigNamespace, c.opts.ConfigName))
+		c.report(svc, "NoConfiguration", "no_config", fmt.Sprintf("no valid configuration in ConfigMap %s yet", c.opts.Config))
 		return nil
 	}
 	before, _ := c.alloc.Assigned(key)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/heraldlb/herald/pkg/k8s"
+	"github.com/heraldlb/herald/pkg/k8s/k8stest"
 )
 
 const issueConfig = `
@@ -251,24 +251,9 @@ func TestNoConfigYet(t *testing.T) {
 
 func createMany(t *testing.T, e *env, prefix string, n int) {
 	t.Helper()
-	var wg sync.WaitGroup
-	errs := make(chan error, n)
-	sem := make(chan struct{}, 16)
-	for i := range n {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			_, err := e.client.CoreV1().Services(e.ns).Create(context.Background(), newService(e.ns, fmt.Sprintf("%s-%03d", prefix, i)), metav1.CreateOptions{})
-			if err != nil {
-				errs <- err
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	if _, err := k8stest.CreateServices(context.Background(), e.client, n, func(i int) *corev1.Service {
+		return newService(e.ns, fmt.Sprintf("%s-%03d", prefix, i))
+	}); err != nil {
 		t.Fatalf("create: %v", err)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/heraldlb/herald/pkg/k8s"
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
 )
 
@@ -68,7 +69,7 @@ type controller struct {
 
 func (e *env) options() Options {
 	return Options{
-		Client: e.client, ConfigNamespace: e.ns, WatchNamespace: e.ns,
+		Client: e.client, Config: k8s.ConfigRef{Namespace: e.ns}, WatchNamespace: e.ns,
 		Logger: slog.New(slog.NewTextHandler(testWriter{e.t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
 	}
 }

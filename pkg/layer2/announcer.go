@@ -370,17 +370,10 @@ func (a *Announcer) serveARP(l *link, c *packet.Conn) {
 			continue
 		}
 		reply, dst, v := arpReply(buf[:n], l.ifi.HardwareAddr, owned)
-		switch v {
-		case answered:
-			if _, err := c.WriteTo(reply, &packet.Addr{HardwareAddr: dst}); err != nil {
-				a.log.Warn("send ARP reply", "interface", l.ifi.Name, "err", err)
-				continue
-			}
-			a.metrics.Answered.WithLabelValues("IPv4").Inc()
-		case ownPacket:
-		default:
-			a.metrics.Dropped.WithLabelValues("IPv4", v.String()).Inc()
+		if v == answered {
+			_, err = c.WriteTo(reply, &packet.Addr{HardwareAddr: dst})
 		}
+		a.count(l, "IPv4", v, err)
 	}
 }
 
@@ -396,17 +389,22 @@ func (a *Announcer) serveNDP(l *link, c *ndp.Conn) {
 			continue
 		}
 		na, dst, v := ndpReply(buf[:n], src, l.ifi.HardwareAddr, owned)
-		switch v {
-		case answered:
-			if err := c.WriteTo(na, nil, dst); err != nil {
-				a.log.Warn("send Neighbor Advertisement", "interface", l.ifi.Name, "err", err)
-				continue
-			}
-			a.metrics.Answered.WithLabelValues("IPv6").Inc()
-		case ownPacket:
-		default:
-			a.metrics.Dropped.WithLabelValues("IPv6", v.String()).Inc()
+		if v == answered {
+			err = c.WriteTo(na, nil, dst)
 		}
+		a.count(l, "IPv6", v, err)
+	}
+}
+
+// count records what became of one packet read; sendErr is the reply's send error.
+func (a *Announcer) count(l *link, family string, v verdict, sendErr error) {
+	switch {
+	case v == answered && sendErr != nil:
+		a.log.Warn("send answer", "interface", l.ifi.Name, "family", family, "err", sendErr)
+	case v == answered:
+		a.metrics.Answered.WithLabelValues(family).Inc()
+	case v != ownPacket:
+		a.metrics.Dropped.WithLabelValues(family, v.String()).Inc()
 	}
 }
 

@@ -15,7 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -25,6 +24,7 @@ import (
 	"github.com/heraldlb/herald/pkg/config"
 	"github.com/heraldlb/herald/pkg/k8s"
 	"github.com/heraldlb/herald/pkg/layer2"
+	"github.com/heraldlb/herald/pkg/metrics"
 	"github.com/heraldlb/herald/pkg/plan"
 )
 
@@ -45,9 +45,7 @@ type Members interface {
 type Options struct {
 	Client            kubernetes.Interface // required
 	NodeName          string               // required: this node
-	ConfigNamespace   string               // default herald-system
-	ConfigName        string               // default config
-	ConfigKey         string               // default config
+	Config            k8s.ConfigRef        // default herald-system/config, key config
 	LoadBalancerClass string               // default herald.dev/lb
 	Layer2            Layer2               // required
 	Members           Members              // nil: memberlist off, node Ready stands in
@@ -61,11 +59,12 @@ type Speaker struct {
 	opts    Options
 	log     *slog.Logger
 	events  *k8s.Events
-	metrics *speakerMetrics
+	metrics *metrics.Speaker
 	trigger chan struct{}
 
-	factory, cmFactory informers.SharedInformerFactory
-	synced             []cache.InformerSynced
+	factory informers.SharedInformerFactory
+	configs *k8s.ConfigSource
+	synced  []cache.InformerSynced
 
 	seenConfig string
 	cfg        *config.Config
@@ -81,9 +80,7 @@ func New(opts Options) (*Speaker, error) {
 	if opts.Client == nil || opts.NodeName == "" || opts.Layer2 == nil {
 		return nil, errors.New("speaker: Client, NodeName and Layer2 are required")
 	}
-	opts.ConfigNamespace = cmp.Or(opts.ConfigNamespace, "herald-system")
-	opts.ConfigName = cmp.Or(opts.ConfigName, "config")
-	opts.ConfigKey = cmp.Or(opts.ConfigKey, "config")
+	opts.Config = opts.Config.WithDefaults()
 	opts.LoadBalancerClass = cmp.Or(opts.LoadBalancerClass, k8s.DefaultLoadBalancerClass)
 	opts.ResyncPeriod = cmp.Or(opts.ResyncPeriod, 30*time.Second)
 	if opts.Logger == nil {
@@ -95,18 +92,16 @@ func New(opts Options) (*Speaker, error) {
 	s := &Speaker{
 		opts: opts, log: opts.Logger, trigger: make(chan struct{}, 1),
 		events:    k8s.NewEvents(opts.Client, "herald-speaker"),
-		metrics:   newSpeakerMetrics(opts.Registerer),
+		metrics:   metrics.NewSpeaker(opts.Registerer),
 		announced: map[string]bool{},
 	}
 	s.factory = informers.NewSharedInformerFactory(opts.Client, 0)
-	s.cmFactory = informers.NewSharedInformerFactoryWithOptions(opts.Client, 0,
-		informers.WithNamespace(opts.ConfigNamespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + opts.ConfigName }))
+	s.configs = k8s.NewConfigSource(opts.Client, opts.Config, 0)
 	for _, inf := range []cache.SharedIndexInformer{
 		s.factory.Core().V1().Services().Informer(),
 		s.factory.Discovery().V1().EndpointSlices().Informer(),
 		s.factory.Core().V1().Nodes().Informer(),
-		s.cmFactory.Core().V1().ConfigMaps().Informer(),
+		s.configs.Informer,
 	} {
 		s.synced = append(s.synced, inf.HasSynced)
 		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -164,9 +159,9 @@ func (s *Speaker) Run(ctx context.Context) error {
 	s.events.Start()
 	defer s.events.Shutdown()
 	s.factory.Start(ctx.Done())
-	s.cmFactory.Start(ctx.Done())
+	s.configs.Start(ctx.Done())
 	defer s.factory.Shutdown()
-	defer s.cmFactory.Shutdown()
+	defer s.configs.Shutdown()
 	if !cache.WaitForCacheSync(ctx.Done(), s.synced...) {
 		return nil
 	}
@@ -212,29 +207,25 @@ func (s *Speaker) sync() {
 	if s.cfg != nil {
 		s.ready.Store(true)
 	}
-	s.metrics.syncSeconds.Observe(time.Since(start).Seconds())
-	s.metrics.members.Set(float64(len(in.Members)))
+	s.metrics.SyncSeconds.Observe(time.Since(start).Seconds())
+	s.metrics.Members.Set(float64(len(in.Members)))
 }
 
 // loadConfig takes a new configuration when it parses; otherwise the last good one stays.
 func (s *Speaker) loadConfig() {
-	cm, err := s.cmFactory.Core().V1().ConfigMaps().Lister().ConfigMaps(s.opts.ConfigNamespace).Get(s.opts.ConfigName)
-	if err != nil {
+	_, text, err := s.configs.Get()
+	if err != nil || text == s.seenConfig {
 		return // missing: keep what is in force
-	}
-	text, ok := cm.Data[s.opts.ConfigKey]
-	if !ok || text == s.seenConfig {
-		return
 	}
 	s.seenConfig = text
 	cfg, err := config.Parse([]byte(text))
 	if err != nil {
-		s.metrics.configStale.Set(1)
-		s.log.Error("configuration refused; the last good one stays in force", "configMap", s.opts.ConfigNamespace+"/"+s.opts.ConfigName, "err", err)
+		s.metrics.ConfigStale.Set(1)
+		s.log.Error("configuration refused; the last good one stays in force", "configMap", s.opts.Config.String(), "err", err)
 		return
 	}
 	s.cfg = cfg
-	s.metrics.configStale.Set(0)
+	s.metrics.ConfigStale.Set(0)
 	s.log.Info("configuration loaded", "pools", len(cfg.Pools))
 }
 
@@ -294,7 +285,7 @@ func (s *Speaker) report(d plan.Desired) {
 		if s.announced[key] {
 			continue
 		}
-		s.metrics.ownershipChanges.Inc()
+		s.metrics.OwnershipChanges.Inc()
 		s.log.Info("announcing", "service", dec.Service, "ip", dec.IP, "mode", dec.Protocol.String())
 		if svc := getService(svcLister, dec.Service); svc != nil {
 			s.events.Recorder.Eventf(svc, corev1.EventTypeNormal, "Announcing", "node %s announces %s (%s)", s.opts.NodeName, dec.IP, dec.Protocol)
@@ -302,7 +293,7 @@ func (s *Speaker) report(d plan.Desired) {
 	}
 	for key := range s.announced {
 		if !now[key] {
-			s.metrics.ownershipChanges.Inc()
+			s.metrics.OwnershipChanges.Inc()
 			s.log.Info("stopped announcing", "serviceAndIP", key)
 		}
 	}

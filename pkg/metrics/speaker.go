@@ -1,0 +1,36 @@
+package metrics
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Speaker is the speaker loop's metrics.
+type Speaker struct {
+	SyncSeconds      prometheus.Histogram // one computation and application of the desired state
+	OwnershipChanges prometheus.Counter   // Service addresses started or stopped being announced
+	Members          prometheus.Gauge     // live speakers seen, this one included
+	ConfigStale      prometheus.Gauge     // 1 while the newest configuration does not parse
+}
+
+// NewSpeaker registers the speaker loop's metrics with reg.
+func NewSpeaker(reg prometheus.Registerer) *Speaker {
+	m := &Speaker{
+		SyncSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "herald_speaker_sync_duration_seconds",
+			Help:    "Time to compute and apply the desired state once.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+		}),
+		OwnershipChanges: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_speaker_ownership_changes_total",
+			Help: "Service addresses this node started or stopped announcing.",
+		}),
+		Members: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herald_speaker_members",
+			Help: "Live speakers this node sees (memberlist), itself included.",
+		}),
+		ConfigStale: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herald_speaker_config_stale",
+			Help: "1 while the newest configuration does not parse and the last good one stays in force.",
+		}),
+	}
+	reg.MustRegister(m.SyncSeconds, m.OwnershipChanges, m.Members, m.ConfigStale)
+	return m
+}
