@@ -3,12 +3,15 @@ SHELL := /bin/bash
 GO    ?= go
 BIN   := bin
 
-.PHONY: all build test bench lint fuzz deps control-plane lab lab-down lab-status clean
+.PHONY: all build image test bench lint fuzz deps control-plane lab lab-down lab-status clean
 
 all: build
 
 build: ## the binaries, in bin/
 	$(GO) build -trimpath -o $(BIN)/ ./controller ./speaker
+
+image: ## the container image herald:dev (needs a Docker engine)
+	docker build -t herald:dev .
 
 deps: ## Debian packages the tests and the lab need (installs only what is missing)
 	hack/install-deps.sh

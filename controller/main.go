@@ -48,6 +48,7 @@ func run() error {
 		leaseDur     = flag.Duration("lease-duration", k8s.DefaultLeaderTimings.LeaseDuration, "how long a leader's Lease lasts without renewal")
 		renewDl      = flag.Duration("renew-deadline", k8s.DefaultLeaderTimings.RenewDeadline, "how long the leader tries to renew before giving up")
 		retryPeriod  = flag.Duration("retry-period", k8s.DefaultLeaderTimings.RetryPeriod, "how often a standby tries to take the Lease")
+		mlSecret     = flag.String("memberlist-secret", "memberlist", "Secret (in --config-namespace) holding the speakers' gossip key; created with a random key if missing; empty: leave it alone")
 		qps          = flag.Float64("kube-api-qps", 0, "client-side limit on API requests per second; 0 leaves flow control to the API server (priority and fairness)")
 		burst        = flag.Int("kube-api-burst", 0, "client-side burst of API requests, with --kube-api-qps")
 		logLevel     = flag.String("log-level", "info", "debug, info, warn or error")
@@ -82,6 +83,15 @@ func run() error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if *mlSecret != "" {
+		created, err := k8s.EnsureGossipKey(ctx, client, *cmNamespace, *mlSecret)
+		if err != nil {
+			return fmt.Errorf("the speakers' gossip key: %w", err)
+		}
+		if created {
+			logger.Info("created the speakers' gossip key", "secret", *cmNamespace+"/"+*mlSecret)
+		}
+	}
 	g, ctx := errgroup.WithContext(ctx)
 	var leading atomic.Bool
 	if *metricsAddr != "" {

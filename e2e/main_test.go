@@ -6,6 +6,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/heraldlb/herald/pkg/k8s/k8stest"
 )
 
 var speakerBin string
@@ -29,6 +31,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	k8stest.StopShared(code != 0)
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -93,12 +94,16 @@ func run() error {
 				return err
 			}
 		}
-		key, err := gossipKey(ctx, client, *cmNamespace, *mlSecret)
-		if err != nil {
-			return err
-		}
-		if key == nil {
+		var key []byte
+		if *mlSecret == "" {
 			logger.Warn("memberlist gossip is not encrypted (--memberlist-secret is empty)")
+		} else {
+			wait, cancel := context.WithTimeout(ctx, 5*time.Minute)
+			key, err = k8s.WaitGossipKey(wait, client, *cmNamespace, *mlSecret)
+			cancel()
+			if err != nil {
+				return err
+			}
 		}
 		ml, err = members.New(members.Config{
 			Name: *nodeName, BindAddr: bind, BindPort: *mlPort, AdvertiseAddr: bind, Key: key,
@@ -154,20 +159,4 @@ func internalIP(ctx context.Context, client kubernetes.Interface, node string) (
 		}
 	}
 	return "", fmt.Errorf("node %s has no InternalIP; set --memberlist-bind-addr", node)
-}
-
-// gossipKey reads the memberlist key from the Secret; nil when name is empty.
-func gossipKey(ctx context.Context, client kubernetes.Interface, ns, name string) ([]byte, error) {
-	if name == "" {
-		return nil, nil
-	}
-	s, err := client.CoreV1().Secrets(ns).Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("memberlist key: Secret %s/%s: %w (create it, or pass --memberlist-secret='' to gossip in the clear)", ns, name, err)
-	}
-	key, ok := s.Data["secretkey"]
-	if !ok {
-		return nil, fmt.Errorf("memberlist key: Secret %s/%s has no key secretkey", ns, name)
-	}
-	return key, nil
 }

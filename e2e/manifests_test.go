@@ -1,0 +1,84 @@
+package e2e
+
+import (
+	"context"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/heraldlb/herald/pkg/k8s/k8stest"
+)
+
+func kubectl(t *testing.T, kubeconfig string, args ...string) (string, error) {
+	t.Helper()
+	bin, err := k8stest.Binaries(context.Background())
+	if err != nil {
+		t.Skipf("no kubectl: %v", err)
+	}
+	if kubeconfig != "" {
+		args = append([]string{"--kubeconfig", kubeconfig}, args...)
+	}
+	out, err := exec.Command(filepath.Join(bin, "kubectl"), args...).CombinedOutput()
+	return string(out), err
+}
+
+// The manifests render with kustomize, apply cleanly on a real API server, and grant no
+// more than the components need.
+func TestManifests(t *testing.T) {
+	out, err := kubectl(t, "", "kustomize", "../config")
+	if err != nil {
+		t.Fatalf("kubectl kustomize config: %v\n%s", err, out)
+	}
+	for _, kind := range []string{"Namespace", "ServiceAccount", "ClusterRole", "Role", "Deployment", "DaemonSet"} {
+		if !strings.Contains(out, "kind: "+kind+"\n") {
+			t.Errorf("the rendered manifests have no %s", kind)
+		}
+	}
+	cp := k8stest.Shared(t)
+	kc := cp.Kubeconfig
+	if out, err := kubectl(t, kc, "apply", "-f", "../config/namespace.yaml"); err != nil {
+		t.Fatalf("apply the namespace: %v\n%s", err, out)
+	}
+	if out, err := kubectl(t, kc, "apply", "--dry-run=server", "-k", "../config"); err != nil {
+		t.Fatalf("apply --dry-run=server -k config: %v\n%s", err, out)
+	}
+	if out, err := kubectl(t, kc, "apply", "--dry-run=server", "-f", "../config/samples"); err != nil {
+		t.Fatalf("apply --dry-run=server the samples: %v\n%s", err, out)
+	}
+	if out, err := kubectl(t, kc, "apply", "-k", "../config"); err != nil {
+		t.Fatalf("apply -k config: %v\n%s", err, out)
+	}
+	sa := func(name string) string { return "--as=system:serviceaccount:herald-system:herald-" + name }
+	for _, tc := range []struct {
+		who  string
+		args []string
+		want bool
+	}{
+		{"controller", []string{"update", "services", "--subresource=status", "-n", "default"}, true},
+		{"controller", []string{"update", "services", "-n", "default"}, false},
+		{"controller", []string{"delete", "services", "-n", "default"}, false},
+		{"controller", []string{"create", "events", "-n", "default"}, true},
+		{"controller", []string{"update", "leases.coordination.k8s.io", "-n", "herald-system"}, true},
+		{"controller", []string{"get", "secrets/memberlist", "-n", "herald-system"}, true},
+		{"controller", []string{"get", "secrets/other", "-n", "herald-system"}, false},
+		{"controller", []string{"list", "secrets", "-n", "herald-system"}, false},
+		{"controller", []string{"get", "secrets/memberlist", "-n", "default"}, false},
+		{"speaker", []string{"list", "endpointslices.discovery.k8s.io", "-A"}, true},
+		{"speaker", []string{"watch", "nodes"}, true},
+		{"speaker", []string{"update", "nodes"}, false},
+		{"speaker", []string{"update", "services", "--subresource=status", "-n", "default"}, false},
+		{"speaker", []string{"create", "events", "-n", "default"}, true},
+		{"speaker", []string{"get", "secrets/memberlist", "-n", "herald-system"}, true},
+		{"speaker", []string{"get", "secrets/other", "-n", "herald-system"}, false},
+		{"speaker", []string{"create", "secrets", "-n", "herald-system"}, false},
+		{"speaker", []string{"update", "configmaps", "-n", "herald-system"}, false},
+	} {
+		out, _ := kubectl(t, kc, append([]string{"auth", "can-i", sa(tc.who)}, tc.args...)...)
+		lines := strings.Split(strings.TrimSpace(out), "\n") // warnings may come first
+		answer := lines[len(lines)-1]
+		if got := answer == "yes"; got != tc.want {
+			t.Errorf("can the %s %s? %q, want %v", tc.who, strings.Join(tc.args, " "), answer, tc.want)
+		}
+	}
+}

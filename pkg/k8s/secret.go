@@ -1,0 +1,64 @@
+package k8s
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// GossipKeyField is the key of the memberlist Secret that holds the gossip key.
+const GossipKeyField = "secretkey"
+
+// EnsureGossipKey creates the Secret namespace/name with a random 32-byte gossip key when
+// it does not exist. An existing Secret is left as it is.
+func EnsureGossipKey(ctx context.Context, client kubernetes.Interface, namespace, name string) (created bool, err error) {
+	if _, err := client.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{}); err == nil {
+		return false, nil
+	} else if !apierrors.IsNotFound(err) {
+		return false, fmt.Errorf("read Secret %s/%s: %w", namespace, name, err)
+	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return false, err
+	}
+	_, err = client.CoreV1().Secrets(namespace).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name, Labels: map[string]string{"app.kubernetes.io/part-of": "herald"}},
+		Data:       map[string][]byte{GossipKeyField: key},
+	}, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		return false, nil // another replica was first
+	}
+	if err != nil {
+		return false, fmt.Errorf("create Secret %s/%s: %w", namespace, name, err)
+	}
+	return true, nil
+}
+
+// WaitGossipKey reads the gossip key from the Secret, waiting (up to ctx) while the
+// Secret does not exist yet: the controller creates it on first start.
+func WaitGossipKey(ctx context.Context, client kubernetes.Interface, namespace, name string) ([]byte, error) {
+	for {
+		s, err := client.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
+		if err == nil {
+			key, ok := s.Data[GossipKeyField]
+			if !ok {
+				return nil, fmt.Errorf("memberlist key: Secret %s/%s has no key %s", namespace, name, GossipKeyField)
+			}
+			return key, nil
+		}
+		if !apierrors.IsNotFound(err) {
+			return nil, fmt.Errorf("memberlist key: Secret %s/%s: %w", namespace, name, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("memberlist key: Secret %s/%s does not exist (the controller creates it; or pass --memberlist-secret='' to gossip in the clear)", namespace, name)
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
