@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"fmt"
@@ -15,7 +14,6 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -46,9 +44,17 @@ address-pools:
   - fd10::90-fd10::a0
 `
 
+// TB is what a Cluster needs of a test; the lab command provides it too.
+type TB interface {
+	netlab.TB
+	Logf(format string, args ...any)
+	Failed() bool
+}
+
 // Cluster is a running lab.
 type Cluster struct {
-	t       testing.TB
+	t       TB
+	opts    Options
 	Switch  *netlab.NS
 	CPNS    *netlab.NS
 	Client  *netlab.NS
@@ -72,45 +78,73 @@ type Node struct {
 
 // Options shape a cluster.
 type Options struct {
-	Nodes        int    // default 3
-	Config       string // default DefaultConfig
+	Nodes  int    // default 3
+	Config string // default DefaultConfig
+	// NoConfig leaves the ConfigMap to the caller (the lab applies the sample).
+	NoConfig     bool
 	SpeakerFlags []string
+	// NamePrefix names the namespaces prefix+role ("cp", "client", "node1", …); by
+	// default they get random names.
+	NamePrefix string
+	// Dir keeps the logs and the control plane's files; default a temporary directory,
+	// removed unless the test failed.
+	Dir string
+	// Detach lets every process outlive the caller (the lab); they end with their
+	// namespaces.
+	Detach bool
+	// ControllerBin runs the controller as this binary inside the control plane's
+	// namespace; by default it runs in this process.
+	ControllerBin string
+	// ServerCmd is the stand-in server's command line, the node's name appended; by
+	// default this test binary with HERALD_E2E_SERVE set.
+	ServerCmd []string
 }
 
-// Start brings up a lab cluster; everything is torn down when the test ends.
-func Start(t testing.TB, speakerBin string, opts Options) *Cluster {
+// Start brings up a lab cluster; everything is torn down when the test ends (unless
+// opts.Detach). The caller checks for root (netlab.Require in tests).
+func Start(t TB, speakerBin string, opts Options) *Cluster {
 	t.Helper()
-	netlab.Require(t)
 	if opts.Nodes == 0 {
 		opts.Nodes = 3
 	}
 	if opts.Config == "" {
 		opts.Config = DefaultConfig
 	}
-	logDir, err := os.MkdirTemp("", "herald-e2e-logs-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("logs kept in %s", logDir)
-			return
+	logDir := opts.Dir
+	if logDir == "" {
+		var err error
+		if logDir, err = os.MkdirTemp("", "herald-e2e-logs-"); err != nil {
+			t.Fatalf("%v", err)
 		}
-		os.RemoveAll(logDir)
-	})
-	c := &Cluster{t: t, speaker: speakerBin, logDir: logDir}
-	c.Switch = netlab.NewNS(t, "sw")
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("logs kept in %s", logDir)
+				return
+			}
+			os.RemoveAll(logDir)
+		})
+	} else if err := os.MkdirAll(logDir, 0o755); err != nil {
+		t.Fatalf("%v", err)
+	}
+	c := &Cluster{t: t, opts: opts, speaker: speakerBin, logDir: logDir}
+	ns := func(role string) *netlab.NS {
+		if opts.NamePrefix != "" {
+			return netlab.NewNamedNS(t, opts.NamePrefix+role)
+		}
+		return netlab.NewNS(t, role)
+	}
+	c.Switch = ns("sw")
 	c.Switch.Bridge("br0")
-	c.CPNS = netlab.NewNS(t, "cp")
+	c.CPNS = ns("cp")
 	netlab.Plug(t, c.Switch, "br0", "p-cp", c.CPNS, "eth0")
 	c.CPNS.Addr("eth0", cpIP4+"/24")
-	c.Client = netlab.NewNS(t, "client")
+	c.Client = ns("client")
 	netlab.Plug(t, c.Switch, "br0", "p-client", c.Client, "eth0")
 	c.Client.Addr("eth0", clientIP4+"/24")
 	c.Client.Addr("eth0", "fd10::2/64")
 	for i := range opts.Nodes {
 		n := &Node{Name: fmt.Sprintf("node%d", i+1), IP4: fmt.Sprintf("192.168.10.%d", 11+i), IP6: fmt.Sprintf("fd10::%d", 11+i)}
-		n.NS = netlab.NewNS(t, n.Name)
+		n.NS = ns(n.Name)
 		netlab.Plug(t, c.Switch, "br0", "p-"+n.Name, n.NS, "eth0")
 		n.NS.Addr("eth0", n.IP4+"/24")
 		n.NS.Addr("eth0", n.IP6+"/64")
@@ -127,11 +161,14 @@ func Start(t testing.TB, speakerBin string, opts Options) *Cluster {
 	cp, err := k8stest.Start(ctx, k8stest.Options{
 		Dir: filepath.Join(c.logDir, "control-plane"), BindAddress: cpIP4,
 		CommandPrefix: []string{"ip", "netns", "exec", c.CPNS.Name}, Dial: c.CPNS.DialContext,
+		Detach: opts.Detach,
 	})
 	if err != nil {
 		t.Fatalf("control plane: %v", err)
 	}
-	t.Cleanup(cp.Stop)
+	if !opts.Detach {
+		t.Cleanup(cp.Stop)
+	}
 	c.CP = cp
 	c.Kube = kubernetes.NewForConfigOrDie(cp.Config)
 
@@ -141,22 +178,16 @@ func Start(t testing.TB, speakerBin string, opts Options) *Cluster {
 	if _, err := c.Kube.CoreV1().Secrets("herald-system").Create(ctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: "memberlist"}, Data: map[string][]byte{"secretkey": key},
 	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v", err)
 	}
-	c.SetConfig(opts.Config)
+	if !opts.NoConfig {
+		c.SetConfig(opts.Config)
+	}
 	for _, n := range c.Nodes {
 		c.createNode(n)
 	}
 
-	// The controller runs in this process, against the API server in its namespace.
-	ctrl, err := controller.New(controller.Options{Client: c.Kube, Logger: c.logger("controller")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- ctrl.Run(cctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	c.startController()
 
 	for _, n := range c.Nodes {
 		c.startServer(n)
@@ -167,10 +198,51 @@ func Start(t testing.TB, speakerBin string, opts Options) *Cluster {
 	return c
 }
 
+// startController runs the controller: in this process, against the API server in its
+// namespace, or as opts.ControllerBin inside that namespace.
+func (c *Cluster) startController() {
+	if c.opts.ControllerBin != "" {
+		c.daemon(c.CPNS, "controller", c.opts.ControllerBin, "--kubeconfig", c.CP.Kubeconfig,
+			"--metrics-addr", "127.0.0.1:7472", "--log-format", "text")
+		return
+	}
+	ctrl, err := controller.New(controller.Options{Client: c.Kube, Logger: c.logger("controller")})
+	if err != nil {
+		c.t.Fatalf("%v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ctrl.Run(ctx) }()
+	c.t.Cleanup(func() { cancel(); <-done })
+}
+
+// daemon starts a long-running process inside ns, logging to NAME.log, ended when the
+// test ends (or with its namespace, when detached).
+func (c *Cluster) daemon(ns *netlab.NS, name string, argv ...string) *exec.Cmd {
+	c.t.Helper()
+	logf, err := os.OpenFile(filepath.Join(c.logDir, name+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		c.t.Fatalf("%v", err)
+	}
+	cmd := ns.Command(argv...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if c.opts.Detach {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	}
+	if err := cmd.Start(); err != nil {
+		c.t.Fatalf("start %s: %v", name, err)
+	}
+	logf.Close() // the child has its own copy
+	if !c.opts.Detach {
+		c.t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	}
+	return cmd
+}
+
 func (c *Cluster) logger(name string) *slog.Logger {
 	f, err := os.Create(filepath.Join(c.logDir, name+".log"))
 	if err != nil {
-		c.t.Fatal(err)
+		c.t.Fatalf("%v", err)
 	}
 	c.t.Cleanup(func() { f.Close() })
 	return slog.New(slog.NewTextHandler(f, nil))
@@ -178,7 +250,7 @@ func (c *Cluster) logger(name string) *slog.Logger {
 
 func (c *Cluster) apply(ns *corev1.Namespace) {
 	if _, err := c.Kube.CoreV1().Namespaces().Create(context.Background(), ns, metav1.CreateOptions{}); err != nil {
-		c.t.Fatal(err)
+		c.t.Fatalf("%v", err)
 	}
 }
 
@@ -188,7 +260,7 @@ func (c *Cluster) SetConfig(text string) {
 	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "herald-system", Name: "config"}, Data: map[string]string{"config": text}}
 	if _, err := c.Kube.CoreV1().ConfigMaps("herald-system").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
 		if _, err := c.Kube.CoreV1().ConfigMaps("herald-system").Create(ctx, cm, metav1.CreateOptions{}); err != nil {
-			c.t.Fatal(err)
+			c.t.Fatalf("%v", err)
 		}
 	}
 }
@@ -198,61 +270,46 @@ func (c *Cluster) createNode(n *Node) {
 	ctx := context.Background()
 	node, err := c.Kube.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name}}, metav1.CreateOptions{})
 	if err != nil {
-		c.t.Fatal(err)
+		c.t.Fatalf("%v", err)
 	}
 	node.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: n.IP4}, {Type: corev1.NodeInternalIP, Address: n.IP6}}
 	node.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}}
 	if _, err := c.Kube.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
-		c.t.Fatal(err)
+		c.t.Fatalf("%v", err)
 	}
 }
 
-// startServer runs the stand-in for the Service's pods and kube-proxy on n: this test
-// binary again, answering every connection on ServicePort with the node's name.
+// startServer runs the stand-in for the Service's pods and kube-proxy on n, answering
+// HTTP on ServicePort with the node's name: opts.ServerCmd, or this test binary again.
 func (c *Cluster) startServer(n *Node) {
-	cmd := n.NS.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "HERALD_E2E_SERVE="+n.Name)
-	cmd.Stdout, cmd.Stderr = io.Discard, os.Stderr
-	if err := cmd.Start(); err != nil {
-		c.t.Fatal(err)
+	argv := append(append([]string{}, c.opts.ServerCmd...), n.Name)
+	if len(c.opts.ServerCmd) == 0 {
+		argv = []string{"env", "HERALD_E2E_SERVE=" + n.Name, os.Args[0], "-test.run=^$"}
 	}
-	c.t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	c.daemon(n.NS, n.Name+"-server", argv...)
 }
 
-// Serve is the stand-in server's main, run when HERALD_E2E_SERVE is set.
+// Serve is the stand-in server's main: it answers every HTTP request on ServicePort with
+// the node's name.
 func Serve(name string) error {
 	l, err := net.Listen("tcp", fmt.Sprintf(":%d", ServicePort))
 	if err != nil {
 		return err
 	}
-	for {
-		conn, err := l.Accept()
-		if err != nil {
-			return err
-		}
-		fmt.Fprintln(conn, name)
-		conn.Close()
-	}
+	return http.Serve(l, http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, name)
+	}))
 }
 
 // StartSpeaker starts n's speaker process.
 func (c *Cluster) StartSpeaker(n *Node, flags ...string) {
 	c.t.Helper()
-	logf, err := os.OpenFile(filepath.Join(c.logDir, n.Name+"-speaker.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		c.t.Fatal(err)
-	}
 	args := append([]string{c.speaker, "--kubeconfig", c.CP.Kubeconfig, "--node-name", n.Name,
 		"--metrics-addr", "127.0.0.1:7473", "--log-format", "text", "--log-level", "debug"}, flags...)
-	cmd := n.NS.Command(args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		c.t.Fatal(err)
-	}
+	cmd := c.daemon(n.NS, n.Name+"-speaker", args...)
 	n.speaker, n.exited = cmd, make(chan struct{})
 	exited := n.exited
-	go func() { _ = cmd.Wait(); logf.Close(); close(exited) }()
-	c.t.Cleanup(func() { c.StopSpeaker(n, syscall.SIGKILL) })
+	go func() { _ = cmd.Wait(); close(exited) }()
 }
 
 // Signal sends sig to n's speaker without waiting for it to exit.
@@ -329,13 +386,22 @@ func (c *Cluster) CreateService(name string, mod func(*corev1.Service)) []netip.
 		mod(svc)
 	}
 	if _, err := c.Kube.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-		c.t.Fatal(err)
+		c.t.Fatalf("%v", err)
 	}
+	ips := c.WaitAddresses("default", name)
+	c.StandIn(ips)
+	return ips
+}
+
+// WaitAddresses waits until the Service has addresses in its status and returns them.
+func (c *Cluster) WaitAddresses(namespace, name string) []netip.Addr {
+	c.t.Helper()
+	ctx := context.Background()
 	var ips []netip.Addr
 	for deadline := time.Now().Add(10 * time.Second); len(ips) == 0; time.Sleep(50 * time.Millisecond) {
-		s, err := c.Kube.CoreV1().Services("default").Get(ctx, name, metav1.GetOptions{})
+		s, err := c.Kube.CoreV1().Services(namespace).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
-			c.t.Fatal(err)
+			c.t.Fatalf("%v", err)
 		}
 		for _, in := range s.Status.LoadBalancer.Ingress {
 			ips = append(ips, netip.MustParseAddr(in.IP))
@@ -344,27 +410,29 @@ func (c *Cluster) CreateService(name string, mod func(*corev1.Service)) []netip.
 			c.t.Fatalf("Service %s got no address", name)
 		}
 	}
-	for _, n := range c.Nodes {
-		for _, ip := range ips {
-			n.NS.Run("ip", "addr", "add", netip.PrefixFrom(ip, ip.BitLen()).String(), "dev", "lo")
-		}
-	}
 	return ips
 }
 
-// Connect opens a TCP connection from the client to ip and returns the name of the node
+// StandIn puts ips on every node's loopback, where the stand-in server answers for them.
+func (c *Cluster) StandIn(ips []netip.Addr) {
+	for _, n := range c.Nodes {
+		for _, ip := range ips {
+			n.NS.Run("ip", "addr", "replace", netip.PrefixFrom(ip, ip.BitLen()).String(), "dev", "lo")
+		}
+	}
+}
+
+// Connect makes an HTTP request from the client to ip and returns the name of the node
 // that answered.
 func (c *Cluster) Connect(ip netip.Addr, timeout time.Duration) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	conn, err := c.Client.DialContext(ctx, "tcp", net.JoinHostPort(ip.String(), fmt.Sprint(ServicePort)))
+	client := &http.Client{Timeout: timeout, Transport: &http.Transport{DialContext: c.Client.DialContext, DisableKeepAlives: true}}
+	resp, err := client.Get("http://" + net.JoinHostPort(ip.String(), fmt.Sprint(ServicePort)) + "/")
 	if err != nil {
 		return "", err
 	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(timeout))
-	line, err := bufio.NewReader(conn).ReadString('\n')
-	return strings.TrimSpace(line), err
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return strings.TrimSpace(string(b)), err
 }
 
 // NodeByMAC returns the node whose eth0 has mac.
@@ -400,7 +468,7 @@ func (c *Cluster) Owners(ip netip.Addr, window time.Duration) []string {
 		macs, err = c.Probe.AskNDP(ip, window)
 	}
 	if err != nil {
-		c.t.Fatal(err)
+		c.t.Fatalf("%v", err)
 	}
 	var out []string
 	for _, m := range macs {

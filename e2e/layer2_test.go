@@ -51,7 +51,7 @@ func (c *Cluster) reach(t testing.TB, ip netip.Addr, not string, limit time.Dura
 }
 
 func TestLayer2OneAnswerAndTraffic(t *testing.T) {
-	c := Start(t, speakerBin, Options{})
+	c := start(t, Options{})
 	ips := c.CreateService("web", func(s *corev1.Service) {
 		p := corev1.IPFamilyPolicyRequireDualStack
 		s.Spec.IPFamilyPolicy, s.Spec.IPFamilies = &p, []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
@@ -80,7 +80,7 @@ func TestLayer2OneAnswerAndTraffic(t *testing.T) {
 }
 
 func TestLayer2LocalFollowsEndpoints(t *testing.T) {
-	c := Start(t, speakerBin, Options{})
+	c := start(t, Options{})
 	ctx := context.Background()
 	ready := true
 	slice := func(node string) *discoveryv1.EndpointSlice {
@@ -149,7 +149,7 @@ func (c *Cluster) failover(t testing.TB, ip netip.Addr, how string) (from, to st
 }
 
 func TestLayer2Failover(t *testing.T) {
-	c := Start(t, speakerBin, Options{})
+	c := start(t, Options{})
 	ips := c.CreateService("web", func(s *corev1.Service) {
 		p := corev1.IPFamilyPolicyRequireDualStack
 		s.Spec.IPFamilyPolicy, s.Spec.IPFamilies = &p, []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
@@ -163,7 +163,7 @@ func TestLayer2Failover(t *testing.T) {
 }
 
 func TestLayer2KeepsAnnouncingWithoutAPIServer(t *testing.T) {
-	c := Start(t, speakerBin, Options{})
+	c := start(t, Options{})
 	ips := c.CreateService("web", nil)
 	o := c.owner(t, ips[0], 10*time.Second)
 	apiserver := c.CP.Pid("kube-apiserver")

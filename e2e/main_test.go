@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/heraldlb/herald/e2e/netlab"
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
 )
 
@@ -41,4 +42,11 @@ func envOr(k, def string) string {
 		return v
 	}
 	return def
+}
+
+// start brings up a cluster for a test, skipping it where namespaces cannot be made.
+func start(t testing.TB, opts Options) *Cluster {
+	t.Helper()
+	netlab.Require(t)
+	return Start(t, speakerBin, opts)
 }

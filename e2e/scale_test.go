@@ -128,7 +128,7 @@ func (c *Cluster) moveAll(t testing.TB, victim *Node, sig syscall.Signal) (int, 
 // With a thousand Services, a speaker that dies moves a third of the addresses at once:
 // every one of them is announced by its new owner, in one sync, not one work item each.
 func TestLayer2ThousandServicesMove(t *testing.T) {
-	c := Start(t, speakerBin, Options{Config: manyConfig})
+	c := start(t, Options{Config: manyConfig})
 	c.createMany(t, 1000)
 	c.waitAnnounced(t, 1000)
 	owned, took := c.moveAll(t, c.Nodes[0], syscall.SIGKILL)
@@ -153,7 +153,7 @@ func BenchmarkFailover(b *testing.B) {
 	if v, err := strconv.Atoi(envOr("HERALD_FAILOVER_RUNS", "10")); err == nil && v > 0 {
 		runs = v
 	}
-	c := Start(b, speakerBin, Options{})
+	c := start(b, Options{})
 	ip := c.CreateService("web", nil)[0]
 	for b.Loop() {
 		for _, how := range []string{"graceful", "crash"} {
@@ -173,7 +173,7 @@ func BenchmarkFailover(b *testing.B) {
 // BenchmarkThousandServicesMove reports how long it takes, with 1,000 Services, until
 // every address of a crashed speaker has been re-announced by another node.
 func BenchmarkThousandServicesMove(b *testing.B) {
-	c := Start(b, speakerBin, Options{Config: manyConfig})
+	c := start(b, Options{Config: manyConfig})
 	c.createMany(b, 1000)
 	c.waitAnnounced(b, 1000)
 	for b.Loop() {

@@ -19,6 +19,14 @@ import (
 	"github.com/vishvananda/netns"
 )
 
+// TB is the part of testing.TB that netlab needs, so that the lab can build the same
+// network outside a test.
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
+
 // Require skips the test, saying why, when namespaces cannot be made here.
 func Require(t testing.TB) {
 	t.Helper()
@@ -33,28 +41,38 @@ func Require(t testing.TB) {
 // NS is a network namespace.
 type NS struct {
 	Name string
-	t    testing.TB
+	t    TB
 }
 
 // NewNS creates a namespace with loopback up and duplicate address detection off (so
 // IPv6 addresses are usable at once), removed when the test ends, processes in it killed.
-func NewNS(t testing.TB, role string) *NS {
+func NewNS(t TB, role string) *NS {
 	t.Helper()
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
-	n := &NS{Name: "herald-" + role + "-" + hex.EncodeToString(b), t: t}
+	return NewNamedNS(t, "herald-"+role+"-"+hex.EncodeToString(b))
+}
+
+// NewNamedNS is NewNS with the namespace's name chosen by the caller.
+func NewNamedNS(t TB, name string) *NS {
+	t.Helper()
+	n := &NS{Name: name, t: t}
 	run(t, "ip", "netns", "add", n.Name)
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "pids", n.Name).Output(); err == nil {
-			for _, pid := range strings.Fields(string(out)) {
-				_ = exec.Command("kill", "-9", pid).Run()
-			}
-		}
-		_ = exec.Command("ip", "netns", "del", n.Name).Run()
-	})
+	t.Cleanup(func() { DeleteNS(n.Name) })
 	n.Run("ip", "link", "set", "lo", "up")
 	n.Run("sysctl", "-q", "-w", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
 	return n
+}
+
+// DeleteNS kills every process in the named namespace and deletes it; it does nothing
+// when there is no such namespace.
+func DeleteNS(name string) {
+	if out, err := exec.Command("ip", "netns", "pids", name).Output(); err == nil {
+		for _, pid := range strings.Fields(string(out)) {
+			_ = exec.Command("kill", "-9", pid).Run()
+		}
+	}
+	_ = exec.Command("ip", "netns", "del", name).Run()
 }
 
 // Run runs a command inside the namespace and returns its output, failing the test on error.
@@ -125,7 +143,7 @@ func (n *NS) Bridge(name string) {
 
 // Plug links host's interface dev to bridge br of namespace sw, through a veth whose
 // bridge end is named port.
-func Plug(t testing.TB, sw *NS, br, port string, host *NS, dev string) {
+func Plug(t TB, sw *NS, br, port string, host *NS, dev string) {
 	t.Helper()
 	Veth(t, sw, port, host, dev)
 	sw.Run("ip", "link", "set", port, "master", br)
@@ -138,7 +156,7 @@ func (n *NS) MAC(dev string) string {
 }
 
 // Veth links namespace a's interface aName with namespace b's bName, both up.
-func Veth(t testing.TB, a *NS, aName string, b *NS, bName string) {
+func Veth(t TB, a *NS, aName string, b *NS, bName string) {
 	t.Helper()
 	a.Run("ip", "link", "add", aName, "type", "veth", "peer", "name", bName, "netns", b.Name)
 	a.Run("ip", "link", "set", aName, "up")
@@ -151,7 +169,7 @@ func (n *NS) Addr(dev, cidr string) {
 	n.Run("ip", "addr", "add", cidr, "dev", dev)
 }
 
-func run(t testing.TB, args ...string) string {
+func run(t TB, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
 	if err != nil {

@@ -29,11 +29,7 @@ type Prober struct {
 var broadcast = net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 
 // NewProber opens the sockets on dev of ns, which must have the IPv4 address ip4 and be up.
-func NewProber(t interface {
-	Helper()
-	Fatalf(string, ...any)
-	Cleanup(func())
-}, ns *NS, dev string, ip4 netip.Addr) *Prober {
+func NewProber(t TB, ns *NS, dev string, ip4 netip.Addr) *Prober {
 	t.Helper()
 	p := &Prober{ns: ns, IP4: ip4}
 	err := ns.Do(func() error {

@@ -1,31 +1,45 @@
 // Command lab brings up Herald's lab on this machine and tears it down.
 //
-//	go run ./hack/lab up      # start (or show, when already running), idempotent
+//	go run ./hack/lab up      # start (or show, when already running); safe to repeat
 //	go run ./hack/lab status  # what runs, and the Services
-//	go run ./hack/lab down    # stop everything and remove .lab/
+//	go run ./hack/lab down    # stop everything and remove what the lab made
 //
-// The lab is a real control plane (etcd and kube-apiserver built from their Go modules,
-// on loopback) with Herald's controller, the sample ConfigMap and an nginx Service of
-// type LoadBalancer. Everything it makes lives in .lab/ at the repository root: the
-// kubeconfig, and the logs of every component in .lab/logs.
+// The lab is the end-to-end tests' topology (package e2e), left running: network
+// namespaces on a bridge for a control plane (etcd and kube-apiserver built from their Go
+// modules), three nodes each running a speaker and a stand-in web server, and a client;
+// Herald's controller runs beside the API server. Everything lives in namespaces named
+// herald-lab-* and in .lab/ (kubeconfig, and the logs of every component); nothing is
+// added to this machine's own network namespace. It needs root.
 package main
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/heraldlb/herald/e2e"
+	"github.com/heraldlb/herald/e2e/netlab"
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
 )
 
+const prefix = "herald-lab-"
+
+var roles = []string{"sw", "cp", "client", "node1", "node2", "node3"}
+
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == "serve" {
+		if err := e2e.Serve(os.Args[2]); err != nil { // the stand-in server on each node
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
 	if len(os.Args) != 2 {
 		fmt.Fprintln(os.Stderr, "usage: lab up|status|down")
 		os.Exit(2)
@@ -34,7 +48,7 @@ func main() {
 	if err == nil {
 		switch os.Args[1] {
 		case "up":
-			err = l.up(context.Background())
+			err = l.up()
 		case "status":
 			err = l.status()
 		case "down":
@@ -50,10 +64,13 @@ func main() {
 }
 
 type lab struct {
-	root, dir, logs, kubeconfig, kubectlBin string
+	root, dir, bin, kubectl string
 }
 
 func newLab() (*lab, error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("the lab makes network namespaces: run it as root")
+	}
 	root, err := os.Getwd()
 	if err != nil {
 		return nil, err
@@ -61,78 +78,130 @@ func newLab() (*lab, error) {
 	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
 		return nil, errors.New("run the lab from the repository root (make lab)")
 	}
+	bin, err := k8stest.Binaries(context.Background())
+	if err != nil {
+		return nil, err
+	}
 	dir := filepath.Join(root, ".lab")
-	return &lab{root: root, dir: dir, logs: filepath.Join(dir, "logs"), kubeconfig: filepath.Join(dir, "kubeconfig")}, nil
+	return &lab{root: root, dir: dir, bin: filepath.Join(dir, "bin"), kubectl: filepath.Join(bin, "kubectl")}, nil
 }
 
-func (l *lab) up(ctx context.Context) error {
-	bin, err := k8stest.Binaries(ctx)
+func (l *lab) kubeconfig() string { return filepath.Join(l.dir, "control-plane", "kubeconfig") }
+
+// running reports whether a complete lab is up and its API server answers.
+func (l *lab) running() bool {
+	out, err := exec.Command("ip", "netns", "list").Output()
 	if err != nil {
-		return err
+		return false
 	}
-	l.kubectlBin = filepath.Join(bin, "kubectl")
+	for _, r := range roles {
+		if !strings.Contains(string(out), prefix+r) {
+			return false
+		}
+	}
+	return l.inClient(nil, l.kubectl, "--kubeconfig", l.kubeconfig(), "get", "--raw", "/readyz") == nil
+}
+
+// labT lets the e2e harness run outside a test: a failure stops the bring-up, and
+// cleanups are left to `lab down`, since the lab is meant to stay up.
+type labT struct{}
+
+type failure struct{ msg string }
+
+func (labT) Helper()                           {}
+func (labT) Cleanup(func())                    {}
+func (labT) Failed() bool                      { return false }
+func (labT) Logf(format string, args ...any)   { fmt.Printf(format+"\n", args...) }
+func (labT) Fatalf(format string, args ...any) { panic(failure{fmt.Sprintf(format, args...)}) }
+func step(format string, args ...any)          { fmt.Printf("==> "+format+"\n", args...) }
+
+func (l *lab) up() (err error) {
 	if l.running() {
 		fmt.Println("The lab is already running.")
 		return l.show()
 	}
-	if err := l.down(); err != nil { // leftovers of a lab that died
+	if err := l.down(); err != nil { // the leftovers of a lab that did not finish
 		return err
 	}
 	start := time.Now()
-	for _, d := range []string{l.logs, filepath.Join(l.dir, "bin")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return err
+	step("building the speaker, the controller and the lab's stand-in server")
+	for _, b := range []string{"./speaker", "./controller", "./hack/lab"} {
+		if out, err := exec.Command("go", "build", "-o", l.bin+"/", b).CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %v\n%s", b, err, out)
 		}
 	}
-	step("starting the control plane (etcd, kube-apiserver)")
-	cp, err := k8stest.Start(ctx, k8stest.Options{Dir: l.logs, BinDir: bin, Detach: true})
-	if err != nil {
+	defer func() {
+		if r := recover(); r != nil {
+			f, ok := r.(failure)
+			if !ok {
+				panic(r)
+			}
+			err = fmt.Errorf("%s (logs in %s)", f.msg, l.dir)
+		}
+	}()
+	step("network namespaces %s{sw,cp,client,node1..3} on one bridge; control plane; controller; speakers", prefix)
+	c := e2e.Start(labT{}, filepath.Join(l.bin, "speaker"), e2e.Options{
+		NamePrefix: prefix, Dir: l.dir, Detach: true,
+		ControllerBin: filepath.Join(l.bin, "controller"),
+		ServerCmd:     []string{filepath.Join(l.bin, "lab"), "serve"},
+		NoConfig:      true, // the sample ConfigMap below is the lab's configuration
+	})
+	step("applying config/samples: the address pool and the nginx Service of type LoadBalancer")
+	kc := []string{l.kubectl, "--kubeconfig", l.kubeconfig()}
+	if err := l.inClient(os.Stdout, append(kc, "apply", "-f", "config/samples/configmap.yaml", "-f", "config/samples/service.yaml")...); err != nil {
 		return err
 	}
-	if err := os.Rename(cp.Kubeconfig, l.kubeconfig); err != nil {
-		return err
-	}
-
-	step("building and starting Herald's controller")
-	ctrl := filepath.Join(l.dir, "bin", "controller")
-	if out, err := exec.Command("go", "build", "-o", ctrl, "./controller").CombinedOutput(); err != nil {
-		return fmt.Errorf("build the controller: %v\n%s", err, out)
-	}
-	if err := l.kubectl("apply", "-f", "config/namespace.yaml"); err != nil {
-		return err
-	}
-	if err := l.daemon("controller", ctrl, "--kubeconfig", l.kubeconfig, "--metrics-addr", "127.0.0.1:7472", "--log-format", "text"); err != nil {
-		return err
-	}
-
-	step("applying the address pools (config/samples/configmap.yaml) and an nginx Service of type LoadBalancer")
-	if err := l.kubectl("apply", "-f", "config/samples/configmap.yaml", "-f", "config/samples/service.yaml"); err != nil {
-		return err
-	}
-	if err := l.waitExternalIP(30 * time.Second); err != nil {
-		return err
-	}
-	fmt.Printf("\nThe lab is up (%.1fs).\n", time.Since(start).Seconds())
+	c.StandIn(c.WaitAddresses("default", "nginx"))
+	fmt.Printf("\nThe lab is up (%.0fs).\n", time.Since(start).Seconds())
 	return l.show()
 }
 
+// inClient runs a command in the client namespace, where the lab's network is reachable.
+func (l *lab) inClient(out *os.File, argv ...string) error {
+	cmd := exec.Command("ip", append([]string{"netns", "exec", prefix + "client"}, argv...)...)
+	if out != nil {
+		cmd.Stdout, cmd.Stderr = out, os.Stderr
+	}
+	return cmd.Run()
+}
+
 func (l *lab) show() error {
+	kc := []string{l.kubectl, "--kubeconfig", l.kubeconfig()}
 	fmt.Println("\n$ kubectl get svc nginx")
-	if err := l.kubectl("get", "svc", "nginx"); err != nil {
+	if err := l.inClient(os.Stdout, append(kc, "get", "svc", "nginx")...); err != nil {
 		return err
 	}
-	fmt.Println("\n$ kubectl get events --field-selector involvedObject.name=nginx")
-	_ = l.kubectl("get", "events", "--field-selector", "involvedObject.name=nginx")
+	out, err := exec.Command("ip", "netns", "exec", prefix+"client", l.kubectl, "--kubeconfig", l.kubeconfig(),
+		"get", "svc", "nginx", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}").Output()
+	if err != nil {
+		return err
+	}
+	ip, err := netip.ParseAddr(strings.TrimSpace(string(out)))
+	if err != nil {
+		return fmt.Errorf("nginx has no EXTERNAL-IP yet: %q", out)
+	}
+	fmt.Printf("\n$ arping -c 1 %s        # from the client: one node answers, with its own MAC\n", ip)
+	_ = l.inClient(os.Stdout, "arping", "-c", "1", "-w", "2", "-I", "eth0", ip.String())
+	fmt.Println("\nthe nodes' MACs:")
+	for _, n := range []string{"node1", "node2", "node3"} {
+		mac, _ := exec.Command("ip", "netns", "exec", prefix+n, "cat", "/sys/class/net/eth0/address").Output()
+		fmt.Printf("  %s %s", n, mac)
+	}
+	fmt.Printf("\n$ curl http://%s:8090/   # the node that answered\n", ip)
+	_ = l.inClient(os.Stdout, "curl", "-s", "--max-time", "3", fmt.Sprintf("http://%s:8090/", ip))
 	fmt.Printf(`
-Use kubectl against the lab:
-  export KUBECONFIG=%s
-  alias kubectl=%s
-  kubectl create service loadbalancer web --tcp=80:8080    # gets the next address
-  kubectl -n herald-system edit configmap config           # a broken config is refused, see the Events
-Metrics:  curl -s 127.0.0.1:7472/metrics | grep ^herald_
-Logs:     %s
+The lab's network lives in namespaces: run kubectl from the client namespace.
+  alias kubectl='ip netns exec %[1]sclient %[2]s --kubeconfig %[3]s'
+  kubectl get svc -A; kubectl get events -A
+  kubectl create service loadbalancer web --tcp=8090:8090         # the next address
+Watch failover: kill the speaker of the node that answered, then arping and curl again
+  ip netns pids %[1]snodeN      # the speaker and the stand-in server of nodeN
+  pkill -f 'speaker.*--node-name nodeN'  (or -9 for a crash)
+  ip netns exec %[1]snodeN ip link set eth0 down                   # cut a node off
+Metrics:  ip netns exec %[1]snode1 curl -s 127.0.0.1:7473/metrics | grep ^herald_
+Logs:     %[4]s
 Tear it all down:  make lab-down
-`, l.kubeconfig, l.kubectlBin, l.logs)
+`, prefix, l.kubectl, l.kubeconfig(), l.dir)
 	return nil
 }
 
@@ -141,81 +210,17 @@ func (l *lab) status() error {
 		fmt.Println("The lab is not running (make lab starts it).")
 		return nil
 	}
-	bin, err := k8stest.Binaries(context.Background())
-	if err != nil {
-		return err
+	for _, r := range roles {
+		out, _ := exec.Command("ip", "netns", "pids", prefix+r).Output()
+		fmt.Printf("%-22s %d processes\n", prefix+r, len(strings.Fields(string(out))))
 	}
-	l.kubectlBin = filepath.Join(bin, "kubectl")
-	pids, _ := filepath.Glob(filepath.Join(l.logs, "*.pid"))
-	for _, p := range pids {
-		data, _ := os.ReadFile(p)
-		fmt.Printf("%-16s pid %s\n", strings.TrimSuffix(filepath.Base(p), ".pid"), strings.TrimSpace(string(data)))
-	}
-	return l.kubectl("get", "svc", "-A")
+	return l.inClient(os.Stdout, l.kubectl, "--kubeconfig", l.kubeconfig(), "get", "svc", "-A")
 }
 
+// down removes every lab namespace (ending every process in it) and .lab/.
 func (l *lab) down() error {
-	if err := k8stest.StopDetached(l.logs); err != nil {
-		return err
+	for _, r := range roles {
+		netlab.DeleteNS(prefix + r)
 	}
 	return os.RemoveAll(l.dir)
 }
-
-// running reports whether every process of a lab is alive.
-func (l *lab) running() bool {
-	pids, _ := filepath.Glob(filepath.Join(l.logs, "*.pid"))
-	if len(pids) < 3 {
-		return false
-	}
-	for _, p := range pids {
-		data, err := os.ReadFile(p)
-		if err != nil {
-			return false
-		}
-		pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
-		if err != nil || syscall.Kill(pid, 0) != nil {
-			return false
-		}
-	}
-	return true
-}
-
-// daemon starts a process that outlives the lab command, logging to logs/NAME.log.
-func (l *lab) daemon(name string, argv ...string) error {
-	logf, err := os.Create(filepath.Join(l.logs, name+".log"))
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", name, err)
-	}
-	return os.WriteFile(filepath.Join(l.logs, name+".pid"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644)
-}
-
-func (l *lab) kubectl(args ...string) error {
-	cmd := exec.Command(l.kubectlBin, append([]string{"--kubeconfig", l.kubeconfig}, args...)...)
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("kubectl %s: %w", strings.Join(args, " "), err)
-	}
-	return nil
-}
-
-func (l *lab) waitExternalIP(limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	for time.Now().Before(deadline) {
-		out, _ := exec.Command(l.kubectlBin, "--kubeconfig", l.kubeconfig, "get", "svc", "nginx",
-			"-o", "jsonpath={.status.loadBalancer.ingress[*].ip}").Output()
-		if len(strings.TrimSpace(string(out))) > 0 {
-			return nil
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return fmt.Errorf("the nginx Service has no EXTERNAL-IP after %s; see %s/controller.log", limit, l.logs)
-}
-
-func step(s string) { fmt.Println("==>", s) }
