@@ -61,6 +61,7 @@ type Cluster struct {
 	Nodes   []*Node
 	CP      *k8stest.ControlPlane
 	Kube    kubernetes.Interface
+	Router  *Router
 	Probe   *netlab.Prober
 	logDir  string
 	speaker string // binary
@@ -95,6 +96,9 @@ type Options struct {
 	// ControllerBin runs the controller as this binary inside the control plane's
 	// namespace; by default it runs in this process.
 	ControllerBin string
+	// Router, when set, starts an FRR router on the bridge with the bgpd configuration it
+	// returns for the nodes, before the speakers.
+	Router func(nodes []*Node) string
 	// ServerCmd is the stand-in server's command line, the node's name appended; by
 	// default this test binary with HERALD_E2E_SERVE set.
 	ServerCmd []string
@@ -127,12 +131,7 @@ func Start(t TB, speakerBin string, opts Options) *Cluster {
 		t.Fatalf("%v", err)
 	}
 	c := &Cluster{t: t, opts: opts, speaker: speakerBin, logDir: logDir}
-	ns := func(role string) *netlab.NS {
-		if opts.NamePrefix != "" {
-			return netlab.NewNamedNS(t, opts.NamePrefix+role)
-		}
-		return netlab.NewNS(t, role)
-	}
+	ns := c.newNS
 	c.Switch = ns("sw")
 	c.Switch.Bridge("br0")
 	c.CPNS = ns("cp")
@@ -189,6 +188,9 @@ func Start(t TB, speakerBin string, opts Options) *Cluster {
 
 	c.startController()
 
+	if opts.Router != nil {
+		c.Router = c.StartRouter(opts.Router(c.Nodes))
+	}
 	for _, n := range c.Nodes {
 		c.startServer(n)
 		c.StartSpeaker(n, opts.SpeakerFlags...)
@@ -196,6 +198,27 @@ func Start(t TB, speakerBin string, opts Options) *Cluster {
 	c.Probe = netlab.NewProber(t, c.Client, "eth0", netip.MustParseAddr(clientIP4))
 	c.WaitMembers(len(c.Nodes), 20*time.Second)
 	return c
+}
+
+// newNS makes a namespace for role, named by opts.NamePrefix when set.
+func (c *Cluster) newNS(role string) *netlab.NS {
+	if c.opts.NamePrefix != "" {
+		return netlab.NewNamedNS(c.t, c.opts.NamePrefix+role)
+	}
+	return netlab.NewNS(c.t, role)
+}
+
+// waitFile waits up to ten seconds for a daemon to create path.
+func (c *Cluster) waitFile(path string) {
+	c.t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("%s did not appear (logs in %s)", path, c.logDir)
+		}
+	}
 }
 
 // startController runs the controller: in this process, against the API server in its

@@ -22,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/heraldlb/herald/pkg/bgp/gobgp"
 	"github.com/heraldlb/herald/pkg/k8s"
 	"github.com/heraldlb/herald/pkg/layer2"
 	"github.com/heraldlb/herald/pkg/logging"
@@ -53,6 +54,9 @@ func run() error {
 		probe       = flag.Duration("memberlist-probe-interval", members.DefaultProbeInterval, "how often each speaker probes a random peer")
 		probeTO     = flag.Duration("memberlist-probe-timeout", members.DefaultProbeTimeout, "how long a probe waits for an answer")
 		suspicion   = flag.Int("memberlist-suspicion-mult", members.DefaultSuspicionMult, "suspicion timeout multiplier: higher is slower to declare a speaker dead, and safer on busy nodes")
+		useBGP      = flag.Bool("bgp", true, "speak BGP to the peers in the configuration that select this node")
+		routerID    = flag.String("bgp-router-id", "", "BGP router ID (default: the node's IPv4 InternalIP)")
+		bgpPort     = flag.Int("bgp-listen-port", 0, "accept BGP connections on this port; 0: only dial out to the peers")
 		qps         = flag.Float64("kube-api-qps", 0, "client-side limit on API requests per second; 0 leaves flow control to the API server")
 		logLevel    = flag.String("log-level", "info", "debug, info, warn or error")
 		logFormat   = flag.String("log-format", "json", "json or text")
@@ -78,6 +82,7 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	var runBGP func(context.Context) error
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	announcer := layer2.New(layer2.Options{Logger: logger.With("component", "layer2"), Registerer: reg})
@@ -85,12 +90,30 @@ func run() error {
 		Client: client, NodeName: *nodeName, Config: k8s.ConfigRef{Namespace: *cmNamespace, Name: *cmName, Key: *cmKey},
 		LoadBalancerClass: *class, Layer2: announcer, Logger: logger, Registerer: reg,
 	}
+	if *useBGP {
+		rid := *routerID
+		if rid == "" {
+			if rid, err = internalIP(ctx, client, *nodeName, true); err != nil {
+				return err
+			}
+		}
+		id, err := netip.ParseAddr(rid)
+		if err != nil {
+			return fmt.Errorf("--bgp-router-id %q: not an IPv4 address", rid)
+		}
+		bgpServer, err := gobgp.New(gobgp.Options{RouterID: id, ListenPort: int32(*bgpPort), Logger: logger.With("component", "bgp"), Registerer: reg})
+		if err != nil {
+			return err
+		}
+		opts.BGP = bgpServer
+		runBGP = bgpServer.Run
+	}
 	var ml *members.Members
 	var spk *speaker.Speaker
 	if *useML {
 		bind := *mlAddr
 		if bind == "" {
-			if bind, err = internalIP(ctx, client, *nodeName); err != nil {
+			if bind, err = internalIP(ctx, client, *nodeName, false); err != nil {
 				return err
 			}
 		}
@@ -139,24 +162,27 @@ func run() error {
 		g.Go(func() error { return ml.Run(ctx) })
 	}
 	g.Go(func() error { return announcer.Run(ctx) })
+	if runBGP != nil {
+		g.Go(func() error { return runBGP(ctx) })
+	}
 	g.Go(func() error { return spk.Run(ctx) })
 	err = g.Wait()
 	logger.Info("speaker stopped")
 	return err
 }
 
-// internalIP returns the node's InternalIP from its Node object.
-func internalIP(ctx context.Context, client kubernetes.Interface, node string) (string, error) {
+// internalIP returns the node's InternalIP from its Node object (an IPv4 one when v4).
+func internalIP(ctx context.Context, client kubernetes.Interface, node string, v4 bool) (string, error) {
 	n, err := client.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
 	if err != nil {
 		return "", fmt.Errorf("read Node %s for its address (or set --memberlist-bind-addr): %w", node, err)
 	}
 	for _, a := range n.Status.Addresses {
 		if a.Type == corev1.NodeInternalIP {
-			if _, err := netip.ParseAddr(a.Address); err == nil {
+			if ip, err := netip.ParseAddr(a.Address); err == nil && (!v4 || ip.Is4()) {
 				return a.Address, nil
 			}
 		}
 	}
-	return "", fmt.Errorf("node %s has no InternalIP; set --memberlist-bind-addr", node)
+	return "", fmt.Errorf("node %s has no suitable InternalIP; set --memberlist-bind-addr or --bgp-router-id", node)
 }

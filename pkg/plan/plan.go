@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/heraldlb/herald/pkg/bgp"
 	"github.com/heraldlb/herald/pkg/config"
 	"github.com/heraldlb/herald/pkg/election"
 )
@@ -23,6 +24,7 @@ type Node struct {
 	Name     string
 	Ready    bool
 	Excluded bool // labelled node.kubernetes.io/exclude-from-external-load-balancers
+	Labels   map[string]string
 }
 
 // Input is everything a plan depends on.
@@ -41,6 +43,10 @@ type Input struct {
 type Desired struct {
 	// Layer2 are the addresses this node answers ARP/NDP for, sorted.
 	Layer2 []Layer2
+	// BGPPeers are the routers whose node selectors pick this node, in config order.
+	BGPPeers []bgp.Peer
+	// BGPRoutes are the routes this node advertises to them, sorted.
+	BGPRoutes []bgp.Route
 	// Decisions say, for every address of every Service, who announces it and why this
 	// node does or does not; sorted by Service, then address.
 	Decisions []Decision
@@ -58,9 +64,11 @@ type Decision struct {
 	IP       netip.Addr
 	Pool     string // "" when the address is in no pool
 	Protocol config.Protocol
-	Owner    string          // layer 2: the elected node, "" when none
-	Announce bool            // this node announces it
-	Reason   election.Reason // why (0 when the address is in no pool)
+	Owner    string // layer 2: the elected node, "" when none
+	// Announcers are, in BGP mode, every node that advertises the address.
+	Announcers []string
+	Announce   bool            // this node announces it
+	Reason     election.Reason // why (0 when the address is in no pool)
 }
 
 // Compute returns the desired state for in.Self.
@@ -84,6 +92,21 @@ func Compute(in Input) Desired {
 		})
 	}
 	slices.SortFunc(nodes, func(a, b election.Node) int { return cmp.Compare(a.Name, b.Name) })
+	for _, n := range in.Nodes {
+		if n.Name != in.Self {
+			continue
+		}
+		for _, p := range in.Config.Peers {
+			if p.SelectsNode(n.Labels) {
+				d.BGPPeers = append(d.BGPPeers, bgp.Peer{
+					Address: p.Address, Port: p.Port, ASN: p.ASN, MyASN: p.MyASN,
+					HoldTime: p.HoldTime, KeepaliveTime: p.KeepaliveTime, Source: p.SourceAddress,
+					Password: p.Password, EBGPMultiHop: p.EBGPMultiHop,
+				})
+			}
+		}
+	}
+	routes := map[netip.Prefix]bgp.Route{}
 
 	// Services that share an address are elected together: the union of their endpoints.
 	type shared struct {
@@ -123,6 +146,25 @@ func Compute(in Input) Desired {
 				if announce {
 					d.Layer2 = append(d.Layer2, Layer2{IP: ip, Interfaces: pool.Interfaces})
 				}
+			} else {
+				dec.Announcers = election.Announcers(nodes, sh.svc)
+				announce = slices.Contains(dec.Announcers, in.Self)
+				dec.Reason = election.Announcing
+				if !announce {
+					dec.Reason = election.NoEligibleNode
+					for _, n := range nodes {
+						if n.Name == in.Self {
+							_, dec.Reason = election.Eligible(n, sh.svc)
+						}
+					}
+				}
+				if announce {
+					for _, r := range advertise(ip, pool.Advertisements) {
+						if _, dup := routes[r.Prefix]; !dup {
+							routes[r.Prefix] = r
+						}
+					}
+				}
 			}
 		}
 		dec.Announce = announce
@@ -132,10 +174,39 @@ func Compute(in Input) Desired {
 		}
 	}
 	slices.SortFunc(d.Layer2, func(a, b Layer2) int { return a.IP.Compare(b.IP) })
+	for _, r := range routes {
+		d.BGPRoutes = append(d.BGPRoutes, r)
+	}
+	bgp.SortRoutes(d.BGPRoutes)
 	slices.SortFunc(d.Decisions, func(a, b Decision) int {
 		return cmp.Or(cmp.Compare(a.Service, b.Service), a.IP.Compare(b.IP))
 	})
 	return d
+}
+
+// advertise turns an address into the routes its pool's advertisements ask for. Two
+// Services in one aggregate give one route: the first advertisement of a prefix wins.
+func advertise(ip netip.Addr, advs []config.Advertisement) []bgp.Route {
+	var out []bgp.Route
+	for _, a := range advs {
+		bits := a.AggregationLength
+		if ip.Is6() {
+			bits = a.AggregationLengthV6
+		}
+		prefix, err := ip.Prefix(bits)
+		if err != nil {
+			continue // config.Parse guarantees a length the address family has
+		}
+		r := bgp.Route{Prefix: prefix, LocalPref: a.LocalPref}
+		for _, c := range a.Communities {
+			r.Communities = append(r.Communities, uint32(c))
+		}
+		for _, c := range a.LargeCommunities {
+			r.LargeCommunities = append(r.LargeCommunities, [3]uint32{c.Global, c.Local1, c.Local2})
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 func poolOf(c *config.Config, ip netip.Addr) *config.Pool {

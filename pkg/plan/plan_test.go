@@ -2,11 +2,13 @@ package plan
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
+	"github.com/heraldlb/herald/pkg/bgp"
 	"github.com/heraldlb/herald/pkg/config"
 	"github.com/heraldlb/herald/pkg/election"
 )
@@ -71,7 +73,7 @@ func TestReasons(t *testing.T) {
 		{Service: "ns/local", IP: ip("192.168.10.92"), Pool: "l2", Protocol: config.Layer2, Owner: "n2", Reason: election.NoLocalEndpoint},
 		{Service: "ns/orphan", IP: ip("192.168.10.93"), Pool: "l2", Protocol: config.Layer2, Reason: election.NoLocalEndpoint},
 		{Service: "ns/outside", IP: ip("10.0.0.1")},
-		{Service: "ns/routed", IP: ip("198.51.100.1"), Pool: "routed", Protocol: config.BGP},
+		{Service: "ns/routed", IP: ip("198.51.100.1"), Pool: "routed", Protocol: config.BGP, Announcers: []string{"n1", "n2"}, Announce: true, Reason: election.Announcing},
 	}
 	if diff := cmp.Diff(want, d.Decisions, cmpopts.EquateComparable(netip.Addr{})); diff != "" {
 		t.Errorf("decisions (-want +got):\n%s", diff)
@@ -104,5 +106,71 @@ func TestSharedAddressElectedOnce(t *testing.T) {
 		if (len(d.Layer2) == 1) != (d.Decisions[0].Owner == self) {
 			t.Errorf("%s: layer2 %v with owner %s", self, d.Layer2, d.Decisions[0].Owner)
 		}
+	}
+}
+
+func TestBGP(t *testing.T) {
+	c, err := config.Parse([]byte(`
+peers:
+- {peer-address: 10.0.0.1, peer-asn: 64500, my-asn: 64501, password: s3cret}
+- peer-address: 10.0.0.2
+  peer-asn: 64500
+  my-asn: 64501
+  node-selectors: [{match-labels: {rack: r2}}]
+bgp-communities: {no-export: "65535:65281"}
+address-pools:
+- name: routed
+  protocol: bgp
+  addresses: [198.51.100.0/24, "fd00:1::/120"]
+  bgp-advertisements:
+  - {localpref: 100, communities: [no-export, "64512:7"], large-communities: ["64512:1:2"]}
+  - {aggregation-length: 24, aggregation-length-v6: 120}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := []Node{{Name: "n1", Ready: true, Labels: map[string]string{"rack": "r1"}}, {Name: "n2", Ready: true, Labels: map[string]string{"rack": "r2"}}, {Name: "n3", Ready: true}}
+	svcs := []Service{
+		{Key: "ns/a", IPs: []netip.Addr{ip("198.51.100.5"), ip("fd00:1::5")}},
+		{Key: "ns/b", IPs: []netip.Addr{ip("198.51.100.6")}},
+		{Key: "ns/local", IPs: []netip.Addr{ip("198.51.100.7")}, Local: true, EndpointNodes: map[string]bool{"n2": true}},
+	}
+	in := Input{Config: c, Services: svcs, Nodes: nodes, Members: []string{"n1", "n2", "n3"}, UseMembers: true}
+
+	in.Self = "n1"
+	d := Compute(in)
+	if len(d.BGPPeers) != 1 || d.BGPPeers[0].Address != ip("10.0.0.1") || d.BGPPeers[0].Password != "s3cret" || d.BGPPeers[0].MyASN != 64501 {
+		t.Errorf("n1 peers %+v, want only 10.0.0.1 (the other selects rack r2)", d.BGPPeers)
+	}
+	var prefixes []string
+	for _, r := range d.BGPRoutes {
+		prefixes = append(prefixes, r.Prefix.String())
+	}
+	// Host routes for a and b (not the Local service: no endpoint on n1), and the
+	// aggregates, once each.
+	want := []string{"198.51.100.0/24", "198.51.100.5/32", "198.51.100.6/32", "fd00:1::/120", "fd00:1::5/128"}
+	if diff := cmp.Diff(want, prefixes); diff != "" {
+		t.Errorf("n1 routes (-want +got):\n%s", diff)
+	}
+	host := d.BGPRoutes[1]
+	if host.LocalPref != 100 || !slices.Equal(host.Communities, []uint32{64512<<16 | 7, 65535<<16 | 65281}) || len(host.LargeCommunities) != 1 {
+		t.Errorf("host route attributes %+v", host)
+	}
+	for _, dec := range d.Decisions {
+		if dec.Service == "ns/a" && !slices.Equal(dec.Announcers, []string{"n1", "n2", "n3"}) {
+			t.Errorf("every eligible node announces a Cluster Service: %v", dec.Announcers)
+		}
+		if dec.Service == "ns/local" && (dec.Announce || dec.Reason != election.NoLocalEndpoint || !slices.Equal(dec.Announcers, []string{"n2"})) {
+			t.Errorf("Local Service on n1: %+v", dec)
+		}
+	}
+
+	in.Self = "n2"
+	d = Compute(in)
+	if len(d.BGPPeers) != 2 {
+		t.Errorf("n2 (rack r2) peers with %d routers, want 2", len(d.BGPPeers))
+	}
+	if !slices.ContainsFunc(d.BGPRoutes, func(r bgp.Route) bool { return r.Prefix.String() == "198.51.100.7/32" }) {
+		t.Errorf("n2 holds the Local Service's endpoint but does not advertise it: %v", d.BGPRoutes)
 	}
 }

@@ -21,6 +21,7 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/heraldlb/herald/pkg/bgp"
 	"github.com/heraldlb/herald/pkg/config"
 	"github.com/heraldlb/herald/pkg/k8s"
 	"github.com/heraldlb/herald/pkg/layer2"
@@ -48,6 +49,7 @@ type Options struct {
 	Config            k8s.ConfigRef        // default herald-system/config, key config
 	LoadBalancerClass string               // default herald.dev/lb
 	Layer2            Layer2               // required
+	BGP               bgp.Speaker          // nil: BGP off
 	Members           Members              // nil: memberlist off, node Ready stands in
 	ResyncPeriod      time.Duration        // default 30s
 	Logger            *slog.Logger
@@ -173,7 +175,7 @@ func (s *Speaker) Run(ctx context.Context) error {
 	defer resync.Stop()
 	s.log.Info("speaker running", "node", s.opts.NodeName)
 	for {
-		s.sync()
+		s.sync(ctx)
 		select {
 		case <-ctx.Done():
 			return nil
@@ -185,7 +187,7 @@ func (s *Speaker) Run(ctx context.Context) error {
 }
 
 // sync computes the desired state from the caches and applies it.
-func (s *Speaker) sync() {
+func (s *Speaker) sync(ctx context.Context) {
 	start := time.Now()
 	s.loadConfig()
 	in := plan.Input{Config: s.cfg, Self: s.opts.NodeName}
@@ -200,6 +202,14 @@ func (s *Speaker) sync() {
 		owned[i] = layer2.Owned{IP: l.IP, Interfaces: l.Interfaces}
 	}
 	s.opts.Layer2.SetOwned(owned)
+	if s.opts.BGP != nil {
+		if err := s.opts.BGP.SetPeers(ctx, d.BGPPeers); err != nil {
+			s.log.Warn("BGP peers", "err", err)
+		}
+		if err := s.opts.BGP.SetRoutes(ctx, d.BGPRoutes); err != nil {
+			s.log.Warn("BGP routes", "err", err)
+		}
+	}
 	s.report(d)
 	s.mu.Lock()
 	s.last = d
@@ -233,7 +243,7 @@ func (s *Speaker) nodes() []plan.Node {
 	list, _ := s.factory.Core().V1().Nodes().Lister().List(labels.Everything())
 	out := make([]plan.Node, 0, len(list))
 	for _, n := range list {
-		pn := plan.Node{Name: n.Name}
+		pn := plan.Node{Name: n.Name, Labels: n.Labels}
 		for _, c := range n.Status.Conditions {
 			if c.Type == corev1.NodeReady {
 				pn.Ready = c.Status == corev1.ConditionTrue

@@ -1,0 +1,131 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/heraldlb/herald/e2e/netlab"
+)
+
+// Router addresses on the lab network.
+const (
+	RouterIP4 = "192.168.10.1"
+	RouterIP6 = "fd10::1"
+	RouterASN = 64500
+	NodeASN   = 64501
+)
+
+// Router is an FRR router (zebra and bgpd, from Debian's frr package) in a namespace of
+// its own on the lab's bridge.
+type Router struct {
+	NS  *netlab.NS
+	dir string
+}
+
+// FRRConfig is a bgpd configuration that peers with every node over IPv4 and IPv6, eBGP,
+// with ECMP across them. extra lines go inside `router bgp`, before the address families.
+func FRRConfig(nodes []*Node, extra ...string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "frr defaults traditional\nhostname router\n!\nrouter bgp %d\n", RouterASN)
+	fmt.Fprintf(&b, " bgp router-id %s\n no bgp ebgp-requires-policy\n bgp bestpath as-path multipath-relax\n", RouterIP4)
+	b.WriteString(" neighbor NODES peer-group\n neighbor NODES remote-as " + strconv.Itoa(NodeASN) + "\n neighbor NODES timers connect 1\n")
+	b.WriteString(" neighbor NODES6 peer-group\n neighbor NODES6 remote-as " + strconv.Itoa(NodeASN) + "\n neighbor NODES6 timers connect 1\n")
+	for _, n := range nodes {
+		fmt.Fprintf(&b, " neighbor %s peer-group NODES\n neighbor %s peer-group NODES6\n", n.IP4, n.IP6)
+	}
+	for _, l := range extra {
+		b.WriteString(" " + l + "\n")
+	}
+	b.WriteString(" address-family ipv4 unicast\n  maximum-paths 8\n  no neighbor NODES6 activate\n exit-address-family\n")
+	b.WriteString(" address-family ipv6 unicast\n  neighbor NODES6 activate\n  maximum-paths 8\n exit-address-family\n!\n")
+	return b.String()
+}
+
+// StartRouter brings up FRR with bgpd.conf text.
+func (c *Cluster) StartRouter(bgpdConf string) *Router {
+	c.t.Helper()
+	ns := c.newNS("router")
+	netlab.Plug(c.t, c.Switch, "br0", "p-router", ns, "eth0")
+	ns.Addr("eth0", RouterIP4+"/24")
+	ns.Addr("eth0", RouterIP6+"/64")
+	r := &Router{NS: ns, dir: filepath.Join(c.logDir, "frr")}
+	// FRR drops to the frr user, who must reach its files under the log directory.
+	if err := os.Chmod(c.logDir, 0o755); err != nil {
+		c.t.Fatalf("%v", err)
+	}
+	if err := os.MkdirAll(r.dir, 0o755); err != nil {
+		c.t.Fatalf("%v", err)
+	}
+	for name, text := range map[string]string{"zebra.conf": "hostname router\n", "bgpd.conf": bgpdConf} {
+		if err := os.WriteFile(filepath.Join(r.dir, name), []byte(text), 0o644); err != nil {
+			c.t.Fatalf("%v", err)
+		}
+	}
+	// The daemons drop to the frr user: it owns their directory.
+	if u, err := user.Lookup("frr"); err == nil {
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		_ = filepath.Walk(r.dir, func(p string, _ os.FileInfo, _ error) error { return os.Chown(p, uid, gid) })
+	}
+	common := []string{"-u", "frr", "-g", "frr", "--vty_socket", r.dir, "-z", filepath.Join(r.dir, "zserv.api")}
+	c.daemon(ns, "frr-zebra", append(append([]string{"/usr/lib/frr/zebra"}, common...),
+		"-i", filepath.Join(r.dir, "zebra.pid"), "-f", filepath.Join(r.dir, "zebra.conf"))...)
+	c.waitFile(filepath.Join(r.dir, "zserv.api"))
+	c.daemon(ns, "frr-bgpd", append(append([]string{"/usr/lib/frr/bgpd"}, common...),
+		"-i", filepath.Join(r.dir, "bgpd.pid"), "-f", filepath.Join(r.dir, "bgpd.conf"))...)
+	c.waitFile(filepath.Join(r.dir, "bgpd.vty"))
+	return r
+}
+
+// VTY runs a vtysh command on the router and returns its output.
+func (r *Router) VTY(cmd string) (string, error) {
+	out, err := exec.Command("vtysh", "--vty_socket", r.dir, "-c", cmd).CombinedOutput()
+	return string(out), err
+}
+
+// Paths returns, for a prefix in the router's BGP table, the next hop of each path and
+// the path's attributes as FRR reports them.
+func (r *Router) Paths(prefix string) ([]FRRPath, error) {
+	afi := "ipv4"
+	if strings.Contains(prefix, ":") {
+		afi = "ipv6"
+	}
+	out, err := r.VTY(fmt.Sprintf("show bgp %s unicast %s json", afi, prefix))
+	if err != nil {
+		return nil, fmt.Errorf("vtysh: %v: %s", err, out)
+	}
+	var v struct {
+		Paths []FRRPath `json:"paths"`
+	}
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		return nil, fmt.Errorf("vtysh output %q: %w", out, err)
+	}
+	return v.Paths, nil
+}
+
+// FRRPath is one path of FRR's `show bgp … json`.
+type FRRPath struct {
+	Nexthops []struct {
+		IP string `json:"ip"`
+	} `json:"nexthops"`
+	Community struct {
+		String string `json:"string"`
+	} `json:"community"`
+	LargeCommunity struct {
+		String string `json:"string"`
+	} `json:"largeCommunity"`
+	LocPrf    uint32 `json:"locPrf"`
+	Multipath bool   `json:"multipath"`
+	Bestpath  *struct {
+		Overall bool `json:"overall"`
+	} `json:"bestpath"`
+	Peer struct {
+		PeerID string `json:"peerId"`
+	} `json:"peer"`
+}
