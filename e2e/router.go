@@ -129,3 +129,24 @@ type FRRPath struct {
 		PeerID string `json:"peerId"`
 	} `json:"peer"`
 }
+
+// Sessions returns the state of the router's IPv4 unicast sessions by neighbour address.
+func (r *Router) Sessions() (map[string]string, error) {
+	out, err := r.VTY("show bgp ipv4 unicast summary json")
+	if err != nil {
+		return nil, fmt.Errorf("vtysh: %v: %s", err, out)
+	}
+	var v struct {
+		Peers map[string]struct {
+			State string `json:"state"`
+		} `json:"peers"`
+	}
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		return nil, err
+	}
+	states := map[string]string{}
+	for addr, p := range v.Peers {
+		states[addr] = p.State
+	}
+	return states, nil
+}

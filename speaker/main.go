@@ -135,6 +135,9 @@ func run() error {
 			Peers: func() []string {
 				var out []string
 				for _, ip := range spk.NodeAddresses() {
+					if bindIP, err := netip.ParseAddr(bind); err == nil && ip.Is4() != bindIP.Is4() {
+						continue // memberlist listens on one family: the bind address's
+					}
 					out = append(out, net.JoinHostPort(ip.String(), strconv.Itoa(*mlPort)))
 				}
 				return out

@@ -126,11 +126,15 @@ func (c *Controller) Run(ctx context.Context) error {
 	defer c.queue.ShutDown()
 	c.events.Start()
 	defer c.events.Shutdown() // deferred first, so it runs after the workers have returned
+	ctx, cancel := context.WithCancel(ctx)
 	g, ctx := errgroup.WithContext(ctx)
 	c.svcFactory.Start(ctx.Done())
 	c.configs.Start(ctx.Done())
 	defer c.svcFactory.Shutdown()
 	defer c.configs.Shutdown()
+	// Deferred last, so it runs first: the informers stop before the Shutdowns wait for
+	// them, also when a panic unwinds.
+	defer cancel()
 	if !cache.WaitForCacheSync(ctx.Done(), c.svcInformer.HasSynced, c.configs.Informer.HasSynced) {
 		return g.Wait() // ctx ended first
 	}

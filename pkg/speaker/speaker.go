@@ -160,10 +160,14 @@ func (s *Speaker) poke() {
 func (s *Speaker) Run(ctx context.Context) error {
 	s.events.Start()
 	defer s.events.Shutdown()
+	ctx, cancel := context.WithCancel(ctx)
 	s.factory.Start(ctx.Done())
 	s.configs.Start(ctx.Done())
 	defer s.factory.Shutdown()
 	defer s.configs.Shutdown()
+	// Deferred last, so it runs first: the informers stop before the Shutdowns wait for
+	// them, also when a panic unwinds (a crash restarts the speaker; a hang would not).
+	defer cancel()
 	if !cache.WaitForCacheSync(ctx.Done(), s.synced...) {
 		return nil
 	}

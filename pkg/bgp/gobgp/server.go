@@ -7,10 +7,12 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"sync"
 
 	api "github.com/osrg/gobgp/v3/api"
 	gobgplog "github.com/osrg/gobgp/v3/pkg/log"
+	bgppacket "github.com/osrg/gobgp/v3/pkg/packet/bgp"
 	"github.com/osrg/gobgp/v3/pkg/server"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
@@ -35,6 +37,10 @@ type Server struct {
 	metrics *metrics.BGP
 	bgp     *server.BgpServer
 	serving chan struct{} // closed once Run serves
+
+	stateMu sync.Mutex
+	state   map[string]api.PeerState_SessionState // last state seen, by peer address
+	conf    map[string]bgp.Peer                   // what was configured, by peer address
 
 	mu      sync.Mutex
 	started bool
@@ -68,6 +74,8 @@ func New(opts Options) (*Server, error) {
 		bgp:     server.NewBgpServer(server.LoggerOption(&logAdapter{log: opts.Logger})),
 		serving: make(chan struct{}),
 		peers:   map[netip.Addr]bgp.Peer{}, paths: map[netip.Prefix]path{},
+		state: map[string]api.PeerState_SessionState{},
+		conf:  map[string]bgp.Peer{},
 	}, nil
 }
 
@@ -131,6 +139,18 @@ func (s *Server) onPeerEvent(r *api.WatchEventResponse) {
 	}
 	s.metrics.SessionUp.WithLabelValues(addr).Set(up)
 	s.log.Info("BGP session state", "peer", addr, "state", name, "peerASN", p.GetConf().GetPeerAsn())
+
+	s.stateMu.Lock()
+	prev := s.state[addr]
+	s.state[addr] = state
+	conf := s.conf[addr]
+	s.stateMu.Unlock()
+	if state == api.PeerState_IDLE && (prev == api.PeerState_OPENSENT || prev == api.PeerState_OPENCONFIRM) {
+		// GoBGP drops a NOTIFICATION received here without keeping its code; what is
+		// certain is that the router would not take our OPEN.
+		s.log.Error("refused by BGP peer", "peer", addr,
+			"reason", fmt.Sprintf("the router closed the session during the OPEN exchange: check that my-asn %d and peer-asn %d match its configuration", conf.MyASN, conf.ASN))
+	}
 }
 
 func stateName(s api.PeerState_SessionState) string {
@@ -188,6 +208,9 @@ func (s *Server) SetPeers(ctx context.Context, peers []bgp.Peer) error {
 			continue
 		}
 		s.peers[p.Address] = p
+		s.stateMu.Lock()
+		s.conf[p.Address.String()] = p
+		s.stateMu.Unlock()
 		s.metrics.SessionUp.WithLabelValues(p.Address.String()).Set(0)
 		s.log.Info("BGP peer added", "peer", p.Address, "peerASN", p.ASN, "myASN", p.MyASN, "md5", p.Password != "")
 	}
@@ -326,7 +349,29 @@ func (l *logAdapter) Panic(msg string, f gobgplog.Fields) {
 }
 func (l *logAdapter) Fatal(msg string, f gobgplog.Fields) { l.log.Error(msg, l.fields(f)...) }
 func (l *logAdapter) Error(msg string, f gobgplog.Fields) { l.log.Error(msg, l.fields(f)...) }
-func (l *logAdapter) Warn(msg string, f gobgplog.Fields)  { l.log.Warn(msg, l.fields(f)...) }
+func (l *logAdapter) Warn(msg string, f gobgplog.Fields) {
+	if msg == "received notification" {
+		// Say plainly which router closed the session and why (RFC 4271 6, its codes).
+		code, _ := f["Code"].(uint8)
+		sub, _ := f["Subcode"].(uint8)
+		l.log.Error("refused by BGP peer", "peer", f["Key"], "reason", notificationReason(code, sub))
+		return
+	}
+	if msg == "sent notification" {
+		code, _ := f["Code"].(uint8)
+		sub, _ := f["Subcode"].(uint8)
+		l.log.Error("refusing BGP peer", "peer", f["Key"], "reason", notificationReason(code, sub))
+		return
+	}
+	l.log.Warn(msg, l.fields(f)...)
+}
+
+// notificationReason names a NOTIFICATION's error, as "open message: bad peer AS".
+func notificationReason(code, subcode uint8) string {
+	s := bgppacket.NewNotificationErrorCode(code, subcode).String()
+	s = strings.Replace(s, "bad peer as", "bad peer AS", 1)
+	return s
+}
 func (l *logAdapter) Info(msg string, f gobgplog.Fields)  { l.log.Info(msg, l.fields(f)...) }
 func (l *logAdapter) Debug(msg string, f gobgplog.Fields) { l.log.Debug(msg, l.fields(f)...) }
 func (l *logAdapter) SetLevel(gobgplog.LogLevel)          {}
