@@ -145,3 +145,32 @@ func TestBGPLocalFollowsEndpoints(t *testing.T) {
 	}
 	waitHops(t, c.Router, prefix, []string{"192.168.10.11", "192.168.10.13"}, 10*time.Second)
 }
+
+// BIRD as the router too, so Herald is not tuned to one implementation: it receives every
+// node's path with the communities, and loses a node's path when its speaker stops.
+func TestBGPWithBIRD(t *testing.T) {
+	c := start(t, Options{Config: strings.Replace(bgpConfig, "peer-address: 192.168.10.1,", "peer-address: 192.168.10.3,", 1)})
+	b := c.StartBIRD()
+	ip := c.CreateService("web", nil)[0].String() + "/32"
+	all := []string{"192.168.10.11", "192.168.10.12", "192.168.10.13"}
+	var got []string
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if got = b.NextHops(ip); slices.Equal(got, all) {
+			break
+		}
+	}
+	if !slices.Equal(got, all) {
+		out, _ := b.Show("show protocols")
+		t.Fatalf("BIRD's routes for %s via %v, want %v\n%s", ip, got, all, out)
+	}
+	if out, _ := b.Show("show route " + ip + " all"); !strings.Contains(out, "(64512,100)") || !strings.Contains(out, "(64512, 1, 2)") {
+		t.Errorf("BIRD's route lacks the communities:\n%s", out)
+	}
+	c.Signal(c.Nodes[0], syscall.SIGTERM)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if got = b.NextHops(ip); slices.Equal(got, all[1:]) {
+			return
+		}
+	}
+	t.Errorf("after node1's speaker stopped, BIRD routes %s via %v", ip, got)
+}

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -149,4 +150,61 @@ func (r *Router) Sessions() (map[string]string, error) {
 		states[addr] = p.State
 	}
 	return states, nil
+}
+
+// BIRD is a BIRD 2 router (Debian's bird2) in a namespace of its own on the lab's bridge.
+type BIRD struct {
+	NS   *netlab.NS
+	sock string
+}
+
+// StartBIRD brings up BIRD peering with every node over IPv4 (eBGP, AS RouterASN).
+func (c *Cluster) StartBIRD() *BIRD {
+	c.t.Helper()
+	ns := c.newNS("bird")
+	netlab.Plug(c.t, c.Switch, "br0", "p-bird", ns, "eth0")
+	ns.Addr("eth0", "192.168.10.3/24")
+	dir := filepath.Join(c.logDir, "bird")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		c.t.Fatalf("%v", err)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "router id 192.168.10.3;\nprotocol device {}\n")
+	fmt.Fprintf(&b, "template bgp nodes {\n  local 192.168.10.3 as %d;\n  ipv4 { import all; export none; };\n  connect retry time 1;\n}\n", RouterASN)
+	for _, n := range c.Nodes {
+		fmt.Fprintf(&b, "protocol bgp %s from nodes { neighbor %s as %d; }\n", n.Name, n.IP4, NodeASN)
+	}
+	conf := filepath.Join(dir, "bird.conf")
+	if err := os.WriteFile(conf, []byte(b.String()), 0o644); err != nil {
+		c.t.Fatalf("%v", err)
+	}
+	r := &BIRD{NS: ns, sock: filepath.Join(dir, "bird.ctl")}
+	c.daemon(ns, "bird", "bird", "-f", "-c", conf, "-s", r.sock, "-P", filepath.Join(dir, "bird.pid"))
+	c.waitFile(r.sock)
+	return r
+}
+
+// Show runs a birdc command and returns its output.
+func (r *BIRD) Show(cmd string) (string, error) {
+	out, err := exec.Command("birdc", "-s", r.sock, cmd).CombinedOutput()
+	return string(out), err
+}
+
+// NextHops returns the sorted next hops of BIRD's routes for prefix.
+func (r *BIRD) NextHops(prefix string) []string {
+	out, err := r.Show("show route " + prefix)
+	if err != nil {
+		return nil
+	}
+	var hops []string
+	for _, f := range strings.Split(out, "\n") {
+		fields := strings.Fields(f)
+		for i := 0; i+1 < len(fields); i++ {
+			if fields[i] == "via" {
+				hops = append(hops, fields[i+1])
+			}
+		}
+	}
+	slices.Sort(hops)
+	return hops
 }
