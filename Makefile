@@ -29,7 +29,7 @@ bench: control-plane ## the benchmarks quoted in the README
 	$(GO) test -run '^$$' -bench Services2000 -benchtime 1x ./pkg/controller
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/election
 	$(GO) test -run '^$$' -bench DetectHardFailure -benchtime 20x ./pkg/members
-	$(GO) test -run '^$$' -bench 'Failover|ThousandServicesMove' -benchtime 1x ./e2e
+	$(GO) test -run '^$$' -bench 'Failover|ThousandServicesMove|BGP' -benchtime 1x ./e2e
 
 lint: ## formatting, vet, and the purity of the pure packages
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: the files above need formatting'; exit 1; }

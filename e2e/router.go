@@ -208,3 +208,20 @@ func (r *BIRD) NextHops(prefix string) []string {
 	slices.Sort(hops)
 	return hops
 }
+
+// routesReceived sums the prefixes received from every peer in `show bgp … summary json`.
+func routesReceived(summaryJSON string) int {
+	var v struct {
+		Peers map[string]struct {
+			PfxRcd int `json:"pfxRcd"`
+		} `json:"peers"`
+	}
+	if json.Unmarshal([]byte(summaryJSON), &v) != nil {
+		return 0
+	}
+	n := 0
+	for _, p := range v.Peers {
+		n += p.PfxRcd
+	}
+	return n
+}
