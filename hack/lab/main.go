@@ -30,7 +30,7 @@ import (
 
 const prefix = "herald-lab-"
 
-var roles = []string{"sw", "cp", "client", "node1", "node2", "node3"}
+var roles = []string{"sw", "cp", "client", "router", "node1", "node2", "node3"}
 
 func main() {
 	if len(os.Args) == 3 && os.Args[1] == "serve" {
@@ -145,13 +145,29 @@ func (l *lab) up() (err error) {
 		ControllerBin: filepath.Join(l.bin, "controller"),
 		ServerCmd:     []string{filepath.Join(l.bin, "lab"), "serve"},
 		NoConfig:      true, // the sample ConfigMap below is the lab's configuration
+		Router:        func(nodes []*e2e.Node) string { return e2e.FRRConfig(nodes) },
 	})
-	step("applying config/samples: the address pool and the nginx Service of type LoadBalancer")
+	step("applying config/samples: the address pools and two Services of type LoadBalancer, one on each pool")
 	kc := []string{l.kubectl, "--kubeconfig", l.kubeconfig()}
-	if err := l.inClient(os.Stdout, append(kc, "apply", "-f", "config/samples/configmap.yaml", "-f", "config/samples/service.yaml")...); err != nil {
+	if err := l.inClient(os.Stdout, append(kc, "apply", "-f", "config/samples/configmap.yaml",
+		"-f", "config/samples/service.yaml", "-f", "config/samples/service-bgp.yaml")...); err != nil {
 		return err
 	}
 	c.StandIn(c.WaitAddresses("default", "nginx"))
+	bgpIPs := c.WaitAddresses("default", "nginx-bgp")
+	c.StandIn(bgpIPs)
+	step("waiting for the router to learn %s from every node", bgpIPs[0])
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if paths, err := c.Router.Paths(bgpIPs[0].String() + "/32"); err == nil && len(paths) == len(c.Nodes) {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the router did not learn %s from every node in a minute (logs in %s)", bgpIPs[0], l.dir)
+		}
+	}
+	// The client reaches the BGP pool through the router, which forwards by its BGP routes.
+	c.Router.NS.Run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+	c.Client.Run("ip", "route", "add", "198.51.100.0/24", "via", e2e.RouterIP4)
 	fmt.Printf("\nThe lab is up (%.0fs).\n", time.Since(start).Seconds())
 	return l.show()
 }
@@ -189,6 +205,17 @@ func (l *lab) show() error {
 	}
 	fmt.Printf("\n$ curl http://%s:8090/   # the node that answered\n", ip)
 	_ = l.inClient(os.Stdout, "curl", "-s", "--max-time", "3", fmt.Sprintf("http://%s:8090/", ip))
+
+	fmt.Println("\n$ kubectl get svc nginx-bgp")
+	_ = l.inClient(os.Stdout, append(kc, "get", "svc", "nginx-bgp")...)
+	fmt.Println("\n$ vtysh -c 'show bgp ipv4 unicast'     # on the router: one path per node, all used (ECMP)")
+	vty := exec.Command("ip", "netns", "exec", prefix+"router", "vtysh", "--vty_socket", filepath.Join(l.dir, "frr"), "-c", "show bgp ipv4 unicast")
+	vty.Stdout, vty.Stderr = os.Stdout, os.Stderr
+	_ = vty.Run()
+	bgpIP, _ := exec.Command("ip", "netns", "exec", prefix+"client", l.kubectl, "--kubeconfig", l.kubeconfig(),
+		"get", "svc", "nginx-bgp", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}").Output()
+	fmt.Printf("\n$ curl http://%s:8090/   # through the router, to one of the nodes\n", bgpIP)
+	_ = l.inClient(os.Stdout, "curl", "-s", "--max-time", "3", fmt.Sprintf("http://%s:8090/", bgpIP))
 	fmt.Printf(`
 The lab's network lives in namespaces: run kubectl from the client namespace.
   alias kubectl='ip netns exec %[1]sclient %[2]s --kubeconfig %[3]s'
