@@ -8,7 +8,7 @@ BIN   := bin
 all: build
 
 build: ## the binaries, in bin/
-	$(GO) build -trimpath -o $(BIN)/ ./controller ./speaker
+	$(GO) build -trimpath -o $(BIN)/ ./controller ./speaker ./kubectl-herald
 
 image: ## the container image herald:dev (needs a Docker engine)
 	docker build -t herald:dev .

@@ -1,0 +1,173 @@
+// Command kubectl-herald is Herald's kubectl plugin: kubectl herald status|pools|explain|validate.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/heraldlb/herald/pkg/config"
+	"github.com/heraldlb/herald/pkg/inspect"
+	"github.com/heraldlb/herald/pkg/k8s"
+)
+
+const usage = `kubectl herald: what Herald does with your Services
+
+  kubectl herald status                 every Service address, its pool, mode and announcing nodes
+  kubectl herald pools                  each pool's capacity, use and free addresses, per family
+  kubectl herald explain NAMESPACE/NAME why a Service has no address, or who announces it
+  kubectl herald validate FILE          check a ConfigMap (or its config text) and say which
+                                        Services would keep, move or lose their addresses
+
+Flags (before the command): --kubeconfig, --config-namespace, --config-name, --config-key,
+--load-balancer-class, -o table|json
+`
+
+func main() {
+	err := run(os.Args[1:], os.Stdout)
+	var cfgErr config.Errors
+	switch {
+	case errors.As(err, &cfgErr):
+		for _, e := range cfgErr {
+			fmt.Fprintln(os.Stderr, e)
+		}
+		os.Exit(1)
+	case err != nil:
+		fmt.Fprintln(os.Stderr, "kubectl herald:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("kubectl-herald", flag.ContinueOnError)
+	fs.Usage = func() { fmt.Fprint(fs.Output(), usage) }
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+	ref := k8s.ConfigRef{}
+	fs.StringVar(&ref.Namespace, "config-namespace", "herald-system", "namespace of Herald's ConfigMap")
+	fs.StringVar(&ref.Name, "config-name", "config", "name of Herald's ConfigMap")
+	fs.StringVar(&ref.Key, "config-key", "config", "key of the configuration in the ConfigMap")
+	class := fs.String("load-balancer-class", k8s.DefaultLoadBalancerClass, "the class Herald serves besides none")
+	output := fs.String("o", "table", "output: table or json")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return errors.New("no command")
+	}
+	if *output != "table" && *output != "json" {
+		return fmt.Errorf("-o %q: want table or json", *output)
+	}
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = *kubeconfig
+	rc, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig()
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return err
+	}
+	snap, err := inspect.Read(context.Background(), client, ref, *class)
+	if err != nil {
+		return err
+	}
+	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	var v any
+	var header []string
+	footer := ""
+	var rows func() [][]string
+	switch cmd {
+	case "status":
+		st, err := snap.Status()
+		if err != nil {
+			return err
+		}
+		v, header = st, []string{"SERVICE", "IP", "POOL", "MODE", "ANNOUNCED BY"}
+		rows = func() (r [][]string) {
+			for _, s := range st {
+				r = append(r, []string{s.Service, s.IP, s.Pool, s.Mode, strings.Join(s.Announcers, ",")})
+			}
+			return r
+		}
+	case "pools":
+		ps, err := snap.Pools()
+		if err != nil {
+			return err
+		}
+		v, header = ps, []string{"POOL", "PROTOCOL", "FAMILY", "CAPACITY", "IN USE", "FREE"}
+		rows = func() (r [][]string) {
+			for _, p := range ps {
+				r = append(r, []string{p.Pool, p.Protocol, p.Family, p.Capacity, fmt.Sprint(p.InUse), p.Free})
+			}
+			return r
+		}
+	case "explain":
+		if len(rest) != 1 || !strings.Contains(rest[0], "/") {
+			return errors.New("explain takes NAMESPACE/NAME")
+		}
+		lines, err := snap.Explain(rest[0])
+		if err != nil {
+			return err
+		}
+		if *output == "json" {
+			return json.NewEncoder(out).Encode(lines)
+		}
+		for _, l := range lines {
+			fmt.Fprintln(out, l)
+		}
+		return nil
+	case "validate":
+		if len(rest) != 1 {
+			return errors.New("validate takes a FILE")
+		}
+		text, err := os.ReadFile(rest[0])
+		if err != nil {
+			return err
+		}
+		ch, err := snap.Validate(text, ref.Key)
+		if err != nil {
+			return err
+		}
+		v, header = ch, []string{"SERVICE", "IPS", "POOL NOW", "POOL AFTER", "OUTCOME", "WHY"}
+		rows = func() (r [][]string) {
+			for _, c := range ch {
+				r = append(r, []string{c.Service, c.IPs, c.Before, c.After, c.Outcome, c.Reason})
+			}
+			return r
+		}
+		footer = "\nThe configuration is valid; no Service loses its address.\n"
+		for _, c := range ch {
+			if c.Outcome == "loses" {
+				footer = "\nThe controller would refuse this configuration: it takes addresses away.\n"
+			}
+		}
+	default:
+		fs.Usage()
+		return fmt.Errorf("unknown command %q", cmd)
+	}
+	if *output == "json" {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, strings.Join(header, "\t"))
+	for _, r := range rows() {
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err = fmt.Fprint(out, footer)
+	return err
+}

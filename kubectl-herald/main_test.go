@@ -1,0 +1,158 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/heraldlb/herald/pkg/k8s/k8stest"
+)
+
+func TestMain(m *testing.M) { k8stest.Main(m) }
+
+// The plugin against a real API server holding what the lab holds: a configuration, three
+// Ready nodes, Services with addresses (one Local, with its endpoint on node2), and one
+// pending with the controller's Event.
+func TestPlugin(t *testing.T) {
+	cp := k8stest.Shared(t)
+	client := kubernetes.NewForConfigOrDie(cp.Config)
+	ctx := context.Background()
+	ns, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "plugin-"}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must := func(_ any, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(client.CoreV1().ConfigMaps(ns.Name).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "config"}, Data: map[string]string{"config": `
+address-pools:
+- {name: default, protocol: layer2, addresses: [192.168.10.90-192.168.10.100]}
+- {name: bgp, protocol: bgp, auto-assign: false, addresses: [198.51.100.0/24]}
+`}}, metav1.CreateOptions{}))
+	for _, n := range []string{"node1", "node2", "node3"} {
+		node, err := client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: ns.Name + "-" + n}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		node.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}
+		must(client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}))
+		t.Cleanup(func() { _ = client.CoreV1().Nodes().Delete(ctx, node.Name, metav1.DeleteOptions{}) })
+	}
+	svc := func(name, ip string, mod func(*corev1.Service)) {
+		s := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: name}, Spec: corev1.ServiceSpec{
+			Type: corev1.ServiceTypeLoadBalancer, Selector: map[string]string{"app": name},
+			Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(80)}}}}
+		if mod != nil {
+			mod(s)
+		}
+		s, err := client.CoreV1().Services(ns.Name).Create(ctx, s, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ip != "" {
+			s.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: ip}}
+			must(client.CoreV1().Services(ns.Name).UpdateStatus(ctx, s, metav1.UpdateOptions{}))
+		}
+	}
+	svc("web", "192.168.10.90", nil)
+	svc("routed", "198.51.100.1", nil)
+	svc("local", "192.168.10.91", func(s *corev1.Service) { s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal })
+	svc("pending", "", nil)
+	node2 := ns.Name + "-node2"
+	ready := true
+	must(client.DiscoveryV1().EndpointSlices(ns.Name).Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "local-1", Labels: map[string]string{discoveryv1.LabelServiceName: "local"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.244.1.5"}, NodeName: &node2, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
+	}, metav1.CreateOptions{}))
+	must(client.CoreV1().Events(ns.Name).Create(ctx, &corev1.Event{
+		ObjectMeta:     metav1.ObjectMeta{GenerateName: "pending-"},
+		InvolvedObject: corev1.ObjectReference{Kind: "Service", Namespace: ns.Name, Name: "pending"},
+		Type:           corev1.EventTypeWarning, Reason: "PoolExhausted", Message: `pool "default" has no free IPv4 address`,
+		Source: corev1.EventSource{Component: "herald-controller"}, LastTimestamp: metav1.Now(),
+	}, metav1.CreateOptions{}))
+
+	herald := func(args ...string) string {
+		t.Helper()
+		var out bytes.Buffer
+		all := append([]string{"--kubeconfig", cp.Kubeconfig, "--config-namespace", ns.Name}, args...)
+		if err := run(all, &out); err != nil {
+			t.Fatalf("kubectl herald %s: %v", strings.Join(args, " "), err)
+		}
+		return out.String()
+	}
+	onlyNS := func(s string) string { // the shared API server may hold other tests' Services
+		var keep []string
+		for _, l := range strings.Split(s, "\n") {
+			if strings.HasPrefix(l, ns.Name+"/") || strings.HasPrefix(l, "SERVICE") || strings.HasPrefix(l, "POOL") {
+				keep = append(keep, strings.Join(strings.Fields(l), " "))
+			}
+		}
+		return strings.Join(keep, "\n")
+	}
+
+	status := onlyNS(herald("status"))
+	for _, want := range []string{
+		ns.Name + "/local 192.168.10.91 default layer2 " + node2,
+		ns.Name + "/routed 198.51.100.1 bgp bgp " + ns.Name + "-node1," + node2 + "," + ns.Name + "-node3",
+	} {
+		if !strings.Contains(status, want) {
+			t.Errorf("status lacks %q:\n%s", want, status)
+		}
+	}
+	pools := strings.Join(strings.Fields(herald("pools")), " ")
+	if !strings.Contains(pools, "default layer2 IPv4 11 2 9") || !strings.Contains(pools, "bgp bgp IPv4 256 1 255") {
+		t.Errorf("pools:\n%s", pools)
+	}
+	var rows []map[string]any
+	if err := json.Unmarshal([]byte(herald("-o", "json", "pools")), &rows); err != nil || len(rows) != 2 {
+		t.Errorf("pools -o json: %v %v", rows, err)
+	}
+
+	explain := herald("explain", ns.Name+"/pending")
+	if !strings.Contains(explain, "has no address yet") || !strings.Contains(explain, `(PoolExhausted): pool "default" has no free IPv4 address`) {
+		t.Errorf("explain pending:\n%s", explain)
+	}
+	explain = herald("explain", ns.Name+"/local")
+	if !strings.Contains(explain, "node "+node2+" announces 192.168.10.91") || !strings.Contains(explain, "no local endpoint") {
+		t.Errorf("explain local:\n%s", explain)
+	}
+
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	shrunk := write("shrunk.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: config}\ndata:\n  config: |\n    address-pools:\n    - {name: default, protocol: layer2, addresses: [192.168.10.91-192.168.10.100]}\n    - {name: bgp, protocol: bgp, addresses: [198.51.100.0/24]}\n")
+	out := herald("validate", shrunk)
+	if !strings.Contains(onlyNS(out), ns.Name+"/web 192.168.10.90 default loses") || !strings.Contains(out, "would refuse") {
+		t.Errorf("validate shrunk:\n%s", out)
+	}
+	renamed := write("renamed.yaml", "address-pools:\n- {name: lan, protocol: layer2, addresses: [192.168.10.0/24]}\n- {name: bgp, protocol: bgp, addresses: [198.51.100.0/24]}\n")
+	out = herald("validate", renamed)
+	if !strings.Contains(onlyNS(out), ns.Name+"/web 192.168.10.90 default lan moves-pool") || !strings.Contains(out, "no Service loses") {
+		t.Errorf("validate renamed:\n%s", out)
+	}
+	var errOut bytes.Buffer
+	bad := write("bad.yaml", "address-pools:\n- {name: x, protocol: layer3, addresses: [10.0.0.0/24]}\n")
+	err = run([]string{"--kubeconfig", cp.Kubeconfig, "--config-namespace", ns.Name, "validate", bad}, &errOut)
+	if err == nil || !strings.Contains(err.Error(), `address-pools[0].protocol (line 2): must be layer2 or bgp: "layer3"`) {
+		t.Errorf("validate bad: %v", err)
+	}
+}

@@ -1,0 +1,348 @@
+package inspect
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"math/big"
+	"net/netip"
+	"slices"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/yaml"
+
+	"github.com/heraldlb/herald/pkg/config"
+	"github.com/heraldlb/herald/pkg/ipam"
+	"github.com/heraldlb/herald/pkg/k8s"
+	"github.com/heraldlb/herald/pkg/plan"
+)
+
+// Snapshot is the cluster as Herald sees it, read once.
+type Snapshot struct {
+	Config    *config.Config // nil when the ConfigMap is missing or invalid
+	ConfigErr error          // why Config is nil
+	Services  []corev1.Service
+	Slices    []discoveryv1.EndpointSlice
+	Nodes     []corev1.Node
+	Events    []corev1.Event // Herald's Events on Services
+	Class     string
+}
+
+// Read takes a snapshot through client.
+func Read(ctx context.Context, client kubernetes.Interface, ref k8s.ConfigRef, class string) (*Snapshot, error) {
+	ref = ref.WithDefaults()
+	s := &Snapshot{Class: cmp.Or(class, k8s.DefaultLoadBalancerClass)}
+	cm, err := client.CoreV1().ConfigMaps(ref.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+	switch {
+	case err != nil:
+		s.ConfigErr = fmt.Errorf("read ConfigMap %s: %w", ref, err)
+	case cm.Data[ref.Key] == "":
+		s.ConfigErr = fmt.Errorf("ConfigMap %s has no key %q", ref, ref.Key)
+	default:
+		s.Config, s.ConfigErr = config.Parse([]byte(cm.Data[ref.Key]))
+	}
+	svcs, err := client.CoreV1().Services("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list Services: %w", err)
+	}
+	s.Services = svcs.Items
+	slices.SortFunc(s.Services, func(a, b corev1.Service) int {
+		return cmp.Or(a.CreationTimestamp.Compare(b.CreationTimestamp.Time), cmp.Compare(k8s.Key(&a), k8s.Key(&b)))
+	})
+	es, err := client.DiscoveryV1().EndpointSlices("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list EndpointSlices: %w", err)
+	}
+	s.Slices = es.Items
+	nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list Nodes: %w", err)
+	}
+	s.Nodes = nodes.Items
+	evs, err := client.CoreV1().Events("").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.kind=Service"})
+	if err != nil {
+		return nil, fmt.Errorf("list Events: %w", err)
+	}
+	for _, e := range evs.Items {
+		if strings.HasPrefix(e.Source.Component, "herald-") {
+			s.Events = append(s.Events, e)
+		}
+	}
+	return s, nil
+}
+
+// managed returns the Services Herald serves, oldest first.
+func (s *Snapshot) managed() []*corev1.Service {
+	var out []*corev1.Service
+	for i := range s.Services {
+		if k8s.Manages(&s.Services[i], s.Class) {
+			out = append(out, &s.Services[i])
+		}
+	}
+	return out
+}
+
+// restore rebuilds the allocator's state from the Services' statuses, as the controller
+// does on start; it returns the Services that could not keep their addresses, and why.
+func (s *Snapshot) restore(pools []config.Pool) (*ipam.Allocator, map[string]error) {
+	a := ipam.New(pools)
+	lost := map[string]error{}
+	for _, svc := range s.managed() {
+		ips := k8s.IngressIPs(svc)
+		if len(ips) == 0 {
+			continue
+		}
+		req, _ := k8s.Request(svc)
+		if _, err := a.Restore(req, ips); err != nil {
+			lost[k8s.Key(svc)] = err
+		}
+	}
+	return a, lost
+}
+
+// PoolRow is how full one family of one pool is.
+type PoolRow struct {
+	Pool     string `json:"pool"`
+	Protocol string `json:"protocol"`
+	Family   string `json:"family"`
+	Capacity string `json:"capacity"` // a decimal integer: an IPv6 pool may exceed 2^64
+	InUse    int    `json:"inUse"`
+	Free     string `json:"free"`
+}
+
+// Pools reports every pool's capacity and use.
+func (s *Snapshot) Pools() ([]PoolRow, error) {
+	if s.Config == nil {
+		return nil, s.ConfigErr
+	}
+	a, _ := s.restore(s.Config.Pools)
+	var out []PoolRow
+	for _, st := range a.Stats() {
+		p, _ := s.Config.Pool(st.Pool)
+		free := new(big.Int).Sub(st.Capacity, big.NewInt(int64(st.InUse)))
+		out = append(out, PoolRow{Pool: st.Pool, Protocol: p.Protocol.String(), Family: st.Family.String(),
+			Capacity: st.Capacity.String(), InUse: st.InUse, Free: free.String()})
+	}
+	return out, nil
+}
+
+// Change is what a new configuration does to one Service's addresses.
+type Change struct {
+	Service string `json:"service"`
+	IPs     string `json:"ips"`
+	Before  string `json:"poolBefore"`
+	After   string `json:"poolAfter,omitempty"`
+	Outcome string `json:"outcome"` // keeps, moves-pool, loses
+	Reason  string `json:"reason,omitempty"`
+}
+
+// Validate parses text (a ConfigMap manifest or the bare configuration) and reports
+// what it would do to every Service that holds an address. A configuration error is
+// returned as config.Errors; the controller would refuse a configuration under which
+// any Service loses its address.
+func (s *Snapshot) Validate(text []byte, key string) ([]Change, error) {
+	cfgText, err := configText(text, key)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := config.Parse(cfgText)
+	if err != nil {
+		return nil, err
+	}
+	_, lost := s.restore(cfg.Pools)
+	var out []Change
+	for _, svc := range s.managed() {
+		ips := k8s.IngressIPs(svc)
+		if len(ips) == 0 {
+			continue
+		}
+		c := Change{Service: k8s.Key(svc), IPs: joinIPs(ips), Before: poolName(s.Config, ips[0]), After: poolName(cfg, ips[0]), Outcome: "keeps"}
+		if err := lost[c.Service]; err != nil {
+			c.Outcome, c.After, c.Reason = "loses", "", err.Error()
+		} else if c.Before != c.After {
+			c.Outcome = "moves-pool"
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+// configText accepts a ConfigMap manifest (taking data[key]) or the configuration itself.
+func configText(text []byte, key string) ([]byte, error) {
+	if !strings.Contains(string(text), "kind: ConfigMap") {
+		return text, nil
+	}
+	var cm struct {
+		Data map[string]string `json:"data"`
+	}
+	if err := yaml.Unmarshal(text, &cm); err != nil {
+		return nil, fmt.Errorf("read the ConfigMap manifest: %w", err)
+	}
+	v, ok := cm.Data[cmp.Or(key, "config")]
+	if !ok {
+		return nil, fmt.Errorf("the ConfigMap manifest has no data.%s", cmp.Or(key, "config"))
+	}
+	return []byte(v), nil
+}
+
+func poolName(c *config.Config, ip netip.Addr) string {
+	if c == nil {
+		return ""
+	}
+	for _, p := range c.Pools {
+		if p.Contains(ip) {
+			return p.Name
+		}
+	}
+	return "(none)"
+}
+
+func joinIPs(ips []netip.Addr) string {
+	s := make([]string, len(ips))
+	for i, ip := range ips {
+		s[i] = ip.String()
+	}
+	return strings.Join(s, ",")
+}
+
+// planInput builds the plan's input as every speaker sees it, with the nodes' Ready
+// condition standing in for live speakers (memberlist is not visible through the API).
+func (s *Snapshot) planInput(self string) plan.Input {
+	in := plan.Input{Config: s.Config, Self: self}
+	for _, n := range s.Nodes {
+		pn := plan.Node{Name: n.Name, Labels: n.Labels}
+		for _, c := range n.Status.Conditions {
+			if c.Type == corev1.NodeReady {
+				pn.Ready = c.Status == corev1.ConditionTrue
+			}
+		}
+		_, pn.Excluded = n.Labels[corev1.LabelNodeExcludeBalancers]
+		in.Nodes = append(in.Nodes, pn)
+	}
+	for _, svc := range s.managed() {
+		ips := k8s.IngressIPs(svc)
+		if len(ips) == 0 {
+			continue
+		}
+		ps := plan.Service{Key: k8s.Key(svc), IPs: ips, Local: svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal, EndpointNodes: map[string]bool{}}
+		for _, es := range s.Slices {
+			if es.Namespace != svc.Namespace || es.Labels[discoveryv1.LabelServiceName] != svc.Name {
+				continue
+			}
+			for _, ep := range es.Endpoints {
+				if ep.NodeName != nil && (ep.Conditions.Ready == nil || *ep.Conditions.Ready) {
+					ps.EndpointNodes[*ep.NodeName] = true
+				}
+			}
+		}
+		in.Services = append(in.Services, ps)
+	}
+	return in
+}
+
+// StatusRow is one address of one Service.
+type StatusRow struct {
+	Service    string   `json:"service"`
+	IP         string   `json:"ip"`
+	Pool       string   `json:"pool"`
+	Mode       string   `json:"mode"`
+	Announcers []string `json:"announcers"`
+}
+
+// Status lists every address Herald gave out and the nodes that announce it.
+func (s *Snapshot) Status() ([]StatusRow, error) {
+	if s.Config == nil {
+		return nil, s.ConfigErr
+	}
+	d := plan.Compute(s.planInput(""))
+	var out []StatusRow
+	for _, dec := range d.Decisions {
+		r := StatusRow{Service: dec.Service, IP: dec.IP.String(), Pool: dec.Pool, Mode: dec.Protocol.String()}
+		switch {
+		case dec.Pool == "":
+			r.Pool, r.Mode = "(none)", "-"
+		case dec.Owner != "":
+			r.Announcers = []string{dec.Owner}
+		default:
+			r.Announcers = dec.Announcers
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// Explain says, in sentences, why a Service has or has not an address and who announces it.
+func (s *Snapshot) Explain(key string) ([]string, error) {
+	var svc *corev1.Service
+	for i := range s.Services {
+		if k8s.Key(&s.Services[i]) == key {
+			svc = &s.Services[i]
+		}
+	}
+	if svc == nil {
+		return nil, fmt.Errorf("no Service %s", key)
+	}
+	var out []string
+	if svc.Spec.Type != corev1.ServiceTypeLoadBalancer {
+		return []string{fmt.Sprintf("%s is of type %s: Herald serves only type LoadBalancer.", key, svc.Spec.Type)}, nil
+	}
+	if !k8s.ClassIsOurs(svc, s.Class) {
+		return []string{fmt.Sprintf("%s has loadBalancerClass %q: another implementation serves it.", key, *svc.Spec.LoadBalancerClass)}, nil
+	}
+	if s.Config == nil {
+		out = append(out, fmt.Sprintf("Herald has no valid configuration: %v.", s.ConfigErr))
+	}
+	ips := k8s.IngressIPs(svc)
+	if len(ips) == 0 {
+		out = append(out, key+" has no address yet.")
+		if e := s.lastEvent(key, corev1.EventTypeWarning); e != nil {
+			out = append(out, fmt.Sprintf("The controller says (%s): %s", e.Reason, e.Message))
+		} else if _, err := k8s.Request(svc); err != nil {
+			out = append(out, "Its request is invalid: "+err.Error())
+		}
+		return out, nil
+	}
+	out = append(out, fmt.Sprintf("%s has %s.", key, joinIPs(ips)))
+	if s.Config == nil {
+		return out, nil
+	}
+	for _, n := range s.Nodes {
+		d := plan.Compute(s.planInput(n.Name))
+		for _, dec := range d.Decisions {
+			if dec.Service != key {
+				continue
+			}
+			if dec.Pool == "" {
+				out = append(out, fmt.Sprintf("%s is in no pool of the configuration: nobody announces it.", dec.IP))
+				return out, nil
+			}
+			verb := "does not announce"
+			if dec.Announce {
+				verb = "announces"
+			}
+			out = append(out, fmt.Sprintf("node %s %s %s (%s, pool %s): %s.", n.Name, verb, dec.IP, dec.Protocol, dec.Pool, strings.ReplaceAll(dec.Reason.String(), "_", " ")))
+		}
+	}
+	if len(s.Nodes) == 0 {
+		out = append(out, "There are no nodes to announce it.")
+	}
+	return out, nil
+}
+
+func (s *Snapshot) lastEvent(key, typ string) *corev1.Event {
+	var last *corev1.Event
+	for i := range s.Events {
+		e := &s.Events[i]
+		if e.InvolvedObject.Namespace+"/"+e.InvolvedObject.Name != key || e.Type != typ {
+			continue
+		}
+		if last == nil || e.LastTimestamp.After(last.LastTimestamp.Time) {
+			last = e
+		}
+	}
+	return last
+}
