@@ -13,6 +13,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/heraldlb/herald/pkg/inspect"
+	"github.com/heraldlb/herald/pkg/k8s"
 )
 
 // owner waits until exactly one node answers for ip and returns it.
@@ -158,8 +161,44 @@ func TestLayer2Failover(t *testing.T) {
 		for _, ip := range ips {
 			from, to, took := c.failover(t, ip, how)
 			t.Logf("%-9s %-12s %s -> %s: traffic through the new owner after %s", how, ip, from, to, took.Round(time.Millisecond))
+			if how == "graceful" && ip.Is4() {
+				// The old owner is back and has taken the address again: what the admin
+				// sees must match who answers ARP.
+				c.checkObservedOwner(t, "default/web", ip, c.owner(t, ip, 5*time.Second).Name)
+			}
 		}
 	}
+}
+
+// checkObservedOwner checks what an admin sees after ownership moved: kubectl herald
+// status names the owner from the speakers' own Events, and the owner's metrics count
+// its takeover.
+func (c *Cluster) checkObservedOwner(t *testing.T, svc string, ip netip.Addr, owner string) {
+	t.Helper()
+	var rows []inspect.StatusRow
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		snap, err := inspect.Read(context.Background(), c.Kube, k8s.ConfigRef{}, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rows, err = snap.Status(); err != nil {
+			t.Fatal(err)
+		}
+		i := slices.IndexFunc(rows, func(r inspect.StatusRow) bool { return r.Service == svc && r.IP == ip.String() })
+		if i >= 0 && rows[i].Published && slices.Equal(rows[i].Announcers, []string{owner}) {
+			m, err := c.Metrics(c.Node(owner))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, want := range []string{`herald_layer2_gratuitous_sent_total{family="IPv4"}`, "herald_speaker_ownership_changes_total", "herald_layer2_announced_addresses"} {
+				if !strings.Contains(m, want) || strings.Contains(m, want+" 0\n") {
+					t.Errorf("%s's metrics after taking %s over: %s missing or zero", owner, ip, want)
+				}
+			}
+			return
+		}
+	}
+	t.Errorf("kubectl herald status after the failover: %+v; want %s announced by %s, as its speaker said", rows, ip, owner)
 }
 
 func TestLayer2KeepsAnnouncingWithoutAPIServer(t *testing.T) {

@@ -95,7 +95,11 @@ func run(args []string, out io.Writer) error {
 		v, header = st, []string{"SERVICE", "IP", "POOL", "MODE", "ANNOUNCED BY"}
 		rows = func() (r [][]string) {
 			for _, s := range st {
-				r = append(r, []string{s.Service, s.IP, s.Pool, s.Mode, strings.Join(s.Announcers, ",")})
+				by := strings.Join(s.Announcers, ",")
+				if !s.Published && by != "" {
+					by += " (elected among Ready nodes)"
+				}
+				r = append(r, []string{s.Service, s.IP, s.Pool, s.Mode, by})
 			}
 			return r
 		}

@@ -246,11 +246,15 @@ func (s *Snapshot) planInput(self string) plan.Input {
 
 // StatusRow is one address of one Service.
 type StatusRow struct {
-	Service    string   `json:"service"`
-	IP         string   `json:"ip"`
-	Pool       string   `json:"pool"`
-	Mode       string   `json:"mode"`
+	Service string `json:"service"`
+	IP      string `json:"ip"`
+	Pool    string `json:"pool"`
+	Mode    string `json:"mode"`
+	// Announcers are the nodes whose speakers last said they announce the address, or,
+	// where they said nothing recent, the nodes the election picks among Ready nodes.
 	Announcers []string `json:"announcers"`
+	// Published is true when Announcers comes from the speakers' own word.
+	Published bool `json:"published"`
 }
 
 // Status lists every address Herald gave out and the nodes that announce it.
@@ -259,6 +263,11 @@ func (s *Snapshot) Status() ([]StatusRow, error) {
 		return nil, s.ConfigErr
 	}
 	d := plan.Compute(s.planInput(""))
+	said := s.published()
+	ready := map[string]bool{}
+	for _, n := range s.planInput("").Nodes {
+		ready[n.Name] = n.Ready
+	}
 	var out []StatusRow
 	for _, dec := range d.Decisions {
 		r := StatusRow{Service: dec.Service, IP: dec.IP.String(), Pool: dec.Pool, Mode: dec.Protocol.String()}
@@ -269,6 +278,16 @@ func (s *Snapshot) Status() ([]StatusRow, error) {
 			r.Announcers = []string{dec.Owner}
 		default:
 			r.Announcers = dec.Announcers
+		}
+		// A node that is not Ready cannot vouch for itself any more.
+		var pub []string
+		for _, n := range said[dec.Service+" "+dec.IP.String()] {
+			if ready[n] {
+				pub = append(pub, n)
+			}
+		}
+		if len(pub) > 0 {
+			r.Announcers, r.Published = pub, true
 		}
 		out = append(out, r)
 	}

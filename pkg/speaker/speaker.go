@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -182,6 +183,7 @@ func (s *Speaker) Run(ctx context.Context) error {
 		s.sync(ctx)
 		select {
 		case <-ctx.Done():
+			s.report(plan.Desired{}) // say what this node no longer announces, as far as it can
 			return nil
 		case <-s.trigger:
 		case <-changed:
@@ -306,9 +308,14 @@ func (s *Speaker) report(d plan.Desired) {
 		}
 	}
 	for key := range s.announced {
-		if !now[key] {
-			s.metrics.OwnershipChanges.Inc()
-			s.log.Info("stopped announcing", "serviceAndIP", key)
+		if now[key] {
+			continue
+		}
+		s.metrics.OwnershipChanges.Inc()
+		svcKey, ip, _ := strings.Cut(key, " ")
+		s.log.Info("stopped announcing", "service", svcKey, "ip", ip)
+		if svc := getService(svcLister, svcKey); svc != nil {
+			s.events.Recorder.Eventf(svc, corev1.EventTypeNormal, "StoppedAnnouncing", "node %s no longer announces %s", s.opts.NodeName, ip)
 		}
 	}
 	s.announced = now
