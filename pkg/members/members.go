@@ -113,6 +113,13 @@ func (m *Members) Alive() []string {
 	return out
 }
 
+// Started reports whether Run has started the member (and so joined or is joining).
+func (m *Members) Started() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.ml != nil
+}
+
 // Addr returns the address and port the member gossips on, once Run has started.
 func (m *Members) Addr() (string, int) {
 	m.mu.Lock()

@@ -135,10 +135,14 @@ func (s *Speaker) NodeAddresses() []netip.Addr {
 	return out
 }
 
-// Ready says whether the speaker is serving: caches synced and a configuration loaded.
+// Ready says whether the speaker is serving: caches synced, a configuration loaded, and
+// memberlist started (when on).
 func (s *Speaker) Ready() error {
 	if !s.ready.Load() {
 		return errors.New("caches not synced or no configuration loaded yet")
+	}
+	if m, ok := s.opts.Members.(interface{ Started() bool }); ok && !m.Started() {
+		return errors.New("memberlist not started yet")
 	}
 	return nil
 }
