@@ -92,14 +92,14 @@ func run(args []string, out io.Writer) error {
 		if err != nil {
 			return err
 		}
-		v, header = st, []string{"SERVICE", "IP", "POOL", "MODE", "ANNOUNCED BY"}
+		v, header = st, []string{"SERVICE", "IP", "POOL", "MODE", "ANNOUNCED BY", "TO PEERS"}
 		rows = func() (r [][]string) {
 			for _, s := range st {
 				by := strings.Join(s.Announcers, ",")
 				if !s.Published && by != "" {
 					by += " (elected among Ready nodes)"
 				}
-				r = append(r, []string{s.Service, s.IP, s.Pool, s.Mode, by})
+				r = append(r, []string{s.Service, s.IP, s.Pool, s.Mode, by, strings.Join(s.Peers, ",")})
 			}
 			return r
 		}

@@ -41,6 +41,8 @@ func TestPlugin(t *testing.T) {
 address-pools:
 - {name: default, protocol: layer2, addresses: [192.168.10.90-192.168.10.100]}
 - {name: bgp, protocol: bgp, auto-assign: false, addresses: [198.51.100.0/24]}
+peers:
+- {peer-address: 192.168.10.1, peer-asn: 64500, my-asn: 64501}
 `}}, metav1.CreateOptions{}))
 	for _, n := range []string{"node1", "node2", "node3"} {
 		node, err := client.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: ns.Name + "-" + n}}, metav1.CreateOptions{})
@@ -107,7 +109,7 @@ address-pools:
 	status := onlyNS(herald("status"))
 	for _, want := range []string{
 		ns.Name + "/local 192.168.10.91 default layer2 " + node2,
-		ns.Name + "/routed 198.51.100.1 bgp bgp " + ns.Name + "-node1," + node2 + "," + ns.Name + "-node3",
+		ns.Name + "/routed 198.51.100.1 bgp bgp " + ns.Name + "-node1," + node2 + "," + ns.Name + "-node3 (elected among Ready nodes) 192.168.10.1",
 	} {
 		if !strings.Contains(status, want) {
 			t.Errorf("status lacks %q:\n%s", want, status)

@@ -255,6 +255,9 @@ type StatusRow struct {
 	Announcers []string `json:"announcers"`
 	// Published is true when Announcers comes from the speakers' own word.
 	Published bool `json:"published"`
+	// Peers are, in BGP mode, the routers the announcing nodes are configured to
+	// advertise to (their session state is in the speakers' metrics).
+	Peers []string `json:"peers,omitempty"`
 }
 
 // Status lists every address Herald gave out and the nodes that announce it.
@@ -287,11 +290,32 @@ func (s *Snapshot) Status() ([]StatusRow, error) {
 			}
 		}
 		if len(pub) > 0 {
+			if dec.Protocol == config.Layer2 {
+				pub = pub[:1] // one owner: the newest claim (a crashed speaker never withdraws)
+			}
+			slices.Sort(pub)
 			r.Announcers, r.Published = pub, true
+		}
+		if dec.Protocol == config.BGP {
+			r.Peers = s.peersOf(r.Announcers)
 		}
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// peersOf returns the routers any of nodes peers with, sorted.
+func (s *Snapshot) peersOf(nodes []string) []string {
+	var out []string
+	for _, n := range nodes {
+		for _, p := range plan.Compute(s.planInput(n)).BGPPeers {
+			if a := p.Address.String(); !slices.Contains(out, a) {
+				out = append(out, a)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Explain says, in sentences, why a Service has or has not an address and who announces it.

@@ -4,13 +4,16 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 )
 
 // published returns, for each "service ip", the nodes whose speakers last said they
-// announce it (Events Announcing / StoppedAnnouncing, recorded on change only). Events
-// expire (an hour by default), so an address may have no published announcer.
+// announce it (Events Announcing / StoppedAnnouncing, recorded on change only), the most
+// recent claim first. Events expire (an hour by default), so an address may have no
+// published announcer; a speaker that crashed never withdraws its claim, so in layer 2
+// only the newest claim stands.
 func (s *Snapshot) published() map[string][]string {
 	type said struct {
 		announcing bool
@@ -46,13 +49,29 @@ func (s *Snapshot) published() map[string][]string {
 		}
 	}
 	out := map[string][]string{}
+	type claim struct {
+		node string
+		at   corev1.Event
+	}
 	for key, byNode := range latest {
+		var claims []claim
 		for node, sd := range byNode {
 			if sd.announcing {
-				out[key] = append(out[key], node)
+				claims = append(claims, claim{node, sd.at})
 			}
 		}
-		slices.Sort(out[key])
+		slices.SortFunc(claims, func(a, b claim) int {
+			switch {
+			case newer(a.at, b.at):
+				return -1
+			case newer(b.at, a.at):
+				return 1
+			}
+			return strings.Compare(a.node, b.node)
+		})
+		for _, c := range claims {
+			out[key] = append(out[key], c.node)
+		}
 	}
 	return out
 }
