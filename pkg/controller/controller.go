@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/netip"
 	"slices"
@@ -28,6 +27,7 @@ import (
 	"github.com/heraldlb/herald/pkg/config"
 	"github.com/heraldlb/herald/pkg/ipam"
 	"github.com/heraldlb/herald/pkg/k8s"
+	"github.com/heraldlb/herald/pkg/logging"
 	"github.com/heraldlb/herald/pkg/metrics"
 )
 
@@ -84,12 +84,8 @@ func New(opts Options) (*Controller, error) {
 	opts.LoadBalancerClass = cmp.Or(opts.LoadBalancerClass, k8s.DefaultLoadBalancerClass)
 	opts.Workers = cmp.Or(opts.Workers, 8)
 	opts.ResyncPeriod = cmp.Or(opts.ResyncPeriod, 10*time.Minute)
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	if opts.Registerer == nil {
-		opts.Registerer = prometheus.NewRegistry()
-	}
+	opts.Logger = logging.OrDiscard(opts.Logger)
+	opts.Registerer = metrics.OrPrivate(opts.Registerer)
 	c := &Controller{
 		opts:     opts,
 		log:      opts.Logger,

@@ -3,7 +3,6 @@ package layer2
 import (
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -19,6 +18,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/net/ipv6"
 
+	"github.com/heraldlb/herald/pkg/logging"
 	"github.com/heraldlb/herald/pkg/metrics"
 )
 
@@ -71,12 +71,8 @@ type link struct {
 
 // New returns an Announcer; it answers nothing before Run.
 func New(opts Options) *Announcer {
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	if opts.Registerer == nil {
-		opts.Registerer = prometheus.NewRegistry()
-	}
+	opts.Logger = logging.OrDiscard(opts.Logger)
+	opts.Registerer = metrics.OrPrivate(opts.Registerer)
 	if opts.Burst == nil {
 		opts.Burst = DefaultBurst
 	}

@@ -23,3 +23,12 @@ func New(w io.Writer, level, format string) (*slog.Logger, error) {
 	}
 	return nil, fmt.Errorf("--log-format %q: want json or text", format)
 }
+
+// OrDiscard returns l, or a logger that discards everything when l is nil: the meaning of
+// a nil logger handed to any Herald constructor.
+func OrDiscard(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l
+}

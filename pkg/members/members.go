@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log"
 	"log/slog"
 	"net"
@@ -16,6 +15,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+
+	"github.com/heraldlb/herald/pkg/logging"
 )
 
 // Config configures a member.
@@ -86,9 +87,7 @@ func New(cfg Config) (*Members, error) {
 	if cfg.Peers == nil {
 		cfg.Peers = func() []string { return nil }
 	}
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
+	cfg.Logger = logging.OrDiscard(cfg.Logger)
 	return &Members{cfg: cfg, log: cfg.Logger, changed: make(chan struct{}, 1)}, nil
 }
 

@@ -48,3 +48,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	return err
 }
+
+// OrPrivate returns reg, or a fresh registry nobody scrapes when reg is nil: the meaning of
+// a nil Registerer handed to any Herald constructor.
+func OrPrivate(reg prometheus.Registerer) prometheus.Registerer {
+	if reg == nil {
+		return prometheus.NewRegistry()
+	}
+	return reg
+}

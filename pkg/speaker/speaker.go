@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"errors"
-	"io"
 	"log/slog"
 	"net/netip"
 	"slices"
@@ -26,6 +25,7 @@ import (
 	"github.com/heraldlb/herald/pkg/config"
 	"github.com/heraldlb/herald/pkg/k8s"
 	"github.com/heraldlb/herald/pkg/layer2"
+	"github.com/heraldlb/herald/pkg/logging"
 	"github.com/heraldlb/herald/pkg/metrics"
 	"github.com/heraldlb/herald/pkg/plan"
 )
@@ -86,12 +86,8 @@ func New(opts Options) (*Speaker, error) {
 	opts.Config = opts.Config.WithDefaults()
 	opts.LoadBalancerClass = cmp.Or(opts.LoadBalancerClass, k8s.DefaultLoadBalancerClass)
 	opts.ResyncPeriod = cmp.Or(opts.ResyncPeriod, 30*time.Second)
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	if opts.Registerer == nil {
-		opts.Registerer = prometheus.NewRegistry()
-	}
+	opts.Logger = logging.OrDiscard(opts.Logger)
+	opts.Registerer = metrics.OrPrivate(opts.Registerer)
 	s := &Speaker{
 		opts: opts, log: opts.Logger, trigger: make(chan struct{}, 1),
 		events:    k8s.NewEvents(opts.Client, "herald-speaker"),

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/heraldlb/herald/pkg/bgp"
+	"github.com/heraldlb/herald/pkg/logging"
 	"github.com/heraldlb/herald/pkg/metrics"
 )
 
@@ -60,12 +60,8 @@ func New(opts Options) (*Server, error) {
 	if !opts.RouterID.Is4() {
 		return nil, fmt.Errorf("gobgp: the router ID %q must be an IPv4 address", opts.RouterID)
 	}
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	if opts.Registerer == nil {
-		opts.Registerer = prometheus.NewRegistry()
-	}
+	opts.Logger = logging.OrDiscard(opts.Logger)
+	opts.Registerer = metrics.OrPrivate(opts.Registerer)
 	if opts.ListenPort == 0 {
 		opts.ListenPort = -1
 	}
