@@ -27,7 +27,13 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	speakerBin = filepath.Join(dir, "speaker")
-	if out, err := exec.Command("go", "build", "-o", speakerBin, "../speaker").CombinedOutput(); err != nil {
+	args := []string{"build", "-o", speakerBin}
+	if os.Getenv("HERALD_E2E_RACE") != "" {
+		// Speakers built with the race detector, exiting on the first race (set
+		// GORACE=halt_on_error=1), fail the tests that need them.
+		args = append(args, "-race")
+	}
+	if out, err := exec.Command("go", append(args, "../speaker")...).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build the speaker: %v\n%s", err, out)
 		os.Exit(1)
 	}
