@@ -82,8 +82,10 @@ type Options struct {
 	Nodes  int    // default 3
 	Config string // default DefaultConfig
 	// NoConfig leaves the ConfigMap to the caller (the lab applies the sample).
-	NoConfig     bool
-	SpeakerFlags []string
+	NoConfig bool
+	// SkipMemberWait does not wait for the speakers to see each other (memberlist off).
+	SkipMemberWait bool
+	SpeakerFlags   []string
 	// NamePrefix names the namespaces prefix+role ("cp", "client", "node1", …); by
 	// default they get random names.
 	NamePrefix string
@@ -196,7 +198,9 @@ func Start(t TB, speakerBin string, opts Options) *Cluster {
 		c.StartSpeaker(n, opts.SpeakerFlags...)
 	}
 	c.Probe = netlab.NewProber(t, c.Client, "eth0", netip.MustParseAddr(clientIP4))
-	c.WaitMembers(len(c.Nodes), 20*time.Second)
+	if !opts.SkipMemberWait {
+		c.WaitMembers(len(c.Nodes), 20*time.Second)
+	}
 	return c
 }
 

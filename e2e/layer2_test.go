@@ -233,3 +233,25 @@ func TestLayer2KeepsAnnouncingWithoutAPIServer(t *testing.T) {
 	ips2 := c.CreateService(fmt.Sprint("web2"), nil)
 	c.owner(t, ips2[0], 20*time.Second)
 }
+
+// Without memberlist, a node's Ready condition stands in for its speaker: the owner
+// marked NotReady loses the address to another node.
+func TestLayer2WithoutMemberlist(t *testing.T) {
+	c := start(t, Options{SpeakerFlags: []string{"--memberlist=false"}, SkipMemberWait: true})
+	ips := c.CreateService("web", nil)
+	old := c.owner(t, ips[0], 10*time.Second)
+	ctx := context.Background()
+	node, err := c.Kube.CoreV1().Nodes().Get(ctx, old.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node.Status.Conditions[0].Status = corev1.ConditionFalse
+	if _, err := c.Kube.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	name, took := c.reach(t, ips[0], old.Name, 10*time.Second)
+	t.Logf("%s NotReady: traffic through %s after %s", old.Name, name, took.Round(time.Millisecond))
+	if now := c.owner(t, ips[0], 5*time.Second); now.Name != name || now.Name == old.Name {
+		t.Errorf("after %s went NotReady, %s answers ARP and traffic reaches %s", old.Name, now.Name, name)
+	}
+}

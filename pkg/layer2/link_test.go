@@ -32,7 +32,12 @@ func helper(owned string) int {
 	a := New(Options{Registerer: reg, Rescan: time.Second})
 	var set []Owned
 	for _, s := range strings.Split(owned, ",") {
-		set = append(set, Owned{IP: netip.MustParseAddr(s)})
+		ip, ifs, named := strings.Cut(s, "@") // ip@if1+if2 names the interfaces, as a pool's interfaces: does
+		o := Owned{IP: netip.MustParseAddr(ip)}
+		if named {
+			o.Interfaces = strings.Split(ifs, "+")
+		}
+		set = append(set, o)
 	}
 	a.SetOwned(set)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
@@ -41,7 +46,9 @@ func helper(owned string) int {
 		for ctx.Err() == nil && len(a.Serving()) < len(set) {
 			time.Sleep(10 * time.Millisecond)
 		}
-		fmt.Println("serving")
+		for ip, ifs := range a.Serving() {
+			fmt.Printf("serving %s on %s\n", ip, strings.Join(ifs, ","))
+		}
 	}()
 	if err := a.Run(ctx); err != nil {
 		fmt.Println("error", err)
@@ -205,5 +212,34 @@ func TestAnswersOnlyOwnedAddressesAcrossVeth(t *testing.T) {
 		if !strings.Contains(metrics, want) {
 			t.Errorf("helper metrics lack %q:\n%s", want, metrics)
 		}
+	}
+}
+
+// An address is answered on the bridge that carries its subnet, never on the bridge's
+// enslaved ports.
+func TestAnswersOnTheBridgeNotItsPorts(t *testing.T) {
+	netlab.Require(t)
+	a, b := netlab.NewNS(t, "l2a"), netlab.NewNS(t, "l2b")
+	netlab.Veth(t, a, "a0", b, "b0")
+	a.Bridge("br-a")
+	a.Run("ip", "link", "set", "a0", "master", "br-a")
+	a.Addr("br-a", "192.168.78.1/24")
+	b.Addr("b0", "192.168.78.2/24")
+	e := &linkEnv{a: a, b: b}
+	probe := netlab.NewProber(t, b, "b0", netip.MustParseAddr("192.168.78.2"))
+	// Both named, as a pool's interfaces: may: the port must still be left out.
+	e.startHelper(t, "192.168.78.100@a0+br-a")
+	// It answers through the bridge...
+	var macs []string
+	for deadline := time.Now().Add(5 * time.Second); len(macs) == 0 && time.Now().Before(deadline); {
+		macs, _ = probe.AskARP(netip.MustParseAddr("192.168.78.100"), 300*time.Millisecond)
+	}
+	if len(macs) != 1 {
+		t.Fatalf("answers for 192.168.78.100: %v, want exactly one", macs)
+	}
+	// ...and says it serves the address on br-a alone.
+	out := strings.Join(e.stopHelper(), "\n")
+	if !strings.Contains(out, "serving 192.168.78.100 on br-a\n") && !strings.HasSuffix(out, "serving 192.168.78.100 on br-a") {
+		t.Errorf("helper output:\n%s", out)
 	}
 }
