@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Herald's tests and lab use, only those missing.
 set -euo pipefail
-pkgs=(iproute2 ca-certificates iputils-arping curl frr bird2)
+pkgs=(iproute2 procps ca-certificates iputils-arping curl frr bird2)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
