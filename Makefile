@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO    ?= go
 BIN   := bin
 
-.PHONY: all build image test bench lint fuzz deps control-plane lab lab-down lab-status clean
+.PHONY: all build image test vm-test bench lint fuzz deps control-plane lab lab-down lab-status clean
 
 all: build
 
@@ -22,8 +22,13 @@ control-plane: ## etcd, kube-apiserver and kubectl, built once from their Go mod
 test: deps control-plane ## every test: unit, fuzz seeds, property, real API server, namespaces (root)
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v /e2e)
+	@# Tests that need ip_vs, inside a VM booted from Debian's cloud kernel (qemu, no KVM).
+	$(GO) run ./hack/vm ./hack/vm
 	@# The end-to-end tests alone, so that no other test's CPU load skews their failovers.
 	$(GO) test -count=1 -timeout 30m ./e2e
+
+vm-test: deps ## only the tests that run inside the ip_vs VM
+	$(GO) run ./hack/vm ./hack/vm
 
 bench: control-plane ## the benchmarks quoted in the README
 	$(GO) test -run '^$$' -bench Assign100k -benchmem -benchtime 5x ./pkg/ipam

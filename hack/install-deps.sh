@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Herald's tests and lab use, only those missing.
 set -euo pipefail
-pkgs=(iproute2 procps ca-certificates iputils-arping curl frr bird2)
+pkgs=(iproute2 procps ca-certificates iputils-arping curl frr bird2
+	qemu-system-x86 busybox-static cpio xz-utils kmod) # the last line: the ip_vs VM (hack/vm)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
