@@ -1,10 +1,10 @@
 // Command vm runs a package's tests inside a virtual machine booted from Debian's cloud
 // kernel, whose modules include ip_vs (this machine's kernel has none).
 //
-//	go run ./hack/vm [-run REGEXP] [-timeout 5m] ./pkg/forward
+//	go run ./hack/vm [-run REGEXP] [-timeout 5m] PACKAGE...
 //
 // It downloads linux-image-cloud-amd64 with apt-get download (once, cached in
-// ~/.cache/herald/vm), builds the package's test binary statically, packs it with
+// ~/.cache/herald/vm), builds each package's test binary statically, packs them with
 // busybox-static and the needed modules into an initramfs, boots it with
 // qemu-system-x86_64 -accel tcg, streams the console, and exits with the tests' status.
 // Inside, the tests see HERALD_IN_VM=1. Needs: qemu-system-x86, busybox-static, cpio, xz-utils.
@@ -36,11 +36,11 @@ func main() {
 	run := flag.String("run", ".", "tests to run (-test.run)")
 	timeout := flag.Duration("timeout", 10*time.Minute, "limit for the whole VM run")
 	flag.Parse()
-	if flag.NArg() != 1 {
-		fmt.Fprintln(os.Stderr, "usage: vm [-run REGEXP] [-timeout D] PACKAGE")
+	if flag.NArg() == 0 {
+		fmt.Fprintln(os.Stderr, "usage: vm [-run REGEXP] [-timeout D] PACKAGE...")
 		os.Exit(2)
 	}
-	code, err := vm(flag.Arg(0), *run, *timeout)
+	code, err := vm(flag.Args(), *run, *timeout)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "vm:", err)
 		os.Exit(2)
@@ -48,7 +48,7 @@ func main() {
 	os.Exit(code)
 }
 
-func vm(pkg, run string, timeout time.Duration) (int, error) {
+func vm(pkgs []string, run string, timeout time.Duration) (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	kernel, modDir, err := fetchKernel(ctx)
@@ -61,16 +61,18 @@ func vm(pkg, run string, timeout time.Duration) (int, error) {
 	}
 	defer os.RemoveAll(work)
 	root := filepath.Join(work, "root")
-	for _, d := range []string{"bin", "proc", "sys", "dev", "tmp", "lib/modules", "run"} {
+	for _, d := range []string{"bin", "proc", "sys", "dev", "tmp", "lib/modules", "run", "tests"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			return 0, err
 		}
 	}
-	// The tests, static.
-	build := exec.CommandContext(ctx, "go", "test", "-c", "-o", filepath.Join(root, "test"), pkg)
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		return 0, fmt.Errorf("build the tests of %s: %v\n%s", pkg, err, out)
+	// The tests, static, one binary per package.
+	for i, pkg := range pkgs {
+		build := exec.CommandContext(ctx, "go", "test", "-c", "-o", filepath.Join(root, "tests", fmt.Sprintf("%02d-%s", i, filepath.Base(pkg))), pkg)
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			return 0, fmt.Errorf("build the tests of %s: %v\n%s", pkg, err, out)
+		}
 	}
 	if err := copyFile("/bin/busybox", filepath.Join(root, "bin", "busybox"), 0o755); err != nil {
 		return 0, fmt.Errorf("busybox-static: %w", err)
@@ -85,8 +87,9 @@ func vm(pkg, run string, timeout time.Duration) (int, error) {
 	for _, m := range order {
 		init += "insmod /lib/modules/" + m + " 2>/dev/null || echo 'insmod " + m + " failed'\n"
 	}
-	init += "ip link set lo up\ncd /tmp\nHERALD_IN_VM=1 /test -test.v -test.run '" + strings.ReplaceAll(run, "'", "") + "'\n" +
-		"echo \"HERALD-VM-RESULT $?\"\npoweroff -f\n"
+	init += "ip link set lo up\ncd /tmp\nrc=0\nfor t in /tests/*; do\n  echo \"== $t\"\n" +
+		"  HERALD_IN_VM=1 $t -test.v -test.run '" + strings.ReplaceAll(run, "'", "") + "' || rc=1\ndone\n" +
+		"echo \"HERALD-VM-RESULT $rc\"\npoweroff -f\n"
 	if err := os.WriteFile(filepath.Join(root, "init"), []byte(init), 0o755); err != nil {
 		return 0, err
 	}

@@ -1,0 +1,12 @@
+// Package forward programs the kernel beneath announced addresses: each address bound to
+// the dummy link herald0 (so IPVS takes traffic for it as local), and an IPVS virtual
+// service per address, port and protocol, with its real servers, scheduler and
+// persistence.
+//
+// Set takes the whole desired set and makes the minimum of changes; it only ever touches
+// virtual services and addresses that lie in Herald's pools (kube-proxy's own IPVS
+// services are left alone), and the first Set removes what an earlier run left behind.
+//
+// Not built yet: the nftables rules (masquerade for Cluster traffic, loadBalancerSourceRanges,
+// suppressing the kernel's own ARP/NDP answers for the addresses) and the speaker's use of it.
+package forward

@@ -1,0 +1,318 @@
+package forward
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/moby/ipvs"
+	"github.com/vishvananda/netlink"
+
+	"github.com/heraldlb/herald/pkg/logging"
+)
+
+// Proto is a transport protocol IPVS balances.
+type Proto uint16
+
+// The protocols.
+const (
+	TCP  Proto = syscall.IPPROTO_TCP
+	UDP  Proto = syscall.IPPROTO_UDP
+	SCTP Proto = 132 // IPPROTO_SCTP
+)
+
+func (p Proto) String() string {
+	switch p {
+	case TCP:
+		return "TCP"
+	case UDP:
+		return "UDP"
+	case SCTP:
+		return "SCTP"
+	}
+	return fmt.Sprintf("Proto(%d)", uint16(p))
+}
+
+// Schedulers are the IPVS schedulers Herald offers.
+var Schedulers = []string{"rr", "wrr", "lc", "wlc", "sh", "dh", "sed", "nq", "mh"}
+
+// RealServer is where a virtual service sends traffic.
+type RealServer struct {
+	Addr   netip.Addr
+	Port   uint16
+	Weight int // default 1
+}
+
+// Service is one virtual service: traffic to VIP:Port/Proto is spread over RealServers.
+type Service struct {
+	VIP         netip.Addr
+	Port        uint16
+	Proto       Proto
+	Scheduler   string        // default rr
+	Persistence time.Duration // 0: none; else the client keeps its real server this long (ClientIP affinity)
+	RealServers []RealServer
+}
+
+type key struct {
+	vip   netip.Addr
+	port  uint16
+	proto Proto
+}
+
+func (s Service) key() key { return key{s.VIP, s.Port, s.Proto} }
+
+// LinkName is the dummy link that holds the announced addresses.
+const LinkName = "herald0"
+
+// persistentFlag is IP_VS_SVC_F_PERSISTENT.
+const persistentFlag = 0x1
+
+// Options configure a Forwarder.
+type Options struct {
+	// Owns reports whether an address is Herald's (in one of its pools); only those are
+	// ever touched. Required.
+	Owns   func(netip.Addr) bool
+	Logger *slog.Logger
+}
+
+// Forwarder programs IPVS and the addresses on herald0 in the current network namespace.
+type Forwarder struct {
+	owns   func(netip.Addr) bool
+	log    *slog.Logger
+	ipvs   *ipvs.Handle
+	synced bool
+}
+
+// New opens the IPVS netlink socket; it fails where the kernel has no IPVS, which makes
+// the node ineligible for pools that forward.
+func New(opts Options) (*Forwarder, error) {
+	if opts.Owns == nil {
+		return nil, errors.New("forward: Options.Owns is required")
+	}
+	h, err := ipvs.New("")
+	if err != nil {
+		return nil, fmt.Errorf("IPVS is not available (is the ip_vs module loaded?): %w", err)
+	}
+	if _, err := h.GetServices(); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("IPVS is not available (is the ip_vs module loaded?): %w", err)
+	}
+	return &Forwarder{owns: opts.Owns, log: logging.OrDiscard(opts.Logger), ipvs: h}, nil
+}
+
+// Close releases the netlink socket; the kernel state stays.
+func (f *Forwarder) Close() { f.ipvs.Close() }
+
+// Set makes IPVS and herald0 hold exactly services (and their addresses), among the
+// addresses Herald owns.
+func (f *Forwarder) Set(services []Service) error {
+	if !f.synced {
+		if err := sysctls(); err != nil {
+			return err
+		}
+	}
+	want := map[key]Service{}
+	vips := map[netip.Addr]bool{}
+	for _, s := range services {
+		if !f.owns(s.VIP) {
+			return fmt.Errorf("%s is in no pool of Herald's: refusing to program it", s.VIP)
+		}
+		s.Scheduler = cmp.Or(s.Scheduler, "rr")
+		if !slices.Contains(Schedulers, s.Scheduler) {
+			return fmt.Errorf("%s:%d/%s: unknown IPVS scheduler %q (want one of %v)", s.VIP, s.Port, s.Proto, s.Scheduler, Schedulers)
+		}
+		want[s.key()] = s
+		vips[s.VIP] = true
+	}
+	var errs []error
+	if err := f.setAddresses(vips); err != nil {
+		errs = append(errs, err)
+	}
+	have, err := f.ipvs.GetServices()
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("list IPVS services: %w", err))...)
+	}
+	for _, hs := range have {
+		vip, ok := netip.AddrFromSlice(hs.Address)
+		if !ok || hs.FWMark != 0 || !f.owns(vip.Unmap()) {
+			continue // not Herald's: kube-proxy's, or another tool's
+		}
+		k := key{vip.Unmap(), hs.Port, Proto(hs.Protocol)}
+		ws, wanted := want[k]
+		if !wanted {
+			if err := f.ipvs.DelService(hs); err != nil {
+				errs = append(errs, fmt.Errorf("remove %s:%d/%s: %w", k.vip, k.port, k.proto, err))
+			} else {
+				f.log.Info("IPVS service removed", "ip", k.vip, "port", k.port, "protocol", k.proto.String())
+			}
+			continue
+		}
+		if err := f.update(hs, ws); err != nil {
+			errs = append(errs, err)
+		}
+		delete(want, k)
+	}
+	for _, s := range want {
+		if err := f.add(s); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 0 {
+		f.synced = true
+	}
+	return errors.Join(errs...)
+}
+
+func ipvsService(s Service) *ipvs.Service {
+	svc := &ipvs.Service{
+		Address: net.IP(s.VIP.AsSlice()), Protocol: uint16(s.Proto), Port: s.Port,
+		SchedName: s.Scheduler, AddressFamily: syscall.AF_INET, Netmask: 0xffffffff,
+	}
+	if s.VIP.Is6() {
+		svc.AddressFamily, svc.Netmask = syscall.AF_INET6, 128
+	}
+	if s.Persistence > 0 {
+		svc.Flags, svc.Timeout = persistentFlag, uint32(s.Persistence.Seconds())
+	}
+	return svc
+}
+
+func destination(r RealServer) *ipvs.Destination {
+	d := &ipvs.Destination{Address: net.IP(r.Addr.AsSlice()), Port: r.Port, Weight: cmp.Or(r.Weight, 1),
+		ConnectionFlags: ipvs.ConnectionFlagMasq, AddressFamily: syscall.AF_INET}
+	if r.Addr.Is6() {
+		d.AddressFamily = syscall.AF_INET6
+	}
+	return d
+}
+
+func (f *Forwarder) add(s Service) error {
+	svc := ipvsService(s)
+	if err := f.ipvs.NewService(svc); err != nil {
+		return fmt.Errorf("add %s:%d/%s: %w", s.VIP, s.Port, s.Proto, err)
+	}
+	f.log.Info("IPVS service added", "ip", s.VIP, "port", s.Port, "protocol", s.Proto.String(), "scheduler", s.Scheduler, "realServers", len(s.RealServers))
+	var errs []error
+	for _, r := range s.RealServers {
+		if err := f.ipvs.NewDestination(svc, destination(r)); err != nil {
+			errs = append(errs, fmt.Errorf("add real server %s:%d to %s:%d/%s: %w", r.Addr, r.Port, s.VIP, s.Port, s.Proto, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// update brings an existing virtual service and its real servers in line with s.
+func (f *Forwarder) update(have *ipvs.Service, s Service) error {
+	svc := ipvsService(s)
+	if have.SchedName != svc.SchedName || have.Flags&persistentFlag != svc.Flags&persistentFlag || (svc.Flags&persistentFlag != 0 && have.Timeout != svc.Timeout) {
+		if err := f.ipvs.UpdateService(svc); err != nil {
+			return fmt.Errorf("update %s:%d/%s: %w", s.VIP, s.Port, s.Proto, err)
+		}
+	}
+	dests, err := f.ipvs.GetDestinations(have)
+	if err != nil {
+		return fmt.Errorf("list real servers of %s:%d/%s: %w", s.VIP, s.Port, s.Proto, err)
+	}
+	type dkey struct {
+		addr netip.Addr
+		port uint16
+	}
+	want := map[dkey]RealServer{}
+	for _, r := range s.RealServers {
+		want[dkey{r.Addr, r.Port}] = r
+	}
+	var errs []error
+	for _, d := range dests {
+		a, _ := netip.AddrFromSlice(d.Address)
+		k := dkey{a.Unmap(), d.Port}
+		r, ok := want[k]
+		switch {
+		case !ok:
+			if err := f.ipvs.DelDestination(svc, d); err != nil {
+				errs = append(errs, fmt.Errorf("remove real server %s:%d: %w", k.addr, k.port, err))
+			}
+		case d.Weight != cmp.Or(r.Weight, 1):
+			if err := f.ipvs.UpdateDestination(svc, destination(r)); err != nil {
+				errs = append(errs, fmt.Errorf("reweigh real server %s:%d: %w", k.addr, k.port, err))
+			}
+		}
+		delete(want, k)
+	}
+	for _, r := range want {
+		if err := f.ipvs.NewDestination(svc, destination(r)); err != nil {
+			errs = append(errs, fmt.Errorf("add real server %s:%d: %w", r.Addr, r.Port, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// setAddresses makes herald0 (created if missing, up) hold exactly vips among Herald's
+// addresses, each as a host route.
+func (f *Forwarder) setAddresses(vips map[netip.Addr]bool) error {
+	link, err := netlink.LinkByName(LinkName)
+	if err != nil {
+		if err := netlink.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: LinkName}}); err != nil && !errors.Is(err, syscall.EEXIST) {
+			return fmt.Errorf("create %s: %w", LinkName, err)
+		}
+		if link, err = netlink.LinkByName(LinkName); err != nil {
+			return fmt.Errorf("find %s: %w", LinkName, err)
+		}
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("bring %s up: %w", LinkName, err)
+	}
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("list addresses of %s: %w", LinkName, err)
+	}
+	var errs []error
+	have := map[netip.Addr]bool{}
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		have[ip] = true
+		if !vips[ip] && f.owns(ip) {
+			if err := netlink.AddrDel(link, &a); err != nil {
+				errs = append(errs, fmt.Errorf("remove %s from %s: %w", ip, LinkName, err))
+			}
+		}
+	}
+	for ip := range vips {
+		if have[ip] {
+			continue
+		}
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(ip.AsSlice()), Mask: net.CIDRMask(ip.BitLen(), ip.BitLen())}}
+		if ip.Is6() {
+			addr.Flags = syscall.IFA_F_NODAD
+		}
+		if err := netlink.AddrAdd(link, addr); err != nil && !errors.Is(err, syscall.EEXIST) {
+			errs = append(errs, fmt.Errorf("add %s to %s: %w", ip, LinkName, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// sysctls turns on what IPVS in NAT mode needs: forwarding, and conntrack for IPVS
+// connections (so replies can be matched and masqueraded).
+func sysctls() error {
+	for path, v := range map[string]string{
+		"/proc/sys/net/ipv4/ip_forward":          "1",
+		"/proc/sys/net/ipv6/conf/all/forwarding": "1",
+		"/proc/sys/net/ipv4/vs/conntrack":        "1",
+	} {
+		if err := os.WriteFile(path, []byte(v), 0o644); err != nil {
+			return fmt.Errorf("set %s: %w", path, err)
+		}
+	}
+	return nil
+}
