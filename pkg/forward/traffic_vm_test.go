@@ -1,0 +1,191 @@
+package forward
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// inNS runs f on a thread inside ns; sockets it opens stay there.
+func inNS(ns netns.NsHandle, f func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // left locked if switching back fails: the thread then dies with the goroutine
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(ns); err != nil {
+			errc <- err
+			return
+		}
+		ferr := f()
+		if err := netns.Set(orig); err != nil {
+			errc <- err
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// host is a network namespace linked to the root namespace (the node) by a veth, with
+// address 10.N.0.2/24 and its default route through the node's 10.N.0.1.
+func host(t *testing.T, n int) netns.NsHandle {
+	t.Helper()
+	name := fmt.Sprintf("h%d", n)
+	var ns netns.NsHandle
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, _ := netns.Get()
+		h, err := netns.NewNamed(name) // switches this thread into it
+		if err == nil {
+			ns = h
+			err = netns.Set(orig)
+		}
+		if err == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
+	}()
+	if err := <-errc; err != nil {
+		t.Fatalf("namespace %s: %v", name, err)
+	}
+	t.Cleanup(func() { _ = netns.DeleteNamed(name) })
+	root, peer := fmt.Sprintf("v%d", n), fmt.Sprintf("v%dp", n)
+	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: root}, PeerName: peer}); err != nil {
+		t.Fatal(err)
+	}
+	l, _ := netlink.LinkByName(root)
+	_ = netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(10, byte(n), 0, 1), Mask: net.CIDRMask(24, 32)}})
+	_ = netlink.LinkSetUp(l)
+	p, _ := netlink.LinkByName(peer)
+	if err := netlink.LinkSetNsFd(p, int(ns)); err != nil {
+		t.Fatal(err)
+	}
+	err := inNS(ns, func() error {
+		lo, _ := netlink.LinkByName("lo")
+		_ = netlink.LinkSetUp(lo)
+		p, err := netlink.LinkByName(peer)
+		if err != nil {
+			return err
+		}
+		if err := netlink.AddrAdd(p, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(10, byte(n), 0, 2), Mask: net.CIDRMask(24, 32)}}); err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(p); err != nil {
+			return err
+		}
+		return netlink.RouteAdd(&netlink.Route{Gw: net.IPv4(10, byte(n), 0, 1)})
+	})
+	if err != nil {
+		t.Fatalf("configure %s: %v", name, err)
+	}
+	return ns
+}
+
+// serve answers every connection to 10.N.0.2:30080 in ns with name.
+func serve(t *testing.T, ns netns.NsHandle, n int, name string) {
+	t.Helper()
+	var l net.Listener
+	if err := inNS(ns, func() error {
+		var err error
+		l, err = net.Listen("tcp", fmt.Sprintf("10.%d.0.2:30080", n))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			fmt.Fprintln(c, name)
+			c.Close()
+		}
+	}()
+}
+
+// ask connects from the client namespace to addr and returns who answered.
+func ask(t *testing.T, client netns.NsHandle, addr string) string {
+	t.Helper()
+	var c net.Conn
+	if err := inNS(client, func() error {
+		var err error
+		c, err = net.DialTimeout("tcp", addr, 2*time.Second)
+		return err
+	}); err != nil {
+		t.Fatalf("connect to %s: %v", addr, err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		t.Fatalf("read from %s: %v", addr, err)
+	}
+	return strings.TrimSpace(line)
+}
+
+// Real traffic through IPVS on Debian's kernel: a client namespace connects to the VIP,
+// this (root) namespace is the node, and two backend namespaces stand in for the
+// Service's NodePorts on two nodes.
+func TestTrafficInVM(t *testing.T) {
+	inVM(t)
+	client := host(t, 1)
+	b2, b3 := host(t, 2), host(t, 3)
+	serve(t, b2, 2, "backend-2")
+	serve(t, b3, 3, "backend-3")
+	f, err := New(Options{Owns: owns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	defer func() { _ = f.Set(nil) }()
+	svc := Service{VIP: netip.MustParseAddr("192.168.10.90"), Port: 8090, Proto: TCP,
+		RealServers: []RealServer{rs("10.2.0.2", 30080, 1), rs("10.3.0.2", 30080, 1)}}
+	seen := func(n int) map[string]int {
+		got := map[string]int{}
+		for range n {
+			got[ask(t, client, "192.168.10.90:8090")]++
+		}
+		return got
+	}
+	if err := f.Set([]Service{svc}); err != nil {
+		t.Fatal(err)
+	}
+	// Round robin: both backends answer, evenly.
+	if got := seen(10); got["backend-2"] != 5 || got["backend-3"] != 5 {
+		t.Errorf("rr over two backends, 10 connections: %v", got)
+	}
+	// A node leaves: its real server goes, and no connection reaches it.
+	svc.RealServers = svc.RealServers[1:]
+	if err := f.Set([]Service{svc}); err != nil {
+		t.Fatal(err)
+	}
+	if got := seen(6); got["backend-3"] != 6 {
+		t.Errorf("after removing backend-2: %v", got)
+	}
+	// ClientIP affinity: one client keeps its backend.
+	svc.RealServers = []RealServer{rs("10.2.0.2", 30080, 1), rs("10.3.0.2", 30080, 1)}
+	svc.Persistence = time.Minute
+	if err := f.Set([]Service{svc}); err != nil {
+		t.Fatal(err)
+	}
+	if got := seen(8); len(got) != 1 {
+		t.Errorf("with persistence one client reached %v", got)
+	}
+}
