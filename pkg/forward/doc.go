@@ -7,6 +7,7 @@
 // virtual services and addresses that lie in Herald's pools (kube-proxy's own IPVS
 // services are left alone), and the first Set removes what an earlier run left behind.
 //
-// Not built yet: the nftables rules (masquerade for Cluster traffic, loadBalancerSourceRanges,
-// suppressing the kernel's own ARP/NDP answers for the addresses) and the speaker's use of it.
+// The kernel's own ARP answers for the addresses are suppressed with an nftables arp
+// table. Not built yet: masquerade for Cluster traffic, loadBalancerSourceRanges, and the
+// speaker's use of this package.
 package forward

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -132,6 +133,10 @@ func (f *Forwarder) Set(services []Service) error {
 		vips[s.VIP] = true
 	}
 	var errs []error
+	// The kernel must not answer ARP for an address before it is on herald0.
+	if err := suppressARP(slices.Collect(maps.Keys(vips))); err != nil {
+		errs = append(errs, err)
+	}
 	if err := f.setAddresses(vips); err != nil {
 		errs = append(errs, err)
 	}
