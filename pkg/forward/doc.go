@@ -7,7 +7,8 @@
 // virtual services and addresses that lie in Herald's pools (kube-proxy's own IPVS
 // services are left alone), and the first Set removes what an earlier run left behind.
 //
-// The kernel's own ARP answers for the addresses are suppressed with an nftables arp
-// table. Not built yet: masquerade for Cluster traffic, loadBalancerSourceRanges, and the
-// speaker's use of this package.
+// nftables does the rest: an arp table silences the kernel's own ARP answers for the
+// addresses; an inet table drops sources outside a service's loadBalancerSourceRanges
+// before IPVS sees them, and masquerades traffic of Cluster services towards the real
+// servers. Not built yet: the speaker's use of this package.
 package forward

@@ -59,6 +59,11 @@ type Service struct {
 	Scheduler   string        // default rr
 	Persistence time.Duration // 0: none; else the client keeps its real server this long (ClientIP affinity)
 	RealServers []RealServer
+	// SourceRanges, when set, are the only sources allowed (loadBalancerSourceRanges).
+	SourceRanges []netip.Prefix
+	// Masquerade sends traffic to the real servers from this node's address, so replies
+	// come back through it (externalTrafficPolicy Cluster); Local keeps the client's address.
+	Masquerade bool
 }
 
 type key struct {
@@ -135,6 +140,9 @@ func (f *Forwarder) Set(services []Service) error {
 	var errs []error
 	// The kernel must not answer ARP for an address before it is on herald0.
 	if err := suppressARP(slices.Collect(maps.Keys(vips))); err != nil {
+		errs = append(errs, err)
+	}
+	if err := programNAT(services); err != nil {
 		errs = append(errs, err)
 	}
 	if err := f.setAddresses(vips); err != nil {

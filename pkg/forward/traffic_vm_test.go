@@ -114,7 +114,8 @@ func serve(t *testing.T, ns netns.NsHandle, n int, name string) {
 			if err != nil {
 				return
 			}
-			fmt.Fprintln(c, name)
+			src, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+			fmt.Fprintln(c, name, src) // who answered, and whom it saw
 			c.Close()
 		}
 	}()
@@ -123,21 +124,32 @@ func serve(t *testing.T, ns netns.NsHandle, n int, name string) {
 // ask connects from the client namespace to addr and returns who answered.
 func ask(t *testing.T, client netns.NsHandle, addr string) string {
 	t.Helper()
+	who, _, err := tryAsk(client, addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return who
+}
+
+// tryAsk connects from the client namespace to addr and returns who answered and the
+// source address the backend saw.
+func tryAsk(client netns.NsHandle, addr string, limit time.Duration) (string, string, error) {
 	var c net.Conn
 	if err := inNS(client, func() error {
 		var err error
-		c, err = net.DialTimeout("tcp", addr, 2*time.Second)
+		c, err = net.DialTimeout("tcp", addr, limit)
 		return err
 	}); err != nil {
-		t.Fatalf("connect to %s: %v", addr, err)
+		return "", "", fmt.Errorf("connect to %s: %w", addr, err)
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(limit))
 	line, err := bufio.NewReader(c).ReadString('\n')
 	if err != nil {
-		t.Fatalf("read from %s: %v", addr, err)
+		return "", "", fmt.Errorf("read from %s: %w", addr, err)
 	}
-	return strings.TrimSpace(line)
+	who, saw, _ := strings.Cut(strings.TrimSpace(line), " ")
+	return who, saw, nil
 }
 
 // Real traffic through IPVS on Debian's kernel: a client namespace connects to the VIP,
@@ -187,5 +199,70 @@ func TestTrafficInVM(t *testing.T) {
 	}
 	if got := seen(8); len(got) != 1 {
 		t.Errorf("with persistence one client reached %v", got)
+	}
+}
+
+// Masquerade brings replies back through the node when the real server would not route
+// them there; without it (Local) the backend sees the client's own address. Source ranges
+// drop other clients before IPVS.
+func TestMasqueradeAndSourceRangesInVM(t *testing.T) {
+	inVM(t)
+	client := host(t, 6)
+	far := host(t, 7)  // its default route does not lead back through the node
+	near := host(t, 8) // routes through the node, like a local endpoint
+	if err := inNS(far, func() error {
+		return netlink.RouteReplace(&netlink.Route{Gw: net.IPv4(10, 7, 0, 254)})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	serve(t, far, 7, "far")
+	serve(t, near, 8, "near")
+	f, err := New(Options{Owns: owns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	defer func() { _ = f.Set(nil) }()
+	const vip = "192.168.10.97:8090"
+	svc := Service{VIP: netip.MustParseAddr("192.168.10.97"), Port: 8090, Proto: TCP, RealServers: []RealServer{rs("10.7.0.2", 30080, 1)}}
+	if err := f.Set([]Service{svc}); err != nil {
+		t.Fatal(err)
+	}
+	if who, _, err := tryAsk(client, vip, time.Second); err == nil {
+		t.Fatalf("control: %s answered without masquerade; the test would prove nothing", who)
+	}
+	svc.Masquerade = true
+	if err := f.Set([]Service{svc}); err != nil {
+		t.Fatal(err)
+	}
+	who, saw, err := tryAsk(client, vip, 2*time.Second)
+	if err != nil || who != "far" || saw != "10.7.0.1" {
+		t.Fatalf("with masquerade: %q saw %q (%v); want far, seeing the node's 10.7.0.1", who, saw, err)
+	}
+
+	local := Service{VIP: netip.MustParseAddr("192.168.10.98"), Port: 8090, Proto: TCP, RealServers: []RealServer{rs("10.8.0.2", 30080, 1)}}
+	if err := f.Set([]Service{svc, local}); err != nil {
+		t.Fatal(err)
+	}
+	if who, saw, err := tryAsk(client, "192.168.10.98:8090", 2*time.Second); err != nil || who != "near" || saw != "10.6.0.2" {
+		t.Errorf("without masquerade: %q saw %q (%v); want near, seeing the client's 10.6.0.2", who, saw, err)
+	}
+
+	svc.SourceRanges = []netip.Prefix{netip.MustParsePrefix("10.99.0.0/16"), netip.MustParsePrefix("10.6.0.3/32")}
+	if err := f.Set([]Service{svc, local}); err != nil {
+		t.Fatal(err)
+	}
+	if who, _, err := tryAsk(client, vip, time.Second); err == nil {
+		t.Errorf("a client outside loadBalancerSourceRanges reached %s", who)
+	}
+	if _, _, err := tryAsk(client, "192.168.10.98:8090", 2*time.Second); err != nil {
+		t.Errorf("another service's source ranges blocked this one: %v", err)
+	}
+	svc.SourceRanges = append(svc.SourceRanges, netip.MustParsePrefix("10.6.0.0/24"))
+	if err := f.Set([]Service{svc, local}); err != nil {
+		t.Fatal(err)
+	}
+	if who, _, err := tryAsk(client, vip, 2*time.Second); err != nil || who != "far" {
+		t.Errorf("a client inside the source ranges: %q, %v", who, err)
 	}
 }
