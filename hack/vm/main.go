@@ -1,7 +1,7 @@
 // Command vm runs a package's tests inside a virtual machine booted from Debian's cloud
 // kernel, whose modules include ip_vs (this machine's kernel has none).
 //
-//	go run ./hack/vm [-run REGEXP] [-timeout 5m] PACKAGE...
+//	go run ./hack/vm [-run REGEXP | -bench REGEXP] [-timeout 5m] PACKAGE...
 //
 // It downloads linux-image-cloud-amd64 with apt-get download (once, cached in
 // ~/.cache/herald/vm), builds each package's test binary statically, packs them with
@@ -34,13 +34,18 @@ var modules = []string{
 
 func main() {
 	run := flag.String("run", ".", "tests to run (-test.run)")
+	bench := flag.String("bench", "", "benchmarks to run instead of the tests (-test.bench, once each)")
 	timeout := flag.Duration("timeout", 10*time.Minute, "limit for the whole VM run")
 	flag.Parse()
 	if flag.NArg() == 0 {
 		fmt.Fprintln(os.Stderr, "usage: vm [-run REGEXP] [-timeout D] PACKAGE...")
 		os.Exit(2)
 	}
-	code, err := vm(flag.Args(), *run, *timeout)
+	args := "-test.v -test.run '" + strings.ReplaceAll(*run, "'", "") + "'"
+	if *bench != "" {
+		args = "-test.run '^$' -test.benchtime 1x -test.bench '" + strings.ReplaceAll(*bench, "'", "") + "'"
+	}
+	code, err := vm(flag.Args(), args, *timeout)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "vm:", err)
 		os.Exit(2)
@@ -48,7 +53,7 @@ func main() {
 	os.Exit(code)
 }
 
-func vm(pkgs []string, run string, timeout time.Duration) (int, error) {
+func vm(pkgs []string, testArgs string, timeout time.Duration) (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	kernel, modDir, err := fetchKernel(ctx)
@@ -88,7 +93,7 @@ func vm(pkgs []string, run string, timeout time.Duration) (int, error) {
 		init += "insmod /lib/modules/" + m + " 2>/dev/null || echo 'insmod " + m + " failed'\n"
 	}
 	init += "ip link set lo up\ncd /tmp\nrc=0\nfor t in /tests/*; do\n  echo \"== $t\"\n" +
-		"  HERALD_IN_VM=1 $t -test.v -test.run '" + strings.ReplaceAll(run, "'", "") + "' || rc=1\ndone\n" +
+		"  HERALD_IN_VM=1 $t " + testArgs + " || rc=1\ndone\n" +
 		"echo \"HERALD-VM-RESULT $rc\"\npoweroff -f\n"
 	if err := os.WriteFile(filepath.Join(root, "init"), []byte(init), 0o755); err != nil {
 		return 0, err

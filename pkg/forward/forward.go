@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -93,7 +94,10 @@ type Forwarder struct {
 	owns   func(netip.Addr) bool
 	log    *slog.Logger
 	ipvs   *ipvs.Handle
-	synced bool
+	synced bool // the kernel has been reconciled in full since New or Resync
+
+	applied map[key]Service // what the last successful Set put in place
+	nftKey  string          // the nftables inputs last programmed
 }
 
 // New opens the IPVS netlink socket; it fails where the kernel has no IPVS, which makes
@@ -116,8 +120,13 @@ func New(opts Options) (*Forwarder, error) {
 // Close releases the netlink socket; the kernel state stays.
 func (f *Forwarder) Close() { f.ipvs.Close() }
 
+// Resync makes the next Set compare with the kernel in full rather than with what was
+// last applied, undoing changes made behind Herald's back (kube-proxy in IPVS mode may
+// delete services it did not create). The speaker calls it periodically.
+func (f *Forwarder) Resync() { f.synced = false }
+
 // Set makes IPVS and herald0 hold exactly services (and their addresses), among the
-// addresses Herald owns.
+// addresses Herald owns. After the first, a Set touches only what differs from the last.
 func (f *Forwarder) Set(services []Service) error {
 	if !f.synced {
 		if err := sysctls(); err != nil {
@@ -138,15 +147,17 @@ func (f *Forwarder) Set(services []Service) error {
 		vips[s.VIP] = true
 	}
 	var errs []error
-	// The kernel must not answer ARP for an address before it is on herald0.
-	if err := suppressARP(slices.Collect(maps.Keys(vips))); err != nil {
-		errs = append(errs, err)
+	if nk := nftKey(services); !f.synced || nk != f.nftKey {
+		// The kernel must not answer ARP for an address before it is on herald0.
+		err := errors.Join(suppressARP(slices.Collect(maps.Keys(vips))), programNAT(services), f.setAddresses(vips))
+		if err != nil {
+			errs = append(errs, err)
+		} else {
+			f.nftKey = nk
+		}
 	}
-	if err := programNAT(services); err != nil {
-		errs = append(errs, err)
-	}
-	if err := f.setAddresses(vips); err != nil {
-		errs = append(errs, err)
+	if f.synced {
+		return errors.Join(append(errs, f.setIncremental(want))...)
 	}
 	have, err := f.ipvs.GetServices()
 	if err != nil {
@@ -179,8 +190,65 @@ func (f *Forwarder) Set(services []Service) error {
 	}
 	if len(errs) == 0 {
 		f.synced = true
+		f.applied = map[key]Service{}
+		for _, s := range services {
+			s.Scheduler = cmp.Or(s.Scheduler, "rr")
+			f.applied[s.key()] = s
+		}
 	}
 	return errors.Join(errs...)
+}
+
+// setIncremental applies the difference between want and what was last applied. On any
+// error the next Set reconciles in full.
+func (f *Forwarder) setIncremental(want map[key]Service) error {
+	var errs []error
+	for k, old := range f.applied {
+		if _, ok := want[k]; !ok {
+			if err := f.ipvs.DelService(ipvsService(old)); err != nil {
+				errs = append(errs, fmt.Errorf("remove %s:%d/%s: %w", k.vip, k.port, k.proto, err))
+			}
+		}
+	}
+	for k, s := range want {
+		old, ok := f.applied[k]
+		switch {
+		case !ok:
+			if err := f.add(s); err != nil {
+				errs = append(errs, err)
+			}
+		case !sameService(old, s):
+			if err := f.update(ipvsService(old), s); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if len(errs) > 0 {
+		f.synced = false
+		return errors.Join(errs...)
+	}
+	f.applied = want
+	return nil
+}
+
+func sameService(a, b Service) bool {
+	return a.Scheduler == b.Scheduler && a.Persistence == b.Persistence && a.Masquerade == b.Masquerade &&
+		slices.Equal(a.RealServers, b.RealServers) && slices.Equal(a.SourceRanges, b.SourceRanges)
+}
+
+// nftKey summarises what the nftables tables and herald0 depend on, so that they are
+// rebuilt only when it changes.
+func nftKey(services []Service) string {
+	var parts []string
+	for _, s := range services {
+		p := fmt.Sprintf("%s/%d/%d/%v", s.VIP, s.Port, s.Proto, s.Masquerade)
+		for _, r := range s.SourceRanges {
+			p += "," + r.String()
+		}
+		parts = append(parts, p)
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ";")
 }
 
 func ipvsService(s Service) *ipvs.Service {

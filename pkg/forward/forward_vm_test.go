@@ -130,6 +130,16 @@ func TestSetInVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("changed", []string{kpLine, "192.168.10.90:8090/TCP wrr -> 192.168.10.12:30080*|,192.168.10.13:30080*|||"}, []string{"192.168.10.90"})
+	// Someone deletes Herald's service behind its back (kube-proxy in IPVS mode may):
+	// the next full reconciliation puts it back.
+	if err := h.DelService(ipvsService(web)); err != nil {
+		t.Fatal(err)
+	}
+	f.Resync()
+	if err := f.Set([]Service{web}); err != nil {
+		t.Fatal(err)
+	}
+	check("restored after Resync", []string{kpLine, "192.168.10.90:8090/TCP wrr -> 192.168.10.12:30080*|,192.168.10.13:30080*|||"}, []string{"192.168.10.90"})
 	if err := f.Set(nil); err != nil {
 		t.Fatal(err)
 	}

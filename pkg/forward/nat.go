@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"net/netip"
 	"syscall"
 
 	"github.com/google/nftables"
@@ -59,12 +60,38 @@ func programNAT(services []Service) error {
 			}
 			c.AddRule(&nftables.Rule{Table: t, Chain: sources, Exprs: append(match(s, false), &expr.Verdict{Kind: expr.VerdictDrop})})
 		}
-		if s.Masquerade {
-			exprs := append(match(s, false),
-				&expr.Immediate{Register: 1, Data: binary.NativeEndian.AppendUint32(nil, masqMark)},
-				&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1})
-			c.AddRule(&nftables.Rule{Table: t, Chain: mark, Exprs: exprs})
+	}
+	// Masquerade is decided per address (Services sharing one share their traffic policy),
+	// so two lookups in sets serve any number of Services.
+	for _, fam := range []struct {
+		v4           bool
+		typ          nftables.SetDatatype
+		proto        byte
+		offset, size uint32
+	}{{true, nftables.TypeIPAddr, syscall.AF_INET, 16, 4}, {false, nftables.TypeIP6Addr, syscall.AF_INET6, 24, 16}} {
+		set := &nftables.Set{Table: t, Name: "masquerade4", KeyType: fam.typ}
+		if !fam.v4 {
+			set.Name = "masquerade6"
 		}
+		var elems []nftables.SetElement
+		seen := map[netip.Addr]bool{}
+		for _, s := range services {
+			if s.Masquerade && s.VIP.Is4() == fam.v4 && !seen[s.VIP] {
+				seen[s.VIP] = true
+				elems = append(elems, nftables.SetElement{Key: s.VIP.AsSlice()})
+			}
+		}
+		if err := c.AddSet(set, elems); err != nil {
+			return fmt.Errorf("nftables set %s: %w", set.Name, err)
+		}
+		c.AddRule(&nftables.Rule{Table: t, Chain: mark, Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{fam.proto}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: fam.offset, Len: fam.size},
+			&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
+			&expr.Immediate{Register: 1, Data: binary.NativeEndian.AppendUint32(nil, masqMark)},
+			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+		}})
 	}
 	c.AddRule(&nftables.Rule{Table: t, Chain: masq, Exprs: []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
