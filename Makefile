@@ -37,6 +37,7 @@ bench: control-plane ## the benchmarks quoted in the README
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/election
 	$(GO) test -run '^$$' -bench DetectHardFailure -benchtime 20x ./pkg/members
 	$(GO) test -run '^$$' -bench 'Failover|ThousandServicesMove|BGP' -benchtime 1x ./e2e
+	$(GO) run ./hack/vm -bench . -timeout 20m ./pkg/forward
 
 lint: ## formatting, vet, and the purity of the pure packages
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: the files above need formatting'; exit 1; }

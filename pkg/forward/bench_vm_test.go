@@ -2,6 +2,9 @@ package forward
 
 import (
 	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -53,5 +56,48 @@ func BenchmarkProgram(b *testing.B) {
 		b.ReportMetric(full.Seconds(), "s-2000-services-from-empty")
 		b.ReportMetric(float64(time.Since(start).Milliseconds()), "ms-one-change")
 		_ = f.Set(nil)
+	}
+}
+
+// BenchmarkConnections measures TCP connections per second from a client namespace
+// through one VIP to two backends, 8 connections at a time for 3 seconds (bounded), on
+// Debian's kernel under qemu's software emulation.
+func BenchmarkConnections(b *testing.B) {
+	if os.Getenv("HERALD_IN_VM") == "" {
+		b.Skip("runs inside the VM")
+	}
+	client := host(b, 11)
+	b12, b13 := host(b, 12), host(b, 13)
+	serve(b, b12, 12, "b12")
+	serve(b, b13, 13, "b13")
+	f, err := New(Options{Owns: owns})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	defer func() { _ = f.Set(nil) }()
+	if err := f.Set([]Service{{VIP: netip.MustParseAddr("192.168.10.80"), Port: 8090, Proto: TCP,
+		RealServers: []RealServer{rs("10.12.0.2", 30080, 1), rs("10.13.0.2", 30080, 1)}}}); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		var done atomic.Int64
+		var failed atomic.Int64
+		deadline := time.Now().Add(3 * time.Second)
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Go(func() {
+				for time.Now().Before(deadline) {
+					if _, _, err := tryAsk(client, "192.168.10.80:8090", time.Second); err != nil {
+						failed.Add(1)
+						continue
+					}
+					done.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		b.ReportMetric(float64(done.Load())/3, "connections/s")
+		b.ReportMetric(float64(failed.Load()), "failed")
 	}
 }

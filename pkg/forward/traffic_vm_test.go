@@ -42,7 +42,7 @@ func inNS(ns netns.NsHandle, f func() error) error {
 
 // host is a network namespace linked to the root namespace (the node) by a veth, with
 // address 10.N.0.2/24 and its default route through the node's 10.N.0.1.
-func host(t *testing.T, n int) netns.NsHandle {
+func host(t testing.TB, n int) netns.NsHandle {
 	t.Helper()
 	name := fmt.Sprintf("h%d", n)
 	var ns netns.NsHandle
@@ -97,7 +97,7 @@ func host(t *testing.T, n int) netns.NsHandle {
 }
 
 // serve answers every connection to 10.N.0.2:30080 in ns with name.
-func serve(t *testing.T, ns netns.NsHandle, n int, name string) {
+func serve(t testing.TB, ns netns.NsHandle, n int, name string) {
 	t.Helper()
 	var l net.Listener
 	if err := inNS(ns, func() error {
