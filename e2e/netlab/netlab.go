@@ -89,30 +89,37 @@ func (n *NS) Command(args ...string) *exec.Cmd {
 // Do runs f on an OS thread inside the namespace. Sockets f opens stay in the namespace
 // and may be used from any goroutine afterwards.
 func (n *NS) Do(f func() error) error {
+	target, err := netns.GetFromName(n.Name)
+	if err != nil {
+		return err
+	}
+	defer target.Close()
+	if err := InNamespace(target, f); err != nil {
+		return fmt.Errorf("in namespace %s: %w", n.Name, err)
+	}
+	return nil
+}
+
+// InNamespace runs f on an OS thread inside the namespace of handle h.
+func InNamespace(h netns.NsHandle, f func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		// The thread is not unlocked: if switching back failed it must not be reused,
-		// and the runtime ends a locked thread when its goroutine exits.
+		// The thread stays locked if switching back fails: it must not be reused, and the
+		// runtime ends a locked thread when its goroutine exits.
 		orig, err := netns.Get()
 		if err != nil {
 			errc <- err
 			return
 		}
 		defer orig.Close()
-		target, err := netns.GetFromName(n.Name)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			errc <- fmt.Errorf("enter namespace %s: %w", n.Name, err)
+		if err := netns.Set(h); err != nil {
+			errc <- fmt.Errorf("enter: %w", err)
 			return
 		}
 		ferr := f()
 		if err := netns.Set(orig); err != nil {
-			errc <- fmt.Errorf("leave namespace %s: %w", n.Name, err)
+			errc <- fmt.Errorf("leave: %w", err)
 			return
 		}
 		runtime.UnlockOSThread()

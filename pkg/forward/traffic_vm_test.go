@@ -12,33 +12,12 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/heraldlb/herald/e2e/netlab"
 )
 
 // inNS runs f on a thread inside ns; sockets it opens stay there.
-func inNS(ns netns.NsHandle, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // left locked if switching back fails: the thread then dies with the goroutine
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			errc <- err
-			return
-		}
-		ferr := f()
-		if err := netns.Set(orig); err != nil {
-			errc <- err
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+var inNS = netlab.InNamespace
 
 // host is a network namespace linked to the root namespace (the node) by a veth, with
 // address 10.N.0.2/24 and its default route through the node's 10.N.0.1.
