@@ -3,6 +3,7 @@ package config
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -38,7 +39,7 @@ func (v *validator) fail(path, value, format string, args ...any) {
 func (v *validator) config(raw *rawConfig) *Config {
 	cfg := &Config{Communities: map[string]Community{}}
 
-	aliases := slices.Sorted(mapKeys(raw.BGPCommunities))
+	aliases := slices.Sorted(maps.Keys(raw.BGPCommunities))
 	for _, name := range aliases {
 		path := "bgp-communities." + name
 		c, ok := parseCommunity(raw.BGPCommunities[name])
@@ -80,16 +81,6 @@ func (v *validator) config(raw *rawConfig) *Config {
 	}
 	v.overlaps(cfg.Pools)
 	return cfg
-}
-
-func mapKeys[M ~map[K]V, K comparable, V any](m M) func(func(K) bool) {
-	return func(yield func(K) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 func (v *validator) bfdProfile(path string, rp rawBFDProfile, seen map[string]bool) BFDProfile {

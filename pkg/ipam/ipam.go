@@ -3,6 +3,7 @@ package ipam
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"math/big"
 	"net/netip"
 	"slices"
@@ -191,7 +192,7 @@ func (a *Allocator) SetPools(cfg []config.Pool) error {
 	probe, _ := buildPools(cfg, nil)
 	var lost []string
 	held := map[string][]netip.Addr{}
-	for _, ip := range slices.SortedFunc(mapKeys(a.used), netip.Addr.Compare) {
+	for _, ip := range slices.SortedFunc(maps.Keys(a.used), netip.Addr.Compare) {
 		p := poolOf(probe, ip)
 		if p == nil {
 			var svcs []string
@@ -214,16 +215,6 @@ func (a *Allocator) SetPools(cfg []config.Pool) error {
 		h.pool = a.used[h.ips[0]].pool
 	}
 	return nil
-}
-
-func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
-	return func(yield func(K) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 // Assigned returns what service holds.

@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -263,7 +264,7 @@ func TestPropertyRestoreRebuildsState(t *testing.T) {
 		for _, o := range ops {
 			reqs[o.req.Service] = o.req
 		}
-		for _, svc := range slices.Sorted(mapKeys(a.holders)) {
+		for _, svc := range slices.Sorted(maps.Keys(a.holders)) {
 			h := a.holders[svc]
 			req := reqs[svc]
 			req.SharingKey, req.BackendKey, req.Ports = h.sharingKey, h.backendKey, h.ports
