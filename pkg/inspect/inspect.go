@@ -223,16 +223,19 @@ func (s *Snapshot) planInput(self string) plan.Input {
 		_, pn.Excluded = n.Labels[corev1.LabelNodeExcludeBalancers]
 		in.Nodes = append(in.Nodes, pn)
 	}
+	bySvc := map[string][]*discoveryv1.EndpointSlice{}
+	for i := range s.Slices {
+		es := &s.Slices[i]
+		key := es.Namespace + "/" + es.Labels[discoveryv1.LabelServiceName]
+		bySvc[key] = append(bySvc[key], es)
+	}
 	for _, svc := range s.managed() {
 		ips := k8s.IngressIPs(svc)
 		if len(ips) == 0 {
 			continue
 		}
 		ps := plan.Service{Key: k8s.Key(svc), IPs: ips, Local: svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal, EndpointNodes: map[string]bool{}}
-		for _, es := range s.Slices {
-			if es.Namespace != svc.Namespace || es.Labels[discoveryv1.LabelServiceName] != svc.Name {
-				continue
-			}
+		for _, es := range bySvc[ps.Key] {
 			for _, ep := range es.Endpoints {
 				if ep.NodeName != nil && (ep.Conditions.Ready == nil || *ep.Conditions.Ready) {
 					ps.EndpointNodes[*ep.NodeName] = true
@@ -265,11 +268,18 @@ func (s *Snapshot) Status() ([]StatusRow, error) {
 	if s.Config == nil {
 		return nil, s.ConfigErr
 	}
-	d := plan.Compute(s.planInput(""))
+	in := s.planInput("")
+	d := plan.Compute(in)
 	said := s.published()
 	ready := map[string]bool{}
-	for _, n := range s.planInput("").Nodes {
+	peers := map[string][]string{} // node -> the routers its node selectors pick
+	for _, n := range in.Nodes {
 		ready[n.Name] = n.Ready
+		for _, p := range s.Config.Peers {
+			if p.SelectsNode(n.Labels) {
+				peers[n.Name] = append(peers[n.Name], p.Address.String())
+			}
+		}
 	}
 	var out []StatusRow
 	for _, dec := range d.Decisions {
@@ -297,25 +307,18 @@ func (s *Snapshot) Status() ([]StatusRow, error) {
 			r.Announcers, r.Published = pub, true
 		}
 		if dec.Protocol == config.BGP {
-			r.Peers = s.peersOf(r.Announcers)
+			for _, n := range r.Announcers {
+				for _, a := range peers[n] {
+					if !slices.Contains(r.Peers, a) {
+						r.Peers = append(r.Peers, a)
+					}
+				}
+			}
+			slices.Sort(r.Peers)
 		}
 		out = append(out, r)
 	}
 	return out, nil
-}
-
-// peersOf returns the routers any of nodes peers with, sorted.
-func (s *Snapshot) peersOf(nodes []string) []string {
-	var out []string
-	for _, n := range nodes {
-		for _, p := range plan.Compute(s.planInput(n)).BGPPeers {
-			if a := p.Address.String(); !slices.Contains(out, a) {
-				out = append(out, a)
-			}
-		}
-	}
-	slices.Sort(out)
-	return out
 }
 
 // Explain says, in sentences, why a Service has or has not an address and who announces it.
