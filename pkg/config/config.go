@@ -65,7 +65,18 @@ type Pool struct {
 	Advertisements []Advertisement
 	// Interfaces limits layer-2 announcements to these interface names (Herald extension).
 	Interfaces []string
+	// Forward says the speakers forward the pool's traffic with IPVS (Herald extension,
+	// default true): the announcing node spreads it over the Service's NodePorts or
+	// endpoints, and Services get ipMode Proxy. False leaves the data path to kube-proxy
+	// (ipMode VIP), as MetalLB did.
+	Forward bool
 }
+
+// Forwarding values, for the top-level and per-pool key "forwarding".
+const (
+	ForwardingIPVS = "ipvs"
+	ForwardingNone = "none"
+)
 
 // Contains reports whether the pool holds addr.
 func (p *Pool) Contains(addr netip.Addr) bool {

@@ -43,7 +43,10 @@ func Marshal(c *Config) ([]byte, error) {
 	for _, p := range c.Pools {
 		rp := rawPool{
 			Name: p.Name, Protocol: p.Protocol.String(), AvoidBuggyIPs: p.AvoidBuggyIPs,
-			AutoAssign: ptr(p.AutoAssign), Interfaces: p.Interfaces,
+			AutoAssign: ptr(p.AutoAssign), Interfaces: p.Interfaces, Forwarding: ForwardingNone,
+		}
+		if p.Forward {
+			rp.Forwarding = ForwardingIPVS
 		}
 		for _, r := range p.Addresses {
 			rp.Addresses = append(rp.Addresses, r.String())

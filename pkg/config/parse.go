@@ -67,10 +67,11 @@ func (v *validator) config(raw *rawConfig) *Config {
 		cfg.Peers = append(cfg.Peers, p)
 	}
 
+	forward := v.forwarding("forwarding", raw.Forwarding, true)
 	names := map[string]int{}
 	for i, rp := range raw.AddressPools {
 		path := fmt.Sprintf("address-pools[%d]", i)
-		p := v.pool(path, rp, cfg.Communities)
+		p := v.pool(path, rp, cfg.Communities, forward)
 		if p.Name != "" {
 			if j, dup := names[p.Name]; dup {
 				v.fail(path+".name", p.Name, "pool name is already used by address-pools[%d]", j)
@@ -200,12 +201,27 @@ func (v *validator) nodeSelector(path string, rs rawNodeSelector) NodeSelector {
 	return s
 }
 
-func (v *validator) pool(path string, rp rawPool, aliases map[string]Community) Pool {
+// forwarding reads a "forwarding" key: ipvs or none; def when absent.
+func (v *validator) forwarding(path, s string, def bool) bool {
+	switch s {
+	case "":
+		return def
+	case ForwardingIPVS:
+		return true
+	case ForwardingNone:
+		return false
+	}
+	v.fail(path, s, "must be %s or %s", ForwardingIPVS, ForwardingNone)
+	return def
+}
+
+func (v *validator) pool(path string, rp rawPool, aliases map[string]Community, forward bool) Pool {
 	p := Pool{
 		Name:          rp.Name,
 		AutoAssign:    rp.AutoAssign == nil || *rp.AutoAssign,
 		AvoidBuggyIPs: rp.AvoidBuggyIPs,
 		Interfaces:    rp.Interfaces,
+		Forward:       v.forwarding(path+".forwarding", rp.Forwarding, forward),
 	}
 	if rp.Name == "" {
 		v.fail(path+".name", "", "is required")

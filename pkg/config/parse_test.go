@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -89,7 +90,7 @@ func TestParseMetalLBSample(t *testing.T) {
 		},
 		Pools: []Pool{
 			{
-				Name: "default", Protocol: Layer2, AutoAssign: true,
+				Name: "default", Protocol: Layer2, AutoAssign: true, Forward: true,
 				Addresses: []AddressRange{
 					rng("192.168.10.90", "192.168.10.100"),
 					rng("192.168.20.0", "192.168.20.15"),
@@ -97,7 +98,7 @@ func TestParseMetalLBSample(t *testing.T) {
 				},
 			},
 			{
-				Name: "routed", Protocol: BGP, AvoidBuggyIPs: true,
+				Name: "routed", Protocol: BGP, AvoidBuggyIPs: true, Forward: true,
 				Addresses: []AddressRange{rng("198.51.100.0", "198.51.100.255"), rng("2001:db8::", "2001:db8::ffff:ffff:ffff:ffff")},
 				Advertisements: []Advertisement{
 					{AggregationLength: 32, AggregationLengthV6: 128, LocalPref: 100, Communities: []Community{64512<<16 | 100, 65535<<16 | 65281}},
@@ -130,6 +131,33 @@ func TestParseDefaults(t *testing.T) {
 	peer := cfg.Peers[0]
 	if peer.Port != 179 || peer.HoldTime != 90*time.Second || peer.KeepaliveTime != 30*time.Second {
 		t.Errorf("peer defaults: port %d hold %s keepalive %s; want 179 1m30s 30s", peer.Port, peer.HoldTime, peer.KeepaliveTime)
+	}
+}
+
+func TestParseForwarding(t *testing.T) {
+	pools := "address-pools:\n" +
+		"- {name: a, protocol: layer2, addresses: [10.0.0.0/30]}\n" +
+		"- {name: b, protocol: layer2, addresses: [10.0.1.0/30], forwarding: ipvs}\n" +
+		"- {name: c, protocol: layer2, addresses: [10.0.2.0/30], forwarding: none}\n"
+	for _, tt := range []struct {
+		top  string
+		want []bool // a, b, c
+	}{
+		{"", []bool{true, true, false}},
+		{"forwarding: ipvs\n", []bool{true, true, false}},
+		{"forwarding: none\n", []bool{false, true, false}},
+	} {
+		cfg, err := Parse([]byte(tt.top + pools))
+		if err != nil {
+			t.Fatalf("%q: %v", tt.top, err)
+		}
+		var got []bool
+		for _, p := range cfg.Pools {
+			got = append(got, p.Forward)
+		}
+		if !slices.Equal(got, tt.want) {
+			t.Errorf("top %q: pools forward %v, want %v", tt.top, got, tt.want)
+		}
 	}
 }
 
@@ -186,6 +214,8 @@ func TestParseErrors(t *testing.T) {
 		{"bad operator", "peers:\n- peer-address: 10.0.0.1\n  peer-asn: 1\n  my-asn: 1\n  node-selectors:\n  - match-expressions: [{key: a, operator: Gt, values: ['1']}]\n", "peers[0].node-selectors[0].match-expressions[0].operator", "line 6", "Gt"},
 		{"unknown bfd profile", "peers:\n- {peer-address: 10.0.0.1, peer-asn: 1, my-asn: 1, bfd-profile: slow}\n", "peers[0].bfd-profile", "", "slow"},
 		{"bfd out of range", "bfd-profiles:\n- {name: a, detect-multiplier: 1}\n", "bfd-profiles[0].detect-multiplier", "", "1"},
+		{"bad forwarding", "forwarding: kube-proxy\n", "forwarding", "line 1", "kube-proxy"},
+		{"bad pool forwarding", pool("  forwarding: yes\n"), "address-pools[0].forwarding", "line 5", "yes"},
 		{"duplicate key", "address-pools: []\naddress-pools: []\n", "address-pools", "line 2", ""},
 	}
 	for _, tt := range tests {

@@ -9,6 +9,7 @@ type rawConfig struct {
 	BGPCommunities map[string]string `yaml:"bgp-communities,omitempty"`
 	AddressPools   []rawPool         `yaml:"address-pools,omitempty"`
 	BFDProfiles    []rawBFDProfile   `yaml:"bfd-profiles,omitempty"`
+	Forwarding     string            `yaml:"forwarding,omitempty"`
 }
 
 type rawPeer struct {
@@ -45,6 +46,7 @@ type rawPool struct {
 	AutoAssign        *bool              `yaml:"auto-assign,omitempty"`
 	BGPAdvertisements []rawAdvertisement `yaml:"bgp-advertisements,omitempty"`
 	Interfaces        []string           `yaml:"interfaces,omitempty"`
+	Forwarding        string             `yaml:"forwarding,omitempty"`
 }
 
 type rawAdvertisement struct {
