@@ -15,6 +15,9 @@ type Node struct {
 	// Selected says the announcement's node selectors match the node (BGP peers and
 	// pools may select nodes); true when nothing selects.
 	Selected bool
+	// CanForward says the node's speaker can program IPVS; consulted only for Services
+	// whose pool forwards.
+	CanForward bool
 }
 
 // Reason says why a node does or does not announce an address.
@@ -30,6 +33,7 @@ const (
 	NotSelected                       // node selectors leave the node out
 	NoLocalEndpoint                   // Local traffic policy and no ready endpoint on the node
 	NoEligibleNode                    // no node at all may announce the address
+	CannotForward                     // the pool forwards and the node's kernel has no IPVS
 )
 
 func (r Reason) String() string {
@@ -50,6 +54,8 @@ func (r Reason) String() string {
 		return "no_local_endpoint"
 	case NoEligibleNode:
 		return "no_eligible_node"
+	case CannotForward:
+		return "cannot_forward"
 	}
 	return fmt.Sprintf("Reason(%d)", uint8(r))
 }
@@ -61,6 +67,9 @@ type Service struct {
 	Local bool
 	// EndpointNodes are the nodes with a ready endpoint; consulted only when Local.
 	EndpointNodes map[string]bool
+	// Forward is true when the address's pool forwards: only nodes that can program
+	// IPVS may announce it, so that traffic is never drawn to a node that drops it.
+	Forward bool
 }
 
 // Eligible reports whether n may announce an address of svc, and if not, why.
@@ -74,6 +83,8 @@ func Eligible(n Node, svc Service) (bool, Reason) {
 		return false, NodeExcluded
 	case !n.Selected:
 		return false, NotSelected
+	case svc.Forward && !n.CanForward:
+		return false, CannotForward
 	case svc.Local && !svc.EndpointNodes[n.Name]:
 		return false, NoLocalEndpoint
 	}

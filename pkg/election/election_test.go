@@ -26,6 +26,9 @@ func TestEligible(t *testing.T) {
 		{"not selected", Node{Name: "a", SpeakerAlive: true, Ready: true}, Service{}, NotSelected},
 		{"local with endpoint", node("a"), local, Announcing},
 		{"local without endpoint", node("b"), local, NoLocalEndpoint},
+		{"forwarding pool, no IPVS", node("a"), Service{Forward: true}, CannotForward},
+		{"forwarding pool, IPVS", Node{Name: "a", SpeakerAlive: true, Ready: true, Selected: true, CanForward: true}, Service{Forward: true}, Announcing},
+		{"pool without forwarding, no IPVS", node("a"), Service{}, Announcing},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/heraldlb/herald/pkg/bgp"
 	"github.com/heraldlb/herald/pkg/config"
@@ -17,14 +18,38 @@ type Service struct {
 	Local bool         // externalTrafficPolicy Local
 	// EndpointNodes are the nodes with a ready endpoint of the Service.
 	EndpointNodes map[string]bool
+
+	// What forwarding needs (pools that forward):
+	Ports     []Port
+	Endpoints []Endpoint // ready endpoints only
+	Scheduler string     // IPVS scheduler, already checked; "" means rr
+	// Persistence is the ClientIP session affinity timeout; 0 for none.
+	Persistence  time.Duration
+	SourceRanges []netip.Prefix // spec.loadBalancerSourceRanges; empty admits everyone
+}
+
+// Port is one port of a Service.
+type Port struct {
+	Name     string // matches the endpoints' port names
+	Proto    string // TCP, UDP or SCTP
+	Port     uint16
+	NodePort uint16 // 0 when the Service has none (allocateLoadBalancerNodePorts false)
+}
+
+// Endpoint is one ready endpoint of a Service.
+type Endpoint struct {
+	Addr  netip.Addr
+	Node  string
+	Ports map[string]uint16 // target port by port name
 }
 
 // Node is a cluster node.
 type Node struct {
-	Name     string
-	Ready    bool
-	Excluded bool // labelled node.kubernetes.io/exclude-from-external-load-balancers
-	Labels   map[string]string
+	Name      string
+	Ready     bool
+	Excluded  bool // labelled node.kubernetes.io/exclude-from-external-load-balancers
+	Labels    map[string]string
+	Addresses []netip.Addr // InternalIPs
 }
 
 // Input is everything a plan depends on.
@@ -36,6 +61,9 @@ type Input struct {
 	// Ready condition stands in for its speaker being alive.
 	Members    []string
 	UseMembers bool
+	// Forwarders are the nodes whose speaker can program IPVS: only they may announce
+	// addresses of pools that forward.
+	Forwarders map[string]bool
 	Self       string
 }
 
@@ -47,6 +75,9 @@ type Desired struct {
 	BGPPeers []bgp.Peer
 	// BGPRoutes are the routes this node advertises to them, sorted.
 	BGPRoutes []bgp.Route
+	// Forward are the virtual services this node programs for the addresses it
+	// announces from pools that forward, sorted by address, protocol, port.
+	Forward []Forward
 	// Decisions say, for every address of every Service, who announces it and why this
 	// node does or does not; sorted by Service, then address.
 	Decisions []Decision
@@ -56,6 +87,29 @@ type Desired struct {
 type Layer2 struct {
 	IP         netip.Addr
 	Interfaces []string // from the pool; nil: where the subnet is connected
+}
+
+// Schedulers are the IPVS schedulers a Service may ask for; the first is the default.
+var Schedulers = []string{"rr", "wrr", "lc", "wlc", "sh", "dh", "sed", "nq", "mh"}
+
+// Forward is one virtual service: traffic to VIP:Port/Proto goes to RealServers.
+type Forward struct {
+	VIP          netip.Addr
+	Port         uint16
+	Proto        string
+	Scheduler    string
+	Persistence  time.Duration
+	SourceRanges []netip.Prefix // of the VIP's family
+	// Masquerade is true for externalTrafficPolicy Cluster: the real servers see this
+	// node as the source, so that replies come back through it. Local keeps the client's.
+	Masquerade  bool
+	RealServers []RealServer // sorted
+}
+
+// RealServer is one destination of a virtual service.
+type RealServer struct {
+	Addr netip.Addr
+	Port uint16
 }
 
 // Decision is the outcome for one address of one Service.
@@ -89,6 +143,7 @@ func Compute(in Input) Desired {
 			Ready:        n.Ready,
 			Excluded:     n.Excluded,
 			Selected:     true,
+			CanForward:   in.Forwarders[n.Name],
 		})
 	}
 	slices.SortFunc(nodes, func(a, b election.Node) int { return cmp.Compare(a.Name, b.Name) })
@@ -112,6 +167,7 @@ func Compute(in Input) Desired {
 	type shared struct {
 		svc  election.Service
 		keys []string
+		svcs []*Service
 	}
 	byIP := map[netip.Addr]*shared{}
 	for _, s := range in.Services {
@@ -128,11 +184,13 @@ func Compute(in Input) Desired {
 				}
 			}
 			sh.keys = append(sh.keys, s.Key)
+			sh.svcs = append(sh.svcs, &s)
 		}
 	}
 
 	for ip, sh := range byIP {
 		pool := poolOf(in.Config, ip)
+		sh.svc.Forward = pool != nil && pool.Forward
 		dec := Decision{IP: ip}
 		var announce bool
 		if pool != nil {
@@ -168,6 +226,11 @@ func Compute(in Input) Desired {
 			}
 		}
 		dec.Announce = announce
+		if announce && pool.Forward {
+			for _, svc := range sh.svcs {
+				d.Forward = append(d.Forward, forwards(ip, svc, in)...)
+			}
+		}
 		for _, k := range sh.keys {
 			dec.Service = k
 			d.Decisions = append(d.Decisions, dec)
@@ -178,10 +241,62 @@ func Compute(in Input) Desired {
 		d.BGPRoutes = append(d.BGPRoutes, r)
 	}
 	bgp.SortRoutes(d.BGPRoutes)
+	slices.SortFunc(d.Forward, func(a, b Forward) int {
+		return cmp.Or(a.VIP.Compare(b.VIP), cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.Port, b.Port))
+	})
+	// Services sharing an address never share a port (the controller refuses that); if
+	// they did, the first one would win.
+	d.Forward = slices.CompactFunc(d.Forward, func(a, b Forward) bool {
+		return a.VIP == b.VIP && a.Proto == b.Proto && a.Port == b.Port
+	})
 	slices.SortFunc(d.Decisions, func(a, b Decision) int {
 		return cmp.Or(cmp.Compare(a.Service, b.Service), a.IP.Compare(b.IP))
 	})
 	return d
+}
+
+// forwards returns the virtual services for one address of svc: for Local, this node's
+// endpoints at their target ports; for Cluster, every Ready node's NodePort, or when the
+// Service has no NodePorts, all of its endpoints. Real servers are of the VIP's family.
+func forwards(vip netip.Addr, svc *Service, in Input) []Forward {
+	var out []Forward
+	for _, p := range svc.Ports {
+		f := Forward{
+			VIP: vip, Port: p.Port, Proto: p.Proto, Scheduler: svc.Scheduler,
+			Persistence: svc.Persistence, Masquerade: !svc.Local,
+		}
+		for _, r := range svc.SourceRanges {
+			if r.Addr().Is4() == vip.Is4() {
+				f.SourceRanges = append(f.SourceRanges, r)
+			}
+		}
+		if !svc.Local && p.NodePort != 0 {
+			for _, n := range in.Nodes {
+				if !n.Ready {
+					continue
+				}
+				for _, a := range n.Addresses {
+					if a.Is4() == vip.Is4() {
+						f.RealServers = append(f.RealServers, RealServer{Addr: a, Port: p.NodePort})
+						break
+					}
+				}
+			}
+		} else {
+			for _, e := range svc.Endpoints {
+				port, ok := e.Ports[p.Name]
+				if ok && e.Addr.Is4() == vip.Is4() && (!svc.Local || e.Node == in.Self) {
+					f.RealServers = append(f.RealServers, RealServer{Addr: e.Addr, Port: port})
+				}
+			}
+		}
+		slices.SortFunc(f.RealServers, func(a, b RealServer) int {
+			return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port))
+		})
+		f.RealServers = slices.Compact(f.RealServers)
+		out = append(out, f)
+	}
+	return out
 }
 
 // advertise turns an address into the routes its pool's advertisements ask for. Two

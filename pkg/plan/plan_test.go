@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -16,6 +17,7 @@ import (
 func cfg(t *testing.T) *config.Config {
 	t.Helper()
 	c, err := config.Parse([]byte(`
+forwarding: none
 address-pools:
 - {name: l2, protocol: layer2, addresses: [192.168.10.90-192.168.10.100, "fd10::/120"]}
 - {name: pinned, protocol: layer2, interfaces: [eth1], addresses: [192.168.20.0/24]}
@@ -111,6 +113,7 @@ func TestSharedAddressElectedOnce(t *testing.T) {
 
 func TestBGP(t *testing.T) {
 	c, err := config.Parse([]byte(`
+forwarding: none
 peers:
 - {peer-address: 10.0.0.1, peer-asn: 64500, my-asn: 64501, password: s3cret}
 - peer-address: 10.0.0.2
@@ -172,5 +175,84 @@ address-pools:
 	}
 	if !slices.ContainsFunc(d.BGPRoutes, func(r bgp.Route) bool { return r.Prefix.String() == "198.51.100.7/32" }) {
 		t.Errorf("n2 holds the Local Service's endpoint but does not advertise it: %v", d.BGPRoutes)
+	}
+}
+
+func TestForward(t *testing.T) {
+	c, err := config.Parse([]byte(`
+address-pools:
+- {name: fwd, protocol: layer2, addresses: [192.168.10.0/24, "fd10::/120"]}
+- {name: routed, protocol: bgp, addresses: [198.51.100.0/24]}
+- {name: plain, protocol: layer2, forwarding: none, addresses: [192.168.30.0/24]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := []Node{
+		{Name: "n1", Ready: true, Addresses: []netip.Addr{ip("10.0.0.1"), ip("fd00::1")}},
+		{Name: "n2", Ready: true, Addresses: []netip.Addr{ip("10.0.0.2"), ip("fd00::2")}},
+		{Name: "n3", Addresses: []netip.Addr{ip("10.0.0.3")}}, // NotReady: no real server
+	}
+	eps := []Endpoint{
+		{Addr: ip("10.244.1.5"), Node: "n1", Ports: map[string]uint16{"http": 8080}},
+		{Addr: ip("10.244.2.5"), Node: "n2", Ports: map[string]uint16{"http": 8080}},
+		{Addr: ip("fd44::5"), Node: "n1", Ports: map[string]uint16{"http": 8080}},
+	}
+	http := Port{Name: "http", Proto: "TCP", Port: 80, NodePort: 30080}
+	svcs := []Service{
+		{Key: "ns/cluster", IPs: []netip.Addr{ip("192.168.10.1"), ip("fd10::1")}, Ports: []Port{http, {Name: "dns", Proto: "UDP", Port: 53, NodePort: 30053}},
+			Scheduler: "wrr", Persistence: 3 * time.Hour, SourceRanges: []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16"), netip.MustParsePrefix("fd99::/64")}},
+		{Key: "ns/local", IPs: []netip.Addr{ip("198.51.100.2")}, Local: true, Ports: []Port{http}, Endpoints: eps,
+			EndpointNodes: map[string]bool{"n1": true, "n2": true}},
+		{Key: "ns/direct", IPs: []netip.Addr{ip("198.51.100.3")}, Ports: []Port{{Name: "http", Proto: "TCP", Port: 80}}, Endpoints: eps},
+		{Key: "ns/plain", IPs: []netip.Addr{ip("192.168.30.1")}, Ports: []Port{http}},
+	}
+	// n1 is the only node that can forward, so it owns every address of the pools that
+	// forward, whatever the hash says.
+	in := Input{Config: c, Services: svcs, Nodes: nodes, Self: "n1", Forwarders: map[string]bool{"n1": true}}
+	d := Compute(in)
+	rs := func(addrPorts ...string) []RealServer {
+		var out []RealServer
+		for _, s := range addrPorts {
+			ap := netip.MustParseAddrPort(s)
+			out = append(out, RealServer{Addr: ap.Addr(), Port: ap.Port()})
+		}
+		return out
+	}
+	v4range := []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")}
+	v6range := []netip.Prefix{netip.MustParsePrefix("fd99::/64")}
+	want := []Forward{
+		{VIP: ip("192.168.10.1"), Port: 80, Proto: "TCP", Scheduler: "wrr", Persistence: 3 * time.Hour, SourceRanges: v4range, Masquerade: true, RealServers: rs("10.0.0.1:30080", "10.0.0.2:30080")},
+		{VIP: ip("192.168.10.1"), Port: 53, Proto: "UDP", Scheduler: "wrr", Persistence: 3 * time.Hour, SourceRanges: v4range, Masquerade: true, RealServers: rs("10.0.0.1:30053", "10.0.0.2:30053")},
+		{VIP: ip("198.51.100.2"), Port: 80, Proto: "TCP", RealServers: rs("10.244.1.5:8080")},
+		{VIP: ip("198.51.100.3"), Port: 80, Proto: "TCP", Masquerade: true, RealServers: rs("10.244.1.5:8080", "10.244.2.5:8080")},
+		{VIP: ip("fd10::1"), Port: 80, Proto: "TCP", Scheduler: "wrr", Persistence: 3 * time.Hour, SourceRanges: v6range, Masquerade: true, RealServers: rs("[fd00::1]:30080", "[fd00::2]:30080")},
+		{VIP: ip("fd10::1"), Port: 53, Proto: "UDP", Scheduler: "wrr", Persistence: 3 * time.Hour, SourceRanges: v6range, Masquerade: true, RealServers: rs("[fd00::1]:30053", "[fd00::2]:30053")},
+	}
+	if diff := cmp.Diff(want, d.Forward, cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{})); diff != "" {
+		t.Errorf("n1 forwards (-want +got):\n%s", diff)
+	}
+
+	// n2 cannot forward: it announces nothing from pools that forward, and says why.
+	in.Self = "n2"
+	d = Compute(in)
+	if len(d.Forward) != 0 {
+		t.Errorf("n2 without IPVS forwards %v", d.Forward)
+	}
+	for _, dec := range d.Decisions {
+		if dec.Pool != "plain" && (dec.Announce || dec.Reason != election.CannotForward) {
+			t.Errorf("n2 without IPVS: %+v", dec)
+		}
+	}
+
+	// No node can forward: nothing from those pools is announced anywhere.
+	in.Forwarders = nil
+	for _, self := range []string{"n1", "n2"} {
+		in.Self = self
+		for _, dec := range Compute(in).Decisions {
+			if dec.Pool != "plain" && dec.Announce {
+				t.Errorf("%s announces %s without IPVS", self, dec.IP)
+			}
+		}
 	}
 }
