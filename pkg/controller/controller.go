@@ -388,6 +388,11 @@ func (c *Controller) syncService(ctx context.Context, key string) error {
 	if !holds {
 		want = nil
 	}
+	if _, ferr := k8s.ForwardingOf(svc); ferr != nil {
+		c.reportOnce(svc, "annotation", "InvalidForwarding", ferr.Error())
+	} else {
+		c.forgetReport(key, "annotation")
+	}
 	return c.writeStatus(ctx, svc, want, held.Pool)
 }
 
@@ -425,7 +430,9 @@ func (c *Controller) release(key string) bool {
 		c.alloc.Release(key)
 	}
 	delete(c.pending, key)
-	delete(c.reported, key)
+	for _, topic := range []string{"", "annotation"} {
+		delete(c.reported, key+"\x00"+topic)
+	}
 	c.mu.Unlock()
 	if held {
 		c.retryPending()
@@ -462,30 +469,54 @@ func (c *Controller) inPools(ips []netip.Addr) bool {
 	return false
 }
 
-// report records a problem with a Service as an Event, once for as long as it lasts.
+// report records a problem with giving a Service an address as an Event, once for as
+// long as it lasts.
 func (c *Controller) report(svc *corev1.Service, reason, metric, msg string) {
-	key := k8s.Key(svc)
-	c.mu.Lock()
-	same := c.reported[key] == reason+"\x00"+msg
-	c.reported[key] = reason + "\x00" + msg
-	c.mu.Unlock()
-	if same {
+	if !c.reportOnce(svc, "", reason, msg) {
 		return
 	}
 	c.metrics.Allocations.WithLabelValues(metric).Inc()
-	c.events.Recorder.Event(svc, corev1.EventTypeWarning, reason, msg)
-	c.log.Warn("cannot give the Service an address", "service", key, "reason", reason, "err", msg)
+	c.log.Warn("cannot give the Service an address", "service", k8s.Key(svc), "reason", reason, "err", msg)
 }
 
-func (c *Controller) clearReport(key string) {
+// reportOnce records a Warning Event for a problem of one kind (topic) with a Service,
+// unless the same one was recorded last; it reports whether it recorded it.
+func (c *Controller) reportOnce(svc *corev1.Service, topic, reason, msg string) bool {
+	slot := k8s.Key(svc) + "\x00" + topic
 	c.mu.Lock()
-	delete(c.reported, key)
+	same := c.reported[slot] == reason+"\x00"+msg
+	c.reported[slot] = reason + "\x00" + msg
+	c.mu.Unlock()
+	if same {
+		return false
+	}
+	c.events.Recorder.Event(svc, corev1.EventTypeWarning, reason, msg)
+	if topic != "" {
+		c.log.Warn("Service asks for something Herald cannot do", "service", k8s.Key(svc), "reason", reason, "err", msg)
+	}
+	return true
+}
+
+func (c *Controller) clearReport(key string) { c.forgetReport(key, "") }
+
+func (c *Controller) forgetReport(key, topic string) {
+	c.mu.Lock()
+	delete(c.reported, key+"\x00"+topic)
 	c.mu.Unlock()
 }
 
-// writeStatus publishes ips in the Service's status when it says otherwise.
+// writeStatus publishes ips in the Service's status when it says otherwise, with ipMode
+// Proxy when the pool forwards.
 func (c *Controller) writeStatus(ctx context.Context, svc *corev1.Service, ips []netip.Addr, pool string) error {
-	want := k8s.Ingress(ips)
+	c.mu.Lock()
+	forward := false
+	if c.cfg != nil {
+		if p, ok := c.cfg.Pool(pool); ok {
+			forward = p.Forward
+		}
+	}
+	c.mu.Unlock()
+	want := k8s.Ingress(ips, forward)
 	if k8s.IngressEqual(svc.Status.LoadBalancer.Ingress, want) {
 		return nil
 	}
@@ -499,7 +530,9 @@ func (c *Controller) writeStatus(ctx context.Context, svc *corev1.Service, ips [
 		return fmt.Errorf("update status of Service %s: %w", k8s.Key(svc), err)
 	}
 	// Clearing is said by whoever decided it (a release, or the reported failure).
-	if len(ips) > 0 {
+	if len(ips) > 0 && slices.Equal(ips, k8s.IngressIPs(svc)) {
+		c.log.Info("ipMode changed", "service", k8s.Key(svc), "ip", ipList(ips), "pool", pool, "forwarded", forward)
+	} else if len(ips) > 0 {
 		c.metrics.Allocations.WithLabelValues("assigned").Inc()
 		c.events.Recorder.Eventf(svc, corev1.EventTypeNormal, "IPAllocated", "Assigned IP %s from pool %q", ipList(ips), pool)
 		c.log.Info("assigned", "service", k8s.Key(svc), "ip", ipList(ips), "pool", pool)

@@ -1,15 +1,18 @@
 package k8s
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/heraldlb/herald/pkg/ipam"
+	"github.com/heraldlb/herald/pkg/plan"
 )
 
 // DefaultLoadBalancerClass is the spec.loadBalancerClass Herald answers to (besides none).
@@ -21,6 +24,9 @@ const (
 	AnnotationLoadBalancerIPs = "herald.dev/loadBalancerIPs" // comma-separated, one per family
 	AnnotationAddressPool     = "herald.dev/address-pool"
 	AnnotationAllowSharedIP   = "herald.dev/allow-shared-ip"
+	// AnnotationIPVSScheduler picks the IPVS scheduler where Herald forwards (no MetalLB
+	// spelling: MetalLB did not forward).
+	AnnotationIPVSScheduler = "herald.dev/ipvs-scheduler"
 )
 
 const heraldPrefix, metallbPrefix = "herald.dev/", "metallb.universe.tf/"
@@ -135,19 +141,61 @@ func IngressIPs(svc *corev1.Service) []netip.Addr {
 	return out
 }
 
-// Ingress is the status.loadBalancer.ingress that publishes ips. The ipMode is spelt out
-// (VIP: traffic to the address reaches the node as addressed to it), as the API server
-// would default it anyway, so that what is written compares equal to what is read back.
-func Ingress(ips []netip.Addr) []corev1.LoadBalancerIngress {
+// Ingress is the status.loadBalancer.ingress that publishes ips. The ipMode is always
+// spelt out, so that what is written compares equal to what is read back (the API server
+// defaults it to VIP): Proxy when Herald forwards the traffic itself, so that kube-proxy
+// leaves the address alone; VIP when kube-proxy is to handle traffic addressed to it.
+func Ingress(ips []netip.Addr, proxy bool) []corev1.LoadBalancerIngress {
 	if len(ips) == 0 {
 		return nil
 	}
+	mode := corev1.LoadBalancerIPModeVIP
+	if proxy {
+		mode = corev1.LoadBalancerIPModeProxy
+	}
 	out := make([]corev1.LoadBalancerIngress, len(ips))
 	for i, ip := range ips {
-		mode := corev1.LoadBalancerIPModeVIP
 		out[i] = corev1.LoadBalancerIngress{IP: ip.String(), IPMode: &mode}
 	}
 	return out
+}
+
+// Forwarding is how a Service asks Herald to forward its traffic.
+type Forwarding struct {
+	Scheduler    string        // IPVS scheduler, one of plan.Schedulers
+	Persistence  time.Duration // ClientIP session affinity timeout; 0 for none
+	SourceRanges []netip.Prefix
+}
+
+// ForwardingOf reads a Service's scheduler annotation, session affinity and source
+// ranges. An unknown scheduler gives the default (rr) and an error naming the annotation
+// and the value; an unreadable source range is left out and named in the error.
+func ForwardingOf(svc *corev1.Service) (Forwarding, error) {
+	f := Forwarding{Scheduler: plan.Schedulers[0]}
+	var errs []error
+	if s, ok := svc.Annotations[AnnotationIPVSScheduler]; ok {
+		if slices.Contains(plan.Schedulers, s) {
+			f.Scheduler = s
+		} else {
+			errs = append(errs, fmt.Errorf("annotation %s=%q: not an IPVS scheduler Herald offers (%s); using %s",
+				AnnotationIPVSScheduler, s, strings.Join(plan.Schedulers, ", "), f.Scheduler))
+		}
+	}
+	if svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
+		f.Persistence = time.Duration(corev1.DefaultClientIPServiceAffinitySeconds) * time.Second
+		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+			f.Persistence = time.Duration(*c.ClientIP.TimeoutSeconds) * time.Second
+		}
+	}
+	for i, r := range svc.Spec.LoadBalancerSourceRanges {
+		p, err := netip.ParsePrefix(strings.TrimSpace(r))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("spec.loadBalancerSourceRanges[%d]=%q: %w", i, r, err))
+			continue
+		}
+		f.SourceRanges = append(f.SourceRanges, p.Masked())
+	}
+	return f, errors.Join(errs...)
 }
 
 // IngressEqual reports whether two ingress lists publish the same thing; an unset ipMode

@@ -2,8 +2,10 @@ package k8s
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -122,7 +124,10 @@ func TestManages(t *testing.T) {
 
 func TestIngressEqual(t *testing.T) {
 	vip, proxy := corev1.LoadBalancerIPModeVIP, corev1.LoadBalancerIPModeProxy
-	written := Ingress([]netip.Addr{netip.MustParseAddr("10.0.0.1")})
+	written := Ingress([]netip.Addr{netip.MustParseAddr("10.0.0.1")}, false)
+	if p := Ingress([]netip.Addr{netip.MustParseAddr("10.0.0.1")}, true); *p[0].IPMode != proxy {
+		t.Errorf("forwarded ingress has ipMode %s, want Proxy", *p[0].IPMode)
+	}
 	if !IngressEqual(written, []corev1.LoadBalancerIngress{{IP: "10.0.0.1"}}) {
 		t.Error("an unset ipMode must equal VIP")
 	}
@@ -137,5 +142,39 @@ func TestIngressEqual(t *testing.T) {
 	}
 	if IngressEqual(written, nil) || !IngressEqual(nil, []corev1.LoadBalancerIngress{}) {
 		t.Error("empty lists")
+	}
+}
+
+func TestForwardingOf(t *testing.T) {
+	timeout := int32(600)
+	tests := []struct {
+		name    string
+		svc     corev1.Service
+		want    Forwarding
+		wantErr string // substring; "" for none
+	}{
+		{"defaults", corev1.Service{}, Forwarding{Scheduler: "rr"}, ""},
+		{"scheduler", corev1.Service{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{AnnotationIPVSScheduler: "mh"}}}, Forwarding{Scheduler: "mh"}, ""},
+		{"unknown scheduler", corev1.Service{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{AnnotationIPVSScheduler: "fastest"}}},
+			Forwarding{Scheduler: "rr"}, `herald.dev/ipvs-scheduler="fastest"`},
+		{"affinity default timeout", corev1.Service{Spec: corev1.ServiceSpec{SessionAffinity: corev1.ServiceAffinityClientIP}},
+			Forwarding{Scheduler: "rr", Persistence: 3 * time.Hour}, ""},
+		{"affinity timeout", corev1.Service{Spec: corev1.ServiceSpec{SessionAffinity: corev1.ServiceAffinityClientIP,
+			SessionAffinityConfig: &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{TimeoutSeconds: &timeout}}}},
+			Forwarding{Scheduler: "rr", Persistence: 10 * time.Minute}, ""},
+		{"source ranges", corev1.Service{Spec: corev1.ServiceSpec{LoadBalancerSourceRanges: []string{"10.1.2.3/16", " fd00::/64", "10.0.0.0/33"}}},
+			Forwarding{Scheduler: "rr", SourceRanges: []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16"), netip.MustParsePrefix("fd00::/64")}},
+			`spec.loadBalancerSourceRanges[2]="10.0.0.0/33"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ForwardingOf(&tt.svc)
+			if (err == nil) != (tt.wantErr == "") || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
+				t.Errorf("error %v, want one saying %q", err, tt.wantErr)
+			}
+			if got.Scheduler != tt.want.Scheduler || got.Persistence != tt.want.Persistence || !slices.Equal(got.SourceRanges, tt.want.SourceRanges) {
+				t.Errorf("got %+v, want %+v", got, tt.want)
+			}
+		})
 	}
 }
