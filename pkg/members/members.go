@@ -27,6 +27,9 @@ type Config struct {
 	AdvertiseAddr string // the address others reach us at; default: chosen by memberlist
 	// Key encrypts gossip (AES, 16, 24 or 32 bytes); empty sends it in the clear.
 	Key []byte
+	// Meta is what this member tells the others about itself (at most
+	// memberlist.MetaMaxSize bytes); see AliveMeta.
+	Meta []byte
 	// Peers returns addresses ("host:port") of speakers to join; called again every
 	// RejoinInterval so that a speaker cut off and back merges again.
 	Peers          func() []string
@@ -62,6 +65,9 @@ type Members struct {
 func New(cfg Config) (*Members, error) {
 	if cfg.Name == "" {
 		return nil, errors.New("members: a member needs a name")
+	}
+	if len(cfg.Meta) > memberlist.MetaMaxSize {
+		return nil, fmt.Errorf("members: metadata of %d bytes; at most %d", len(cfg.Meta), memberlist.MetaMaxSize)
 	}
 	if n := len(cfg.Key); n != 0 && n != 16 && n != 24 && n != 32 {
 		return nil, fmt.Errorf("members: the gossip key is %d bytes; it must be 16, 24 or 32", n)
@@ -112,6 +118,21 @@ func (m *Members) Alive() []string {
 	return out
 }
 
+// AliveMeta returns the live members' metadata by name, this one's included.
+func (m *Members) AliveMeta() map[string][]byte {
+	m.mu.Lock()
+	ml := m.ml
+	m.mu.Unlock()
+	if ml == nil {
+		return map[string][]byte{m.cfg.Name: m.cfg.Meta}
+	}
+	out := map[string][]byte{}
+	for _, n := range ml.Members() {
+		out[n.Name] = n.Meta
+	}
+	return out
+}
+
 // Started reports whether Run has started the member (and so joined or is joining).
 func (m *Members) Started() bool {
 	m.mu.Lock()
@@ -147,6 +168,7 @@ func (m *Members) Run(ctx context.Context) error {
 	c.GossipInterval = 100 * time.Millisecond
 	c.SecretKey = m.cfg.Key
 	c.Events = &notifier{m: m}
+	c.Delegate = meta(m.cfg.Meta)
 	c.Logger = log.New(&logWriter{log: m.log}, "", 0)
 	ml, err := memberlist.Create(c)
 	if err != nil {
@@ -224,6 +246,16 @@ func (m *Members) notify() {
 	default:
 	}
 }
+
+// meta is the memberlist delegate that hands out this member's metadata; it carries no
+// user messages or state.
+type meta []byte
+
+func (d meta) NodeMeta(limit int) []byte     { return d[:min(len(d), limit)] }
+func (meta) NotifyMsg([]byte)                {}
+func (meta) GetBroadcasts(int, int) [][]byte { return nil }
+func (meta) LocalState(bool) []byte          { return nil }
+func (meta) MergeRemoteState([]byte, bool)   {}
 
 type notifier struct{ m *Members }
 

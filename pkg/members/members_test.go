@@ -28,7 +28,7 @@ func newCluster(t *testing.T, key []byte) *cluster {
 func (c *cluster) start(name string, key []byte) *Members {
 	c.t.Helper()
 	m, err := New(Config{
-		Name: name, BindAddr: "127.0.0.1", BindPort: 0, Key: key,
+		Name: name, BindAddr: "127.0.0.1", BindPort: 0, Key: key, Meta: []byte("meta of " + name),
 		Peers: func() []string {
 			c.mu.Lock()
 			defer c.mu.Unlock()
@@ -82,6 +82,11 @@ func TestJoinAndGracefulLeave(t *testing.T) {
 	case <-a.Changed():
 	default:
 		t.Error("joins were not signalled")
+	}
+	for name, meta := range a.AliveMeta() {
+		if string(meta) != "meta of "+name {
+			t.Errorf("a sees %s's metadata as %q", name, meta)
+		}
 	}
 	c.cancel["c"]() // graceful: Leave is broadcast
 	if err := <-c.done["c"]; err != nil {
