@@ -15,6 +15,7 @@ import (
 )
 
 const bgpConfig = `
+forwarding: none
 peers:
 - {peer-address: 192.168.10.1, peer-asn: 64500, my-asn: 64501}
 - {peer-address: "fd10::1", peer-asn: 64500, my-asn: 64501}

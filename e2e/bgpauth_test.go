@@ -9,6 +9,7 @@ import (
 )
 
 const md5Pool = `
+forwarding: none
 address-pools:
 - name: routed
   protocol: bgp

@@ -55,6 +55,7 @@ func BenchmarkBGP(b *testing.B) {
 }
 
 const bgpManyConfig = `
+forwarding: none
 peers:
 - {peer-address: 192.168.10.1, peer-asn: 64500, my-asn: 64501}
 address-pools:

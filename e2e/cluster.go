@@ -34,8 +34,10 @@ const (
 	ServicePort = 8090
 )
 
-// DefaultConfig is the lab's address pool.
+// DefaultConfig is the lab's address pool. Forwarding is off: this kernel has no ip_vs,
+// so the stand-in for kube-proxy in each node takes the traffic (IPVS is tested in a VM).
 const DefaultConfig = `
+forwarding: none
 address-pools:
 - name: default
   protocol: layer2

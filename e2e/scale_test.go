@@ -20,6 +20,7 @@ import (
 )
 
 const manyConfig = `
+forwarding: none
 address-pools:
 - name: many
   protocol: layer2

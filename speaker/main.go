@@ -1,5 +1,6 @@
 // Command speaker is Herald's per-node daemon: it finds the other speakers, elects which
-// node announces each Service address, and answers ARP/NDP for the ones this node owns.
+// node announces each Service address, announces the ones this node owns (ARP/NDP or
+// BGP) and forwards their traffic with IPVS.
 package main
 
 import (
@@ -23,6 +24,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/heraldlb/herald/pkg/bgp/gobgp"
+	"github.com/heraldlb/herald/pkg/forward"
 	"github.com/heraldlb/herald/pkg/k8s"
 	"github.com/heraldlb/herald/pkg/layer2"
 	"github.com/heraldlb/herald/pkg/logging"
@@ -90,6 +92,18 @@ func run() error {
 		Client: client, NodeName: *nodeName, Config: k8s.ConfigRef{Namespace: *cmNamespace, Name: *cmName, Key: *cmKey},
 		LoadBalancerClass: *class, Layer2: announcer, Logger: logger, Registerer: reg,
 	}
+	var spk *speaker.Speaker
+	fwd, err := forward.New(forward.Options{
+		Owns:   func(a netip.Addr) bool { return spk.Owns(a) },
+		Logger: logger.With("component", "forward"), Registerer: reg,
+	})
+	if err != nil {
+		logger.Error("this node cannot forward, so it will announce no address of a pool that forwards", "err", err)
+		opts.ForwardErr = err
+	} else {
+		defer fwd.Close()
+		opts.Forward = fwd
+	}
 	if *useBGP {
 		rid := *routerID
 		if rid == "" {
@@ -109,7 +123,6 @@ func run() error {
 		runBGP = bgpServer.Run
 	}
 	var ml *members.Members
-	var spk *speaker.Speaker
 	if *useML {
 		bind := *mlAddr
 		if bind == "" {
@@ -130,6 +143,7 @@ func run() error {
 		}
 		ml, err = members.New(members.Config{
 			Name: *nodeName, BindAddr: bind, BindPort: *mlPort, AdvertiseAddr: bind, Key: key,
+			Meta:          speaker.MemberMeta{IPVS: opts.Forward != nil}.Encode(),
 			ProbeInterval: *probe, ProbeTimeout: *probeTO, SuspicionMult: *suspicion,
 			Logger: logger.With("component", "memberlist"),
 			Peers: func() []string {

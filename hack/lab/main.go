@@ -148,8 +148,18 @@ func (l *lab) up() (err error) {
 		Router:        func(nodes []*e2e.Node) string { return e2e.FRRConfig(nodes) },
 	})
 	step("applying config/samples: the address pools and two Services of type LoadBalancer, one on each pool")
+	step("(with forwarding: none added: this kernel has no ip_vs, so kube-proxy's stand-in takes the traffic; IPVS forwarding is shown by make vm-test)")
+	sample, err := os.ReadFile("config/samples/configmap.yaml")
+	if err != nil {
+		return err
+	}
+	cm := filepath.Join(l.dir, "configmap.yaml")
+	text := strings.Replace(string(sample), "  config: |\n", "  config: |\n    forwarding: none\n", 1)
+	if err := os.WriteFile(cm, []byte(text), 0o644); err != nil {
+		return err
+	}
 	kc := []string{l.kubectl, "--kubeconfig", l.kubeconfig()}
-	if err := l.inClient(os.Stdout, append(kc, "apply", "-f", "config/samples/configmap.yaml",
+	if err := l.inClient(os.Stdout, append(kc, "apply", "-f", cm,
 		"-f", "config/samples/service.yaml", "-f", "config/samples/service-bgp.yaml")...); err != nil {
 		return err
 	}

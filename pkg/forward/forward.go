@@ -15,9 +15,12 @@ import (
 	"time"
 
 	"github.com/moby/ipvs"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 
 	"github.com/heraldlb/herald/pkg/logging"
+	"github.com/heraldlb/herald/pkg/metrics"
+	"github.com/heraldlb/herald/pkg/plan"
 )
 
 // Proto is a transport protocol IPVS balances.
@@ -41,9 +44,6 @@ func (p Proto) String() string {
 	}
 	return fmt.Sprintf("Proto(%d)", uint16(p))
 }
-
-// Schedulers are the IPVS schedulers Herald offers.
-var Schedulers = []string{"rr", "wrr", "lc", "wlc", "sh", "dh", "sed", "nq", "mh"}
 
 // RealServer is where a virtual service sends traffic.
 type RealServer struct {
@@ -85,16 +85,19 @@ const persistentFlag = 0x1
 type Options struct {
 	// Owns reports whether an address is Herald's (in one of its pools); only those are
 	// ever touched. Required.
-	Owns   func(netip.Addr) bool
-	Logger *slog.Logger
+	Owns       func(netip.Addr) bool
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer // nil: a private registry
 }
 
 // Forwarder programs IPVS and the addresses on herald0 in the current network namespace.
 type Forwarder struct {
-	owns   func(netip.Addr) bool
-	log    *slog.Logger
-	ipvs   *ipvs.Handle
-	synced bool // the kernel has been reconciled in full since New or Resync
+	owns    func(netip.Addr) bool
+	log     *slog.Logger
+	metrics *metrics.Forward
+	ipvs    *ipvs.Handle
+	synced  bool // the kernel has been reconciled in full since New or Resync
+	sysctls bool // the sysctls were set since New or Resync
 
 	applied map[key]Service // what the last successful Set put in place
 	nftKey  string          // the nftables inputs last programmed
@@ -114,7 +117,8 @@ func New(opts Options) (*Forwarder, error) {
 		h.Close()
 		return nil, fmt.Errorf("IPVS is not available (is the ip_vs module loaded?): %w", err)
 	}
-	return &Forwarder{owns: opts.Owns, log: logging.OrDiscard(opts.Logger), ipvs: h}, nil
+	return &Forwarder{owns: opts.Owns, log: logging.OrDiscard(opts.Logger), ipvs: h,
+		metrics: metrics.NewForward(metrics.OrPrivate(opts.Registerer))}, nil
 }
 
 // Close releases the netlink socket; the kernel state stays.
@@ -123,15 +127,34 @@ func (f *Forwarder) Close() { f.ipvs.Close() }
 // Resync makes the next Set compare with the kernel in full rather than with what was
 // last applied, undoing changes made behind Herald's back (kube-proxy in IPVS mode may
 // delete services it did not create). The speaker calls it periodically.
-func (f *Forwarder) Resync() { f.synced = false }
+func (f *Forwarder) Resync() { f.synced, f.sysctls = false, false }
 
 // Set makes IPVS and herald0 hold exactly services (and their addresses), among the
 // addresses Herald owns. After the first, a Set touches only what differs from the last.
+// The sysctls that forwarding needs are set once there is something to forward.
 func (f *Forwarder) Set(services []Service) error {
-	if !f.synced {
+	start := time.Now()
+	err := f.set(services)
+	f.metrics.ApplySeconds.Observe(time.Since(start).Seconds())
+	if err != nil {
+		f.metrics.Errors.Inc()
+		return err
+	}
+	rs := 0
+	for _, s := range services {
+		rs += len(s.RealServers)
+	}
+	f.metrics.VirtualServices.Set(float64(len(services)))
+	f.metrics.RealServers.Set(float64(rs))
+	return nil
+}
+
+func (f *Forwarder) set(services []Service) error {
+	if !f.sysctls && len(services) > 0 {
 		if err := sysctls(); err != nil {
 			return err
 		}
+		f.sysctls = true
 	}
 	want := map[key]Service{}
 	vips := map[netip.Addr]bool{}
@@ -140,8 +163,8 @@ func (f *Forwarder) Set(services []Service) error {
 			return fmt.Errorf("%s is in no pool of Herald's: refusing to program it", s.VIP)
 		}
 		s.Scheduler = cmp.Or(s.Scheduler, "rr")
-		if !slices.Contains(Schedulers, s.Scheduler) {
-			return fmt.Errorf("%s:%d/%s: unknown IPVS scheduler %q (want one of %v)", s.VIP, s.Port, s.Proto, s.Scheduler, Schedulers)
+		if !slices.Contains(plan.Schedulers, s.Scheduler) {
+			return fmt.Errorf("%s:%d/%s: unknown IPVS scheduler %q (want one of %v)", s.VIP, s.Port, s.Proto, s.Scheduler, plan.Schedulers)
 		}
 		want[s.key()] = s
 		vips[s.VIP] = true
@@ -178,12 +201,15 @@ func (f *Forwarder) Set(services []Service) error {
 			}
 			continue
 		}
-		if err := f.update(hs, ws); err != nil {
+		if err := f.update(hs, ws, f.applied[k].RealServers); err != nil {
 			errs = append(errs, err)
 		}
 		delete(want, k)
 	}
-	for _, s := range want {
+	for k, s := range want {
+		if _, had := f.applied[k]; had {
+			f.restored("virtual_service", s.VIP, s.Port, s.Proto, netip.Addr{}, 0)
+		}
 		if err := f.add(s); err != nil {
 			errs = append(errs, err)
 		}
@@ -218,7 +244,7 @@ func (f *Forwarder) setIncremental(want map[key]Service) error {
 				errs = append(errs, err)
 			}
 		case !sameService(old, s):
-			if err := f.update(ipvsService(old), s); err != nil {
+			if err := f.update(ipvsService(old), s, nil); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -289,8 +315,19 @@ func (f *Forwarder) add(s Service) error {
 	return errors.Join(errs...)
 }
 
-// update brings an existing virtual service and its real servers in line with s.
-func (f *Forwarder) update(have *ipvs.Service, s Service) error {
+// restored says that state Herald had programmed was found gone and put back.
+func (f *Forwarder) restored(kind string, vip netip.Addr, port uint16, proto Proto, rs netip.Addr, rsPort uint16) {
+	f.metrics.Restored.WithLabelValues(kind).Inc()
+	args := []any{"kind", kind, "ip", vip, "port", port, "protocol", proto.String()}
+	if rs.IsValid() {
+		args = append(args, "realServer", netip.AddrPortFrom(rs, rsPort))
+	}
+	f.log.Warn("IPVS state Herald programmed was deleted by someone else; restored (kube-proxy in IPVS mode needs --ipvs-exclude-cidrs with Herald's pools)", args...)
+}
+
+// update brings an existing virtual service and its real servers in line with s; had
+// are the real servers last applied, to tell a restoration from an addition.
+func (f *Forwarder) update(have *ipvs.Service, s Service, had []RealServer) error {
 	svc := ipvsService(s)
 	if have.SchedName != svc.SchedName || have.Flags&persistentFlag != svc.Flags&persistentFlag || (svc.Flags&persistentFlag != 0 && have.Timeout != svc.Timeout) {
 		if err := f.ipvs.UpdateService(svc); err != nil {
@@ -327,6 +364,9 @@ func (f *Forwarder) update(have *ipvs.Service, s Service) error {
 		delete(want, k)
 	}
 	for _, r := range want {
+		if slices.ContainsFunc(had, func(h RealServer) bool { return h.Addr == r.Addr && h.Port == r.Port }) {
+			f.restored("real_server", s.VIP, s.Port, s.Proto, r.Addr, r.Port)
+		}
 		if err := f.ipvs.NewDestination(svc, destination(r)); err != nil {
 			errs = append(errs, fmt.Errorf("add real server %s:%d: %w", r.Addr, r.Port, err))
 		}
@@ -384,15 +424,19 @@ func (f *Forwarder) setAddresses(vips map[netip.Addr]bool) error {
 }
 
 // sysctls turns on what IPVS in NAT mode needs: forwarding, and conntrack for IPVS
-// connections (so replies can be matched and masqueraded).
+// connections (so replies can be matched and masqueraded). A value already right is not
+// written, so a speaker whose /proc/sys is read-only works where the host set them.
 func sysctls() error {
-	for path, v := range map[string]string{
-		"/proc/sys/net/ipv4/ip_forward":          "1",
-		"/proc/sys/net/ipv6/conf/all/forwarding": "1",
-		"/proc/sys/net/ipv4/vs/conntrack":        "1",
+	for _, path := range []string{
+		"/proc/sys/net/ipv4/ip_forward",
+		"/proc/sys/net/ipv6/conf/all/forwarding",
+		"/proc/sys/net/ipv4/vs/conntrack",
 	} {
-		if err := os.WriteFile(path, []byte(v), 0o644); err != nil {
-			return fmt.Errorf("set %s: %w", path, err)
+		if have, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(have)) == "1" {
+			continue
+		}
+		if err := os.WriteFile(path, []byte("1"), 0o644); err != nil {
+			return fmt.Errorf("set %s to 1 (forwarding needs it; set it on the host or run the speaker privileged): %w", path, err)
 		}
 	}
 	return nil

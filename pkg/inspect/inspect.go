@@ -29,7 +29,10 @@ type Snapshot struct {
 	Slices    []discoveryv1.EndpointSlice
 	Nodes     []corev1.Node
 	Events    []corev1.Event // Herald's Events on Services
-	Class     string
+	// NoIPVS are the nodes whose speaker reported that it cannot forward (an
+	// IPVSUnavailable Event on the Node); every other node is taken to be able.
+	NoIPVS map[string]bool
+	Class  string
 }
 
 // Read takes a snapshot through client.
@@ -70,6 +73,16 @@ func Read(ctx context.Context, client kubernetes.Interface, ref k8s.ConfigRef, c
 	for _, e := range evs.Items {
 		if strings.HasPrefix(e.Source.Component, "herald-") {
 			s.Events = append(s.Events, e)
+		}
+	}
+	nodeEvs, err := client.CoreV1().Events("").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.kind=Node,reason=IPVSUnavailable"})
+	if err != nil {
+		return nil, fmt.Errorf("list Events: %w", err)
+	}
+	s.NoIPVS = map[string]bool{}
+	for _, e := range nodeEvs.Items {
+		if e.Source.Component == "herald-speaker" {
+			s.NoIPVS[e.InvolvedObject.Name] = true
 		}
 	}
 	return s, nil
@@ -210,10 +223,12 @@ func joinIPs(ips []netip.Addr) string {
 }
 
 // planInput builds the plan's input as every speaker sees it, with the nodes' Ready
-// condition standing in for live speakers (memberlist is not visible through the API).
+// condition standing in for live speakers (memberlist is not visible through the API)
+// and the absence of an IPVSUnavailable Event for the ability to forward.
 func (s *Snapshot) planInput(self string) plan.Input {
-	in := plan.Input{Config: s.Config, Self: self}
+	in := plan.Input{Config: s.Config, Self: self, Forwarders: map[string]bool{}}
 	for _, n := range s.Nodes {
+		in.Forwarders[n.Name] = !s.NoIPVS[n.Name]
 		pn := plan.Node{Name: n.Name, Labels: n.Labels}
 		for _, c := range n.Status.Conditions {
 			if c.Type == corev1.NodeReady {

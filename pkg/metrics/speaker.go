@@ -8,6 +8,9 @@ type Speaker struct {
 	OwnershipChanges prometheus.Counter   // Service addresses started or stopped being announced
 	Members          prometheus.Gauge     // live speakers seen, this one included
 	ConfigStale      prometheus.Gauge     // 1 while the newest configuration does not parse
+	// CanForward is 1 when this node's kernel can do IPVS, so that the node may announce
+	// addresses of pools that forward.
+	CanForward prometheus.Gauge
 }
 
 // NewSpeaker registers the speaker loop's metrics with reg.
@@ -30,7 +33,11 @@ func NewSpeaker(reg prometheus.Registerer) *Speaker {
 			Name: "herald_speaker_config_stale",
 			Help: "1 while the newest configuration does not parse and the last good one stays in force.",
 		}),
+		CanForward: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herald_speaker_can_forward",
+			Help: "1 when this node's kernel can do IPVS; 0 makes the node ineligible for pools that forward.",
+		}),
 	}
-	reg.MustRegister(m.SyncSeconds, m.OwnershipChanges, m.Members, m.ConfigStale)
+	reg.MustRegister(m.SyncSeconds, m.OwnershipChanges, m.Members, m.ConfigStale, m.CanForward)
 	return m
 }

@@ -3,6 +3,7 @@ package speaker
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"net/netip"
@@ -20,12 +21,15 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/ptr"
 
 	"github.com/heraldlb/herald/pkg/bgp"
 	"github.com/heraldlb/herald/pkg/config"
+	"github.com/heraldlb/herald/pkg/forward"
 	"github.com/heraldlb/herald/pkg/k8s"
 	"github.com/heraldlb/herald/pkg/layer2"
 	"github.com/heraldlb/herald/pkg/logging"
+	"github.com/heraldlb/herald/pkg/members"
 	"github.com/heraldlb/herald/pkg/metrics"
 	"github.com/heraldlb/herald/pkg/plan"
 )
@@ -40,8 +44,30 @@ var _ Layer2 = (*layer2.Announcer)(nil)
 // Members is what the speaker needs of the membership.
 type Members interface {
 	Alive() []string
+	AliveMeta() map[string][]byte // by name: each member's MemberMeta, encoded
 	Changed() <-chan struct{}
 }
+
+var _ Members = (*members.Members)(nil)
+
+// MemberMeta is what a speaker tells the others about itself through memberlist.
+type MemberMeta struct {
+	IPVS bool `json:"ipvs"` // the node's kernel can do IPVS: it may announce pools that forward
+}
+
+// Encode returns the metadata as memberlist carries it.
+func (m MemberMeta) Encode() []byte {
+	b, _ := json.Marshal(m) // a struct of plain fields always marshals
+	return b
+}
+
+// Forwarder is what the speaker needs of the IPVS forwarder.
+type Forwarder interface {
+	Set([]forward.Service) error
+	Resync()
+}
+
+var _ Forwarder = (*forward.Forwarder)(nil)
 
 // Options configure a Speaker.
 type Options struct {
@@ -52,9 +78,14 @@ type Options struct {
 	Layer2            Layer2               // required
 	BGP               bgp.Speaker          // nil: BGP off
 	Members           Members              // nil: memberlist off, node Ready stands in
-	ResyncPeriod      time.Duration        // default 30s
-	Logger            *slog.Logger
-	Registerer        prometheus.Registerer
+	// Forward programs IPVS beneath the addresses this node announces from pools that
+	// forward; nil when the node cannot, and ForwardErr then says why (reported as an
+	// Event on the Node).
+	Forward      Forwarder
+	ForwardErr   error
+	ResyncPeriod time.Duration // default 30s
+	Logger       *slog.Logger
+	Registerer   prometheus.Registerer
 }
 
 // Speaker runs the per-node loop.
@@ -72,10 +103,12 @@ type Speaker struct {
 	seenConfig string
 	cfg        *config.Config
 	announced  map[string]bool // "service ip" -> this node announces it
+	resyncFwd  bool            // compare the forwarding state with the kernel in full next time
 
-	mu    sync.Mutex
-	last  plan.Desired
-	ready atomic.Bool
+	mu       sync.Mutex
+	last     plan.Desired
+	ready    atomic.Bool
+	retrying atomic.Bool // a sync is scheduled after a failed application
 }
 
 // New builds a Speaker; nothing runs before Run.
@@ -178,18 +211,45 @@ func (s *Speaker) Run(ctx context.Context) error {
 	}
 	resync := time.NewTicker(s.opts.ResyncPeriod)
 	defer resync.Stop()
-	s.log.Info("speaker running", "node", s.opts.NodeName)
+	s.reportForwarding()
+	s.log.Info("speaker running", "node", s.opts.NodeName, "canForward", s.opts.Forward != nil)
 	for {
 		s.sync(ctx)
 		select {
 		case <-ctx.Done():
+			// Withdrawn everywhere: no trace of the addresses stays in IPVS or on herald0.
+			if s.opts.Forward != nil && s.cfg != nil {
+				if err := s.opts.Forward.Set(nil); err != nil {
+					s.log.Warn("removing the forwarding state on shutdown", "err", err)
+				}
+			}
 			s.report(plan.Desired{}) // say what this node no longer announces, as far as it can
 			return nil
 		case <-s.trigger:
 		case <-changed:
 		case <-resync.C:
+			s.resyncFwd = true
 		}
 	}
+}
+
+// reportForwarding says, once at start, whether this node can forward: a metric, and
+// when it cannot, an Event on its Node (the log line is the caller's).
+func (s *Speaker) reportForwarding() {
+	if s.opts.Forward != nil {
+		s.metrics.CanForward.Set(1)
+		return
+	}
+	s.metrics.CanForward.Set(0)
+	if s.opts.ForwardErr == nil {
+		return
+	}
+	node, err := s.factory.Core().V1().Nodes().Lister().Get(s.opts.NodeName)
+	if err != nil {
+		return
+	}
+	s.events.Recorder.Eventf(node, corev1.EventTypeWarning, "IPVSUnavailable",
+		"node %s cannot forward with IPVS, so it announces no address of a pool that forwards: %v", s.opts.NodeName, s.opts.ForwardErr)
 }
 
 // sync computes the desired state from the caches and applies it.
@@ -202,6 +262,7 @@ func (s *Speaker) sync(ctx context.Context) {
 	}
 	in.Nodes = s.nodes()
 	in.Services = s.services()
+	in.Forwarders = s.forwarders(in.Nodes)
 	d := plan.Compute(in)
 	owned := make([]layer2.Owned, len(d.Layer2))
 	for i, l := range d.Layer2 {
@@ -214,6 +275,18 @@ func (s *Speaker) sync(ctx context.Context) {
 		}
 		if err := s.opts.BGP.SetRoutes(ctx, d.BGPRoutes); err != nil {
 			s.log.Warn("BGP routes", "err", err)
+		}
+	}
+	if s.opts.Forward != nil && s.cfg != nil {
+		if s.resyncFwd {
+			s.opts.Forward.Resync()
+			s.resyncFwd = false
+		}
+		if err := s.opts.Forward.Set(forwardServices(d.Forward)); err != nil {
+			s.log.Warn("forwarding state not fully applied; retried in full in a second", "err", err)
+			if s.retrying.CompareAndSwap(false, true) {
+				time.AfterFunc(time.Second, func() { s.retrying.Store(false); s.poke() })
+			}
 		}
 	}
 	s.report(d)
@@ -245,6 +318,63 @@ func (s *Speaker) loadConfig() {
 	s.log.Info("configuration loaded", "pools", len(cfg.Pools))
 }
 
+// Owns reports whether addr is in a pool of the configuration in force: the only
+// addresses the forwarder may touch. Called from within sync.
+func (s *Speaker) Owns(addr netip.Addr) bool {
+	if s.cfg == nil {
+		return false
+	}
+	for i := range s.cfg.Pools {
+		if s.cfg.Pools[i].Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// forwarders are the nodes that can forward: from memberlist's metadata; without
+// memberlist nothing tells what the other nodes' kernels can do, so they are taken to
+// be able, and this node says for itself.
+func (s *Speaker) forwarders(nodes []plan.Node) map[string]bool {
+	out := map[string]bool{}
+	if s.opts.Members != nil {
+		for name, raw := range s.opts.Members.AliveMeta() {
+			var m MemberMeta
+			if json.Unmarshal(raw, &m) == nil && m.IPVS {
+				out[name] = true
+			}
+		}
+		return out
+	}
+	for _, n := range nodes {
+		out[n.Name] = true
+	}
+	out[s.opts.NodeName] = s.opts.Forward != nil
+	return out
+}
+
+// forwardServices turns the plan's virtual services into the forwarder's.
+func forwardServices(fs []plan.Forward) []forward.Service {
+	out := make([]forward.Service, 0, len(fs))
+	for _, f := range fs {
+		fw := forward.Service{
+			VIP: f.VIP, Port: f.Port, Proto: forward.TCP, Scheduler: f.Scheduler, Persistence: f.Persistence,
+			SourceRanges: f.SourceRanges, Masquerade: f.Masquerade,
+		}
+		switch corev1.Protocol(f.Proto) {
+		case corev1.ProtocolUDP:
+			fw.Proto = forward.UDP
+		case corev1.ProtocolSCTP:
+			fw.Proto = forward.SCTP
+		}
+		for _, r := range f.RealServers {
+			fw.RealServers = append(fw.RealServers, forward.RealServer{Addr: r.Addr, Port: r.Port})
+		}
+		out = append(out, fw)
+	}
+	return out
+}
+
 func (s *Speaker) nodes() []plan.Node {
 	list, _ := s.factory.Core().V1().Nodes().Lister().List(labels.Everything())
 	out := make([]plan.Node, 0, len(list))
@@ -256,6 +386,13 @@ func (s *Speaker) nodes() []plan.Node {
 			}
 		}
 		_, pn.Excluded = n.Labels[corev1.LabelNodeExcludeBalancers]
+		for _, a := range n.Status.Addresses {
+			if a.Type == corev1.NodeInternalIP {
+				if ip, err := netip.ParseAddr(a.Address); err == nil {
+					pn.Addresses = append(pn.Addresses, ip)
+				}
+			}
+		}
 		out = append(out, pn)
 	}
 	return out
@@ -272,20 +409,46 @@ func (s *Speaker) services() []plan.Service {
 			continue
 		}
 		ps := plan.Service{Key: k8s.Key(svc), IPs: ips, Local: svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal}
-		if ps.Local {
-			ps.EndpointNodes = map[string]bool{}
-			eps, _ := slicesLister.EndpointSlices(svc.Namespace).List(labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: svc.Name}))
-			for _, es := range eps {
-				for _, ep := range es.Endpoints {
-					if ep.NodeName != nil && (ep.Conditions.Ready == nil || *ep.Conditions.Ready) {
-						ps.EndpointNodes[*ep.NodeName] = true
-					}
-				}
-			}
+		// The controller reports an unusable annotation as an Event; here it means rr.
+		fw, _ := k8s.ForwardingOf(svc)
+		ps.Scheduler, ps.Persistence, ps.SourceRanges = fw.Scheduler, fw.Persistence, fw.SourceRanges
+		for _, p := range svc.Spec.Ports {
+			ps.Ports = append(ps.Ports, plan.Port{Name: p.Name, Proto: string(cmp.Or(p.Protocol, corev1.ProtocolTCP)), Port: uint16(p.Port), NodePort: uint16(p.NodePort)})
 		}
+		eps, _ := slicesLister.EndpointSlices(svc.Namespace).List(labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: svc.Name}))
+		ps.EndpointNodes, ps.Endpoints = readyEndpoints(eps)
 		out = append(out, ps)
 	}
 	return out
+}
+
+// readyEndpoints returns the nodes with a ready endpoint, and the ready endpoints.
+func readyEndpoints(list []*discoveryv1.EndpointSlice) (map[string]bool, []plan.Endpoint) {
+	nodes := map[string]bool{}
+	var out []plan.Endpoint
+	for _, es := range list {
+		ports := map[string]uint16{}
+		for _, p := range es.Ports {
+			if p.Port != nil {
+				ports[ptr.Deref(p.Name, "")] = uint16(*p.Port)
+			}
+		}
+		for _, ep := range es.Endpoints {
+			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
+				continue
+			}
+			node := ptr.Deref(ep.NodeName, "")
+			if node != "" {
+				nodes[node] = true
+			}
+			for _, a := range ep.Addresses {
+				if ip, err := netip.ParseAddr(a); err == nil {
+					out = append(out, plan.Endpoint{Addr: ip, Node: node, Ports: ports})
+				}
+			}
+		}
+	}
+	return nodes, out
 }
 
 // report records, on change only, which Service addresses this node took or gave up.
