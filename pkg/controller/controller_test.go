@@ -380,3 +380,72 @@ func TestTwoReplicasNeverDoubleAssign(t *testing.T) {
 		}
 	}
 }
+
+// ipModes returns the ipMode of each ingress entry.
+func ipModes(s *corev1.Service) []string {
+	var out []string
+	for _, in := range s.Status.LoadBalancer.Ingress {
+		if in.IPMode == nil {
+			out = append(out, "<unset>")
+		} else {
+			out = append(out, string(*in.IPMode))
+		}
+	}
+	return out
+}
+
+func TestIPModeFollowsForwarding(t *testing.T) {
+	e := newEnv(t)
+	e.applyConfig(`
+address-pools:
+- {name: forwarded, protocol: layer2, addresses: [192.168.10.90-192.168.10.91]}
+- {name: plain, protocol: layer2, forwarding: none, auto-assign: false, addresses: [192.168.20.90/32]}
+`)
+	e.start(e.options())
+	e.create("fwd")
+	e.create("plain", withAnnotation(k8s.AnnotationAddressPool, "plain"))
+	e.waitIPs("fwd", "192.168.10.90")
+	e.waitIPs("plain", "192.168.20.90")
+	e.eventually(5*time.Second, func() (bool, string) {
+		f, p := ipModes(e.get("fwd")), ipModes(e.get("plain"))
+		return slices.Equal(f, []string{"Proxy"}) && slices.Equal(p, []string{"VIP"}), fmt.Sprintf("ipModes %v and %v, want [Proxy] and [VIP]", f, p)
+	})
+	// Turning forwarding off everywhere hands the address to kube-proxy: ipMode VIP,
+	// and the address does not change.
+	e.applyConfig(`
+forwarding: none
+address-pools:
+- {name: forwarded, protocol: layer2, addresses: [192.168.10.90-192.168.10.91]}
+- {name: plain, protocol: layer2, auto-assign: false, addresses: [192.168.20.90/32]}
+`)
+	e.eventually(5*time.Second, func() (bool, string) {
+		f := ipModes(e.get("fwd"))
+		return slices.Equal(f, []string{"VIP"}), fmt.Sprintf("ipMode %v after forwarding: none, want [VIP]", f)
+	})
+	e.waitIPs("fwd", "192.168.10.90")
+	if n := len(e.events("Service", "fwd", "IPAllocated")); n != 1 {
+		t.Errorf("%d IPAllocated Events for one address whose ipMode changed, want 1", n)
+	}
+}
+
+func TestUnknownSchedulerGetsOneEvent(t *testing.T) {
+	e := newEnv(t)
+	e.applyConfig(issueConfig)
+	e.start(e.options())
+	e.create("web", withAnnotation(k8s.AnnotationIPVSScheduler, "fastest"))
+	e.waitIPs("web", "192.168.10.90") // the address is given all the same
+	ev := e.waitEvent("Service", "web", "InvalidForwarding", `herald.dev/ipvs-scheduler="fastest"`)
+	if ev.Type != corev1.EventTypeWarning {
+		t.Errorf("Event type %q", ev.Type)
+	}
+	// Another change to the Service does not repeat the Event.
+	svc := e.get("web")
+	svc.Labels = map[string]string{"touched": "yes"}
+	if _, err := e.client.CoreV1().Services(e.ns).Update(context.Background(), svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if evs := e.events("Service", "web", "InvalidForwarding"); len(evs) != 1 || evs[0].Count > 1 {
+		t.Errorf("the Event was repeated: %d Events", len(evs))
+	}
+}
