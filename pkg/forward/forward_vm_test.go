@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/moby/ipvs"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/vishvananda/netlink"
 )
 
@@ -94,7 +96,8 @@ func TestSetInVM(t *testing.T) {
 	l, _ := netlink.LinkByName(LinkName)
 	_ = netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP("192.168.10.99"), Mask: net.CIDRMask(32, 32)}})
 
-	f, err := New(Options{Owns: owns})
+	reg := prometheus.NewRegistry()
+	f, err := New(Options{Owns: owns, Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,16 +133,37 @@ func TestSetInVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("changed", []string{kpLine, "192.168.10.90:8090/TCP wrr -> 192.168.10.12:30080*|,192.168.10.13:30080*|||"}, []string{"192.168.10.90"})
-	// Someone deletes Herald's service behind its back (kube-proxy in IPVS mode may):
-	// the next full reconciliation puts it back.
+	// Someone deletes Herald's state behind its back (kube-proxy in IPVS mode may): the
+	// next full reconciliation puts it back, and counts what it restored.
+	want := []string{kpLine, "192.168.10.90:8090/TCP wrr -> 192.168.10.12:30080*|,192.168.10.13:30080*|||"}
 	if err := h.DelService(ipvsService(web)); err != nil {
+		t.Fatal(err)
+	}
+	l, _ = netlink.LinkByName(LinkName)
+	if err := netlink.AddrDel(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP("192.168.10.90"), Mask: net.CIDRMask(32, 32)}}); err != nil {
 		t.Fatal(err)
 	}
 	f.Resync()
 	if err := f.Set([]Service{web}); err != nil {
 		t.Fatal(err)
 	}
-	check("restored after Resync", []string{kpLine, "192.168.10.90:8090/TCP wrr -> 192.168.10.12:30080*|,192.168.10.13:30080*|||"}, []string{"192.168.10.90"})
+	check("virtual service restored after Resync", want, []string{"192.168.10.90"})
+	if err := h.DelDestination(ipvsService(web), destination(web.RealServers[0])); err != nil {
+		t.Fatal(err)
+	}
+	f.Resync()
+	if err := f.Set([]Service{web}); err != nil {
+		t.Fatal(err)
+	}
+	check("real server restored after Resync", want, []string{"192.168.10.90"})
+	for kind, n := range map[string]float64{"virtual_service": 1, "real_server": 1} {
+		if got := testutil.ToFloat64(f.metrics.Restored.WithLabelValues(kind)); got != n {
+			t.Errorf("herald_forward_restored_total{kind=%q} = %v, want %v", kind, got, n)
+		}
+	}
+	if got := testutil.ToFloat64(f.metrics.RealServers); got != 2 {
+		t.Errorf("herald_forward_real_servers = %v, want 2", got)
+	}
 	if err := f.Set(nil); err != nil {
 		t.Fatal(err)
 	}
