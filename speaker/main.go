@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -62,11 +63,15 @@ func run() error {
 		qps         = flag.Float64("kube-api-qps", 0, "client-side limit on API requests per second; 0 leaves flow control to the API server")
 		logLevel    = flag.String("log-level", "info", "debug, info, warn or error")
 		logFormat   = flag.String("log-format", "json", "json or text")
+		prepare     = flag.Bool("prepare-forwarding", false, "set the sysctls IPVS forwarding needs and exit (the DaemonSet's privileged init container; the speaker itself then needs no write access to /proc/sys)")
 	)
 	flag.Parse()
 	logger, err := logging.New(os.Stderr, *logLevel, *logFormat)
 	if err != nil {
 		return err
+	}
+	if *prepare {
+		return prepareForwarding(logger)
 	}
 	if *nodeName == "" {
 		return errors.New("no node name: set --node-name or $NODE_NAME")
@@ -186,6 +191,23 @@ func run() error {
 	err = g.Wait()
 	logger.Info("speaker stopped")
 	return err
+}
+
+// prepareForwarding loads IPVS (asking for its netlink family makes the kernel load the
+// module) and sets the sysctls forwarding needs. A node without IPVS is not an error:
+// the speaker reports it and the node does not announce pools that forward.
+func prepareForwarding(logger *slog.Logger) error {
+	f, err := forward.New(forward.Options{Owns: func(netip.Addr) bool { return false }})
+	if err != nil {
+		logger.Warn("IPVS unavailable; this node will not forward", "err", err)
+		return nil
+	}
+	f.Close()
+	if err := forward.Sysctls(); err != nil {
+		return err
+	}
+	logger.Info("forwarding sysctls set")
+	return nil
 }
 
 // internalIP returns the node's InternalIP from its Node object (an IPv4 one when v4).

@@ -151,7 +151,7 @@ func (f *Forwarder) Set(services []Service) error {
 
 func (f *Forwarder) set(services []Service) error {
 	if !f.sysctls && len(services) > 0 {
-		if err := sysctls(); err != nil {
+		if err := Sysctls(); err != nil {
 			return err
 		}
 		f.sysctls = true
@@ -423,10 +423,10 @@ func (f *Forwarder) setAddresses(vips map[netip.Addr]bool) error {
 	return errors.Join(errs...)
 }
 
-// sysctls turns on what IPVS in NAT mode needs: forwarding, and conntrack for IPVS
+// Sysctls turns on what IPVS in NAT mode needs: forwarding, and conntrack for IPVS
 // connections (so replies can be matched and masqueraded). A value already right is not
 // written, so a speaker whose /proc/sys is read-only works where the host set them.
-func sysctls() error {
+func Sysctls() error {
 	for _, path := range []string{
 		"/proc/sys/net/ipv4/ip_forward",
 		"/proc/sys/net/ipv6/conf/all/forwarding",

@@ -264,6 +264,12 @@ func (s *Speaker) sync(ctx context.Context) {
 	in.Services = s.services()
 	in.Forwarders = s.forwarders(in.Nodes)
 	d := plan.Compute(in)
+	// Forwarding first: an address must be ready to take traffic before this node draws
+	// it with a gratuitous ARP or a route (a SYN dropped meanwhile costs the client a
+	// one-second retransmission). The full comparison with the kernel comes last, so that
+	// it never delays an announcement.
+	fwd := forwardServices(d.Forward)
+	s.applyForwarding(fwd)
 	owned := make([]layer2.Owned, len(d.Layer2))
 	for i, l := range d.Layer2 {
 		owned[i] = layer2.Owned{IP: l.IP, Interfaces: l.Interfaces}
@@ -277,17 +283,10 @@ func (s *Speaker) sync(ctx context.Context) {
 			s.log.Warn("BGP routes", "err", err)
 		}
 	}
-	if s.opts.Forward != nil && s.cfg != nil {
-		if s.resyncFwd {
-			s.opts.Forward.Resync()
-			s.resyncFwd = false
-		}
-		if err := s.opts.Forward.Set(forwardServices(d.Forward)); err != nil {
-			s.log.Warn("forwarding state not fully applied; retried in full in a second", "err", err)
-			if s.retrying.CompareAndSwap(false, true) {
-				time.AfterFunc(time.Second, func() { s.retrying.Store(false); s.poke() })
-			}
-		}
+	if s.resyncFwd && s.opts.Forward != nil {
+		s.resyncFwd = false
+		s.opts.Forward.Resync()
+		s.applyForwarding(fwd)
 	}
 	s.report(d)
 	s.mu.Lock()
@@ -316,6 +315,20 @@ func (s *Speaker) loadConfig() {
 	s.cfg = cfg
 	s.metrics.ConfigStale.Set(0)
 	s.log.Info("configuration loaded", "pools", len(cfg.Pools))
+}
+
+// applyForwarding hands the forwarder the whole desired set; a failure is retried, in
+// full, a second later.
+func (s *Speaker) applyForwarding(fwd []forward.Service) {
+	if s.opts.Forward == nil || s.cfg == nil {
+		return
+	}
+	if err := s.opts.Forward.Set(fwd); err != nil {
+		s.log.Warn("forwarding state not fully applied; retried in full in a second", "err", err)
+		if s.retrying.CompareAndSwap(false, true) {
+			time.AfterFunc(time.Second, func() { s.retrying.Store(false); s.poke() })
+		}
+	}
 }
 
 // Owns reports whether addr is in a pool of the configuration in force: the only
