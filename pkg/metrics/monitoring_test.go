@@ -43,6 +43,7 @@ func TestMonitoringUsesRealMetrics(t *testing.T) {
 	NewLayer2(d)
 	NewSpeaker(d)
 	NewBGP(d)
+	NewForward(d)
 
 	var rule struct {
 		Spec struct {
