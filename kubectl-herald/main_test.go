@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
 
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
 )
@@ -79,6 +80,14 @@ peers:
 		ObjectMeta:  metav1.ObjectMeta{Name: "local-1", Labels: map[string]string{discoveryv1.LabelServiceName: "local"}},
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{"10.244.1.5"}, NodeName: &node2, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}},
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To(""), Port: ptr.To[int32](8080)}},
+	}, metav1.CreateOptions{}))
+	// node3's speaker said its kernel has no IPVS.
+	must(client.CoreV1().Events("default").Create(ctx, &corev1.Event{
+		ObjectMeta:     metav1.ObjectMeta{GenerateName: "node3-"},
+		InvolvedObject: corev1.ObjectReference{Kind: "Node", Name: ns.Name + "-node3"},
+		Type:           corev1.EventTypeWarning, Reason: "IPVSUnavailable", Message: "no ip_vs",
+		Source: corev1.EventSource{Component: "herald-speaker"}, LastTimestamp: metav1.Now(),
 	}, metav1.CreateOptions{}))
 	must(client.CoreV1().Events(ns.Name).Create(ctx, &corev1.Event{
 		ObjectMeta:     metav1.ObjectMeta{GenerateName: "pending-"},
@@ -109,7 +118,7 @@ peers:
 	status := onlyNS(herald("status"))
 	for _, want := range []string{
 		ns.Name + "/local 192.168.10.91 default layer2 " + node2,
-		ns.Name + "/routed 198.51.100.1 bgp bgp " + ns.Name + "-node1," + node2 + "," + ns.Name + "-node3 (elected among Ready nodes) 192.168.10.1",
+		ns.Name + "/routed 198.51.100.1 bgp bgp " + ns.Name + "-node1," + node2 + " (elected among Ready nodes) 192.168.10.1",
 	} {
 		if !strings.Contains(status, want) {
 			t.Errorf("status lacks %q:\n%s", want, status)
@@ -131,6 +140,13 @@ peers:
 	explain = herald("explain", ns.Name+"/local")
 	if !strings.Contains(explain, "node "+node2+" announces 192.168.10.91") || !strings.Contains(explain, "no local endpoint") {
 		t.Errorf("explain local:\n%s", explain)
+	}
+	if !strings.Contains(explain, "IPVS on node "+node2+": 192.168.10.91:80/TCP, scheduler rr, keeping the client's address, to 1 real servers: 10.244.1.5:8080") {
+		t.Errorf("explain local does not say how IPVS forwards:\n%s", explain)
+	}
+	explain = herald("explain", ns.Name+"/routed")
+	if !strings.Contains(explain, "node "+ns.Name+"-node3 does not announce 198.51.100.1 (bgp, pool bgp): cannot forward.") {
+		t.Errorf("explain routed does not say node3 cannot forward:\n%s", explain)
 	}
 
 	dir := t.TempDir()

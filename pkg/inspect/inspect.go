@@ -227,16 +227,10 @@ func joinIPs(ips []netip.Addr) string {
 // and the absence of an IPVSUnavailable Event for the ability to forward.
 func (s *Snapshot) planInput(self string) plan.Input {
 	in := plan.Input{Config: s.Config, Self: self, Forwarders: map[string]bool{}}
-	for _, n := range s.Nodes {
+	for i := range s.Nodes {
+		n := &s.Nodes[i]
 		in.Forwarders[n.Name] = !s.NoIPVS[n.Name]
-		pn := plan.Node{Name: n.Name, Labels: n.Labels}
-		for _, c := range n.Status.Conditions {
-			if c.Type == corev1.NodeReady {
-				pn.Ready = c.Status == corev1.ConditionTrue
-			}
-		}
-		_, pn.Excluded = n.Labels[corev1.LabelNodeExcludeBalancers]
-		in.Nodes = append(in.Nodes, pn)
+		in.Nodes = append(in.Nodes, k8s.PlanNode(n))
 	}
 	bySvc := map[string][]*discoveryv1.EndpointSlice{}
 	for i := range s.Slices {
@@ -245,19 +239,9 @@ func (s *Snapshot) planInput(self string) plan.Input {
 		bySvc[key] = append(bySvc[key], es)
 	}
 	for _, svc := range s.managed() {
-		ips := k8s.IngressIPs(svc)
-		if len(ips) == 0 {
-			continue
+		if ips := k8s.IngressIPs(svc); len(ips) > 0 {
+			in.Services = append(in.Services, k8s.PlanService(svc, ips, bySvc[k8s.Key(svc)]))
 		}
-		ps := plan.Service{Key: k8s.Key(svc), IPs: ips, Local: svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal, EndpointNodes: map[string]bool{}}
-		for _, es := range bySvc[ps.Key] {
-			for _, ep := range es.Endpoints {
-				if ep.NodeName != nil && (ep.Conditions.Ready == nil || *ep.Conditions.Ready) {
-					ps.EndpointNodes[*ep.NodeName] = true
-				}
-			}
-		}
-		in.Services = append(in.Services, ps)
 	}
 	return in
 }
@@ -386,12 +370,54 @@ func (s *Snapshot) Explain(key string) ([]string, error) {
 				verb = "announces"
 			}
 			out = append(out, fmt.Sprintf("node %s %s %s (%s, pool %s): %s.", n.Name, verb, dec.IP, dec.Protocol, dec.Pool, strings.ReplaceAll(dec.Reason.String(), "_", " ")))
+			if pool, ok := s.Config.Pool(dec.Pool); ok && !pool.Forward && dec.Announce {
+				out = append(out, fmt.Sprintf("  pool %s does not forward: kube-proxy on node %s delivers the traffic (ipMode VIP).", dec.Pool, n.Name))
+			}
 		}
+		out = append(out, forwardLines(n.Name, svc, d.Forward)...)
 	}
 	if len(s.Nodes) == 0 {
 		out = append(out, "There are no nodes to announce it.")
 	}
 	return out, nil
+}
+
+// forwardLines says what IPVS on node does with the Service's ports.
+func forwardLines(node string, svc *corev1.Service, fs []plan.Forward) []string {
+	var out []string
+	ips := k8s.IngressIPs(svc)
+	for _, f := range fs {
+		ours := slices.Contains(ips, f.VIP) && slices.ContainsFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool {
+			return uint16(p.Port) == f.Port && string(cmp.Or(p.Protocol, corev1.ProtocolTCP)) == f.Proto
+		})
+		if !ours {
+			continue
+		}
+		var rs []string
+		for _, r := range f.RealServers {
+			rs = append(rs, netip.AddrPortFrom(r.Addr, r.Port).String())
+		}
+		if len(rs) > 6 {
+			rs = append(rs[:6], fmt.Sprintf("and %d more", len(rs)-6))
+		}
+		how := "masqueraded"
+		if !f.Masquerade {
+			how = "keeping the client's address"
+		}
+		line := fmt.Sprintf("  IPVS on node %s: %s/%s, scheduler %s, %s, to %d real servers: %s", node,
+			netip.AddrPortFrom(f.VIP, f.Port), f.Proto, cmp.Or(f.Scheduler, "rr"), how, len(f.RealServers), strings.Join(rs, ", "))
+		if len(f.RealServers) == 0 {
+			line = fmt.Sprintf("  IPVS on node %s: %s/%s has no real server (no ready node or endpoint): connections are refused.", node, netip.AddrPortFrom(f.VIP, f.Port), f.Proto)
+		}
+		if f.Persistence > 0 {
+			line += fmt.Sprintf(" (ClientIP affinity %s)", f.Persistence)
+		}
+		if len(f.SourceRanges) > 0 {
+			line += fmt.Sprintf(" (only from %v)", f.SourceRanges)
+		}
+		out = append(out, line)
+	}
+	return out
 }
 
 func (s *Snapshot) lastEvent(key, typ string) *corev1.Event {

@@ -21,7 +21,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
-	"k8s.io/utils/ptr"
 
 	"github.com/heraldlb/herald/pkg/bgp"
 	"github.com/heraldlb/herald/pkg/config"
@@ -392,21 +391,7 @@ func (s *Speaker) nodes() []plan.Node {
 	list, _ := s.factory.Core().V1().Nodes().Lister().List(labels.Everything())
 	out := make([]plan.Node, 0, len(list))
 	for _, n := range list {
-		pn := plan.Node{Name: n.Name, Labels: n.Labels}
-		for _, c := range n.Status.Conditions {
-			if c.Type == corev1.NodeReady {
-				pn.Ready = c.Status == corev1.ConditionTrue
-			}
-		}
-		_, pn.Excluded = n.Labels[corev1.LabelNodeExcludeBalancers]
-		for _, a := range n.Status.Addresses {
-			if a.Type == corev1.NodeInternalIP {
-				if ip, err := netip.ParseAddr(a.Address); err == nil {
-					pn.Addresses = append(pn.Addresses, ip)
-				}
-			}
-		}
-		out = append(out, pn)
+		out = append(out, k8s.PlanNode(n))
 	}
 	return out
 }
@@ -421,47 +406,10 @@ func (s *Speaker) services() []plan.Service {
 		if !k8s.Manages(svc, s.opts.LoadBalancerClass) || len(ips) == 0 {
 			continue
 		}
-		ps := plan.Service{Key: k8s.Key(svc), IPs: ips, Local: svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal}
-		// The controller reports an unusable annotation as an Event; here it means rr.
-		fw, _ := k8s.ForwardingOf(svc)
-		ps.Scheduler, ps.Persistence, ps.SourceRanges = fw.Scheduler, fw.Persistence, fw.SourceRanges
-		for _, p := range svc.Spec.Ports {
-			ps.Ports = append(ps.Ports, plan.Port{Name: p.Name, Proto: string(cmp.Or(p.Protocol, corev1.ProtocolTCP)), Port: uint16(p.Port), NodePort: uint16(p.NodePort)})
-		}
 		eps, _ := slicesLister.EndpointSlices(svc.Namespace).List(labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: svc.Name}))
-		ps.EndpointNodes, ps.Endpoints = readyEndpoints(eps)
-		out = append(out, ps)
+		out = append(out, k8s.PlanService(svc, ips, eps))
 	}
 	return out
-}
-
-// readyEndpoints returns the nodes with a ready endpoint, and the ready endpoints.
-func readyEndpoints(list []*discoveryv1.EndpointSlice) (map[string]bool, []plan.Endpoint) {
-	nodes := map[string]bool{}
-	var out []plan.Endpoint
-	for _, es := range list {
-		ports := map[string]uint16{}
-		for _, p := range es.Ports {
-			if p.Port != nil {
-				ports[ptr.Deref(p.Name, "")] = uint16(*p.Port)
-			}
-		}
-		for _, ep := range es.Endpoints {
-			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
-				continue
-			}
-			node := ptr.Deref(ep.NodeName, "")
-			if node != "" {
-				nodes[node] = true
-			}
-			for _, a := range ep.Addresses {
-				if ip, err := netip.ParseAddr(a); err == nil {
-					out = append(out, plan.Endpoint{Addr: ip, Node: node, Ports: ports})
-				}
-			}
-		}
-	}
-	return nodes, out
 }
 
 // report records, on change only, which Service addresses this node took or gave up.

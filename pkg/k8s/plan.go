@@ -1,0 +1,67 @@
+package k8s
+
+import (
+	"cmp"
+	"net/netip"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/heraldlb/herald/pkg/plan"
+)
+
+// PlanNode is a Node as the plan sees it.
+func PlanNode(n *corev1.Node) plan.Node {
+	pn := plan.Node{Name: n.Name, Labels: n.Labels}
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			pn.Ready = c.Status == corev1.ConditionTrue
+		}
+	}
+	_, pn.Excluded = n.Labels[corev1.LabelNodeExcludeBalancers]
+	for _, a := range n.Status.Addresses {
+		if a.Type == corev1.NodeInternalIP {
+			if ip, err := netip.ParseAddr(a.Address); err == nil {
+				pn.Addresses = append(pn.Addresses, ip)
+			}
+		}
+	}
+	return pn
+}
+
+// PlanService is a Service with the addresses in its status and its EndpointSlices, as
+// the plan sees it. An unusable forwarding annotation means the default here (the
+// controller reports it).
+func PlanService(svc *corev1.Service, ips []netip.Addr, slices []*discoveryv1.EndpointSlice) plan.Service {
+	ps := plan.Service{Key: Key(svc), IPs: ips, Local: svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal}
+	fw, _ := ForwardingOf(svc)
+	ps.Scheduler, ps.Persistence, ps.SourceRanges = fw.Scheduler, fw.Persistence, fw.SourceRanges
+	for _, p := range svc.Spec.Ports {
+		ps.Ports = append(ps.Ports, plan.Port{Name: p.Name, Proto: string(cmp.Or(p.Protocol, corev1.ProtocolTCP)), Port: uint16(p.Port), NodePort: uint16(p.NodePort)})
+	}
+	ps.EndpointNodes = map[string]bool{}
+	for _, es := range slices {
+		ports := map[string]uint16{}
+		for _, p := range es.Ports {
+			if p.Port != nil {
+				ports[ptr.Deref(p.Name, "")] = uint16(*p.Port)
+			}
+		}
+		for _, ep := range es.Endpoints {
+			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
+				continue
+			}
+			node := ptr.Deref(ep.NodeName, "")
+			if node != "" {
+				ps.EndpointNodes[node] = true
+			}
+			for _, a := range ep.Addresses {
+				if ip, err := netip.ParseAddr(a); err == nil {
+					ps.Endpoints = append(ps.Endpoints, plan.Endpoint{Addr: ip, Node: node, Ports: ports})
+				}
+			}
+		}
+	}
+	return ps
+}
