@@ -23,12 +23,12 @@ test: deps control-plane ## every test: unit, fuzz seeds, property, real API ser
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v /e2e)
 	@# Tests that need ip_vs, inside a VM booted from Debian's cloud kernel (qemu, no KVM).
-	$(GO) run ./hack/vm ./hack/vm ./pkg/forward
+	$(GO) run ./hack/vm -control-plane -run InVM -timeout 20m ./hack/vm ./pkg/forward ./pkg/speaker
 	@# The end-to-end tests alone, so that no other test's CPU load skews their failovers.
 	$(GO) test -count=1 -timeout 30m ./e2e
 
-vm-test: deps ## only the tests that run inside the ip_vs VM
-	$(GO) run ./hack/vm ./hack/vm ./pkg/forward
+vm-test: deps control-plane ## only the tests that run inside the ip_vs VM
+	$(GO) run ./hack/vm -control-plane -run InVM -timeout 20m ./hack/vm ./pkg/forward ./pkg/speaker
 
 bench: control-plane ## the benchmarks quoted in the README
 	$(GO) test -run '^$$' -bench Assign100k -benchmem -benchtime 5x ./pkg/ipam

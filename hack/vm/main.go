@@ -1,13 +1,15 @@
 // Command vm runs a package's tests inside a virtual machine booted from Debian's cloud
 // kernel, whose modules include ip_vs (this machine's kernel has none).
 //
-//	go run ./hack/vm [-run REGEXP | -bench REGEXP] [-timeout 5m] PACKAGE...
+//	go run ./hack/vm [-run REGEXP | -bench REGEXP] [-timeout 5m] [-control-plane] PACKAGE...
 //
 // It downloads linux-image-cloud-amd64 with apt-get download (once, cached in
 // ~/.cache/herald/vm), builds each package's test binary statically, packs them with
 // busybox-static and the needed modules into an initramfs, boots it with
 // qemu-system-x86_64 -accel tcg, streams the console, and exits with the tests' status.
-// Inside, the tests see HERALD_IN_VM=1. Needs: qemu-system-x86, busybox-static, cpio, xz-utils.
+// Inside, the tests see HERALD_IN_VM=1. With -control-plane, etcd and kube-apiserver go
+// in too (HERALD_CONTROL_PLANE_BIN points the tests at them) and the VM gets more memory.
+// Needs: qemu-system-x86, busybox-static, cpio, xz-utils.
 package main
 
 import (
@@ -36,6 +38,7 @@ func main() {
 	run := flag.String("run", ".", "tests to run (-test.run)")
 	bench := flag.String("bench", "", "benchmarks to run instead of the tests (-test.bench, once each)")
 	timeout := flag.Duration("timeout", 10*time.Minute, "limit for the whole VM run")
+	cp := flag.Bool("control-plane", false, "put etcd and kube-apiserver (hack/build-control-plane.sh) in the VM for the tests")
 	flag.Parse()
 	if flag.NArg() == 0 {
 		fmt.Fprintln(os.Stderr, "usage: vm [-run REGEXP] [-timeout D] PACKAGE...")
@@ -45,7 +48,7 @@ func main() {
 	if *bench != "" {
 		args = "-test.run '^$' -test.benchtime 1x -test.bench '" + strings.ReplaceAll(*bench, "'", "") + "'"
 	}
-	code, err := vm(flag.Args(), args, *timeout)
+	code, err := vm(flag.Args(), args, *timeout, *cp)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "vm:", err)
 		os.Exit(2)
@@ -53,7 +56,7 @@ func main() {
 	os.Exit(code)
 }
 
-func vm(pkgs []string, testArgs string, timeout time.Duration) (int, error) {
+func vm(pkgs []string, testArgs string, timeout time.Duration, controlPlane bool) (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	kernel, modDir, err := fetchKernel(ctx)
@@ -79,6 +82,21 @@ func vm(pkgs []string, testArgs string, timeout time.Duration) (int, error) {
 			return 0, fmt.Errorf("build the tests of %s: %v\n%s", pkg, err, out)
 		}
 	}
+	memory, env := "1024", "HERALD_IN_VM=1"
+	if controlPlane {
+		out, err := exec.CommandContext(ctx, "hack/build-control-plane.sh").Output()
+		if err != nil {
+			return 0, fmt.Errorf("hack/build-control-plane.sh: %w", err)
+		}
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		dir := lines[len(lines)-1]
+		for _, b := range []string{"etcd", "kube-apiserver"} {
+			if err := copyFile(filepath.Join(dir, b), filepath.Join(root, "bin", b), 0o755); err != nil {
+				return 0, err
+			}
+		}
+		memory, env = "3072", env+" HERALD_CONTROL_PLANE_BIN=/bin"
+	}
 	if err := copyFile("/bin/busybox", filepath.Join(root, "bin", "busybox"), 0o755); err != nil {
 		return 0, fmt.Errorf("busybox-static: %w", err)
 	}
@@ -93,7 +111,7 @@ func vm(pkgs []string, testArgs string, timeout time.Duration) (int, error) {
 		init += "insmod /lib/modules/" + m + " 2>/dev/null || echo 'insmod " + m + " failed'\n"
 	}
 	init += "ip link set lo up\ncd /tmp\nrc=0\nfor t in /tests/*; do\n  echo \"== $t\"\n" +
-		"  HERALD_IN_VM=1 $t " + testArgs + " || rc=1\ndone\n" +
+		"  " + env + " $t " + testArgs + " || rc=1\ndone\n" +
 		"echo \"HERALD-VM-RESULT $rc\"\npoweroff -f\n"
 	if err := os.WriteFile(filepath.Join(root, "init"), []byte(init), 0o755); err != nil {
 		return 0, err
@@ -103,7 +121,7 @@ func vm(pkgs []string, testArgs string, timeout time.Duration) (int, error) {
 	if out, err := pack.CombinedOutput(); err != nil {
 		return 0, fmt.Errorf("pack the initramfs: %v\n%s", err, out)
 	}
-	qemu := exec.CommandContext(ctx, "qemu-system-x86_64", "-accel", "tcg", "-m", "1024", "-smp", "1",
+	qemu := exec.CommandContext(ctx, "qemu-system-x86_64", "-accel", "tcg", "-m", memory, "-smp", "1",
 		"-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio",
 		"-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet")
 	out, err := qemu.StdoutPipe()

@@ -92,6 +92,7 @@ func TestSetInVM(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	t.Cleanup(func() { _ = h.DelService(kp) }) // the next test in this VM starts clean
 	_ = netlink.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: LinkName}})
 	l, _ := netlink.LinkByName(LinkName)
 	_ = netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP("192.168.10.99"), Mask: net.CIDRMask(32, 32)}})

@@ -1,12 +1,9 @@
 package forward
 
 import (
-	"bufio"
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
-	"strings"
 	"testing"
 	"time"
 
@@ -19,85 +16,11 @@ import (
 // inNS runs f on a thread inside ns; sockets it opens stay there.
 var inNS = netlab.InNamespace
 
-// host is a network namespace linked to the root namespace (the node) by a veth, with
-// address 10.N.0.2/24 and its default route through the node's 10.N.0.1.
-func host(t testing.TB, n int) netns.NsHandle {
-	t.Helper()
-	name := fmt.Sprintf("h%d", n)
-	var ns netns.NsHandle
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, _ := netns.Get()
-		h, err := netns.NewNamed(name) // switches this thread into it
-		if err == nil {
-			ns = h
-			err = netns.Set(orig)
-		}
-		if err == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	if err := <-errc; err != nil {
-		t.Fatalf("namespace %s: %v", name, err)
-	}
-	t.Cleanup(func() { _ = netns.DeleteNamed(name) })
-	root, peer := fmt.Sprintf("v%d", n), fmt.Sprintf("v%dp", n)
-	if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: root}, PeerName: peer}); err != nil {
-		t.Fatal(err)
-	}
-	l, _ := netlink.LinkByName(root)
-	_ = netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(10, byte(n), 0, 1), Mask: net.CIDRMask(24, 32)}})
-	_ = netlink.LinkSetUp(l)
-	p, _ := netlink.LinkByName(peer)
-	if err := netlink.LinkSetNsFd(p, int(ns)); err != nil {
-		t.Fatal(err)
-	}
-	err := inNS(ns, func() error {
-		lo, _ := netlink.LinkByName("lo")
-		_ = netlink.LinkSetUp(lo)
-		p, err := netlink.LinkByName(peer)
-		if err != nil {
-			return err
-		}
-		if err := netlink.AddrAdd(p, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(10, byte(n), 0, 2), Mask: net.CIDRMask(24, 32)}}); err != nil {
-			return err
-		}
-		if err := netlink.LinkSetUp(p); err != nil {
-			return err
-		}
-		return netlink.RouteAdd(&netlink.Route{Gw: net.IPv4(10, byte(n), 0, 1)})
-	})
-	if err != nil {
-		t.Fatalf("configure %s: %v", name, err)
-	}
-	return ns
-}
+func host(t testing.TB, n int) netns.NsHandle { return netlab.LinkedHost(t, n) }
 
 // serve answers every connection to 10.N.0.2:30080 in ns with name.
 func serve(t testing.TB, ns netns.NsHandle, n int, name string) {
-	t.Helper()
-	var l net.Listener
-	if err := inNS(ns, func() error {
-		var err error
-		l, err = net.Listen("tcp", fmt.Sprintf("10.%d.0.2:30080", n))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			src, _, _ := net.SplitHostPort(c.RemoteAddr().String())
-			fmt.Fprintln(c, name, src) // who answered, and whom it saw
-			c.Close()
-		}
-	}()
+	netlab.ServeName(t, ns, fmt.Sprintf("10.%d.0.2:30080", n), name)
 }
 
 // ask connects from the client namespace to addr and returns who answered.
@@ -110,26 +33,7 @@ func ask(t *testing.T, client netns.NsHandle, addr string) string {
 	return who
 }
 
-// tryAsk connects from the client namespace to addr and returns who answered and the
-// source address the backend saw.
-func tryAsk(client netns.NsHandle, addr string, limit time.Duration) (string, string, error) {
-	var c net.Conn
-	if err := inNS(client, func() error {
-		var err error
-		c, err = net.DialTimeout("tcp", addr, limit)
-		return err
-	}); err != nil {
-		return "", "", fmt.Errorf("connect to %s: %w", addr, err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(limit))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil {
-		return "", "", fmt.Errorf("read from %s: %w", addr, err)
-	}
-	who, saw, _ := strings.Cut(strings.TrimSpace(line), " ")
-	return who, saw, nil
-}
+var tryAsk = netlab.Ask
 
 // Real traffic through IPVS on Debian's kernel: a client namespace connects to the VIP,
 // this (root) namespace is the node, and two backend namespaces stand in for the

@@ -129,6 +129,9 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 		// address, and nothing here reaches the API server through a Service.
 		"--endpoint-reconciler-type=none",
 		"--disable-admission-plugins=ServiceAccount",
+		// As kubeadm and most distributions run it: kube-proxy is privileged, and so is
+		// the speaker's init container that sets the forwarding sysctls.
+		"--allow-privileged=true",
 		"--profiling=false",
 	); err != nil {
 		return nil, err

@@ -1,0 +1,174 @@
+package speaker
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moby/ipvs"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/heraldlb/herald/e2e/netlab"
+	"github.com/heraldlb/herald/pkg/forward"
+	"github.com/heraldlb/herald/pkg/k8s"
+	"github.com/heraldlb/herald/pkg/k8s/k8stest"
+)
+
+// TestSpeakerForwardsInVM runs the speaker with the real forwarder on Debian's kernel, with
+// the real API server in the VM too (go run ./hack/vm -control-plane -run InVM
+// ./pkg/speaker): this (root) namespace is node n1, which announces the address; h12 and
+// h13 are nodes n2 and n3 with a stand-in for kube-proxy on the Service's NodePort; h11
+// is the client, routed to the address through n1. Real TCP connections show where the
+// traffic goes as nodes come and go and the speaker restarts.
+func TestSpeakerForwardsInVM(t *testing.T) {
+	if os.Getenv("HERALD_IN_VM") == "" {
+		t.Skip("needs ip_vs: runs inside the VM (go run ./hack/vm -control-plane ./pkg/speaker, part of make test)")
+	}
+	cp := k8stest.Shared(t)
+	c := kubernetes.NewForConfigOrDie(cp.Config)
+	ctx := context.Background()
+	ns, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "vm-"}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "config"},
+		Data: map[string]string{"config": "address-pools:\n- {name: lan, protocol: layer2, addresses: [192.168.10.90-192.168.10.99]}\n"}}
+	if _, err := c.CoreV1().ConfigMaps(ns.Name).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	client := netlab.LinkedHost(t, 11)
+	n2, n3 := netlab.LinkedHost(t, 12), netlab.LinkedHost(t, 13)
+	createNode(t, c, "n1", "10.11.0.1", true)
+	createNode(t, c, "n2", "10.12.0.2", true)
+	createNode(t, c, "n3", "10.13.0.2", true)
+	svc := createService(t, c, ns.Name, "web", "192.168.10.90", nil)
+	np := svc.Spec.Ports[0].NodePort
+	netlab.ServeName(t, n2, fmt.Sprintf("10.12.0.2:%d", np), "n2")
+	netlab.ServeName(t, n3, fmt.Sprintf("10.13.0.2:%d", np), "n3")
+	root, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	netlab.ServeName(t, root, fmt.Sprintf("10.11.0.1:%d", np), "n1") // n1's own kube-proxy stand-in
+	if err := netlab.InNamespace(client, func() error {
+		return netlink.RouteAdd(&netlink.Route{Dst: &net.IPNet{IP: net.IPv4(192, 168, 10, 0), Mask: net.CIDRMask(24, 32)}, Gw: net.IPv4(10, 11, 0, 1)})
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	h, err := ipvs.New("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	members := &fakeMembers{meta: map[string][]byte{}, changed: make(chan struct{}, 1)}
+	members.set("n1", true) // only n1 can forward, so it owns the address
+	members.set("n2", false)
+	members.set("n3", false)
+	start := func() (stop func()) {
+		var spk *Speaker
+		fwd, err := forward.New(forward.Options{Owns: func(a netip.Addr) bool { return spk.Owns(a) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		spk, err = New(Options{Client: c, NodeName: "n1", Config: k8s.ConfigRef{Namespace: ns.Name}, Layer2: &layer2Rec{},
+			Members: members, Forward: fwd, ResyncPeriod: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		runCtx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- spk.Run(runCtx) }()
+		stopped := false
+		stop = func() {
+			if !stopped {
+				cancel()
+				<-done
+				fwd.Close()
+				stopped = true
+			}
+		}
+		t.Cleanup(stop)
+		return stop
+	}
+	// answers asks the address 30 times (bounded: 2 s each at most) and returns who answered.
+	answers := func() []string {
+		seen := map[string]bool{}
+		for range 30 {
+			if who, _, err := netlab.Ask(client, "192.168.10.90:80", 2*time.Second); err == nil {
+				seen[who] = true
+			}
+		}
+		var out []string
+		for w := range seen {
+			out = append(out, w)
+		}
+		slices.Sort(out)
+		return out
+	}
+	waitAnswers := func(want ...string) {
+		t.Helper()
+		var got []string
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if got = answers(); slices.Equal(got, want) {
+				return
+			}
+		}
+		t.Fatalf("answered by %v, want %v", got, want)
+	}
+	kernelState := func() string {
+		svcs, _ := h.GetServices()
+		var out []string
+		for _, s := range svcs {
+			if !s.Address.Equal(net.IPv4(192, 168, 10, 90)) {
+				continue // not Herald's
+			}
+			dests, _ := h.GetDestinations(s)
+			var ds []string
+			for _, d := range dests {
+				ds = append(ds, fmt.Sprintf("%s:%d", d.Address, d.Port))
+			}
+			slices.Sort(ds)
+			out = append(out, fmt.Sprintf("%s:%d -> %s", s.Address, s.Port, strings.Join(ds, ",")))
+		}
+		slices.Sort(out)
+		return strings.Join(out, "; ")
+	}
+
+	stop := start()
+	waitAnswers("n1", "n2", "n3")
+
+	// n3 goes NotReady: its real server goes, and no connection reaches it.
+	node, err := c.CoreV1().Nodes().Get(ctx, "n3", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	setNode(t, c, node, "10.13.0.2", false)
+	waitAnswers("n1", "n2")
+	want := fmt.Sprintf("192.168.10.90:80 -> 10.11.0.1:%d,10.12.0.2:%d", np, np)
+	if got := kernelState(); got != want {
+		t.Errorf("IPVS holds %q, want %q", got, want)
+	}
+
+	// A stopped speaker leaves nothing; a restarted one puts back exactly the same.
+	stop()
+	if got := kernelState(); got != "" {
+		t.Errorf("after the speaker stopped, IPVS holds %q", got)
+	}
+	start()
+	waitAnswers("n1", "n2")
+	if got := kernelState(); got != want {
+		t.Errorf("after a restart IPVS holds %q, want %q", got, want)
+	}
+}
