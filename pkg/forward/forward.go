@@ -97,6 +97,9 @@ type Forwarder struct {
 	metrics *metrics.Forward
 	ipvs    *ipvs.Handle
 	synced  bool // the kernel has been reconciled in full since New or Resync
+	// onLink are the addresses herald0 held when the last full reconciliation began:
+	// Herald's too, even if no pool holds them any more (a pool deleted from the config).
+	onLink map[netip.Addr]bool
 	sysctls bool // the sysctls were set since New or Resync
 
 	applied map[key]Service // what the last successful Set put in place
@@ -169,6 +172,9 @@ func (f *Forwarder) set(services []Service) error {
 		want[s.key()] = s
 		vips[s.VIP] = true
 	}
+	if !f.synced {
+		f.onLink = herald0Addrs()
+	}
 	var errs []error
 	if nk := nftKey(services); !f.synced || nk != f.nftKey {
 		// The kernel must not answer ARP for an address before it is on herald0.
@@ -188,7 +194,7 @@ func (f *Forwarder) set(services []Service) error {
 	}
 	for _, hs := range have {
 		vip, ok := netip.AddrFromSlice(hs.Address)
-		if !ok || hs.FWMark != 0 || !f.owns(vip.Unmap()) {
+		if !ok || hs.FWMark != 0 || !f.mine(vip.Unmap()) {
 			continue // not Herald's: kube-proxy's, or another tool's
 		}
 		k := key{vip.Unmap(), hs.Port, Proto(hs.Protocol)}
@@ -374,6 +380,25 @@ func (f *Forwarder) update(have *ipvs.Service, s Service, had []RealServer) erro
 	return errors.Join(errs...)
 }
 
+// mine reports whether an address is Herald's to remove: in a pool, or found on herald0.
+func (f *Forwarder) mine(a netip.Addr) bool { return f.owns(a) || f.onLink[a] }
+
+// herald0Addrs returns the addresses on herald0 (none when it does not exist).
+func herald0Addrs() map[netip.Addr]bool {
+	out := map[netip.Addr]bool{}
+	link, err := netlink.LinkByName(LinkName)
+	if err != nil {
+		return out
+	}
+	addrs, _ := netlink.AddrList(link, netlink.FAMILY_ALL)
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && !ip.IsLinkLocalUnicast() {
+			out[ip.Unmap()] = true
+		}
+	}
+	return out
+}
+
 // setAddresses makes herald0 (created if missing, up) hold exactly vips among Herald's
 // addresses, each as a host route.
 func (f *Forwarder) setAddresses(vips map[netip.Addr]bool) error {
@@ -402,7 +427,7 @@ func (f *Forwarder) setAddresses(vips map[netip.Addr]bool) error {
 		}
 		ip = ip.Unmap()
 		have[ip] = true
-		if !vips[ip] && f.owns(ip) {
+		if !vips[ip] && f.mine(ip) {
 			if err := netlink.AddrDel(link, &a); err != nil {
 				errs = append(errs, fmt.Errorf("remove %s from %s: %w", ip, LinkName, err))
 			}

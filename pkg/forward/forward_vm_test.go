@@ -87,7 +87,10 @@ func TestSetInVM(t *testing.T) {
 	// run left: a service and its address on herald0.
 	kp := &ipvs.Service{Address: net.ParseIP("10.96.0.1"), Protocol: syscall.IPPROTO_TCP, Port: 443, SchedName: "rr", AddressFamily: syscall.AF_INET, Netmask: 0xffffffff}
 	old := &ipvs.Service{Address: net.ParseIP("192.168.10.99"), Protocol: syscall.IPPROTO_TCP, Port: 80, SchedName: "rr", AddressFamily: syscall.AF_INET, Netmask: 0xffffffff}
-	for _, s := range []*ipvs.Service{kp, old} {
+	// An address of a pool deleted from the configuration since: no pool holds it, but
+	// it is on herald0, so it is Herald's to remove.
+	gone := &ipvs.Service{Address: net.ParseIP("172.30.0.1"), Protocol: syscall.IPPROTO_TCP, Port: 80, SchedName: "rr", AddressFamily: syscall.AF_INET, Netmask: 0xffffffff}
+	for _, s := range []*ipvs.Service{kp, old, gone} {
 		if err := h.NewService(s); err != nil {
 			t.Fatal(err)
 		}
@@ -96,6 +99,7 @@ func TestSetInVM(t *testing.T) {
 	_ = netlink.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: LinkName}})
 	l, _ := netlink.LinkByName(LinkName)
 	_ = netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP("192.168.10.99"), Mask: net.CIDRMask(32, 32)}})
+	_ = netlink.AddrAdd(l, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP("172.30.0.1"), Mask: net.CIDRMask(32, 32)}})
 
 	reg := prometheus.NewRegistry()
 	f, err := New(Options{Owns: owns, Registerer: reg})
