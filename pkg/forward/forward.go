@@ -99,7 +99,7 @@ type Forwarder struct {
 	synced  bool // the kernel has been reconciled in full since New or Resync
 	// onLink are the addresses herald0 held when the last full reconciliation began:
 	// Herald's too, even if no pool holds them any more (a pool deleted from the config).
-	onLink map[netip.Addr]bool
+	onLink  map[netip.Addr]bool
 	sysctls bool // the sysctls were set since New or Resync
 
 	applied map[key]Service // what the last successful Set put in place
