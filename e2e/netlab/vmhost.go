@@ -14,6 +14,15 @@ import (
 	"github.com/vishvananda/netns"
 )
 
+// RequireVM skips a test that needs ip_vs outside the VM that hack/vm boots, saying how
+// to run it.
+func RequireVM(t testing.TB) {
+	t.Helper()
+	if os.Getenv("HERALD_IN_VM") == "" {
+		t.Skip("needs ip_vs: runs inside the VM (go run ./hack/vm -control-plane -run InVM PACKAGE, part of make test)")
+	}
+}
+
 // LinkedHost makes namespace hN linked to the current (root) namespace by a veth, with
 // address 10.N.0.2/24 and its default route through the root's 10.N.0.1. The root
 // namespace is the node under test, so this is for tests inside the VM only

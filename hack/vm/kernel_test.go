@@ -2,26 +2,26 @@ package main
 
 import (
 	"net"
-	"os"
 	"syscall"
 	"testing"
 
 	"github.com/moby/ipvs"
+
+	"github.com/heraldlb/herald/e2e/netlab"
+	"github.com/heraldlb/herald/pkg/plan"
 )
 
 // TestIPVSInVM checks, on Debian's kernel inside the VM, that the netlink IPVS library
 // programs the kernel: a virtual service per scheduler Herald offers, with two real
 // servers each, read back as written, then removed.
 func TestIPVSInVM(t *testing.T) {
-	if os.Getenv("HERALD_IN_VM") == "" {
-		t.Skip("runs inside the VM: go run ./hack/vm ./hack/vm")
-	}
+	netlab.RequireVM(t)
 	h, err := ipvs.New("")
 	if err != nil {
 		t.Fatalf("open IPVS netlink: %v", err)
 	}
 	defer h.Close()
-	for i, sched := range []string{"rr", "wrr", "lc", "wlc", "sh", "dh", "sed", "nq", "mh"} {
+	for i, sched := range plan.Schedulers {
 		svc := &ipvs.Service{
 			Address: net.IPv4(192, 168, 10, byte(90+i)), Protocol: syscall.IPPROTO_TCP, Port: 8090,
 			AddressFamily: syscall.AF_INET, SchedName: sched, Netmask: 0xffffffff,
@@ -39,8 +39,8 @@ func TestIPVSInVM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(svcs) != 9 {
-		t.Fatalf("%d virtual services in the kernel, want 9", len(svcs))
+	if len(svcs) != len(plan.Schedulers) {
+		t.Fatalf("%d virtual services in the kernel, want %d", len(svcs), len(plan.Schedulers))
 	}
 	for _, s := range svcs {
 		dests, err := h.GetDestinations(s)

@@ -26,12 +26,23 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/heraldlb/herald/pkg/k8s/k8stest"
+	"github.com/heraldlb/herald/pkg/plan"
 )
 
 // modules the tests need; their dependencies are added from modules.dep.
-var modules = []string{
-	"ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_lc", "ip_vs_wlc", "ip_vs_sh", "ip_vs_dh", "ip_vs_sed", "ip_vs_nq", "ip_vs_mh",
-	"nf_conntrack", "nf_defrag_ipv4", "nf_defrag_ipv6", "veth", "dummy", "bridge", "nf_tables", "nft_chain_nat", "nft_masq", "nft_ct",
+// Each IPVS scheduler Herald offers is a module of its own.
+var modules = append([]string{
+	"ip_vs", "nf_conntrack", "nf_defrag_ipv4", "nf_defrag_ipv6", "veth", "dummy", "bridge", "nf_tables", "nft_chain_nat", "nft_masq", "nft_ct",
+}, schedulerModules()...)
+
+func schedulerModules() []string {
+	var out []string
+	for _, s := range plan.Schedulers {
+		out = append(out, "ip_vs_"+s)
+	}
+	return out
 }
 
 func main() {
@@ -84,12 +95,10 @@ func vm(pkgs []string, testArgs string, timeout time.Duration, controlPlane bool
 	}
 	memory, env := "1024", "HERALD_IN_VM=1"
 	if controlPlane {
-		out, err := exec.CommandContext(ctx, "hack/build-control-plane.sh").Output()
+		dir, err := k8stest.Binaries(ctx)
 		if err != nil {
-			return 0, fmt.Errorf("hack/build-control-plane.sh: %w", err)
+			return 0, err
 		}
-		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-		dir := lines[len(lines)-1]
 		for _, b := range []string{"etcd", "kube-apiserver"} {
 			if err := copyFile(filepath.Join(dir, b), filepath.Join(root, "bin", b), 0o755); err != nil {
 				return 0, err

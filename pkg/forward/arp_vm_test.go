@@ -14,7 +14,7 @@ import (
 // The node's kernel answers ARP for an address on herald0 unless Herald suppresses it;
 // after Set it is silent, for IPv4 and IPv6.
 func TestKernelSilentForVIPsInVM(t *testing.T) {
-	inVM(t)
+	netlab.RequireVM(t)
 	host(t, 4) // a client namespace h4 on a veth v4 <-> v4p, 10.4.0.2
 	_ = netlink.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: LinkName}})
 	l, _ := netlink.LinkByName(LinkName)

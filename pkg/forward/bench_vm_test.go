@@ -2,11 +2,12 @@ package forward
 
 import (
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/heraldlb/herald/e2e/netlab"
 )
 
 func manyServices(n int) []Service {
@@ -72,9 +73,7 @@ func BenchmarkProgram(b *testing.B) {
 // through one VIP to two backends, 8 connections at a time for 3 seconds (bounded), on
 // Debian's kernel under qemu's software emulation.
 func BenchmarkConnections(b *testing.B) {
-	if os.Getenv("HERALD_IN_VM") == "" {
-		b.Skip("runs inside the VM")
-	}
+	netlab.RequireVM(b)
 	client := host(b, 11)
 	b12, b13 := host(b, 12), host(b, 13)
 	serve(b, b12, 12, "b12")

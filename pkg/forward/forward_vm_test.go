@@ -3,7 +3,6 @@ package forward
 import (
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"syscall"
@@ -14,13 +13,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/vishvananda/netlink"
-)
 
-func inVM(t *testing.T) {
-	if os.Getenv("HERALD_IN_VM") == "" {
-		t.Skip("needs ip_vs: runs inside the VM (go run ./hack/vm ./pkg/forward, part of make test)")
-	}
-}
+	"github.com/heraldlb/herald/e2e/netlab"
+)
 
 var pools = []netip.Prefix{netip.MustParsePrefix("192.168.10.0/24"), netip.MustParsePrefix("fd10::/64")}
 
@@ -77,7 +72,7 @@ func rs(addr string, port uint16, w int) RealServer {
 }
 
 func TestSetInVM(t *testing.T) {
-	inVM(t)
+	netlab.RequireVM(t)
 	h, err := ipvs.New("")
 	if err != nil {
 		t.Fatal(err)

@@ -39,7 +39,7 @@ var tryAsk = netlab.Ask
 // this (root) namespace is the node, and two backend namespaces stand in for the
 // Service's NodePorts on two nodes.
 func TestTrafficInVM(t *testing.T) {
-	inVM(t)
+	netlab.RequireVM(t)
 	client := host(t, 1)
 	b2, b3 := host(t, 2), host(t, 3)
 	serve(t, b2, 2, "backend-2")
@@ -89,7 +89,7 @@ func TestTrafficInVM(t *testing.T) {
 // them there; without it (Local) the backend sees the client's own address. Source ranges
 // drop other clients before IPVS.
 func TestMasqueradeAndSourceRangesInVM(t *testing.T) {
-	inVM(t)
+	netlab.RequireVM(t)
 	client := host(t, 6)
 	far := host(t, 7)  // its default route does not lead back through the node
 	near := host(t, 8) // routes through the node, like a local endpoint
