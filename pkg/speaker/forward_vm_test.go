@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -31,9 +30,7 @@ import (
 // is the client, routed to the address through n1. Real TCP connections show where the
 // traffic goes as nodes come and go and the speaker restarts.
 func TestSpeakerForwardsInVM(t *testing.T) {
-	if os.Getenv("HERALD_IN_VM") == "" {
-		t.Skip("needs ip_vs: runs inside the VM (go run ./hack/vm -control-plane ./pkg/speaker, part of make test)")
-	}
+	netlab.RequireVM(t)
 	cp := k8stest.Shared(t)
 	c := kubernetes.NewForConfigOrDie(cp.Config)
 	ctx := context.Background()
@@ -87,20 +84,8 @@ func TestSpeakerForwardsInVM(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		runCtx, cancel := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- spk.Run(runCtx) }()
-		stopped := false
-		stop = func() {
-			if !stopped {
-				cancel()
-				<-done
-				fwd.Close()
-				stopped = true
-			}
-		}
-		t.Cleanup(stop)
-		return stop
+		t.Cleanup(fwd.Close)
+		return run(t, spk)
 	}
 	// answers asks the address 30 times (bounded: 2 s each at most) and returns who answered.
 	answers := func() []string {

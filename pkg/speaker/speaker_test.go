@@ -98,6 +98,17 @@ func (m *fakeMembers) set(name string, ipvs bool) {
 	}
 }
 
+// run runs s until the returned stop is called (once or more) or the test ends.
+func run(t *testing.T, s *Speaker) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	return stop
+}
+
 func eventually(t *testing.T, cond func() (bool, string)) {
 	t.Helper()
 	var why string
@@ -218,18 +229,7 @@ address-pools:
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- s.Run(runCtx) }()
-	stopped := false
-	stop := func() {
-		if !stopped {
-			cancel()
-			<-done
-			stopped = true
-		}
-	}
-	t.Cleanup(stop)
+	stop := run(t, s)
 
 	cluster := createService(t, c, ns.Name, "cluster", "192.168.10.90", func(s *corev1.Service) {
 		s.Annotations = map[string]string{k8s.AnnotationIPVSScheduler: "wrr"}
@@ -309,10 +309,7 @@ func TestCannotForwardIsReported(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	run(t, s)
 	eventually(t, func() (bool, string) {
 		evs, err := c.CoreV1().Events("default").List(context.Background(), metav1.ListOptions{FieldSelector: "involvedObject.kind=Node,involvedObject.name=noipvs,reason=IPVSUnavailable"})
 		if err != nil {
