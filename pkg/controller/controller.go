@@ -70,7 +70,7 @@ type Controller struct {
 	alloc    *ipam.Allocator // nil until a configuration is accepted
 	cfg      *config.Config
 	pending  map[string]bool   // Services waiting for an address
-	reported map[string]string // the last problem recorded as an Event, per Service
+	reported map[string]map[string]string // per Service, per kind of problem: the last one recorded as an Event
 
 	ready atomic.Bool
 }
@@ -91,7 +91,7 @@ func New(opts Options) (*Controller, error) {
 		log:      opts.Logger,
 		events:   k8s.NewEvents(opts.Client, "herald-controller"),
 		pending:  map[string]bool{},
-		reported: map[string]string{},
+		reported: map[string]map[string]string{},
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.DefaultTypedControllerRateLimiter[string](),
 			workqueue.TypedRateLimitingQueueConfig[string]{Name: "herald-controller"}),
@@ -430,9 +430,7 @@ func (c *Controller) release(key string) bool {
 		c.alloc.Release(key)
 	}
 	delete(c.pending, key)
-	for _, topic := range []string{"", "annotation"} {
-		delete(c.reported, key+"\x00"+topic)
-	}
+	delete(c.reported, key)
 	c.mu.Unlock()
 	if held {
 		c.retryPending()
@@ -482,10 +480,13 @@ func (c *Controller) report(svc *corev1.Service, reason, metric, msg string) {
 // reportOnce records a Warning Event for a problem of one kind (topic) with a Service,
 // unless the same one was recorded last; it reports whether it recorded it.
 func (c *Controller) reportOnce(svc *corev1.Service, topic, reason, msg string) bool {
-	slot := k8s.Key(svc) + "\x00" + topic
+	key, said := k8s.Key(svc), reason+"\x00"+msg
 	c.mu.Lock()
-	same := c.reported[slot] == reason+"\x00"+msg
-	c.reported[slot] = reason + "\x00" + msg
+	same := c.reported[key][topic] == said
+	if c.reported[key] == nil {
+		c.reported[key] = map[string]string{}
+	}
+	c.reported[key][topic] = said
 	c.mu.Unlock()
 	if same {
 		return false
@@ -501,7 +502,7 @@ func (c *Controller) clearReport(key string) { c.forgetReport(key, "") }
 
 func (c *Controller) forgetReport(key, topic string) {
 	c.mu.Lock()
-	delete(c.reported, key+"\x00"+topic)
+	delete(c.reported[key], topic)
 	c.mu.Unlock()
 }
 
