@@ -54,6 +54,20 @@ func (c *Config) Pool(name string) (*Pool, bool) {
 	return nil, false
 }
 
+// PoolOf returns the pool that holds addr (pools never overlap); false when none does.
+// A nil Config holds nothing.
+func (c *Config) PoolOf(addr netip.Addr) (*Pool, bool) {
+	if c == nil {
+		return nil, false
+	}
+	for i := range c.Pools {
+		if c.Pools[i].Contains(addr) {
+			return &c.Pools[i], true
+		}
+	}
+	return nil, false
+}
+
 // Pool is a named set of addresses handed out to Services and announced one way.
 type Pool struct {
 	Name          string

@@ -69,7 +69,7 @@ type Controller struct {
 	mu       sync.Mutex
 	alloc    *ipam.Allocator // nil until a configuration is accepted
 	cfg      *config.Config
-	pending  map[string]bool   // Services waiting for an address
+	pending  map[string]bool              // Services waiting for an address
 	reported map[string]map[string]string // per Service, per kind of problem: the last one recorded as an Event
 
 	ready atomic.Bool
@@ -454,17 +454,10 @@ func (c *Controller) retryPending() {
 func (c *Controller) inPools(ips []netip.Addr) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.cfg == nil {
-		return false
-	}
-	for _, ip := range ips {
-		for i := range c.cfg.Pools {
-			if c.cfg.Pools[i].Contains(ip) {
-				return true
-			}
-		}
-	}
-	return false
+	return slices.ContainsFunc(ips, func(ip netip.Addr) bool {
+		_, ok := c.cfg.PoolOf(ip)
+		return ok
+	})
 }
 
 // report records a problem with giving a Service an address as an Event, once for as

@@ -206,10 +206,8 @@ func poolName(c *config.Config, ip netip.Addr) string {
 	if c == nil {
 		return ""
 	}
-	for _, p := range c.Pools {
-		if p.Contains(ip) {
-			return p.Name
-		}
+	if p, ok := c.PoolOf(ip); ok {
+		return p.Name
 	}
 	return "(none)"
 }

@@ -189,7 +189,7 @@ func Compute(in Input) Desired {
 	}
 
 	for ip, sh := range byIP {
-		pool := poolOf(in.Config, ip)
+		pool, _ := in.Config.PoolOf(ip)
 		sh.svc.Forward = pool != nil && pool.Forward
 		dec := Decision{IP: ip}
 		var announce bool
@@ -322,13 +322,4 @@ func advertise(ip netip.Addr, advs []config.Advertisement) []bgp.Route {
 		out = append(out, r)
 	}
 	return out
-}
-
-func poolOf(c *config.Config, ip netip.Addr) *config.Pool {
-	for i := range c.Pools {
-		if c.Pools[i].Contains(ip) {
-			return &c.Pools[i]
-		}
-	}
-	return nil
 }

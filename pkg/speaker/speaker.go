@@ -333,15 +333,8 @@ func (s *Speaker) applyForwarding(fwd []forward.Service) {
 // Owns reports whether addr is in a pool of the configuration in force: the only
 // addresses the forwarder may touch. Called from within sync.
 func (s *Speaker) Owns(addr netip.Addr) bool {
-	if s.cfg == nil {
-		return false
-	}
-	for i := range s.cfg.Pools {
-		if s.cfg.Pools[i].Contains(addr) {
-			return true
-		}
-	}
-	return false
+	_, ok := s.cfg.PoolOf(addr)
+	return ok
 }
 
 // forwarders are the nodes that can forward: from memberlist's metadata; without
