@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the test control plane, kube-apiserver and etcd, and a kubectl of the same
-# release, from their Go modules, and caches the binaries outside the work tree.
-# Re-running it with the binaries present does nothing.
+# Builds the test cluster's Kubernetes binaries from their Go modules and caches them
+# outside the work tree: etcd, and from k8s.io/kubernetes kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubelet, kube-proxy and a kubectl of the same
+# release. Re-running it with the binaries present does nothing.
 #
 #   HERALD_CACHE   cache root (default: $XDG_CACHE_HOME/herald or ~/.cache/herald)
 #
@@ -11,6 +12,7 @@ set -euo pipefail
 K8S_VERSION=${K8S_VERSION:-v1.37.2}
 STAGING_VERSION=${STAGING_VERSION:-v0.37.2}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
+K8S_CMDS=(kube-apiserver kubectl kube-controller-manager kube-scheduler kubelet kube-proxy)
 
 cache=${HERALD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/herald}
 bin="$cache/control-plane/k8s-$K8S_VERSION-etcd-$ETCD_VERSION"
@@ -46,15 +48,19 @@ GO
 	mv "$bin/etcd.tmp" "$bin/etcd"
 }
 
-build_apiserver() {
-	[ -x "$bin/kube-apiserver" ] && [ -x "$bin/kubectl" ] && return
-	log "building kube-apiserver and kubectl $K8S_VERSION (about 6 minutes on 2 cores, once)"
+build_kubernetes() {
+	local missing=() cmd
+	for cmd in "${K8S_CMDS[@]}"; do
+		[ -x "$bin/$cmd" ] || missing+=("$cmd")
+	done
+	[ ${#missing[@]} -eq 0 ] && return
+	log "building ${missing[*]} $K8S_VERSION (about 10 minutes on 2 cores for all, once)"
 	local work gomod
 	work=$(mktemp -d)
 	trap 'rm -rf "$work"' RETURN
 	(
 		cd "$work"
-		go mod init herald.local/kube-apiserver >/dev/null 2>&1
+		go mod init herald.local/kubernetes >/dev/null 2>&1
 		# k8s.io/kubernetes points each staging module at ./staging; pin every one of them
 		# to its published release instead.
 		gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p')
@@ -63,14 +69,15 @@ build_apiserver() {
 			go mod edit -replace "$m=$m@$STAGING_VERSION"
 		done
 		go mod edit -require "k8s.io/kubernetes@$K8S_VERSION"
-		go get "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION" >/dev/null
+		for cmd in "${missing[@]}"; do
+			go get "k8s.io/kubernetes/cmd/$cmd@$K8S_VERSION" >/dev/null
+		done
 		major=${K8S_VERSION#v}; major=${major%%.*}
 		minor=${K8S_VERSION#v*.}; minor=${minor%%.*}
 		pkg=k8s.io/component-base/version
-		go get "k8s.io/kubernetes/cmd/kubectl@$K8S_VERSION" >/dev/null
 		ldflags="-s -w -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
-		for cmd in kube-apiserver kubectl; do
-			[ -x "$bin/$cmd" ] && continue
+		for cmd in "${missing[@]}"; do
+			log "  $cmd"
 			CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$bin/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
 			mv "$bin/$cmd.tmp" "$bin/$cmd"
 		done
@@ -78,5 +85,5 @@ build_apiserver() {
 }
 
 build_etcd
-build_apiserver
+build_kubernetes
 echo "$bin"

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/heraldlb/herald/pkg/config"
+	"github.com/heraldlb/herald/pkg/transport"
 )
 
 // Family is an IP address family.
@@ -39,7 +40,7 @@ func FamilyOf(a netip.Addr) Family {
 // Port is one (protocol, port) a Service exposes; two Services sharing an address may not
 // use the same one.
 type Port struct {
-	Protocol string // TCP, UDP or SCTP
+	Protocol transport.Protocol
 	Port     uint16
 }
 

@@ -10,6 +10,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/heraldlb/herald/pkg/config"
+	"github.com/heraldlb/herald/pkg/transport"
 )
 
 func mustPools(t testing.TB, text string) []config.Pool {
@@ -54,7 +55,7 @@ func TestAssign(t *testing.T) {
 		want    Assignment
 		reason  Reason // want this failure
 	}
-	tcp := func(p uint16) []Port { return []Port{{"TCP", p}} }
+	tcp := func(p uint16) []Port { return []Port{{transport.TCP, p}} }
 	tests := []struct {
 		name  string
 		steps []step

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/heraldlb/herald/pkg/transport"
 )
 
 // The pools of the property tests are small enough to enumerate, so every invariant can be
@@ -54,7 +56,7 @@ func randomOps(r *rand.Rand, n int) []op {
 			req.BackendKey = []string{"app=x", "app=y"}[r.IntN(2)]
 		}
 		for range r.IntN(3) {
-			req.Ports = append(req.Ports, Port{"TCP", uint16(80 + r.IntN(3))})
+			req.Ports = append(req.Ports, Port{transport.TCP, uint16(80 + r.IntN(3))})
 		}
 		ops[i] = op{release: r.IntN(5) == 0, req: req}
 	}

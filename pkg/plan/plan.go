@@ -9,6 +9,9 @@ import (
 	"github.com/heraldlb/herald/pkg/bgp"
 	"github.com/heraldlb/herald/pkg/config"
 	"github.com/heraldlb/herald/pkg/election"
+	"github.com/heraldlb/herald/pkg/forward"
+	"github.com/heraldlb/herald/pkg/layer2"
+	"github.com/heraldlb/herald/pkg/transport"
 )
 
 // Service is a Service with addresses, as the plan needs it.
@@ -22,7 +25,7 @@ type Service struct {
 	// What forwarding needs (pools that forward):
 	Ports     []Port
 	Endpoints []Endpoint // ready endpoints only
-	Scheduler string     // IPVS scheduler, already checked; "" means rr
+	Scheduler string     // IPVS scheduler, already checked; "" means forward.DefaultScheduler
 	// Persistence is the ClientIP session affinity timeout; 0 for none.
 	Persistence  time.Duration
 	SourceRanges []netip.Prefix // spec.loadBalancerSourceRanges; empty admits everyone
@@ -31,7 +34,7 @@ type Service struct {
 // Port is one port of a Service.
 type Port struct {
 	Name     string // matches the endpoints' port names
-	Proto    string // TCP, UDP or SCTP
+	Proto    transport.Protocol
 	Port     uint16
 	NodePort uint16 // 0 when the Service has none (allocateLoadBalancerNodePorts false)
 }
@@ -70,46 +73,17 @@ type Input struct {
 // Desired is what this speaker should do.
 type Desired struct {
 	// Layer2 are the addresses this node answers ARP/NDP for, sorted.
-	Layer2 []Layer2
+	Layer2 []layer2.Address
 	// BGPPeers are the routers whose node selectors pick this node, in config order.
 	BGPPeers []bgp.Peer
 	// BGPRoutes are the routes this node advertises to them, sorted.
 	BGPRoutes []bgp.Route
 	// Forward are the virtual services this node programs for the addresses it
 	// announces from pools that forward, sorted by address, protocol, port.
-	Forward []Forward
+	Forward []forward.Service
 	// Decisions say, for every address of every Service, who announces it and why this
 	// node does or does not; sorted by Service, then address.
 	Decisions []Decision
-}
-
-// Layer2 is one address to answer for.
-type Layer2 struct {
-	IP         netip.Addr
-	Interfaces []string // from the pool; nil: where the subnet is connected
-}
-
-// Schedulers are the IPVS schedulers a Service may ask for; the first is the default.
-var Schedulers = []string{"rr", "wrr", "lc", "wlc", "sh", "dh", "sed", "nq", "mh"}
-
-// Forward is one virtual service: traffic to VIP:Port/Proto goes to RealServers.
-type Forward struct {
-	VIP          netip.Addr
-	Port         uint16
-	Proto        string
-	Scheduler    string
-	Persistence  time.Duration
-	SourceRanges []netip.Prefix // of the VIP's family
-	// Masquerade is true for externalTrafficPolicy Cluster: the real servers see this
-	// node as the source, so that replies come back through it. Local keeps the client's.
-	Masquerade  bool
-	RealServers []RealServer // sorted
-}
-
-// RealServer is one destination of a virtual service.
-type RealServer struct {
-	Addr netip.Addr
-	Port uint16
 }
 
 // Decision is the outcome for one address of one Service.
@@ -131,137 +105,186 @@ func Compute(in Input) Desired {
 	if in.Config == nil {
 		return d
 	}
-	alive := map[string]bool{}
-	for _, m := range in.Members {
-		alive[m] = true
-	}
-	nodes := make([]election.Node, 0, len(in.Nodes))
-	for _, n := range in.Nodes {
-		nodes = append(nodes, election.Node{
-			Name:         n.Name,
-			SpeakerAlive: (in.UseMembers && alive[n.Name]) || (!in.UseMembers && n.Ready),
-			Ready:        n.Ready,
-			Excluded:     n.Excluded,
-			Selected:     true,
-			CanForward:   in.Forwarders[n.Name],
-		})
-	}
-	slices.SortFunc(nodes, func(a, b election.Node) int { return cmp.Compare(a.Name, b.Name) })
-	for _, n := range in.Nodes {
-		if n.Name != in.Self {
-			continue
-		}
-		for _, p := range in.Config.Peers {
-			if p.SelectsNode(n.Labels) {
-				d.BGPPeers = append(d.BGPPeers, bgp.Peer{
-					Address: p.Address, Port: p.Port, ASN: p.ASN, MyASN: p.MyASN,
-					HoldTime: p.HoldTime, KeepaliveTime: p.KeepaliveTime, Source: p.SourceAddress,
-					Password: p.Password, EBGPMultiHop: p.EBGPMultiHop,
-				})
-			}
-		}
-	}
+	nodes := electionNodes(in)
+	d.BGPPeers = peersOf(in)
 	routes := map[netip.Prefix]bgp.Route{}
-
-	// Services that share an address are elected together: the union of their endpoints.
-	type shared struct {
-		svc  election.Service
-		keys []string
-		svcs []*Service
-	}
-	byIP := map[netip.Addr]*shared{}
-	for _, s := range in.Services {
-		for _, ip := range s.IPs {
-			sh := byIP[ip]
-			if sh == nil {
-				sh = &shared{svc: election.Service{Local: s.Local, EndpointNodes: map[string]bool{}}}
-				byIP[ip] = sh
-			}
-			sh.svc.Local = sh.svc.Local || s.Local
-			for n, ok := range s.EndpointNodes {
-				if ok {
-					sh.svc.EndpointNodes[n] = true
-				}
-			}
-			sh.keys = append(sh.keys, s.Key)
-			sh.svcs = append(sh.svcs, &s)
-		}
-	}
-
-	for ip, sh := range byIP {
-		pool, _ := in.Config.PoolOf(ip)
-		sh.svc.Forward = pool != nil && pool.Forward
-		dec := Decision{IP: ip}
-		var announce bool
-		if pool != nil {
-			dec.Pool, dec.Protocol = pool.Name, pool.Protocol
-			if pool.Protocol == config.Layer2 {
-				dec.Owner, _ = election.Owner(ip, nodes, sh.svc)
-				announce, dec.Reason = election.Layer2(in.Self, ip, nodes, sh.svc)
-				if dec.Owner == "" && dec.Reason == election.NotOwner {
-					dec.Reason = election.NoEligibleNode
-				}
-				if announce {
-					d.Layer2 = append(d.Layer2, Layer2{IP: ip, Interfaces: pool.Interfaces})
-				}
-			} else {
-				dec.Announcers = election.Announcers(nodes, sh.svc)
-				announce = slices.Contains(dec.Announcers, in.Self)
-				dec.Reason = election.Announcing
-				if !announce {
-					dec.Reason = election.NoEligibleNode
-					for _, n := range nodes {
-						if n.Name == in.Self {
-							_, dec.Reason = election.Eligible(n, sh.svc)
-						}
-					}
-				}
-				if announce {
-					for _, r := range advertise(ip, pool.Advertisements) {
-						if _, dup := routes[r.Prefix]; !dup {
-							routes[r.Prefix] = r
-						}
+	for _, a := range byAddress(in.Services) {
+		pool, _ := in.Config.PoolOf(a.ip)
+		dec := decide(in, nodes, a, pool)
+		if dec.Announce {
+			switch pool.Protocol {
+			case config.Layer2:
+				d.Layer2 = append(d.Layer2, layer2.Address{IP: a.ip, Interfaces: pool.Interfaces})
+			case config.BGP:
+				for _, r := range advertise(a.ip, pool.Advertisements) {
+					if _, dup := routes[r.Prefix]; !dup {
+						routes[r.Prefix] = r
 					}
 				}
 			}
-		}
-		dec.Announce = announce
-		if announce && pool.Forward {
-			for _, svc := range sh.svcs {
-				d.Forward = append(d.Forward, forwards(ip, svc, in)...)
+			if pool.Forward {
+				for _, svc := range a.svcs {
+					d.Forward = append(d.Forward, forwards(a.ip, svc, in)...)
+				}
 			}
 		}
-		for _, k := range sh.keys {
-			dec.Service = k
+		for _, svc := range a.svcs {
+			dec.Service = svc.Key
 			d.Decisions = append(d.Decisions, dec)
 		}
 	}
-	slices.SortFunc(d.Layer2, func(a, b Layer2) int { return a.IP.Compare(b.IP) })
+	layer2.Sort(d.Layer2)
 	for _, r := range routes {
 		d.BGPRoutes = append(d.BGPRoutes, r)
 	}
 	bgp.SortRoutes(d.BGPRoutes)
-	slices.SortFunc(d.Forward, func(a, b Forward) int {
-		return cmp.Or(a.VIP.Compare(b.VIP), cmp.Compare(a.Proto, b.Proto), cmp.Compare(a.Port, b.Port))
-	})
+	forward.Sort(d.Forward)
 	// Services sharing an address never share a port (the controller refuses that); if
 	// they did, the first one would win.
-	d.Forward = slices.CompactFunc(d.Forward, func(a, b Forward) bool {
-		return a.VIP == b.VIP && a.Proto == b.Proto && a.Port == b.Port
-	})
+	d.Forward = slices.CompactFunc(d.Forward, func(a, b forward.Service) bool { return a.Key() == b.Key() })
 	slices.SortFunc(d.Decisions, func(a, b Decision) int {
 		return cmp.Or(cmp.Compare(a.Service, b.Service), a.IP.Compare(b.IP))
 	})
 	return d
 }
 
+// node is a node as the election sees it, with what BGP selection needs besides.
+type node struct {
+	election.Node
+	peered [2]bool // by family (0: IPv4, 1: IPv6): some BGP peer of that family selects it
+}
+
+// electionNodes returns every node as the election sees it, sorted by name.
+func electionNodes(in Input) []node {
+	alive := map[string]bool{}
+	for _, m := range in.Members {
+		alive[m] = true
+	}
+	out := make([]node, 0, len(in.Nodes))
+	for _, n := range in.Nodes {
+		en := node{Node: election.Node{
+			Name:         n.Name,
+			SpeakerAlive: (in.UseMembers && alive[n.Name]) || (!in.UseMembers && n.Ready),
+			Ready:        n.Ready,
+			Excluded:     n.Excluded,
+			Selected:     true,
+			CanForward:   in.Forwarders[n.Name],
+		}}
+		for _, p := range in.Config.Peers {
+			if p.SelectsNode(n.Labels) {
+				en.peered[family(p.Address)] = true
+			}
+		}
+		out = append(out, en)
+	}
+	slices.SortFunc(out, func(a, b node) int { return cmp.Compare(a.Name, b.Name) })
+	return out
+}
+
+func family(a netip.Addr) int {
+	if a.Is4() {
+		return 0
+	}
+	return 1
+}
+
+// peersOf returns the BGP sessions in.Self opens: the peers whose node selectors pick it.
+func peersOf(in Input) []bgp.Peer {
+	i := slices.IndexFunc(in.Nodes, func(n Node) bool { return n.Name == in.Self })
+	if i < 0 {
+		return nil
+	}
+	var out []bgp.Peer
+	for _, p := range in.Config.Peers {
+		if p.SelectsNode(in.Nodes[i].Labels) {
+			out = append(out, bgp.Peer{
+				Address: p.Address, Port: p.Port, ASN: p.ASN, MyASN: p.MyASN,
+				HoldTime: p.HoldTime, KeepaliveTime: p.KeepaliveTime, Source: p.SourceAddress,
+				Password: p.Password, EBGPMultiHop: p.EBGPMultiHop,
+			})
+		}
+	}
+	return out
+}
+
+// address is one Service address and the Services that hold it: Services sharing an
+// address are elected together, on the union of their endpoints.
+type address struct {
+	ip   netip.Addr
+	svc  election.Service
+	svcs []*Service
+}
+
+// byAddress groups the Services' addresses, sorted by address.
+func byAddress(services []Service) []*address {
+	byIP := map[netip.Addr]*address{}
+	var out []*address
+	for i := range services {
+		s := &services[i]
+		for _, ip := range s.IPs {
+			a := byIP[ip]
+			if a == nil {
+				a = &address{ip: ip, svc: election.Service{EndpointNodes: map[string]bool{}}}
+				byIP[ip] = a
+				out = append(out, a)
+			}
+			a.svc.Local = a.svc.Local || s.Local
+			for n, ok := range s.EndpointNodes {
+				if ok {
+					a.svc.EndpointNodes[n] = true
+				}
+			}
+			a.svcs = append(a.svcs, s)
+		}
+	}
+	slices.SortFunc(out, func(a, b *address) int { return a.ip.Compare(b.ip) })
+	return out
+}
+
+// decide elects who announces one address and says whether in.Self does, and why.
+func decide(in Input, nodes []node, a *address, pool *config.Pool) Decision {
+	dec := Decision{IP: a.ip}
+	if pool == nil {
+		return dec
+	}
+	dec.Pool, dec.Protocol = pool.Name, pool.Protocol
+	svc := a.svc
+	svc.Forward = pool.Forward
+	en := make([]election.Node, len(nodes))
+	for i, n := range nodes {
+		en[i] = n.Node
+		// A node that no BGP peer of the address's family selects has nowhere to
+		// advertise it.
+		en[i].Selected = pool.Protocol != config.BGP || n.peered[family(a.ip)]
+	}
+	if pool.Protocol == config.Layer2 {
+		dec.Owner, _ = election.Owner(a.ip, en, svc)
+		dec.Announce, dec.Reason = election.Layer2(in.Self, a.ip, en, svc)
+		if dec.Owner == "" && dec.Reason == election.NotOwner {
+			dec.Reason = election.NoEligibleNode
+		}
+		return dec
+	}
+	dec.Announcers = election.Announcers(en, svc)
+	dec.Announce = slices.Contains(dec.Announcers, in.Self)
+	switch i := slices.IndexFunc(en, func(n election.Node) bool { return n.Name == in.Self }); {
+	case dec.Announce:
+		dec.Reason = election.Announcing
+	case i < 0:
+		dec.Reason = election.NoEligibleNode
+	default:
+		_, dec.Reason = election.Eligible(en[i], svc)
+	}
+	return dec
+}
+
 // forwards returns the virtual services for one address of svc: for Local, this node's
 // endpoints at their target ports; for Cluster, every Ready node's NodePort, or when the
 // Service has no NodePorts, all of its endpoints. Real servers are of the VIP's family.
-func forwards(vip netip.Addr, svc *Service, in Input) []Forward {
-	var out []Forward
+func forwards(vip netip.Addr, svc *Service, in Input) []forward.Service {
+	var out []forward.Service
 	for _, p := range svc.Ports {
-		f := Forward{
+		f := forward.Service{
 			VIP: vip, Port: p.Port, Proto: p.Proto, Scheduler: svc.Scheduler,
 			Persistence: svc.Persistence, Masquerade: !svc.Local,
 		}
@@ -271,30 +294,32 @@ func forwards(vip netip.Addr, svc *Service, in Input) []Forward {
 			}
 		}
 		if !svc.Local && p.NodePort != 0 {
-			for _, n := range in.Nodes {
-				if !n.Ready {
-					continue
-				}
-				for _, a := range n.Addresses {
-					if a.Is4() == vip.Is4() {
-						f.RealServers = append(f.RealServers, RealServer{Addr: a, Port: p.NodePort})
-						break
-					}
-				}
-			}
+			f.RealServers = nodePorts(vip, p.NodePort, in.Nodes)
 		} else {
 			for _, e := range svc.Endpoints {
 				port, ok := e.Ports[p.Name]
 				if ok && e.Addr.Is4() == vip.Is4() && (!svc.Local || e.Node == in.Self) {
-					f.RealServers = append(f.RealServers, RealServer{Addr: e.Addr, Port: port})
+					f.RealServers = append(f.RealServers, forward.RealServer{Addr: e.Addr, Port: port})
 				}
 			}
 		}
-		slices.SortFunc(f.RealServers, func(a, b RealServer) int {
-			return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port))
-		})
+		slices.SortFunc(f.RealServers, forward.RealServer.Compare)
 		f.RealServers = slices.Compact(f.RealServers)
 		out = append(out, f)
+	}
+	return out
+}
+
+// nodePorts returns port on the first InternalIP of vip's family of every Ready node.
+func nodePorts(vip netip.Addr, port uint16, nodes []Node) []forward.RealServer {
+	var out []forward.RealServer
+	for _, n := range nodes {
+		if !n.Ready {
+			continue
+		}
+		if i := slices.IndexFunc(n.Addresses, func(a netip.Addr) bool { return a.Is4() == vip.Is4() }); i >= 0 {
+			out = append(out, forward.RealServer{Addr: n.Addresses[i], Port: port})
+		}
 	}
 	return out
 }

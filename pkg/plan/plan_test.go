@@ -12,12 +12,16 @@ import (
 	"github.com/heraldlb/herald/pkg/bgp"
 	"github.com/heraldlb/herald/pkg/config"
 	"github.com/heraldlb/herald/pkg/election"
+	"github.com/heraldlb/herald/pkg/forward"
+	"github.com/heraldlb/herald/pkg/transport"
 )
 
 func cfg(t *testing.T) *config.Config {
 	t.Helper()
 	c, err := config.Parse([]byte(`
 forwarding: none
+peers:
+- {peer-address: 10.0.0.1, peer-asn: 64500, my-asn: 64501}
 address-pools:
 - {name: l2, protocol: layer2, addresses: [192.168.10.90-192.168.10.100, "fd10::/120"]}
 - {name: pinned, protocol: layer2, interfaces: [eth1], addresses: [192.168.20.0/24]}
@@ -150,8 +154,8 @@ address-pools:
 		prefixes = append(prefixes, r.Prefix.String())
 	}
 	// Host routes for a and b (not the Local service: no endpoint on n1), and the
-	// aggregates, once each.
-	want := []string{"198.51.100.0/24", "198.51.100.5/32", "198.51.100.6/32", "fd00:1::/120", "fd00:1::5/128"}
+	// aggregate, once each; nothing of IPv6, which no peer of n1's carries.
+	want := []string{"198.51.100.0/24", "198.51.100.5/32", "198.51.100.6/32"}
 	if diff := cmp.Diff(want, prefixes); diff != "" {
 		t.Errorf("n1 routes (-want +got):\n%s", diff)
 	}
@@ -160,8 +164,11 @@ address-pools:
 		t.Errorf("host route attributes %+v", host)
 	}
 	for _, dec := range d.Decisions {
-		if dec.Service == "ns/a" && !slices.Equal(dec.Announcers, []string{"n1", "n2", "n3"}) {
+		if dec.Service == "ns/a" && dec.IP.Is4() && !slices.Equal(dec.Announcers, []string{"n1", "n2", "n3"}) {
 			t.Errorf("every eligible node announces a Cluster Service: %v", dec.Announcers)
+		}
+		if dec.Service == "ns/a" && dec.IP.Is6() && (dec.Announce || len(dec.Announcers) > 0 || dec.Reason != election.NotSelected) {
+			t.Errorf("an IPv6 address with no IPv6 peer is announced: %+v", dec)
 		}
 		if dec.Service == "ns/local" && (dec.Announce || dec.Reason != election.NoLocalEndpoint || !slices.Equal(dec.Announcers, []string{"n2"})) {
 			t.Errorf("Local Service on n1: %+v", dec)
@@ -178,8 +185,43 @@ address-pools:
 	}
 }
 
+// A node that no peer selects has no session to advertise on: it is not counted as
+// announcing, and says why.
+func TestBGPNodeNoPeerSelects(t *testing.T) {
+	c, err := config.Parse([]byte(`
+forwarding: none
+peers:
+- {peer-address: 10.0.0.1, peer-asn: 64500, my-asn: 64501, node-selectors: [{match-labels: {bgp: "yes"}}]}
+address-pools:
+- {name: routed, protocol: bgp, addresses: [198.51.100.0/24]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := []Node{{Name: "n1", Ready: true, Labels: map[string]string{"bgp": "yes"}}, {Name: "n2", Ready: true}}
+	in := Input{Config: c, Services: []Service{{Key: "ns/a", IPs: []netip.Addr{ip("198.51.100.5")}}}, Nodes: nodes,
+		Members: []string{"n1", "n2"}, UseMembers: true}
+	for _, tt := range []struct {
+		self     string
+		announce bool
+		reason   election.Reason
+	}{{"n1", true, election.Announcing}, {"n2", false, election.NotSelected}} {
+		in.Self = tt.self
+		d := Compute(in)
+		dec := d.Decisions[0]
+		if dec.Announce != tt.announce || dec.Reason != tt.reason || !slices.Equal(dec.Announcers, []string{"n1"}) {
+			t.Errorf("%s: %+v, want announce %v (%s) with announcers [n1]", tt.self, dec, tt.announce, tt.reason)
+		}
+		if (len(d.BGPRoutes) > 0) != tt.announce {
+			t.Errorf("%s routes %v", tt.self, d.BGPRoutes)
+		}
+	}
+}
+
 func TestForward(t *testing.T) {
 	c, err := config.Parse([]byte(`
+peers:
+- {peer-address: 10.0.0.1, peer-asn: 64500, my-asn: 64501}
 address-pools:
 - {name: fwd, protocol: layer2, addresses: [192.168.10.0/24, "fd10::/120"]}
 - {name: routed, protocol: bgp, addresses: [198.51.100.0/24]}
@@ -198,36 +240,36 @@ address-pools:
 		{Addr: ip("10.244.2.5"), Node: "n2", Ports: map[string]uint16{"http": 8080}},
 		{Addr: ip("fd44::5"), Node: "n1", Ports: map[string]uint16{"http": 8080}},
 	}
-	http := Port{Name: "http", Proto: "TCP", Port: 80, NodePort: 30080}
+	http := Port{Name: "http", Proto: transport.TCP, Port: 80, NodePort: 30080}
 	svcs := []Service{
-		{Key: "ns/cluster", IPs: []netip.Addr{ip("192.168.10.1"), ip("fd10::1")}, Ports: []Port{http, {Name: "dns", Proto: "UDP", Port: 53, NodePort: 30053}},
+		{Key: "ns/cluster", IPs: []netip.Addr{ip("192.168.10.1"), ip("fd10::1")}, Ports: []Port{http, {Name: "dns", Proto: transport.UDP, Port: 53, NodePort: 30053}},
 			Scheduler: "wrr", Persistence: 3 * time.Hour, SourceRanges: []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16"), netip.MustParsePrefix("fd99::/64")}},
 		{Key: "ns/local", IPs: []netip.Addr{ip("198.51.100.2")}, Local: true, Ports: []Port{http}, Endpoints: eps,
 			EndpointNodes: map[string]bool{"n1": true, "n2": true}},
-		{Key: "ns/direct", IPs: []netip.Addr{ip("198.51.100.3")}, Ports: []Port{{Name: "http", Proto: "TCP", Port: 80}}, Endpoints: eps},
+		{Key: "ns/direct", IPs: []netip.Addr{ip("198.51.100.3")}, Ports: []Port{{Name: "http", Proto: transport.TCP, Port: 80}}, Endpoints: eps},
 		{Key: "ns/plain", IPs: []netip.Addr{ip("192.168.30.1")}, Ports: []Port{http}},
 	}
 	// n1 is the only node that can forward, so it owns every address of the pools that
 	// forward, whatever the hash says.
 	in := Input{Config: c, Services: svcs, Nodes: nodes, Self: "n1", Forwarders: map[string]bool{"n1": true}}
 	d := Compute(in)
-	rs := func(addrPorts ...string) []RealServer {
-		var out []RealServer
+	rs := func(addrPorts ...string) []forward.RealServer {
+		var out []forward.RealServer
 		for _, s := range addrPorts {
 			ap := netip.MustParseAddrPort(s)
-			out = append(out, RealServer{Addr: ap.Addr(), Port: ap.Port()})
+			out = append(out, forward.RealServer{Addr: ap.Addr(), Port: ap.Port()})
 		}
 		return out
 	}
 	v4range := []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")}
 	v6range := []netip.Prefix{netip.MustParsePrefix("fd99::/64")}
-	want := []Forward{
-		{VIP: ip("192.168.10.1"), Port: 80, Proto: "TCP", Scheduler: "wrr", Persistence: 3 * time.Hour, SourceRanges: v4range, Masquerade: true, RealServers: rs("10.0.0.1:30080", "10.0.0.2:30080")},
-		{VIP: ip("192.168.10.1"), Port: 53, Proto: "UDP", Scheduler: "wrr", Persistence: 3 * time.Hour, SourceRanges: v4range, Masquerade: true, RealServers: rs("10.0.0.1:30053", "10.0.0.2:30053")},
-		{VIP: ip("198.51.100.2"), Port: 80, Proto: "TCP", RealServers: rs("10.244.1.5:8080")},
-		{VIP: ip("198.51.100.3"), Port: 80, Proto: "TCP", Masquerade: true, RealServers: rs("10.244.1.5:8080", "10.244.2.5:8080")},
-		{VIP: ip("fd10::1"), Port: 80, Proto: "TCP", Scheduler: "wrr", Persistence: 3 * time.Hour, SourceRanges: v6range, Masquerade: true, RealServers: rs("[fd00::1]:30080", "[fd00::2]:30080")},
-		{VIP: ip("fd10::1"), Port: 53, Proto: "UDP", Scheduler: "wrr", Persistence: 3 * time.Hour, SourceRanges: v6range, Masquerade: true, RealServers: rs("[fd00::1]:30053", "[fd00::2]:30053")},
+	want := []forward.Service{
+		{VIP: ip("192.168.10.1"), Port: 80, Proto: transport.TCP, Scheduler: "wrr", Persistence: 3 * time.Hour, SourceRanges: v4range, Masquerade: true, RealServers: rs("10.0.0.1:30080", "10.0.0.2:30080")},
+		{VIP: ip("192.168.10.1"), Port: 53, Proto: transport.UDP, Scheduler: "wrr", Persistence: 3 * time.Hour, SourceRanges: v4range, Masquerade: true, RealServers: rs("10.0.0.1:30053", "10.0.0.2:30053")},
+		{VIP: ip("198.51.100.2"), Port: 80, Proto: transport.TCP, RealServers: rs("10.244.1.5:8080")},
+		{VIP: ip("198.51.100.3"), Port: 80, Proto: transport.TCP, Masquerade: true, RealServers: rs("10.244.1.5:8080", "10.244.2.5:8080")},
+		{VIP: ip("fd10::1"), Port: 80, Proto: transport.TCP, Scheduler: "wrr", Persistence: 3 * time.Hour, SourceRanges: v6range, Masquerade: true, RealServers: rs("[fd00::1]:30080", "[fd00::2]:30080")},
+		{VIP: ip("fd10::1"), Port: 53, Proto: transport.UDP, Scheduler: "wrr", Persistence: 3 * time.Hour, SourceRanges: v6range, Masquerade: true, RealServers: rs("[fd00::1]:30053", "[fd00::2]:30053")},
 	}
 	if diff := cmp.Diff(want, d.Forward, cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{})); diff != "" {
 		t.Errorf("n1 forwards (-want +got):\n%s", diff)

@@ -1,4 +1,4 @@
-package forward
+package ipvs_test
 
 import (
 	"fmt"
@@ -11,6 +11,9 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/heraldlb/herald/e2e/netlab"
+	"github.com/heraldlb/herald/pkg/forward"
+	"github.com/heraldlb/herald/pkg/forward/ipvs"
+	"github.com/heraldlb/herald/pkg/transport"
 )
 
 // inNS runs f on a thread inside ns; sockets it opens stay there.
@@ -44,14 +47,14 @@ func TestTrafficInVM(t *testing.T) {
 	b2, b3 := host(t, 2), host(t, 3)
 	serve(t, b2, 2, "backend-2")
 	serve(t, b3, 3, "backend-3")
-	f, err := New(Options{Owns: owns})
+	k := linux(t)
+	f, err := ipvs.New(k, ipvs.Options{Owns: owns})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
 	defer func() { _ = f.Set(nil) }()
-	svc := Service{VIP: netip.MustParseAddr("192.168.10.90"), Port: 8090, Proto: TCP,
-		RealServers: []RealServer{rs("10.2.0.2", 30080, 1), rs("10.3.0.2", 30080, 1)}}
+	svc := forward.Service{VIP: netip.MustParseAddr("192.168.10.90"), Port: 8090, Proto: transport.TCP,
+		RealServers: []forward.RealServer{rs("10.2.0.2", 30080, 1), rs("10.3.0.2", 30080, 1)}}
 	seen := func(n int) map[string]int {
 		got := map[string]int{}
 		for range n {
@@ -59,7 +62,7 @@ func TestTrafficInVM(t *testing.T) {
 		}
 		return got
 	}
-	if err := f.Set([]Service{svc}); err != nil {
+	if err := f.Set([]forward.Service{svc}); err != nil {
 		t.Fatal(err)
 	}
 	// Round robin: both backends answer, evenly.
@@ -68,16 +71,16 @@ func TestTrafficInVM(t *testing.T) {
 	}
 	// A node leaves: its real server goes, and no connection reaches it.
 	svc.RealServers = svc.RealServers[1:]
-	if err := f.Set([]Service{svc}); err != nil {
+	if err := f.Set([]forward.Service{svc}); err != nil {
 		t.Fatal(err)
 	}
 	if got := seen(6); got["backend-3"] != 6 {
 		t.Errorf("after removing backend-2: %v", got)
 	}
 	// ClientIP affinity: one client keeps its backend.
-	svc.RealServers = []RealServer{rs("10.2.0.2", 30080, 1), rs("10.3.0.2", 30080, 1)}
+	svc.RealServers = []forward.RealServer{rs("10.2.0.2", 30080, 1), rs("10.3.0.2", 30080, 1)}
 	svc.Persistence = time.Minute
-	if err := f.Set([]Service{svc}); err != nil {
+	if err := f.Set([]forward.Service{svc}); err != nil {
 		t.Fatal(err)
 	}
 	if got := seen(8); len(got) != 1 {
@@ -100,22 +103,22 @@ func TestMasqueradeAndSourceRangesInVM(t *testing.T) {
 	}
 	serve(t, far, 7, "far")
 	serve(t, near, 8, "near")
-	f, err := New(Options{Owns: owns})
+	k := linux(t)
+	f, err := ipvs.New(k, ipvs.Options{Owns: owns})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
 	defer func() { _ = f.Set(nil) }()
 	const vip = "192.168.10.97:8090"
-	svc := Service{VIP: netip.MustParseAddr("192.168.10.97"), Port: 8090, Proto: TCP, RealServers: []RealServer{rs("10.7.0.2", 30080, 1)}}
-	if err := f.Set([]Service{svc}); err != nil {
+	svc := forward.Service{VIP: netip.MustParseAddr("192.168.10.97"), Port: 8090, Proto: transport.TCP, RealServers: []forward.RealServer{rs("10.7.0.2", 30080, 1)}}
+	if err := f.Set([]forward.Service{svc}); err != nil {
 		t.Fatal(err)
 	}
 	if who, _, err := tryAsk(client, vip, time.Second); err == nil {
 		t.Fatalf("control: %s answered without masquerade; the test would prove nothing", who)
 	}
 	svc.Masquerade = true
-	if err := f.Set([]Service{svc}); err != nil {
+	if err := f.Set([]forward.Service{svc}); err != nil {
 		t.Fatal(err)
 	}
 	who, saw, err := tryAsk(client, vip, 2*time.Second)
@@ -123,8 +126,8 @@ func TestMasqueradeAndSourceRangesInVM(t *testing.T) {
 		t.Fatalf("with masquerade: %q saw %q (%v); want far, seeing the node's 10.7.0.1", who, saw, err)
 	}
 
-	local := Service{VIP: netip.MustParseAddr("192.168.10.98"), Port: 8090, Proto: TCP, RealServers: []RealServer{rs("10.8.0.2", 30080, 1)}}
-	if err := f.Set([]Service{svc, local}); err != nil {
+	local := forward.Service{VIP: netip.MustParseAddr("192.168.10.98"), Port: 8090, Proto: transport.TCP, RealServers: []forward.RealServer{rs("10.8.0.2", 30080, 1)}}
+	if err := f.Set([]forward.Service{svc, local}); err != nil {
 		t.Fatal(err)
 	}
 	if who, saw, err := tryAsk(client, "192.168.10.98:8090", 2*time.Second); err != nil || who != "near" || saw != "10.6.0.2" {
@@ -132,7 +135,7 @@ func TestMasqueradeAndSourceRangesInVM(t *testing.T) {
 	}
 
 	svc.SourceRanges = []netip.Prefix{netip.MustParsePrefix("10.99.0.0/16"), netip.MustParsePrefix("10.6.0.3/32")}
-	if err := f.Set([]Service{svc, local}); err != nil {
+	if err := f.Set([]forward.Service{svc, local}); err != nil {
 		t.Fatal(err)
 	}
 	if who, _, err := tryAsk(client, vip, time.Second); err == nil {
@@ -142,7 +145,7 @@ func TestMasqueradeAndSourceRangesInVM(t *testing.T) {
 		t.Errorf("another service's source ranges blocked this one: %v", err)
 	}
 	svc.SourceRanges = append(svc.SourceRanges, netip.MustParsePrefix("10.6.0.0/24"))
-	if err := f.Set([]Service{svc, local}); err != nil {
+	if err := f.Set([]forward.Service{svc, local}); err != nil {
 		t.Fatal(err)
 	}
 	if who, _, err := tryAsk(client, vip, 2*time.Second); err != nil || who != "far" {

@@ -1,4 +1,4 @@
-package forward
+package ipvs_test
 
 import (
 	"net/netip"
@@ -8,16 +8,19 @@ import (
 	"time"
 
 	"github.com/heraldlb/herald/e2e/netlab"
+	"github.com/heraldlb/herald/pkg/forward"
+	"github.com/heraldlb/herald/pkg/forward/ipvs"
+	"github.com/heraldlb/herald/pkg/transport"
 )
 
-func manyServices(n int) []Service {
-	var out []Service
+func manyServices(n int) []forward.Service {
+	var out []forward.Service
 	for i := range n {
 		vip := netip.AddrFrom4([4]byte{192, 168, 10 + byte(i/250), byte(1 + i%250)})
 		for _, port := range []uint16{80, 443} {
-			s := Service{VIP: vip, Port: port, Proto: TCP, Masquerade: true}
+			s := forward.Service{VIP: vip, Port: port, Proto: transport.TCP, Masquerade: true}
 			for r := range 10 {
-				s.RealServers = append(s.RealServers, RealServer{Addr: netip.AddrFrom4([4]byte{10, 0, byte(r), 1}), Port: 30000 + port})
+				s.RealServers = append(s.RealServers, forward.RealServer{Addr: netip.AddrFrom4([4]byte{10, 0, byte(r), 1}), Port: 30000 + port})
 			}
 			out = append(out, s)
 		}
@@ -36,11 +39,11 @@ func BenchmarkProgram(b *testing.B) {
 		b.Skip()
 	}
 	wide := func(a netip.Addr) bool { return a.Is4() && a.As4()[0] == 192 && a.As4()[1] == 168 }
-	f, err := New(Options{Owns: wide})
+	k := linux(b)
+	f, err := ipvs.New(k, ipvs.Options{Owns: wide})
 	if err != nil {
-		b.Skip("no IPVS here: ", err)
+		b.Fatal(err)
 	}
-	defer f.Close()
 	svcs := manyServices(1000)
 	for b.Loop() {
 		if err := f.Set(nil); err != nil {
@@ -78,14 +81,14 @@ func BenchmarkConnections(b *testing.B) {
 	b12, b13 := host(b, 12), host(b, 13)
 	serve(b, b12, 12, "b12")
 	serve(b, b13, 13, "b13")
-	f, err := New(Options{Owns: owns})
+	k := linux(b)
+	f, err := ipvs.New(k, ipvs.Options{Owns: owns})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer f.Close()
 	defer func() { _ = f.Set(nil) }()
-	if err := f.Set([]Service{{VIP: netip.MustParseAddr("192.168.10.80"), Port: 8090, Proto: TCP,
-		RealServers: []RealServer{rs("10.12.0.2", 30080, 1), rs("10.13.0.2", 30080, 1)}}}); err != nil {
+	if err := f.Set([]forward.Service{{VIP: netip.MustParseAddr("192.168.10.80"), Port: 8090, Proto: transport.TCP,
+		RealServers: []forward.RealServer{rs("10.12.0.2", 30080, 1), rs("10.13.0.2", 30080, 1)}}}); err != nil {
 		b.Fatal(err)
 	}
 	for b.Loop() {

@@ -1,4 +1,4 @@
-package layer2
+package announce
 
 import (
 	"net"
@@ -131,23 +131,27 @@ func TestNDPReply(t *testing.T) {
 		want    verdict
 		wantDst netip.Addr
 		solicit bool
+		wantMAC net.HardwareAddr // where the frame goes; nil: left to the kernel
 	}{
-		{"owned", nsBytes(t, vip6, clientMAC), client6, owns(vip6), answered, client6, true},
-		{"duplicate address detection", nsBytes(t, vip6, clientMAC), netip.IPv6Unspecified(), owns(vip6), answered, allNodes, false},
-		{"not owned", nsBytes(t, vip6, clientMAC), client6, owns(), notOwned, netip.Addr{}, false},
-		{"our own", nsBytes(t, vip6, ourMAC), client6, owns(vip6), ownPacket, netip.Addr{}, false},
-		{"not a solicitation", ra, client6, owns(vip6), notRequest, netip.Addr{}, false},
-		{"garbage", []byte{135, 0, 0}, client6, owns(vip6), malformed, netip.Addr{}, false},
+		{"owned", nsBytes(t, vip6, clientMAC), client6, owns(vip6), answered, client6, true, clientMAC},
+		{"no source link-layer address", nsNoLLA(t, vip6), client6, owns(vip6), answered, client6, true, nil},
+		{"duplicate address detection", nsBytes(t, vip6, clientMAC), netip.IPv6Unspecified(), owns(vip6), answered, allNodes, false, allNodesMAC},
+		{"not owned", nsBytes(t, vip6, clientMAC), client6, owns(), notOwned, netip.Addr{}, false, nil},
+		{"our own", nsBytes(t, vip6, ourMAC), client6, owns(vip6), ownPacket, netip.Addr{}, false, nil},
+		{"not a solicitation", ra, client6, owns(vip6), notRequest, netip.Addr{}, false, nil},
+		{"garbage", []byte{135, 0, 0}, client6, owns(vip6), malformed, netip.Addr{}, false, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			na, dst, v := ndpReply(tt.msg, tt.src, ourMAC, tt.owned)
+			r, v := ndpReply(tt.msg, tt.src, ourMAC, tt.owned)
 			if v != tt.want {
 				t.Fatalf("verdict %v, want %v", v, tt.want)
 			}
 			if v != answered {
 				return
 			}
+			na, dst := r.na, r.dst
+			checkNAFrame(t, r, tt.wantMAC)
 			if dst != tt.wantDst || na.TargetAddress != vip6 || !na.Override || na.Solicited != tt.solicit {
 				t.Errorf("advertisement %+v to %s", na, dst)
 			}
@@ -156,6 +160,55 @@ func TestNDPReply(t *testing.T) {
 				t.Errorf("target link-layer address option %+v", na.Options)
 			}
 		})
+	}
+}
+
+func nsNoLLA(t testing.TB, target netip.Addr) []byte {
+	t.Helper()
+	b, err := ndp.MarshalMessage(&ndp.NeighborSolicitation{TargetAddress: target})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// checkNAFrame checks the frame an answer goes out in, as a receiver parses it: to the
+// solicitor's MAC, IPv6 from the target address itself (what ndisc6 requires), hop limit
+// 255, a valid ICMPv6 checksum, and the advertisement inside.
+func checkNAFrame(t *testing.T, r reply, wantMAC net.HardwareAddr) {
+	t.Helper()
+	if r.dstMAC.String() != wantMAC.String() {
+		t.Fatalf("answer to MAC %s, want %s", r.dstMAC, wantMAC)
+	}
+	if wantMAC == nil {
+		return
+	}
+	b, err := r.frame(ourMAC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f ethernet.Frame
+	if err := f.UnmarshalBinary(b); err != nil {
+		t.Fatal(err)
+	}
+	if f.EtherType != ethernet.EtherTypeIPv6 || f.Destination.String() != wantMAC.String() || f.Source.String() != ourMAC.String() {
+		t.Fatalf("frame %s -> %s type %v", f.Source, f.Destination, f.EtherType)
+	}
+	p := f.Payload
+	src, _ := netip.AddrFromSlice(p[8:24])
+	dst, _ := netip.AddrFromSlice(p[24:40])
+	if p[0]>>4 != 6 || p[6] != 58 || p[7] != 255 || src != r.na.TargetAddress || dst != r.dst || int(p[4])<<8|int(p[5]) != len(p)-40 {
+		t.Fatalf("IPv6 header: version %d next %d hop limit %d, %s -> %s", p[0]>>4, p[6], p[7], src, dst)
+	}
+	if sum := icmpv6Checksum(src, dst, p[40:]); sum != 0 {
+		t.Errorf("ICMPv6 checksum does not verify (folds to %#x)", sum)
+	}
+	m, err := ndp.ParseMessage(p[40:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if na, ok := m.(*ndp.NeighborAdvertisement); !ok || na.TargetAddress != r.na.TargetAddress {
+		t.Errorf("frame carries %#v", m)
 	}
 }
 
@@ -174,9 +227,9 @@ func FuzzNDPReply(f *testing.F) {
 	f.Add(nsBytes(f, vip6, clientMAC))
 	f.Add([]byte{135})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		na, _, v := ndpReply(b, client6, ourMAC, owns(vip6))
-		if (v == answered) != (na != nil) {
-			t.Fatalf("verdict %v with advertisement %v", v, na)
+		r, v := ndpReply(b, client6, ourMAC, owns(vip6))
+		if (v == answered) != (r.na != nil) {
+			t.Fatalf("verdict %v with advertisement %v", v, r.na)
 		}
 	})
 }

@@ -1,4 +1,4 @@
-package layer2
+package announce
 
 import (
 	"context"
@@ -18,17 +18,10 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/net/ipv6"
 
+	"github.com/heraldlb/herald/pkg/layer2"
 	"github.com/heraldlb/herald/pkg/logging"
 	"github.com/heraldlb/herald/pkg/metrics"
 )
-
-// Owned is an address this node answers for, and where.
-type Owned struct {
-	IP netip.Addr
-	// Interfaces names the interfaces to answer on; nil means those where the address's
-	// subnet is directly connected.
-	Interfaces []string
-}
 
 // DefaultBurst is when the gratuitous announcements of a newly owned address go out,
 // counted from the takeover.
@@ -52,9 +45,11 @@ type Announcer struct {
 	every   time.Duration
 	poke    chan struct{}
 
+	wg sync.WaitGroup // every reader and burst Run started
+
 	mu    sync.Mutex
 	ctx   context.Context // Run's; nil before Run
-	owned map[netip.Addr]Owned
+	owned map[netip.Addr]layer2.Address
 	links map[int]*link // by interface index
 }
 
@@ -81,16 +76,16 @@ func New(opts Options) *Announcer {
 	}
 	return &Announcer{
 		log: opts.Logger, metrics: metrics.NewLayer2(opts.Registerer), burst: opts.Burst, every: opts.Rescan,
-		poke: make(chan struct{}, 1), owned: map[netip.Addr]Owned{}, links: map[int]*link{},
+		poke: make(chan struct{}, 1), owned: map[netip.Addr]layer2.Address{}, links: map[int]*link{},
 	}
 }
 
-// SetOwned replaces the set of owned addresses. Addresses no longer in it stop being
+// Set replaces the set of owned addresses. Addresses no longer in it stop being
 // answered at once; new ones are announced with a gratuitous burst.
-func (a *Announcer) SetOwned(owned []Owned) {
+func (a *Announcer) Set(owned []layer2.Address) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.owned = make(map[netip.Addr]Owned, len(owned))
+	a.owned = make(map[netip.Addr]layer2.Address, len(owned))
 	for _, o := range owned {
 		a.owned[o.IP] = o
 	}
@@ -114,23 +109,41 @@ func (a *Announcer) Serving() map[netip.Addr][]string {
 	return out
 }
 
-// Run watches the interfaces and answers on them until ctx ends.
+// Run watches the interfaces and answers on them until ctx ends. It returns once every
+// socket is closed and every goroutine it started has ended.
 func (a *Announcer) Run(ctx context.Context) error {
 	a.mu.Lock()
 	a.ctx = ctx
 	a.mu.Unlock()
+	defer a.wg.Wait()
 	defer a.closeAll()
 
 	updates := make(chan netlink.LinkUpdate, 16)
 	addrs := make(chan netlink.AddrUpdate, 16)
 	done := make(chan struct{})
-	defer close(done)
+	var subscribed []func()
+	defer func() {
+		close(done)
+		for _, drain := range subscribed {
+			drain() // the subscription's goroutine closes its channel when it ends
+		}
+	}()
 	onErr := func(err error) { a.log.Warn("netlink subscription", "err", err) }
 	if err := netlink.LinkSubscribeWithOptions(updates, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr}); err != nil {
 		a.log.Warn("cannot watch links; rescanning periodically only", "err", err)
+	} else {
+		subscribed = append(subscribed, func() {
+			for range updates {
+			}
+		})
 	}
 	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ErrorCallback: onErr}); err != nil {
 		a.log.Warn("cannot watch addresses; rescanning periodically only", "err", err)
+	} else {
+		subscribed = append(subscribed, func() {
+			for range addrs {
+			}
+		})
 	}
 	t := time.NewTicker(a.every)
 	defer t.Stop()
@@ -146,6 +159,15 @@ func (a *Announcer) Run(ctx context.Context) error {
 		}
 		a.rescan()
 	}
+}
+
+// spawn runs f in a goroutine that Run waits for.
+func (a *Announcer) spawn(f func()) {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		f()
+	}()
 }
 
 func (a *Announcer) closeAll() {
@@ -239,7 +261,7 @@ func (a *Announcer) openLocked(l *link) {
 			a.log.Warn("cannot answer ARP", "interface", l.ifi.Name, "err", err)
 		} else {
 			l.arp = c
-			go a.serveARP(l, c)
+			a.spawn(func() { a.serveARP(l, c) })
 		}
 	}
 	if l.ndp == nil && slices.ContainsFunc(l.prefixes, func(p netip.Prefix) bool { return p.Addr().Is6() && p.Addr().IsLinkLocalUnicast() }) {
@@ -256,7 +278,7 @@ func (a *Announcer) openLocked(l *link) {
 		}
 		l.ndp = c
 		l.groups = map[netip.Addr]bool{}
-		go a.serveNDP(l, c)
+		a.spawn(func() { a.serveNDP(l, c) })
 	}
 }
 
@@ -274,7 +296,8 @@ func (a *Announcer) reconcileLocked() {
 			if !l.serves[ip] {
 				a.log.Info("announcing", "ip", ip, "interface", l.ifi.Name)
 				if a.ctx != nil {
-					go a.announce(a.ctx, l, ip)
+					ctx := a.ctx
+					a.spawn(func() { a.announce(ctx, l, ip) })
 				}
 			}
 		}
@@ -311,7 +334,7 @@ func (a *Announcer) reconcileLocked() {
 	}
 }
 
-func servesOn(o Owned, l *link) bool {
+func servesOn(o layer2.Address, l *link) bool {
 	if o.Interfaces != nil {
 		return slices.Contains(o.Interfaces, l.ifi.Name)
 	}
@@ -384,12 +407,30 @@ func (a *Announcer) serveNDP(l *link, c *ndp.Conn) {
 			}
 			continue
 		}
-		na, dst, v := ndpReply(buf[:n], src, l.ifi.HardwareAddr, owned)
+		r, v := ndpReply(buf[:n], src, l.ifi.HardwareAddr, owned)
 		if v == answered {
-			err = c.WriteTo(na, nil, dst)
+			err = a.sendNA(l, c, r)
 		}
 		a.count(l, "IPv6", v, err)
 	}
+}
+
+// sendNA sends an advertisement as Linux does, from the target address, as a whole
+// frame through the link's packet socket; without the solicitor's hardware address (or
+// the packet socket), the kernel sends it through c from the link-local address.
+func (a *Announcer) sendNA(l *link, c *ndp.Conn, r reply) error {
+	a.mu.Lock()
+	raw := l.arp
+	a.mu.Unlock()
+	if r.dstMAC == nil || raw == nil {
+		return c.WriteTo(r.na, nil, r.dst)
+	}
+	f, err := r.frame(l.ifi.HardwareAddr)
+	if err != nil {
+		return err
+	}
+	_, err = raw.WriteTo(f, &packet.Addr{HardwareAddr: r.dstMAC})
+	return err
 }
 
 // count records what became of one packet read; sendErr is the reply's send error.
@@ -435,7 +476,7 @@ func (a *Announcer) announce(ctx context.Context, l *link, ip netip.Addr) {
 			}
 		}
 		if ip.Is6() && ndpc != nil {
-			if err := ndpc.WriteTo(unsolicitedNA(ip, l.ifi.HardwareAddr), nil, allNodes); err != nil {
+			if err := a.sendNA(l, ndpc, unsolicitedNA(ip, l.ifi.HardwareAddr)); err != nil {
 				a.log.Warn("send unsolicited Neighbor Advertisement", "ip", ip, "interface", l.ifi.Name, "err", err)
 				continue
 			}

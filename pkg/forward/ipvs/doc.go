@@ -11,4 +11,4 @@
 // addresses; an inet table drops sources outside a service's loadBalancerSourceRanges
 // before IPVS sees them, and masquerades traffic of Cluster services towards the real
 // servers. Not built yet: the speaker's use of this package.
-package forward
+package ipvs

@@ -1,4 +1,4 @@
-package forward
+package ipvs_test
 
 import (
 	"net"
@@ -9,6 +9,9 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/heraldlb/herald/e2e/netlab"
+	"github.com/heraldlb/herald/pkg/forward"
+	"github.com/heraldlb/herald/pkg/forward/ipvs"
+	"github.com/heraldlb/herald/pkg/transport"
 )
 
 // The node's kernel answers ARP for an address on herald0 unless Herald suppresses it;
@@ -16,8 +19,8 @@ import (
 func TestKernelSilentForVIPsInVM(t *testing.T) {
 	netlab.RequireVM(t)
 	host(t, 4) // a client namespace h4 on a veth v4 <-> v4p, 10.4.0.2
-	_ = netlink.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: LinkName}})
-	l, _ := netlink.LinkByName(LinkName)
+	_ = netlink.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: ipvs.LinkName}})
+	l, _ := netlink.LinkByName(ipvs.LinkName)
 	_ = netlink.LinkSetUp(l)
 	// The client needs an IPv6 path to the node too.
 	v4, _ := netlink.LinkByName("v4")
@@ -35,13 +38,13 @@ func TestKernelSilentForVIPsInVM(t *testing.T) {
 		t.Fatal("control: the kernel did not answer ARP for an address on herald0; this test would prove nothing")
 	}
 
-	f, err := New(Options{Owns: owns})
+	k := linux(t)
+	f, err := ipvs.New(k, ipvs.Options{Owns: owns})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
 	defer func() { _ = f.Set(nil) }()
-	if err := f.Set([]Service{{VIP: vip4, Port: 80, Proto: TCP}, {VIP: vip6, Port: 80, Proto: TCP}}); err != nil {
+	if err := f.Set([]forward.Service{{VIP: vip4, Port: 80, Proto: transport.TCP}, {VIP: vip6, Port: 80, Proto: transport.TCP}}); err != nil {
 		t.Fatal(err)
 	}
 	for range 3 {

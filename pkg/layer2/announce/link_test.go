@@ -1,4 +1,4 @@
-package layer2
+package announce
 
 import (
 	"bufio"
@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/heraldlb/herald/e2e/netlab"
+	"github.com/heraldlb/herald/pkg/layer2"
 )
 
 // The announcer of the real-link tests runs in a helper process started inside a
@@ -30,16 +31,16 @@ func TestMain(m *testing.M) {
 func helper(owned string) int {
 	reg := prometheus.NewRegistry()
 	a := New(Options{Registerer: reg, Rescan: time.Second})
-	var set []Owned
+	var set []layer2.Address
 	for _, s := range strings.Split(owned, ",") {
 		ip, ifs, named := strings.Cut(s, "@") // ip@if1+if2 names the interfaces, as a pool's interfaces: does
-		o := Owned{IP: netip.MustParseAddr(ip)}
+		o := layer2.Address{IP: netip.MustParseAddr(ip)}
 		if named {
 			o.Interfaces = strings.Split(ifs, "+")
 		}
 		set = append(set, o)
 	}
-	a.SetOwned(set)
+	a.Set(set)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
 	go func() {

@@ -12,4 +12,4 @@
 // on the interfaces its pool names; never on loopback or on a port enslaved to a bridge.
 // Interfaces that appear or disappear are picked up. Malformed and foreign packets are
 // dropped and counted.
-package layer2
+package announce

@@ -1,0 +1,127 @@
+package announce
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+
+	"github.com/mdlayher/ethernet"
+	"github.com/mdlayher/ndp"
+)
+
+// allNodes is the link-local all-nodes multicast group, where unsolicited advertisements go.
+var allNodes = netip.MustParseAddr("ff02::1")
+
+// allNodesMAC is allNodes' Ethernet multicast address (RFC 2464 7).
+var allNodesMAC = net.HardwareAddr{0x33, 0x33, 0, 0, 0, 1}
+
+// reply is an advertisement to send: from the target address itself, to dst at dstMAC.
+// dstMAC is nil when the solicitation did not say where its sender is (no source
+// link-layer address option): the kernel must then resolve it, and send it from the
+// link-local address.
+type reply struct {
+	na     *ndp.NeighborAdvertisement
+	dst    netip.Addr
+	dstMAC net.HardwareAddr
+}
+
+// ndpReply decides what to do with one received ICMPv6 message from src on a link with
+// hardware address mac: the advertisement to send and where to, or why nothing is sent.
+func ndpReply(msg []byte, src netip.Addr, mac net.HardwareAddr, owned func(netip.Addr) bool) (reply, verdict) {
+	m, err := ndp.ParseMessage(msg)
+	if err != nil {
+		return reply{}, malformed
+	}
+	ns, ok := m.(*ndp.NeighborSolicitation)
+	if !ok {
+		return reply{}, notRequest
+	}
+	var from net.HardwareAddr
+	for _, o := range ns.Options {
+		if lla, ok := o.(*ndp.LinkLayerAddress); ok && lla.Direction == ndp.Source {
+			if string(lla.Addr) == string(mac) {
+				return reply{}, ownPacket
+			}
+			from = lla.Addr
+		}
+	}
+	if !owned(ns.TargetAddress) {
+		return reply{}, notOwned
+	}
+	r := reply{
+		na: &ndp.NeighborAdvertisement{
+			Solicited:     true,
+			Override:      true,
+			TargetAddress: ns.TargetAddress,
+			Options:       []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Target, Addr: mac}},
+		},
+		dst: src, dstMAC: from,
+	}
+	if !src.IsValid() || src.IsUnspecified() {
+		// Duplicate address detection: answer to all nodes, unsolicited (RFC 4861 7.2.4).
+		r.na.Solicited, r.dst, r.dstMAC = false, allNodes, allNodesMAC
+	}
+	return r, answered
+}
+
+// unsolicitedNA is the announcement that ip now lives at mac, to all nodes.
+func unsolicitedNA(ip netip.Addr, mac net.HardwareAddr) reply {
+	return reply{
+		na: &ndp.NeighborAdvertisement{
+			Override:      true,
+			TargetAddress: ip,
+			Options:       []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Target, Addr: mac}},
+		},
+		dst: allNodes, dstMAC: allNodesMAC,
+	}
+}
+
+// frame builds the Ethernet frame carrying r from srcMAC, as Linux sends an
+// advertisement: the IPv6 source is the target address itself (tools such as ndisc6
+// accept nothing else), hop limit 255 (RFC 4861 7.1.2).
+func (r reply) frame(srcMAC net.HardwareAddr) ([]byte, error) {
+	icmp, err := ndp.MarshalMessage(r.na)
+	if err != nil {
+		return nil, err
+	}
+	src := r.na.TargetAddress
+	binary.BigEndian.PutUint16(icmp[2:4], 0)
+	binary.BigEndian.PutUint16(icmp[2:4], icmpv6Checksum(src, r.dst, icmp))
+	pkt := make([]byte, 40, 40+len(icmp))
+	pkt[0] = 6 << 4 // version 6, traffic class and flow label 0
+	binary.BigEndian.PutUint16(pkt[4:6], uint16(len(icmp)))
+	pkt[6] = 58 // ICMPv6
+	pkt[7] = 255
+	s, d := src.As16(), r.dst.As16()
+	copy(pkt[8:24], s[:])
+	copy(pkt[24:40], d[:])
+	pkt = append(pkt, icmp...)
+	f := ethernet.Frame{Destination: r.dstMAC, Source: srcMAC, EtherType: ethernet.EtherTypeIPv6, Payload: pkt}
+	return f.MarshalBinary()
+}
+
+// icmpv6Checksum is the ICMPv6 checksum of msg (its checksum field zero) from src to dst
+// (RFC 4443 2.3, over the RFC 8200 8.1 pseudo-header).
+func icmpv6Checksum(src, dst netip.Addr, msg []byte) uint16 {
+	var sum uint32
+	add := func(b []byte) {
+		for i := 0; i+1 < len(b); i += 2 {
+			sum += uint32(b[i])<<8 | uint32(b[i+1])
+		}
+		if len(b)%2 == 1 {
+			sum += uint32(b[len(b)-1]) << 8
+		}
+	}
+	s, d := src.As16(), dst.As16()
+	add(s[:])
+	add(d[:])
+	var l [8]byte
+	binary.BigEndian.PutUint32(l[0:4], uint32(len(msg)))
+	l[7] = 58
+	add(l[:])
+	add(msg)
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	return ^uint16(sum)
+}
