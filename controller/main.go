@@ -9,9 +9,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -19,12 +21,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/heraldlb/herald/pkg/config"
 	"github.com/heraldlb/herald/pkg/controller"
 	"github.com/heraldlb/herald/pkg/k8s"
 	"github.com/heraldlb/herald/pkg/logging"
 	"github.com/heraldlb/herald/pkg/metrics"
+	"github.com/heraldlb/herald/pkg/webhook"
 )
 
 func main() {
@@ -54,6 +60,11 @@ func run() error {
 		logLevel     = flag.String("log-level", "info", "debug, info, warn or error")
 		logFormat    = flag.String("log-format", "json", "json or text")
 		resyncPeriod = flag.Duration("resync-period", 10*time.Minute, "how often every Service is checked again")
+		whAddr       = flag.String("webhook-addr", ":9443", "address serving the validating admission webhook for the configuration (HTTPS); empty disables")
+		whConfig     = flag.String("webhook-configuration", "herald-config", "ValidatingWebhookConfiguration whose caBundle the leader keeps current")
+		whSecret     = flag.String("webhook-secret", "herald-webhook-cert", "Secret (in --config-namespace) holding the webhook's serving certificate, made and renewed by the leader")
+		whNames      = flag.String("webhook-dns-names", "herald-controller-webhook.herald-system.svc", "comma-separated names the webhook's certificate is for (its Service's)")
+		whIPs        = flag.String("webhook-ips", "", "comma-separated addresses the webhook's certificate is for, when it is reached by URL")
 	)
 	flag.Parse()
 
@@ -94,6 +105,13 @@ func run() error {
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	var leading atomic.Bool
+	var certs *webhook.Certs
+	if *whAddr != "" {
+		if certs, err = serveWebhook(ctx, g, client, k8s.ConfigRef{Namespace: *cmNamespace, Name: *cmName, Key: *cmKey}, *class,
+			*whAddr, *whSecret, *whNames, *whIPs, logger.With("component", "webhook")); err != nil {
+			return err
+		}
+	}
 	if *metricsAddr != "" {
 		ln, err := net.Listen("tcp", *metricsAddr)
 		if err != nil {
@@ -120,7 +138,15 @@ func run() error {
 		timings := k8s.LeaderTimings{LeaseDuration: *leaseDur, RenewDeadline: *renewDl, RetryPeriod: *retryPeriod}
 		return k8s.RunAsLeader(ctx, client, *cmNamespace, *leaseName, id, timings, logger, func(ctx context.Context) error {
 			leading.Store(true)
-			return ctrl.Run(ctx)
+			if certs == nil {
+				return ctrl.Run(ctx)
+			}
+			lg, ctx := errgroup.WithContext(ctx)
+			lg.Go(func() error {
+				return webhook.Maintain(ctx, certs, *whConfig, time.Minute, logger.With("component", "webhook"))
+			})
+			lg.Go(func() error { return ctrl.Run(ctx) })
+			return lg.Wait()
 		})
 	})
 	err = g.Wait()
@@ -141,4 +167,46 @@ func identity() (string, error) {
 		return "", err
 	}
 	return host + "_" + hex.EncodeToString(b), nil
+}
+
+// serveWebhook starts serving the admission webhook in g, in every replica: the same
+// rule the controller applies, against the addresses Services hold (from a cache of
+// their own). It returns the certificates, which the leader maintains.
+func serveWebhook(ctx context.Context, g *errgroup.Group, client kubernetes.Interface, ref k8s.ConfigRef, class, addr, secret, names, ips string, logger *slog.Logger) (*webhook.Certs, error) {
+	certs := &webhook.Certs{Client: client, Namespace: ref.Namespace, Secret: secret}
+	for _, n := range strings.Split(names, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			certs.DNSNames = append(certs.DNSNames, n)
+		}
+	}
+	for _, s := range strings.Split(ips, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		ip := net.ParseIP(s)
+		if ip == nil {
+			return nil, fmt.Errorf("--webhook-ips: %q is not an IP address", s)
+		}
+		certs.IPs = append(certs.IPs, ip)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on --webhook-addr %q: %w", addr, err)
+	}
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(k8s.Strip))
+	svcs := factory.Core().V1().Services()
+	svcs.Informer() // registered before Start
+	ref = ref.WithDefaults()
+	v := &webhook.Validator{Namespace: ref.Namespace, Name: ref.Name, Key: ref.Key, Log: logger, Held: func() []config.Held {
+		list, _ := svcs.Lister().List(labels.Everything())
+		return k8s.HeldAddresses(list, class)
+	}}
+	srv := &webhook.Server{Validator: v, Certs: certs, Log: logger}
+	g.Go(func() error {
+		factory.Start(ctx.Done())
+		defer factory.Shutdown()
+		factory.WaitForCacheSync(ctx.Done())
+		return srv.Serve(ctx, ln)
+	})
+	return certs, nil
 }

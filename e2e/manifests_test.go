@@ -30,7 +30,7 @@ func TestManifests(t *testing.T) {
 	if err != nil {
 		t.Fatalf("kubectl kustomize config: %v\n%s", err, out)
 	}
-	for _, kind := range []string{"Namespace", "ServiceAccount", "ClusterRole", "Role", "Deployment", "DaemonSet"} {
+	for _, kind := range []string{"Namespace", "ServiceAccount", "ClusterRole", "Role", "Deployment", "DaemonSet", "Service", "ValidatingWebhookConfiguration"} {
 		if !strings.Contains(out, "kind: "+kind+"\n") {
 			t.Errorf("the rendered manifests have no %s", kind)
 		}
@@ -73,6 +73,16 @@ func TestManifests(t *testing.T) {
 		{"speaker", []string{"get", "secrets/other", "-n", "herald-system"}, false},
 		{"speaker", []string{"create", "secrets", "-n", "herald-system"}, false},
 		{"speaker", []string{"update", "configmaps", "-n", "herald-system"}, false},
+		{"controller", []string{"update", "configmaps/config-in-force", "-n", "herald-system"}, true},
+		{"controller", []string{"update", "configmaps/config", "-n", "herald-system"}, false},
+		{"controller", []string{"create", "configmaps", "-n", "herald-system"}, true},
+		{"controller", []string{"create", "configmaps", "-n", "default"}, false},
+		{"controller", []string{"get", "secrets/herald-webhook-cert", "-n", "herald-system"}, true},
+		{"controller", []string{"update", "secrets/herald-webhook-cert", "-n", "herald-system"}, true},
+		{"controller", []string{"update", "secrets/memberlist", "-n", "herald-system"}, false},
+		{"controller", []string{"update", "validatingwebhookconfigurations.admissionregistration.k8s.io/herald-config"}, true},
+		{"controller", []string{"update", "validatingwebhookconfigurations.admissionregistration.k8s.io/other"}, false},
+		{"speaker", []string{"watch", "configmaps", "-n", "herald-system"}, true},
 	} {
 		out, _ := kubectl(t, kc, append([]string{"auth", "can-i", sa(tc.who)}, tc.args...)...)
 		lines := strings.Split(strings.TrimSpace(out), "\n") // warnings may come first

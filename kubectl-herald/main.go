@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -22,20 +23,32 @@ import (
 
 const usage = `kubectl herald: what Herald does with your Services
 
-  kubectl herald status                 every Service address, its pool, mode and announcing nodes
+  kubectl herald status                 every Service address, its pool, mode and announcing
+                                        nodes; the configuration in force and what each speaker runs
   kubectl herald pools                  each pool's capacity, use and free addresses, per family
   kubectl herald explain NAMESPACE/NAME why a Service has no address, or who announces it
-  kubectl herald validate FILE          check a ConfigMap (or its config text) and say which
-                                        Services would keep, move or lose their addresses
+  kubectl herald validate FILE          check a ConfigMap (or its config text) with the controller's
+                                        own rule, and say which Services would keep, move or lose
+                                        their addresses (that list needs a cluster; --offline, or no
+                                        kubeconfig, checks the file alone)
+  kubectl herald help                   this text
 
 Flags (before the command): --kubeconfig, --config-namespace, --config-name, --config-key,
---load-balancer-class, -o table|json
+--load-balancer-class, -o table|json, --offline
+Exit status: 0 when all is well, 1 on an error or when validate finds the file would be refused.
 `
+
+// errRefused says validate found a valid configuration the controller would refuse; the
+// table already said why.
+var errRefused = errors.New("the controller would refuse this configuration")
 
 func main() {
 	err := run(os.Args[1:], os.Stdout)
 	var cfgErr config.Errors
 	switch {
+	case errors.Is(err, flag.ErrHelp):
+	case errors.Is(err, errRefused):
+		os.Exit(1)
 	case errors.As(err, &cfgErr):
 		for _, e := range cfgErr {
 			fmt.Fprintln(os.Stderr, e)
@@ -57,19 +70,40 @@ func run(args []string, out io.Writer) error {
 	fs.StringVar(&ref.Key, "config-key", "config", "key of the configuration in the ConfigMap")
 	class := fs.String("load-balancer-class", k8s.DefaultLoadBalancerClass, "the class Herald serves besides none")
 	output := fs.String("o", "table", "output: table or json")
+	offline := fs.Bool("offline", false, "validate: check the file alone, without a cluster")
+	fs.SetOutput(out)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if fs.NArg() == 0 {
+	if fs.NArg() == 0 || fs.Arg(0) == "help" {
 		fs.Usage()
-		return errors.New("no command")
+		if fs.NArg() == 0 {
+			return errors.New("no command")
+		}
+		return flag.ErrHelp
 	}
 	if *output != "table" && *output != "json" {
 		return fmt.Errorf("-o %q: want table or json", *output)
 	}
+	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	if slices.ContainsFunc(rest, func(a string) bool { return a == "-h" || a == "-help" || a == "--help" }) {
+		fs.Usage()
+		return flag.ErrHelp
+	}
+	wouldRefuse := false
+	if !slices.Contains([]string{"status", "pools", "explain", "validate"}, cmd) {
+		fs.Usage()
+		return fmt.Errorf("unknown command %q", cmd)
+	}
+	if cmd == "validate" && len(rest) != 1 {
+		return errors.New("validate takes a FILE")
+	}
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	rules.ExplicitPath = *kubeconfig
 	rc, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig()
+	if cmd == "validate" && (*offline || clientcmd.IsEmptyConfig(err)) {
+		return validateOffline(out, rest[0], ref.Key)
+	}
 	if err != nil {
 		return err
 	}
@@ -81,7 +115,6 @@ func run(args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cmd, rest := fs.Arg(0), fs.Args()[1:]
 	var v any
 	var header []string
 	footer := ""
@@ -103,6 +136,7 @@ func run(args []string, out io.Writer) error {
 			}
 			return r
 		}
+		footer = configFooter(snap)
 	case "pools":
 		ps, err := snap.Pools()
 		if err != nil {
@@ -131,17 +165,16 @@ func run(args []string, out io.Writer) error {
 		}
 		return nil
 	case "validate":
-		if len(rest) != 1 {
-			return errors.New("validate takes a FILE")
-		}
 		text, err := os.ReadFile(rest[0])
 		if err != nil {
 			return err
 		}
-		ch, err := snap.Validate(text, ref.Key)
-		if err != nil {
-			return err
+		ch, verdict := snap.Validate(text, ref.Key)
+		var refused *config.Refused
+		if verdict != nil && !errors.As(verdict, &refused) {
+			return verdict
 		}
+		wouldRefuse = refused != nil
 		v, header = ch, []string{"SERVICE", "IPS", "POOL NOW", "POOL AFTER", "OUTCOME", "WHY"}
 		rows = func() (r [][]string) {
 			for _, c := range ch {
@@ -150,19 +183,20 @@ func run(args []string, out io.Writer) error {
 			return r
 		}
 		footer = "\nThe configuration is valid; no Service loses its address.\n"
-		for _, c := range ch {
-			if c.Outcome == "loses" {
-				footer = "\nThe controller would refuse this configuration: it takes addresses away.\n"
-			}
+		if refused != nil {
+			footer = "\nThe controller would refuse this configuration: " + refused.Error() + ".\n"
 		}
-	default:
-		fs.Usage()
-		return fmt.Errorf("unknown command %q", cmd)
 	}
 	if *output == "json" {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
-		return enc.Encode(v)
+		if err := enc.Encode(v); err != nil {
+			return err
+		}
+		if wouldRefuse {
+			return errRefused
+		}
+		return nil
 	}
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, strings.Join(header, "\t"))
@@ -172,6 +206,48 @@ func run(args []string, out io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	_, err = fmt.Fprint(out, footer)
+	if _, err := fmt.Fprint(out, footer); err != nil {
+		return err
+	}
+	if wouldRefuse {
+		return errRefused
+	}
+	return nil
+}
+
+// validateOffline checks a file with no cluster at all.
+func validateOffline(out io.Writer, path, key string) error {
+	text, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	cfg, err := inspect.ValidateFile(text, key)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(out, "The configuration is valid: %d address pools, %d BGP peers.\n"+
+		"Whether any Service would lose its address needs a cluster: run it with a kubeconfig.\n",
+		len(cfg.Pools), len(cfg.Peers))
 	return err
+}
+
+// configFooter says which configuration is in force, whether the admin's ConfigMap is,
+// and which configuration each speaker runs.
+func configFooter(s *inspect.Snapshot) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nConfiguration in force: %s\n", s.InForce)
+	if s.Proposed != "" {
+		fmt.Fprintf(&b, "The ConfigMap holds another configuration (%s), not in force: %s\n", s.Proposed, s.ProposedWhy)
+	}
+	for _, sp := range s.Speakers {
+		switch {
+		case sp.Err != "":
+			fmt.Fprintf(&b, "  speaker %s on %s: cannot tell (%s)\n", sp.Pod, sp.Node, sp.Err)
+		case sp.Config != s.InForce:
+			fmt.Fprintf(&b, "  speaker %s on %s runs %s: it disagrees with the controller\n", sp.Pod, sp.Node, sp.Config)
+		default:
+			fmt.Fprintf(&b, "  speaker %s on %s runs it\n", sp.Pod, sp.Node)
+		}
+	}
+	return b.String()
 }

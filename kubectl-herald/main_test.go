@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"flag"
 	"os"
 	"path/filepath"
 	"strings"
@@ -158,7 +160,11 @@ peers:
 		return p
 	}
 	shrunk := write("shrunk.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: config}\ndata:\n  config: |\n    address-pools:\n    - {name: default, protocol: layer2, addresses: [192.168.10.91-192.168.10.100]}\n    - {name: bgp, protocol: bgp, addresses: [198.51.100.0/24]}\n")
-	out := herald("validate", shrunk)
+	var refusedOut bytes.Buffer
+	if err := run([]string{"--kubeconfig", cp.Kubeconfig, "--config-namespace", ns.Name, "validate", shrunk}, &refusedOut); !errors.Is(err, errRefused) {
+		t.Errorf("validate shrunk: %v, want the refusal (exit status 1)", err)
+	}
+	out := refusedOut.String()
 	if !strings.Contains(onlyNS(out), ns.Name+"/web 192.168.10.90 default loses") || !strings.Contains(out, "would refuse") {
 		t.Errorf("validate shrunk:\n%s", out)
 	}
@@ -172,5 +178,32 @@ peers:
 	err = run([]string{"--kubeconfig", cp.Kubeconfig, "--config-namespace", ns.Name, "validate", bad}, &errOut)
 	if err == nil || !strings.Contains(err.Error(), `address-pools[0].protocol (line 2): must be layer2 or bgp: "layer3"`) {
 		t.Errorf("validate bad: %v", err)
+	}
+}
+
+// Help and an offline validate need no cluster at all.
+func TestWithoutCluster(t *testing.T) {
+	t.Setenv("KUBECONFIG", filepath.Join(t.TempDir(), "none"))
+	t.Setenv("HOME", t.TempDir())
+	for _, args := range [][]string{{"help"}, {"--help"}, {"status", "--help"}} {
+		var out bytes.Buffer
+		if err := run(args, &out); err != nil && !errors.Is(err, flag.ErrHelp) {
+			t.Errorf("kubectl herald %s: %v", strings.Join(args, " "), err)
+		}
+		if !strings.Contains(out.String(), "kubectl herald validate FILE") {
+			t.Errorf("kubectl herald %s printed no help:\n%s", strings.Join(args, " "), out.String())
+		}
+	}
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	_ = os.WriteFile(good, []byte("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: config}\ndata:\n  config: |\n    address-pools:\n    - {name: a, protocol: layer2, addresses: [10.0.0.0/24]}\n"), 0o644)
+	var out bytes.Buffer
+	if err := run([]string{"validate", good}, &out); err != nil || !strings.Contains(out.String(), "valid: 1 address pools") || !strings.Contains(out.String(), "needs a cluster") {
+		t.Errorf("offline validate of a good file: %v\n%s", err, out.String())
+	}
+	bad := filepath.Join(dir, "bad.yaml")
+	_ = os.WriteFile(bad, []byte("address-pools:\n- {name: a, protocol: layer3, addresses: [10.0.0.0/24]}\n"), 0o644)
+	if err := run([]string{"--offline", "validate", bad}, &out); err == nil || !strings.Contains(err.Error(), "address-pools[0].protocol (line 2)") {
+		t.Errorf("offline validate of a bad file: %v", err)
 	}
 }

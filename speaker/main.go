@@ -25,9 +25,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/heraldlb/herald/pkg/bgp/gobgp"
-	"github.com/heraldlb/herald/pkg/forward"
+	"github.com/heraldlb/herald/pkg/forward/ipvs"
 	"github.com/heraldlb/herald/pkg/k8s"
-	"github.com/heraldlb/herald/pkg/layer2"
+	"github.com/heraldlb/herald/pkg/layer2/announce"
 	"github.com/heraldlb/herald/pkg/logging"
 	"github.com/heraldlb/herald/pkg/members"
 	"github.com/heraldlb/herald/pkg/metrics"
@@ -92,22 +92,22 @@ func run() error {
 	var runBGP func(context.Context) error
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	announcer := layer2.New(layer2.Options{Logger: logger.With("component", "layer2"), Registerer: reg})
+	announcer := announce.New(announce.Options{Logger: logger.With("component", "layer2"), Registerer: reg})
 	opts := speaker.Options{
 		Client: client, NodeName: *nodeName, Config: k8s.ConfigRef{Namespace: *cmNamespace, Name: *cmName, Key: *cmKey},
 		LoadBalancerClass: *class, Layer2: announcer, Logger: logger, Registerer: reg,
 	}
 	var spk *speaker.Speaker
-	fwd, err := forward.New(forward.Options{
-		Owns:   func(a netip.Addr) bool { return spk.Owns(a) },
-		Logger: logger.With("component", "forward"), Registerer: reg,
-	})
-	if err != nil {
-		logger.Error("this node cannot forward, so it will announce no address of a pool that forwards", "err", err)
-		opts.ForwardErr = err
+	if kernel, err := ipvs.OpenLinux(); err != nil {
+		opts.ForwardErr = err // the speaker says so: log, metric, Event on the Node
 	} else {
-		defer fwd.Close()
-		opts.Forward = fwd
+		defer kernel.Close()
+		if opts.Forward, err = ipvs.New(kernel, ipvs.Options{
+			Owns:   func(a netip.Addr) bool { return spk.Owns(a) },
+			Logger: logger.With("component", "forward"), Registerer: reg,
+		}); err != nil {
+			return err
+		}
 	}
 	if *useBGP {
 		rid := *routerID
@@ -197,13 +197,13 @@ func run() error {
 // module) and sets the sysctls forwarding needs. A node without IPVS is not an error:
 // the speaker reports it and the node does not announce pools that forward.
 func prepareForwarding(logger *slog.Logger) error {
-	f, err := forward.New(forward.Options{Owns: func(netip.Addr) bool { return false }})
+	k, err := ipvs.OpenLinux()
 	if err != nil {
 		logger.Warn("IPVS unavailable; this node will not forward", "err", err)
 		return nil
 	}
-	f.Close()
-	if err := forward.Sysctls(); err != nil {
+	k.Close()
+	if err := ipvs.Sysctls(); err != nil {
 		return err
 	}
 	logger.Info("forwarding sysctls set")

@@ -8,7 +8,7 @@ import (
 	"github.com/moby/ipvs"
 
 	"github.com/heraldlb/herald/e2e/netlab"
-	"github.com/heraldlb/herald/pkg/plan"
+	"github.com/heraldlb/herald/pkg/forward"
 )
 
 // TestIPVSInVM checks, on Debian's kernel inside the VM, that the netlink IPVS library
@@ -21,7 +21,7 @@ func TestIPVSInVM(t *testing.T) {
 		t.Fatalf("open IPVS netlink: %v", err)
 	}
 	defer h.Close()
-	for i, sched := range plan.Schedulers {
+	for i, sched := range forward.Schedulers {
 		svc := &ipvs.Service{
 			Address: net.IPv4(192, 168, 10, byte(90+i)), Protocol: syscall.IPPROTO_TCP, Port: 8090,
 			AddressFamily: syscall.AF_INET, SchedName: sched, Netmask: 0xffffffff,
@@ -39,8 +39,8 @@ func TestIPVSInVM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(svcs) != len(plan.Schedulers) {
-		t.Fatalf("%d virtual services in the kernel, want %d", len(svcs), len(plan.Schedulers))
+	if len(svcs) != len(forward.Schedulers) {
+		t.Fatalf("%d virtual services in the kernel, want %d", len(svcs), len(forward.Schedulers))
 	}
 	for _, s := range svcs {
 		dests, err := h.GetDestinations(s)

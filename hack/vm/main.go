@@ -27,8 +27,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/heraldlb/herald/pkg/forward"
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
-	"github.com/heraldlb/herald/pkg/plan"
 )
 
 // modules the tests need; their dependencies are added from modules.dep.
@@ -39,7 +39,7 @@ var modules = append([]string{
 
 func schedulerModules() []string {
 	var out []string
-	for _, s := range plan.Schedulers {
+	for _, s := range forward.Schedulers {
 		out = append(out, "ip_vs_"+s)
 	}
 	return out

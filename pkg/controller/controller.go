@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -63,12 +64,14 @@ type Controller struct {
 	svcInformer cache.SharedIndexInformer
 	svcLister   corelisters.ServiceLister
 	configs     *k8s.ConfigSource
+	inForceSrc  *k8s.ConfigSource // the configuration this controller published as in force
 
 	seenConfig *string // the ConfigMap text last handled; touched only by the config sync
 
 	mu       sync.Mutex
 	alloc    *ipam.Allocator // nil until a configuration is accepted
 	cfg      *config.Config
+	inForce  string                       // the text of cfg
 	pending  map[string]bool              // Services waiting for an address
 	reported map[string]map[string]string // per Service, per kind of problem: the last one recorded as an Event
 
@@ -99,6 +102,7 @@ func New(opts Options) (*Controller, error) {
 	c.metrics = metrics.NewController(opts.Registerer, c.poolStats)
 	c.svcFactory = informers.NewSharedInformerFactoryWithOptions(opts.Client, opts.ResyncPeriod, informers.WithNamespace(opts.WatchNamespace))
 	c.configs = k8s.NewConfigSource(opts.Client, opts.Config, opts.ResyncPeriod)
+	c.inForceSrc = k8s.NewConfigSource(opts.Client, opts.Config.InForce(), 0)
 	c.svcInformer = c.svcFactory.Core().V1().Services().Informer()
 	c.svcLister = c.svcFactory.Core().V1().Services().Lister()
 	return c, nil
@@ -126,18 +130,21 @@ func (c *Controller) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	c.svcFactory.Start(ctx.Done())
 	c.configs.Start(ctx.Done())
+	c.inForceSrc.Start(ctx.Done())
 	defer c.svcFactory.Shutdown()
 	defer c.configs.Shutdown()
+	defer c.inForceSrc.Shutdown()
 	// Deferred last, so it runs first: the informers stop before the Shutdowns wait for
 	// them, also when a panic unwinds.
 	defer cancel()
-	if !cache.WaitForCacheSync(ctx.Done(), c.svcInformer.HasSynced, c.configs.Informer.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), c.svcInformer.HasSynced, c.configs.Informer.HasSynced, c.inForceSrc.Informer.HasSynced) {
 		return g.Wait() // ctx ended first
 	}
 	// The configuration, and with it every assignment already in Service statuses, comes
 	// before any Service is synced.
-	if err := c.syncConfig(); err != nil {
-		return err
+	if err := c.syncConfig(ctx); err != nil {
+		c.log.Warn("configuration not published yet; retrying", "err", err)
+		c.queue.AddRateLimited(configKey)
 	}
 	enqueue := func(obj any) {
 		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
@@ -180,7 +187,7 @@ func (c *Controller) processNext(ctx context.Context) bool {
 	defer c.queue.Done(key)
 	var err error
 	if key == configKey {
-		err = c.syncConfig()
+		err = c.syncConfig(ctx)
 	} else {
 		err = c.syncService(ctx, key)
 	}
@@ -195,9 +202,18 @@ func (c *Controller) processNext(ctx context.Context) bool {
 	return true
 }
 
-// syncConfig reads the ConfigMap and puts it in force if it is valid and takes no
-// address away; otherwise it keeps the configuration in force and says why.
-func (c *Controller) syncConfig() error {
+// syncConfig reads the ConfigMap and puts it in force if config.Admit admits it against
+// the addresses Services hold; otherwise it keeps the configuration in force and says
+// why. What is put in force is published in the in-force ConfigMap, which the speakers
+// run. On the first call, the last configuration published there is put back in force
+// before the admin's ConfigMap is judged, so a restart never moves an address.
+func (c *Controller) syncConfig(ctx context.Context) error {
+	c.mu.Lock()
+	first := c.alloc == nil
+	c.mu.Unlock()
+	if first {
+		c.restoreInForce()
+	}
 	cm, text, err := c.configs.Get()
 	if errors.Is(err, k8s.ErrNoConfigMap) {
 		if c.seenConfig == nil || *c.seenConfig != "\x00missing" {
@@ -220,41 +236,87 @@ func (c *Controller) syncConfig() error {
 	if c.seenConfig != nil && *c.seenConfig == text {
 		return nil
 	}
-	c.seenConfig = &text
 	if errors.Is(err, k8s.ErrNoKey) {
-		c.refuse(cm, "invalid", "InvalidConfig", err)
-		return nil
-	}
-	cfg, err := config.Parse([]byte(text))
-	if err != nil {
+		c.seenConfig = &text
 		c.refuse(cm, "invalid", "InvalidConfig", err)
 		return nil
 	}
 	c.mu.Lock()
-	first := c.alloc == nil
-	if first {
+	held := c.heldLocked()
+	cfg, err := config.Admit([]byte(text), held)
+	var refused *config.Refused
+	switch {
+	case errors.As(err, &refused):
+		c.mu.Unlock()
+		c.seenConfig = &text
+		c.refuse(cm, "refused", "ConfigRefused", err)
+		return nil
+	case err != nil:
+		c.mu.Unlock()
+		c.seenConfig = &text
+		c.refuse(cm, "invalid", "InvalidConfig", err)
+		return nil
+	}
+	if c.alloc == nil {
 		c.alloc = ipam.New(cfg.Pools)
 		c.restoreLocked()
 	} else if err := c.alloc.SetPools(cfg.Pools); err != nil {
+		// Admit checked the same addresses; reaching here is a bug, and still safe.
 		c.mu.Unlock()
+		c.seenConfig = &text
 		c.refuse(cm, "refused", "ConfigRefused", err)
 		return nil
 	}
-	c.cfg = cfg
+	c.cfg, c.inForce = cfg, text
 	c.mu.Unlock()
-
+	if err := k8s.PublishInForce(ctx, c.opts.Client, c.opts.Config, text, cm.ResourceVersion); err != nil {
+		return err // retried; until then the speakers run the previous configuration
+	}
+	c.seenConfig = &text
 	c.metrics.ConfigLoads.WithLabelValues("accepted").Inc()
 	c.metrics.ConfigStale.Set(0)
 	c.metrics.ConfigLastSuccess.SetToCurrentTime()
-	msg := fmt.Sprintf("configuration loaded: %d address pools, %d BGP peers", len(cfg.Pools), len(cfg.Peers))
-	c.events.Recorder.Event(cm, corev1.EventTypeNormal, "ConfigLoaded", msg)
-	c.log.Info("configuration loaded", "configMap", c.opts.Config.String(), "pools", len(cfg.Pools), "peers", len(cfg.Peers))
+	c.metrics.InForce.Set(config.Hash([]byte(text)))
+	msg := fmt.Sprintf("configuration loaded: %d address pools, %d BGP peers (%s)", len(cfg.Pools), len(cfg.Peers), config.Hash([]byte(text)))
+	c.events.Event(cm, corev1.EventTypeNormal, "ConfigLoaded", msg)
+	c.log.Info("configuration loaded", "configMap", c.opts.Config.String(), "pools", len(cfg.Pools), "peers", len(cfg.Peers), "hash", config.Hash([]byte(text)))
 	// Pools may have grown or changed: every Service is looked at again.
 	svcs, _ := c.svcLister.List(labels.Everything())
 	for _, svc := range svcs {
 		c.queue.Add(k8s.Key(svc))
 	}
 	return nil
+}
+
+// heldLocked returns the addresses a new configuration must keep: what the allocator
+// holds once a configuration is in force, else what Service statuses say.
+func (c *Controller) heldLocked() []config.Held {
+	if c.alloc != nil {
+		return c.alloc.Held()
+	}
+	svcs, _ := c.svcLister.List(labels.Everything())
+	return k8s.HeldAddresses(svcs, c.opts.LoadBalancerClass)
+}
+
+// restoreInForce puts back in force the configuration the controller published last,
+// when it still parses and keeps every held address.
+func (c *Controller) restoreInForce() {
+	_, text, err := c.inForceSrc.Get()
+	if err != nil {
+		return // nothing published yet
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	cfg, err := config.Admit([]byte(text), c.heldLocked())
+	if err != nil {
+		c.log.Warn("the configuration published as in force cannot be put back; judging the ConfigMap afresh", "configMap", c.opts.Config.InForce().String(), "err", err)
+		return
+	}
+	c.alloc = ipam.New(cfg.Pools)
+	c.restoreLocked()
+	c.cfg, c.inForce = cfg, text
+	c.metrics.InForce.Set(config.Hash([]byte(text)))
+	c.log.Info("configuration in force restored", "configMap", c.opts.Config.InForce().String(), "hash", config.Hash([]byte(text)))
 }
 
 func (c *Controller) refuse(cm *corev1.ConfigMap, result, reason string, err error) {
@@ -268,7 +330,7 @@ func (c *Controller) refuse(cm *corev1.ConfigMap, result, reason string, err err
 		keeping = "the last good configuration stays in force"
 	}
 	msg := truncate(fmt.Sprintf("configuration refused, %s: %v", keeping, err), 1024)
-	c.events.Recorder.Event(cm, corev1.EventTypeWarning, reason, msg)
+	c.events.Event(cm, corev1.EventTypeWarning, reason, msg)
 	c.log.Error("configuration refused", "configMap", cm.Namespace+"/"+cm.Name, "reason", reason, "err", err)
 }
 
@@ -281,27 +343,12 @@ func truncate(s string, n int) string {
 
 func ptr[T any](v T) *T { return &v }
 
-// restoreLocked records every address already in a Service's status, oldest Service
-// first, so that where two claim one address the older keeps it.
+// restoreLocked records every address already in a Service's status (k8s.Restore).
 func (c *Controller) restoreLocked() {
 	svcs, _ := c.svcLister.List(labels.Everything())
-	slices.SortFunc(svcs, func(a, b *corev1.Service) int {
-		return cmp.Or(a.CreationTimestamp.Compare(b.CreationTimestamp.Time), cmp.Compare(k8s.Key(a), k8s.Key(b)))
-	})
-	restored := 0
-	for _, svc := range svcs {
-		ips := k8s.IngressIPs(svc)
-		if !k8s.Manages(svc, c.opts.LoadBalancerClass) || len(ips) == 0 {
-			continue
-		}
-		// An annotation that no longer parses must not cost the Service its address: the
-		// sharing terms read before the bad field still apply.
-		req, _ := k8s.Request(svc)
-		if _, err := c.alloc.Restore(req, ips); err != nil {
-			c.log.Warn("cannot keep the address in the Service's status", "service", k8s.Key(svc), "ip", ips, "err", err)
-			continue
-		}
-		restored++
+	restored, lost := k8s.Restore(c.alloc, svcs, c.opts.LoadBalancerClass)
+	for _, key := range slices.Sorted(maps.Keys(lost)) {
+		c.log.Warn("cannot keep the address in the Service's status", "service", key, "err", lost[key])
 	}
 	c.log.Info("restored assignments from Service statuses", "services", restored)
 }
@@ -337,7 +384,7 @@ func (c *Controller) syncService(ctx context.Context, key string) error {
 		held := c.release(key)
 		if held {
 			// The API server may already have cleared the status; the Event is for the release.
-			c.events.Recorder.Event(svc, corev1.EventTypeNormal, "IPReleased", "Released the load-balancer address: the Service is no longer of type LoadBalancer")
+			c.events.Event(svc, corev1.EventTypeNormal, "IPReleased", "Released the load-balancer address: the Service is no longer of type LoadBalancer")
 			c.log.Info("released", "service", key)
 		}
 		if held || c.inPools(k8s.IngressIPs(svc)) {
@@ -484,7 +531,7 @@ func (c *Controller) reportOnce(svc *corev1.Service, topic, reason, msg string) 
 	if same {
 		return false
 	}
-	c.events.Recorder.Event(svc, corev1.EventTypeWarning, reason, msg)
+	c.events.Event(svc, corev1.EventTypeWarning, reason, msg)
 	if topic != "" {
 		c.log.Warn("Service asks for something Herald cannot do", "service", k8s.Key(svc), "reason", reason, "err", msg)
 	}
@@ -528,7 +575,7 @@ func (c *Controller) writeStatus(ctx context.Context, svc *corev1.Service, ips [
 		c.log.Info("ipMode changed", "service", k8s.Key(svc), "ip", ipList(ips), "pool", pool, "forwarded", forward)
 	} else if len(ips) > 0 {
 		c.metrics.Allocations.WithLabelValues("assigned").Inc()
-		c.events.Recorder.Eventf(svc, corev1.EventTypeNormal, "IPAllocated", "Assigned IP %s from pool %q", ipList(ips), pool)
+		c.events.Eventf(svc, corev1.EventTypeNormal, "IPAllocated", "Assigned IP %s from pool %q", ipList(ips), pool)
 		c.log.Info("assigned", "service", k8s.Key(svc), "ip", ipList(ips), "pool", pool)
 	}
 	return nil

@@ -3,6 +3,7 @@ package inspect
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"math/big"
 	"net/netip"
@@ -16,37 +17,64 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/heraldlb/herald/pkg/config"
+	"github.com/heraldlb/herald/pkg/forward"
 	"github.com/heraldlb/herald/pkg/ipam"
 	"github.com/heraldlb/herald/pkg/k8s"
 	"github.com/heraldlb/herald/pkg/plan"
+	"github.com/heraldlb/herald/pkg/transport"
 )
 
 // Snapshot is the cluster as Herald sees it, read once.
 type Snapshot struct {
-	Config    *config.Config // nil when the ConfigMap is missing or invalid
-	ConfigErr error          // why Config is nil
-	Services  []corev1.Service
-	Slices    []discoveryv1.EndpointSlice
-	Nodes     []corev1.Node
-	Events    []corev1.Event // Herald's Events on Services
+	// Config is the configuration in force: what the controller published, or, before it
+	// published any, the admin's ConfigMap; nil when neither gives a valid one.
+	Config    *config.Config
+	ConfigErr error  // why Config is nil
+	InForce   string // the hash of Config's text
+	// Proposed is the hash of the admin's ConfigMap when it is not the one in force (the
+	// controller refused it, or has not read it yet), and ProposedWhy the controller's
+	// last word on it.
+	Proposed, ProposedWhy string
+	Services              []corev1.Service
+	Slices                []discoveryv1.EndpointSlice
+	Nodes                 []corev1.Node
+	Events                []corev1.Event // Herald's Events on Services
 	// NoIPVS are the nodes whose speaker reported that it cannot forward (an
 	// IPVSUnavailable Event on the Node); every other node is taken to be able.
 	NoIPVS map[string]bool
-	Class  string
+	// Speakers are the speaker pods, each with the hash of the configuration it runs
+	// (read from its metrics through the API server), or why that could not be read.
+	Speakers []SpeakerRow
+	Class    string
+}
+
+// SpeakerRow is one speaker and the configuration it runs.
+type SpeakerRow struct {
+	Pod    string `json:"pod"`
+	Node   string `json:"node"`
+	Config string `json:"config,omitempty"` // hash of the configuration in force there
+	Err    string `json:"error,omitempty"`
 }
 
 // Read takes a snapshot through client.
 func Read(ctx context.Context, client kubernetes.Interface, ref k8s.ConfigRef, class string) (*Snapshot, error) {
 	ref = ref.WithDefaults()
 	s := &Snapshot{Class: cmp.Or(class, k8s.DefaultLoadBalancerClass)}
-	cm, err := client.CoreV1().ConfigMaps(ref.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+	admin, adminErr := configText(ctx, client, ref)
+	inForce, inForceErr := configText(ctx, client, ref.InForce())
 	switch {
-	case err != nil:
-		s.ConfigErr = fmt.Errorf("read ConfigMap %s: %w", ref, err)
-	case cm.Data[ref.Key] == "":
-		s.ConfigErr = fmt.Errorf("ConfigMap %s has no key %q", ref, ref.Key)
+	case inForceErr == nil:
+		s.Config, s.ConfigErr = config.Parse([]byte(inForce))
+		s.InForce = config.Hash([]byte(inForce))
+		if adminErr == nil && admin != inForce {
+			s.Proposed = config.Hash([]byte(admin))
+			s.ProposedWhy = lastConfigWord(ctx, client, ref)
+		}
+	case adminErr == nil:
+		s.Config, s.ConfigErr = config.Parse([]byte(admin))
+		s.InForce = config.Hash([]byte(admin))
 	default:
-		s.Config, s.ConfigErr = config.Parse([]byte(cm.Data[ref.Key]))
+		s.ConfigErr = adminErr
 	}
 	svcs, err := client.CoreV1().Services("").List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -81,11 +109,79 @@ func Read(ctx context.Context, client kubernetes.Interface, ref k8s.ConfigRef, c
 	}
 	s.NoIPVS = map[string]bool{}
 	for _, e := range nodeEvs.Items {
-		if e.Source.Component == "herald-speaker" {
+		if e.Source.Component == k8s.ComponentSpeaker {
 			s.NoIPVS[e.InvolvedObject.Name] = true
 		}
 	}
+	s.Speakers = speakers(ctx, client, ref.Namespace)
 	return s, nil
+}
+
+// configText reads the configuration text of ref's ConfigMap.
+func configText(ctx context.Context, client kubernetes.Interface, ref k8s.ConfigRef) (string, error) {
+	cm, err := client.CoreV1().ConfigMaps(ref.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("read ConfigMap %s: %w", ref, err)
+	}
+	text, ok := cm.Data[ref.Key]
+	if !ok {
+		return "", fmt.Errorf("ConfigMap %s has no key %q", ref, ref.Key)
+	}
+	return text, nil
+}
+
+// lastConfigWord returns the controller's newest Event on the admin's ConfigMap.
+func lastConfigWord(ctx context.Context, client kubernetes.Interface, ref k8s.ConfigRef) string {
+	evs, err := client.CoreV1().Events(ref.Namespace).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.kind=ConfigMap,involvedObject.name=" + ref.Name})
+	if err != nil {
+		return ""
+	}
+	var last *corev1.Event
+	for i := range evs.Items {
+		e := &evs.Items[i]
+		if e.Source.Component == k8s.ComponentController && (last == nil || newer(*e, *last)) {
+			last = e
+		}
+	}
+	if last == nil {
+		return "the controller has not read it yet"
+	}
+	return last.Reason + ": " + last.Message
+}
+
+// speakers lists the speaker pods and reads from each, through the API server's proxy,
+// the hash of the configuration it runs.
+func speakers(ctx context.Context, client kubernetes.Interface, namespace string) []SpeakerRow {
+	pods, err := client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/component=speaker"})
+	if err != nil {
+		return nil
+	}
+	var out []SpeakerRow
+	for _, p := range pods.Items {
+		row := SpeakerRow{Pod: p.Name, Node: p.Spec.NodeName}
+		body, err := client.CoreV1().Pods(namespace).ProxyGet("http", p.Name, "7473", "/metrics", nil).DoRaw(ctx)
+		if err != nil {
+			row.Err = err.Error()
+		} else if row.Config = InForceHash(string(body)); row.Config == "" {
+			row.Err = "runs no configuration yet"
+		}
+		out = append(out, row)
+	}
+	slices.SortFunc(out, func(a, b SpeakerRow) int { return cmp.Compare(a.Node, b.Node) })
+	return out
+}
+
+// InForceHash reads the hash of herald_config_in_force_info from a metrics page.
+func InForceHash(metrics string) string {
+	const prefix = `herald_config_in_force_info{hash="`
+	for line := range strings.SplitSeq(metrics, "\n") {
+		if rest, ok := strings.CutPrefix(line, prefix); ok {
+			if hash, _, ok := strings.Cut(rest, `"`); ok && strings.HasSuffix(line, " 1") {
+				return hash
+			}
+		}
+	}
+	return ""
 }
 
 // managed returns the Services Herald serves, oldest first.
@@ -103,17 +199,11 @@ func (s *Snapshot) managed() []*corev1.Service {
 // does on start; it returns the Services that could not keep their addresses, and why.
 func (s *Snapshot) restore(pools []config.Pool) (*ipam.Allocator, map[string]error) {
 	a := ipam.New(pools)
-	lost := map[string]error{}
-	for _, svc := range s.managed() {
-		ips := k8s.IngressIPs(svc)
-		if len(ips) == 0 {
-			continue
-		}
-		req, _ := k8s.Request(svc)
-		if _, err := a.Restore(req, ips); err != nil {
-			lost[k8s.Key(svc)] = err
-		}
+	svcs := make([]*corev1.Service, len(s.Services))
+	for i := range s.Services {
+		svcs[i] = &s.Services[i]
 	}
+	_, lost := k8s.Restore(a, svcs, s.Class)
 	return a, lost
 }
 
@@ -158,13 +248,22 @@ type Change struct {
 // returned as config.Errors; the controller would refuse a configuration under which
 // any Service loses its address.
 func (s *Snapshot) Validate(text []byte, key string) ([]Change, error) {
-	cfgText, err := configText(text, key)
+	cfgText, err := fileText(text, key)
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := config.Parse(cfgText)
-	if err != nil {
-		return nil, err
+	// The verdict is the controller's own rule; the table says what it means per Service.
+	var held []config.Held
+	for i := range s.Services {
+		held = append(held, k8s.HeldAddresses([]*corev1.Service{&s.Services[i]}, s.Class)...)
+	}
+	cfg, verdict := config.Admit(cfgText, held)
+	var refused *config.Refused
+	if verdict != nil && !errors.As(verdict, &refused) {
+		return nil, verdict // invalid: config.Errors
+	}
+	if cfg == nil {
+		cfg, _ = config.Parse(cfgText)
 	}
 	_, lost := s.restore(cfg.Pools)
 	var out []Change
@@ -181,11 +280,22 @@ func (s *Snapshot) Validate(text []byte, key string) ([]Change, error) {
 		}
 		out = append(out, c)
 	}
-	return out, nil
+	return out, verdict
 }
 
-// configText accepts a ConfigMap manifest (taking data[key]) or the configuration itself.
-func configText(text []byte, key string) ([]byte, error) {
+// ValidateFile checks a configuration file (a ConfigMap manifest or the bare
+// configuration) without a cluster: what the controller would say of it before looking
+// at which addresses Services hold.
+func ValidateFile(text []byte, key string) (*config.Config, error) {
+	cfgText, err := fileText(text, key)
+	if err != nil {
+		return nil, err
+	}
+	return config.Admit(cfgText, nil)
+}
+
+// fileText accepts a ConfigMap manifest (taking data[key]) or the configuration itself.
+func fileText(text []byte, key string) ([]byte, error) {
 	if !strings.Contains(string(text), "kind: ConfigMap") {
 		return text, nil
 	}
@@ -381,12 +491,13 @@ func (s *Snapshot) Explain(key string) ([]string, error) {
 }
 
 // forwardLines says what IPVS on node does with the Service's ports.
-func forwardLines(node string, svc *corev1.Service, fs []plan.Forward) []string {
+func forwardLines(node string, svc *corev1.Service, fs []forward.Service) []string {
 	var out []string
 	ips := k8s.IngressIPs(svc)
 	for _, f := range fs {
 		ours := slices.Contains(ips, f.VIP) && slices.ContainsFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool {
-			return uint16(p.Port) == f.Port && string(cmp.Or(p.Protocol, corev1.ProtocolTCP)) == f.Proto
+			proto, _ := transport.Parse(string(p.Protocol))
+			return uint16(p.Port) == f.Port && proto == f.Proto
 		})
 		if !ours {
 			continue

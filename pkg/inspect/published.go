@@ -1,12 +1,13 @@
 package inspect
 
 import (
-	"fmt"
 	"slices"
 	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/heraldlb/herald/pkg/k8s"
 )
 
 // published returns, for each "service ip", the nodes whose speakers last said they
@@ -21,25 +22,14 @@ func (s *Snapshot) published() map[string][]string {
 	}
 	latest := map[string]map[string]said{} // "service ip" -> node -> what it said last
 	for _, e := range s.Events {
-		if e.Source.Component != "herald-speaker" {
+		if e.Source.Component != k8s.ComponentSpeaker {
 			continue
 		}
-		var node, ip string
-		var announcing bool
-		switch e.Reason {
-		case "Announcing":
-			var mode string
-			if n, _ := fmt.Sscanf(e.Message, "node %s announces %s (%s)", &node, &ip, &mode); n < 2 {
-				continue
-			}
-			announcing = true
-		case "StoppedAnnouncing":
-			if n, _ := fmt.Sscanf(e.Message, "node %s no longer announces %s", &node, &ip); n < 2 {
-				continue
-			}
-		default:
+		a, ok := k8s.ParseAnnouncement(e.Reason, e.Message)
+		if !ok {
 			continue
 		}
+		node, ip, announcing := a.Node, a.IP.String(), a.Announcing
 		key := e.InvolvedObject.Namespace + "/" + e.InvolvedObject.Name + " " + ip
 		if latest[key] == nil {
 			latest[key] = map[string]said{}

@@ -227,15 +227,13 @@ func (a *Allocator) Assigned(service string) (Assignment, bool) {
 	return Assignment{Pool: h.pool.name, IPs: slices.Clone(h.ips)}, true
 }
 
-// Holders returns the Services holding ip, sorted.
-func (a *Allocator) Holders(ip netip.Addr) []string {
-	u := a.used[ip]
-	if u == nil {
-		return nil
-	}
-	out := make([]string, len(u.holders))
-	for i, h := range u.holders {
-		out[i] = h.service
+// Held returns every address held and by whom, sorted by address, then Service.
+func (a *Allocator) Held() []config.Held {
+	var out []config.Held
+	for _, ip := range slices.SortedFunc(maps.Keys(a.used), netip.Addr.Compare) {
+		for _, h := range a.used[ip].holders {
+			out = append(out, config.Held{Service: h.service, IP: ip})
+		}
 	}
 	return out
 }

@@ -2,8 +2,10 @@ package k8s
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -13,6 +15,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/heraldlb/herald/pkg/config"
 )
 
 // ConfigRef names the ConfigMap key that holds Herald's configuration.
@@ -80,4 +84,74 @@ func (s *ConfigSource) Get() (*corev1.ConfigMap, string, error) {
 		return cm, "", fmt.Errorf("%w: %s has no key %q", ErrNoKey, s.Ref, s.Ref.Key)
 	}
 	return cm, text, nil
+}
+
+// Annotations on the ConfigMap that holds the configuration in force.
+const (
+	AnnotationConfigHash     = "herald.dev/config-hash"     // config.Hash of the text
+	AnnotationSourceRevision = "herald.dev/source-revision" // resourceVersion of the admin's ConfigMap it came from
+)
+
+// InForce names the ConfigMap where the controller publishes the configuration it put in
+// force: the admin's ConfigMap name with "-in-force", same namespace and key. The
+// speakers run what it holds, so that a configuration the controller refuses changes
+// nothing they do.
+func (r ConfigRef) InForce() ConfigRef {
+	r = r.WithDefaults()
+	return ConfigRef{Namespace: r.Namespace, Name: r.Name + "-in-force", Key: r.Key}
+}
+
+// PublishInForce writes text into the in-force ConfigMap of ref (creating it), unless it
+// holds that text already.
+func PublishInForce(ctx context.Context, client kubernetes.Interface, ref ConfigRef, text, sourceRevision string) error {
+	in := ref.InForce()
+	cms := client.CoreV1().ConfigMaps(in.Namespace)
+	want := &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: in.Namespace, Name: in.Name,
+			Labels: map[string]string{"app.kubernetes.io/part-of": "herald", "app.kubernetes.io/managed-by": "herald-controller"},
+			Annotations: map[string]string{
+				AnnotationConfigHash: config.Hash([]byte(text)), AnnotationSourceRevision: sourceRevision,
+				"herald.dev/note": "Written by Herald's controller: the configuration in force. Edit " + ref.String() + " instead.",
+			},
+		},
+		Data: map[string]string{in.Key: text},
+	}
+	have, err := cms.Get(ctx, in.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		if _, err := cms.Create(ctx, want, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("publish the configuration in force in ConfigMap %s: %w", in, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read ConfigMap %s: %w", in, err)
+	}
+	if have.Data[in.Key] == text && have.Annotations[AnnotationSourceRevision] == sourceRevision {
+		return nil
+	}
+	have = have.DeepCopy()
+	have.Data, have.Labels = want.Data, want.Labels
+	if have.Annotations == nil {
+		have.Annotations = map[string]string{}
+	}
+	maps.Copy(have.Annotations, want.Annotations)
+	if _, err := cms.Update(ctx, have, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("publish the configuration in force in ConfigMap %s: %w", in, err)
+	}
+	return nil
+}
+
+// HeldAddresses returns what the Services of class hold, by their statuses.
+func HeldAddresses(svcs []*corev1.Service, class string) []config.Held {
+	var out []config.Held
+	for _, svc := range svcs {
+		if !Manages(svc, class) {
+			continue
+		}
+		for _, ip := range IngressIPs(svc) {
+			out = append(out, config.Held{Service: Key(svc), IP: ip})
+		}
+	}
+	return out
 }

@@ -10,6 +10,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
+
+	"github.com/heraldlb/herald/pkg/logging"
 )
 
 // LeaderTimings are the Lease timings: how long a lease lasts, how long the leader keeps
@@ -22,19 +24,18 @@ type LeaderTimings struct {
 var DefaultLeaderTimings = LeaderTimings{LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second}
 
 // RunAsLeader runs run while this process holds the Lease namespace/name, and returns
-// when ctx ends (nil, the Lease released for the next replica) or when leadership is lost
-// (an error: the caller should exit, as what run did may be stale).
+// when ctx ends (nil) or when leadership is lost (an error: the caller should exit, as
+// what run did may be stale). run is called on this goroutine and has returned before
+// RunAsLeader does; the Lease is released for the next replica only after run has
+// returned, so two replicas never work at once.
 func RunAsLeader(ctx context.Context, client kubernetes.Interface, namespace, name, identity string, t LeaderTimings, logger *slog.Logger, run func(context.Context) error) error {
+	logger = logging.OrDiscard(logger)
 	lock := &resourcelock.LeaseLock{
 		LeaseMeta:  metav1.ObjectMeta{Namespace: namespace, Name: name},
 		Client:     client.CoordinationV1(),
 		LockConfig: resourcelock.ResourceLockConfig{Identity: identity},
 	}
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var runErr error
-	done := make(chan struct{})
-	led := false
+	started := make(chan context.Context, 1) // client-go calls OnStartedLeading in a goroutine of its own
 	elector, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
 		Lock:            lock,
 		LeaseDuration:   t.LeaseDuration,
@@ -43,14 +44,11 @@ func RunAsLeader(ctx context.Context, client kubernetes.Interface, namespace, na
 		ReleaseOnCancel: true,
 		Name:            name,
 		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: func(ctx context.Context) {
-				led = true
-				logger.Info("became leader", "lease", namespace+"/"+name, "identity", identity)
-				go func() {
-					defer close(done)
-					runErr = run(ctx)
-					cancel() // run ended by itself: give the lease up
-				}()
+			OnStartedLeading: func(lctx context.Context) {
+				select {
+				case started <- lctx:
+				default:
+				}
 			},
 			OnStoppedLeading: func() {},
 			OnNewLeader: func(who string) {
@@ -63,15 +61,38 @@ func RunAsLeader(ctx context.Context, client kubernetes.Interface, namespace, na
 	if err != nil {
 		return fmt.Errorf("leader election on %s/%s: %w", namespace, name, err)
 	}
-	elector.Run(runCtx)
-	if !led {
+	// The elector's context ends only when this function says so: on ctx's end before
+	// leading, or after run has returned (which releases the Lease).
+	electCtx, stopElecting := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopElecting()
+	elected := make(chan struct{})
+	go func() {
+		defer close(elected)
+		elector.Run(electCtx)
+	}()
+	var lctx context.Context
+	select {
+	case <-ctx.Done():
+		stopElecting()
+		<-elected
 		return nil
+	case <-elected:
+		return fmt.Errorf("leader election on %s/%s ended before this replica led", namespace, name)
+	case lctx = <-started:
 	}
-	<-done
-	if runErr != nil {
+	logger.Info("became leader", "lease", namespace+"/"+name, "identity", identity)
+	work, stopWork := context.WithCancel(ctx)
+	defer stopWork()
+	stop := context.AfterFunc(lctx, stopWork) // leadership lost: stop working
+	runErr := run(work)
+	stop()
+	lost := lctx.Err() != nil && ctx.Err() == nil
+	stopElecting() // releases the Lease: nothing works under it any more
+	<-elected
+	switch {
+	case runErr != nil:
 		return runErr
-	}
-	if ctx.Err() == nil && !elector.IsLeader() {
+	case lost:
 		return fmt.Errorf("lost the lease %s/%s", namespace, name)
 	}
 	return nil

@@ -1,7 +1,6 @@
 package k8s
 
 import (
-	"cmp"
 	"net/netip"
 
 	corev1 "k8s.io/api/core/v1"
@@ -9,6 +8,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/heraldlb/herald/pkg/plan"
+	"github.com/heraldlb/herald/pkg/transport"
 )
 
 // PlanNode is a Node as the plan sees it.
@@ -38,7 +38,11 @@ func PlanService(svc *corev1.Service, ips []netip.Addr, slices []*discoveryv1.En
 	fw, _ := ForwardingOf(svc)
 	ps.Scheduler, ps.Persistence, ps.SourceRanges = fw.Scheduler, fw.Persistence, fw.SourceRanges
 	for _, p := range svc.Spec.Ports {
-		ps.Ports = append(ps.Ports, plan.Port{Name: p.Name, Proto: string(cmp.Or(p.Protocol, corev1.ProtocolTCP)), Port: uint16(p.Port), NodePort: uint16(p.NodePort)})
+		proto, ok := transport.Parse(string(p.Protocol))
+		if !ok {
+			continue // the API server admits no other protocol
+		}
+		ps.Ports = append(ps.Ports, plan.Port{Name: p.Name, Proto: proto, Port: uint16(p.Port), NodePort: uint16(p.NodePort)})
 	}
 	ps.EndpointNodes = map[string]bool{}
 	for _, es := range slices {

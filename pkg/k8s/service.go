@@ -1,6 +1,7 @@
 package k8s
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -11,8 +12,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/heraldlb/herald/pkg/forward"
 	"github.com/heraldlb/herald/pkg/ipam"
-	"github.com/heraldlb/herald/pkg/plan"
+	"github.com/heraldlb/herald/pkg/transport"
 )
 
 // DefaultLoadBalancerClass is the spec.loadBalancerClass Herald answers to (besides none).
@@ -121,9 +123,9 @@ func Request(svc *corev1.Service) (ipam.Request, error) {
 		}
 	}
 	for _, p := range svc.Spec.Ports {
-		proto := string(p.Protocol)
-		if proto == "" {
-			proto = string(corev1.ProtocolTCP)
+		proto, ok := transport.Parse(string(p.Protocol))
+		if !ok {
+			return req, fmt.Errorf("spec.ports: protocol %q is not TCP, UDP or SCTP", p.Protocol)
 		}
 		req.Ports = append(req.Ports, ipam.Port{Protocol: proto, Port: uint16(p.Port)})
 	}
@@ -162,7 +164,7 @@ func Ingress(ips []netip.Addr, proxy bool) []corev1.LoadBalancerIngress {
 
 // Forwarding is how a Service asks Herald to forward its traffic.
 type Forwarding struct {
-	Scheduler    string        // IPVS scheduler, one of plan.Schedulers
+	Scheduler    string        // IPVS scheduler, one of forward.Schedulers
 	Persistence  time.Duration // ClientIP session affinity timeout; 0 for none
 	SourceRanges []netip.Prefix
 }
@@ -171,14 +173,14 @@ type Forwarding struct {
 // ranges. An unknown scheduler gives the default (rr) and an error naming the annotation
 // and the value; an unreadable source range is left out and named in the error.
 func ForwardingOf(svc *corev1.Service) (Forwarding, error) {
-	f := Forwarding{Scheduler: plan.Schedulers[0]}
+	f := Forwarding{Scheduler: forward.DefaultScheduler}
 	var errs []error
 	if s, ok := svc.Annotations[AnnotationIPVSScheduler]; ok {
-		if slices.Contains(plan.Schedulers, s) {
+		if forward.KnownScheduler(s) {
 			f.Scheduler = s
 		} else {
 			errs = append(errs, fmt.Errorf("annotation %s=%q: not an IPVS scheduler Herald offers (%s); using %s",
-				AnnotationIPVSScheduler, s, strings.Join(plan.Schedulers, ", "), f.Scheduler))
+				AnnotationIPVSScheduler, s, strings.Join(forward.Schedulers, ", "), f.Scheduler))
 		}
 	}
 	if svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
@@ -213,4 +215,31 @@ func IngressEqual(a, b []corev1.LoadBalancerIngress) bool {
 				return p.Port == q.Port && p.Protocol == q.Protocol && (p.Error == nil) == (q.Error == nil)
 			})
 	})
+}
+
+// Restore records in a every address already in a status of a Service of class, oldest
+// Service first, so that where two claim one address the older keeps it. It returns how
+// many Services kept their addresses and, by Service, why the others could not. The
+// controller does this on start; the plugin does it to foresee what a configuration does.
+func Restore(a *ipam.Allocator, svcs []*corev1.Service, class string) (int, map[string]error) {
+	svcs = slices.Clone(svcs)
+	slices.SortFunc(svcs, func(x, y *corev1.Service) int {
+		return cmp.Or(x.CreationTimestamp.Compare(y.CreationTimestamp.Time), cmp.Compare(Key(x), Key(y)))
+	})
+	restored, lost := 0, map[string]error{}
+	for _, svc := range svcs {
+		ips := IngressIPs(svc)
+		if !Manages(svc, class) || len(ips) == 0 {
+			continue
+		}
+		// An annotation that no longer parses must not cost the Service its address: the
+		// sharing terms read before the bad field still apply.
+		req, _ := Request(svc)
+		if _, err := a.Restore(req, ips); err != nil {
+			lost[Key(svc)] = err
+			continue
+		}
+		restored++
+	}
+	return restored, lost
 }

@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/heraldlb/herald/pkg/ipam"
+	"github.com/heraldlb/herald/pkg/transport"
 )
 
 func TestRequest(t *testing.T) {
@@ -31,7 +32,7 @@ func TestRequest(t *testing.T) {
 		mod(s)
 		return s
 	}
-	ports := []ipam.Port{{Protocol: "TCP", Port: 80}, {Protocol: "UDP", Port: 53}}
+	ports := []ipam.Port{{Protocol: transport.TCP, Port: 80}, {Protocol: transport.UDP, Port: 53}}
 	tests := []struct {
 		name    string
 		svc     *corev1.Service

@@ -58,6 +58,7 @@ type Members struct {
 
 	mu      sync.Mutex
 	ml      *memberlist.Memberlist
+	meta    []byte
 	crashed bool // shut down without leaving (tests of hard failure)
 }
 
@@ -94,7 +95,7 @@ func New(cfg Config) (*Members, error) {
 		cfg.Peers = func() []string { return nil }
 	}
 	cfg.Logger = logging.OrDiscard(cfg.Logger)
-	return &Members{cfg: cfg, log: cfg.Logger, changed: make(chan struct{}, 1)}, nil
+	return &Members{cfg: cfg, log: cfg.Logger, changed: make(chan struct{}, 1), meta: cfg.Meta}, nil
 }
 
 // Changed receives a value after membership changes (coalesced: one value may stand for
@@ -124,13 +125,33 @@ func (m *Members) AliveMeta() map[string][]byte {
 	ml := m.ml
 	m.mu.Unlock()
 	if ml == nil {
-		return map[string][]byte{m.cfg.Name: m.cfg.Meta}
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return map[string][]byte{m.cfg.Name: m.meta}
 	}
 	out := map[string][]byte{}
 	for _, n := range ml.Members() {
 		out[n.Name] = n.Meta
 	}
 	return out
+}
+
+// SetMeta changes what this member tells the others about itself and spreads it.
+func (m *Members) SetMeta(meta []byte) error {
+	if len(meta) > memberlist.MetaMaxSize {
+		return fmt.Errorf("members: metadata of %d bytes; at most %d", len(meta), memberlist.MetaMaxSize)
+	}
+	m.mu.Lock()
+	m.meta = meta
+	ml := m.ml
+	m.mu.Unlock()
+	if ml == nil {
+		return nil
+	}
+	if err := ml.UpdateNode(m.cfg.LeaveTimeout); err != nil {
+		return fmt.Errorf("spread this speaker's metadata: %w", err)
+	}
+	return nil
 }
 
 // Started reports whether Run has started the member (and so joined or is joining).
@@ -168,7 +189,7 @@ func (m *Members) Run(ctx context.Context) error {
 	c.GossipInterval = 100 * time.Millisecond
 	c.SecretKey = m.cfg.Key
 	c.Events = &notifier{m: m}
-	c.Delegate = meta(m.cfg.Meta)
+	c.Delegate = (*delegate)(m)
 	c.Logger = log.New(&logWriter{log: m.log}, "", 0)
 	ml, err := memberlist.Create(c)
 	if err != nil {
@@ -177,7 +198,7 @@ func (m *Members) Run(ctx context.Context) error {
 	m.mu.Lock()
 	m.ml = ml
 	m.mu.Unlock()
-	m.log.Info("memberlist started", "node", m.cfg.Name, "addr", net.JoinHostPort(ml.LocalNode().Addr.String(), strconv.Itoa(int(ml.LocalNode().Port))))
+	m.log.Info("memberlist started", "addr", net.JoinHostPort(ml.LocalNode().Addr.String(), strconv.Itoa(int(ml.LocalNode().Port))))
 
 	m.join(ml)
 	t := time.NewTicker(m.cfg.RejoinInterval)
@@ -247,25 +268,29 @@ func (m *Members) notify() {
 	}
 }
 
-// meta is the memberlist delegate that hands out this member's metadata; it carries no
-// user messages or state.
-type meta []byte
+// delegate is the memberlist delegate that hands out this member's metadata; it carries
+// no user messages or state.
+type delegate Members
 
-func (d meta) NodeMeta(limit int) []byte     { return d[:min(len(d), limit)] }
-func (meta) NotifyMsg([]byte)                {}
-func (meta) GetBroadcasts(int, int) [][]byte { return nil }
-func (meta) LocalState(bool) []byte          { return nil }
-func (meta) MergeRemoteState([]byte, bool)   {}
+func (d *delegate) NodeMeta(limit int) []byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.meta[:min(len(d.meta), limit)])
+}
+func (*delegate) NotifyMsg([]byte)                {}
+func (*delegate) GetBroadcasts(int, int) [][]byte { return nil }
+func (*delegate) LocalState(bool) []byte          { return nil }
+func (*delegate) MergeRemoteState([]byte, bool)   {}
 
 type notifier struct{ m *Members }
 
 func (n *notifier) NotifyJoin(node *memberlist.Node) {
-	n.m.log.Info("speaker joined", "node", node.Name)
+	n.m.log.Info("speaker joined", "member", node.Name)
 	n.m.notify()
 }
 
 func (n *notifier) NotifyLeave(node *memberlist.Node) {
-	n.m.log.Info("speaker left or failed", "node", node.Name)
+	n.m.log.Info("speaker left or failed", "member", node.Name)
 	n.m.notify()
 }
 
@@ -283,6 +308,6 @@ func (w *logWriter) Write(p []byte) (int, error) {
 			break
 		}
 	}
-	w.log.Log(context.Background(), level, strings.TrimPrefix(line, "memberlist: "), "component", "memberlist")
+	w.log.Log(context.Background(), level, strings.TrimPrefix(line, "memberlist: "))
 	return len(p), nil
 }

@@ -18,6 +18,7 @@ type Controller struct {
 	ConfigStale prometheus.Gauge
 	// ConfigLastSuccess is when a configuration was last accepted (Unix seconds).
 	ConfigLastSuccess prometheus.Gauge
+	*InForce
 }
 
 // NewController registers the controller's metrics with reg. pools is called at every
@@ -42,6 +43,7 @@ func NewController(reg prometheus.Registerer, pools func() []ipam.PoolStats) *Co
 		}),
 	}
 	reg.MustRegister(m.Allocations, m.ConfigLoads, m.ConfigStale, m.ConfigLastSuccess, poolCollector(pools))
+	m.InForce = newInForce(reg)
 	return m
 }
 

@@ -11,6 +11,7 @@ type Speaker struct {
 	// CanForward is 1 when this node's kernel can do IPVS, so that the node may announce
 	// addresses of pools that forward.
 	CanForward prometheus.Gauge
+	*InForce
 }
 
 // NewSpeaker registers the speaker loop's metrics with reg.
@@ -31,7 +32,7 @@ func NewSpeaker(reg prometheus.Registerer) *Speaker {
 		}),
 		ConfigStale: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "herald_speaker_config_stale",
-			Help: "1 while the newest configuration does not parse and the last good one stays in force.",
+			Help: "1 while the configuration the controller published as in force does not parse and the last good one stays.",
 		}),
 		CanForward: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "herald_speaker_can_forward",
@@ -39,5 +40,6 @@ func NewSpeaker(reg prometheus.Registerer) *Speaker {
 		}),
 	}
 	reg.MustRegister(m.SyncSeconds, m.OwnershipChanges, m.Members, m.ConfigStale, m.CanForward)
+	m.InForce = newInForce(reg)
 	return m
 }

@@ -18,7 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/heraldlb/herald/e2e/netlab"
-	"github.com/heraldlb/herald/pkg/forward"
+	fipvs "github.com/heraldlb/herald/pkg/forward/ipvs"
 	"github.com/heraldlb/herald/pkg/k8s"
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
 )
@@ -38,7 +38,7 @@ func TestSpeakerForwardsInVM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "config"},
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: k8s.ConfigRef{Namespace: ns.Name}.InForce().Name},
 		Data: map[string]string{"config": "address-pools:\n- {name: lan, protocol: layer2, addresses: [192.168.10.90-192.168.10.99]}\n"}}
 	if _, err := c.CoreV1().ConfigMaps(ns.Name).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -75,7 +75,11 @@ func TestSpeakerForwardsInVM(t *testing.T) {
 	members.set("n3", false)
 	start := func() (stop func()) {
 		var spk *Speaker
-		fwd, err := forward.New(forward.Options{Owns: func(a netip.Addr) bool { return spk.Owns(a) }})
+		kernel, err := fipvs.OpenLinux()
+		if err != nil {
+			t.Fatal(err)
+		}
+		fwd, err := fipvs.New(kernel, fipvs.Options{Owns: func(a netip.Addr) bool { return spk.Owns(a) }})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -84,7 +88,7 @@ func TestSpeakerForwardsInVM(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(fwd.Close)
+		t.Cleanup(kernel.Close)
 		return run(t, spk)
 	}
 	// answers asks the address 30 times (bounded: 2 s each at most) and returns who answered.

@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -21,30 +23,36 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/utils/clock"
 
 	"github.com/heraldlb/herald/pkg/bgp"
 	"github.com/heraldlb/herald/pkg/config"
 	"github.com/heraldlb/herald/pkg/forward"
+	"github.com/heraldlb/herald/pkg/forward/ipvs"
 	"github.com/heraldlb/herald/pkg/k8s"
 	"github.com/heraldlb/herald/pkg/layer2"
 	"github.com/heraldlb/herald/pkg/logging"
 	"github.com/heraldlb/herald/pkg/members"
 	"github.com/heraldlb/herald/pkg/metrics"
 	"github.com/heraldlb/herald/pkg/plan"
+	"github.com/heraldlb/herald/pkg/runner"
 )
 
 // Layer2 is what the speaker needs of the layer-2 announcer.
 type Layer2 interface {
-	SetOwned([]layer2.Owned)
+	// Set replaces the addresses this node answers for.
+	Set([]layer2.Address)
+	// Reannounce sends the gratuitous burst again for every address answered, so that
+	// neighbours that followed another node meanwhile come back.
+	Reannounce()
 }
-
-var _ Layer2 = (*layer2.Announcer)(nil)
 
 // Members is what the speaker needs of the membership.
 type Members interface {
 	Alive() []string
 	AliveMeta() map[string][]byte // by name: each member's MemberMeta, encoded
 	Changed() <-chan struct{}
+	SetMeta([]byte) error
 }
 
 var _ Members = (*members.Members)(nil)
@@ -66,25 +74,29 @@ type Forwarder interface {
 	Resync()
 }
 
-var _ Forwarder = (*forward.Forwarder)(nil)
-
 // Options configure a Speaker.
 type Options struct {
-	Client            kubernetes.Interface // required
-	NodeName          string               // required: this node
-	Config            k8s.ConfigRef        // default herald-system/config, key config
-	LoadBalancerClass string               // default herald.dev/lb
-	Layer2            Layer2               // required
-	BGP               bgp.Speaker          // nil: BGP off
-	Members           Members              // nil: memberlist off, node Ready stands in
+	Client   kubernetes.Interface // required
+	NodeName string               // required: this node
+	// Config names the admin's ConfigMap (default herald-system/config, key config); the
+	// speaker runs the configuration the controller publishes beside it (Config.InForce).
+	Config            k8s.ConfigRef
+	LoadBalancerClass string      // default herald.dev/lb
+	Layer2            Layer2      // required
+	BGP               bgp.Speaker // nil: BGP off
+	Members           Members     // nil: memberlist off, node Ready stands in
 	// Forward programs IPVS beneath the addresses this node announces from pools that
-	// forward; nil when the node cannot, and ForwardErr then says why (reported as an
-	// Event on the Node).
+	// forward; nil when the node cannot, and ForwardErr then says why (a log line, a
+	// metric, an Event on the Node). A Forward whose Set fails with ipvs.ErrUnsupported
+	// is given up the same way.
 	Forward      Forwarder
 	ForwardErr   error
-	ResyncPeriod time.Duration // default 30s
-	Logger       *slog.Logger
-	Registerer   prometheus.Registerer
+	ResyncPeriod time.Duration // full resync; default 30s
+	// Backoff and MaxBackoff bound the retries of a failing sync; defaults 1s and 30s.
+	Backoff, MaxBackoff time.Duration
+	Clock               clock.Clock // default the real clock
+	Logger              *slog.Logger
+	Registerer          prometheus.Registerer
 }
 
 // Speaker runs the per-node loop.
@@ -93,21 +105,24 @@ type Speaker struct {
 	log     *slog.Logger
 	events  *k8s.Events
 	metrics *metrics.Speaker
-	trigger chan struct{}
+	runner  *runner.Runner
 
 	factory informers.SharedInformerFactory
 	configs *k8s.ConfigSource
 	synced  []cache.InformerSynced
 
-	seenConfig string
-	cfg        *config.Config
-	announced  map[string]bool // "service ip" -> this node announces it
-	resyncFwd  bool            // compare the forwarding state with the kernel in full next time
+	// Touched only by sync (the runner's goroutine):
+	seenConfig  string
+	cfg         *config.Config
+	announced   map[string]bool // "service ip" -> this node announces it
+	noForwarder map[string]bool // Services told that no node can forward their pool
+	members     []string        // the live members of the last sync
+	forward     Forwarder       // nil once the node cannot forward
+	forwardErr  error
 
-	mu       sync.Mutex
-	last     plan.Desired
-	ready    atomic.Bool
-	retrying atomic.Bool // a sync is scheduled after a failed application
+	ready   atomic.Bool
+	ownsMu  sync.Mutex
+	ownsCfg *config.Config // the configuration Owns answers from
 }
 
 // New builds a Speaker; nothing runs before Run.
@@ -121,13 +136,26 @@ func New(opts Options) (*Speaker, error) {
 	opts.Logger = logging.OrDiscard(opts.Logger)
 	opts.Registerer = metrics.OrPrivate(opts.Registerer)
 	s := &Speaker{
-		opts: opts, log: opts.Logger, trigger: make(chan struct{}, 1),
-		events:    k8s.NewEvents(opts.Client, "herald-speaker"),
+		opts: opts, log: opts.Logger,
+		events:    k8s.NewEvents(opts.Client, k8s.ComponentSpeaker),
 		metrics:   metrics.NewSpeaker(opts.Registerer),
-		announced: map[string]bool{},
+		announced: map[string]bool{}, noForwarder: map[string]bool{},
+		forward: opts.Forward, forwardErr: opts.ForwardErr,
 	}
-	s.factory = informers.NewSharedInformerFactory(opts.Client, 0)
-	s.configs = k8s.NewConfigSource(opts.Client, opts.Config, 0)
+	if s.forward == nil && s.forwardErr == nil {
+		s.forwardErr = errors.New("no forwarder")
+	}
+	s.runner = runner.New(runner.Options{
+		Sync: s.sync, ResyncPeriod: opts.ResyncPeriod, Backoff: opts.Backoff, MaxBackoff: opts.MaxBackoff, Clock: opts.Clock,
+		OnFailure: func(err error, in time.Duration) {
+			s.log.Warn("desired state not fully applied; retrying in full", "err", err, "retryIn", in)
+		},
+		OnRecovery: func(n int) { s.log.Info("desired state applied after failures", "failures", n) },
+	})
+	// Only what the plan reads is kept of each object (k8s.Strip), and an update that
+	// changes none of it (a node's heartbeat) does not wake the loop.
+	s.factory = informers.NewSharedInformerFactoryWithOptions(opts.Client, 0, informers.WithTransform(k8s.Strip))
+	s.configs = k8s.NewConfigSource(opts.Client, opts.Config.InForce(), 0)
 	for _, inf := range []cache.SharedIndexInformer{
 		s.factory.Core().V1().Services().Informer(),
 		s.factory.Discovery().V1().EndpointSlices().Informer(),
@@ -136,9 +164,13 @@ func New(opts Options) (*Speaker, error) {
 	} {
 		s.synced = append(s.synced, inf.HasSynced)
 		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(any) { s.poke() },
-			UpdateFunc: func(any, any) { s.poke() },
-			DeleteFunc: func(any) { s.poke() },
+			AddFunc: func(any) { s.runner.Poke() },
+			UpdateFunc: func(old, cur any) {
+				if k8s.Changed(old, cur) {
+					s.runner.Poke()
+				}
+			},
+			DeleteFunc: func(any) { s.runner.Poke() },
 		}); err != nil {
 			return nil, err
 		}
@@ -152,13 +184,7 @@ func (s *Speaker) NodeAddresses() []netip.Addr {
 	nodes, _ := s.factory.Core().V1().Nodes().Lister().List(labels.Everything())
 	var out []netip.Addr
 	for _, n := range nodes {
-		for _, a := range n.Status.Addresses {
-			if a.Type == corev1.NodeInternalIP {
-				if ip, err := netip.ParseAddr(a.Address); err == nil {
-					out = append(out, ip)
-				}
-			}
-		}
+		out = append(out, k8s.PlanNode(n).Addresses...)
 	}
 	return out
 }
@@ -167,7 +193,7 @@ func (s *Speaker) NodeAddresses() []netip.Addr {
 // memberlist started (when on).
 func (s *Speaker) Ready() error {
 	if !s.ready.Load() {
-		return errors.New("caches not synced or no configuration loaded yet")
+		return errors.New("caches not synced or no configuration in force yet")
 	}
 	if m, ok := s.opts.Members.(interface{ Started() bool }); ok && !m.Started() {
 		return errors.New("memberlist not started yet")
@@ -175,27 +201,13 @@ func (s *Speaker) Ready() error {
 	return nil
 }
 
-// Last returns the last desired state computed.
-func (s *Speaker) Last() plan.Desired {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.last
-}
-
-func (s *Speaker) poke() {
-	select {
-	case s.trigger <- struct{}{}:
-	default:
-	}
-}
-
-// Run follows the cluster until ctx ends.
+// Run follows the cluster until ctx ends, then withdraws what it can.
 func (s *Speaker) Run(ctx context.Context) error {
 	s.events.Start()
 	defer s.events.Shutdown()
-	ctx, cancel := context.WithCancel(ctx)
-	s.factory.Start(ctx.Done())
-	s.configs.Start(ctx.Done())
+	informCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.factory.Start(informCtx.Done())
+	s.configs.Start(informCtx.Done())
 	defer s.factory.Shutdown()
 	defer s.configs.Shutdown()
 	// Deferred last, so it runs first: the informers stop before the Shutdowns wait for
@@ -204,57 +216,108 @@ func (s *Speaker) Run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), s.synced...) {
 		return nil
 	}
+	s.reportForwarding()
+	s.log.Info("speaker running", "canForward", s.forward != nil)
 	var changed <-chan struct{}
 	if s.opts.Members != nil {
 		changed = s.opts.Members.Changed()
 	}
-	resync := time.NewTicker(s.opts.ResyncPeriod)
-	defer resync.Stop()
-	s.reportForwarding()
-	s.log.Info("speaker running", "node", s.opts.NodeName, "canForward", s.opts.Forward != nil)
-	for {
-		s.sync(ctx)
+	loop, stopLoop := context.WithCancel(ctx)
+	defer stopLoop()
+	done := make(chan error, 1)
+	go func() { done <- s.runner.Run(loop) }()
+	for running := true; running; {
 		select {
 		case <-ctx.Done():
-			// Withdrawn everywhere: no trace of the addresses stays in IPVS or on herald0.
-			if s.opts.Forward != nil && s.cfg != nil {
-				if err := s.opts.Forward.Set(nil); err != nil {
-					s.log.Warn("removing the forwarding state on shutdown", "err", err)
-				}
-			}
-			s.report(plan.Desired{}) // say what this node no longer announces, as far as it can
-			return nil
-		case <-s.trigger:
+			running = false
 		case <-changed:
-		case <-resync.C:
-			s.resyncFwd = true
+			s.runner.Poke()
 		}
 	}
+	<-done
+	s.shutdown()
+	return nil
 }
 
-// reportForwarding says, once at start, whether this node can forward: a metric, and
-// when it cannot, an Event on its Node (the log line is the caller's).
+// shutdown withdraws, on the way out, the forwarding state (the other nodes have taken
+// over by now) and says what this node no longer announces.
+func (s *Speaker) shutdown() {
+	if s.forward != nil && s.cfg != nil {
+		if err := s.forward.Set(nil); err != nil {
+			s.log.Warn("removing the forwarding state on shutdown", "err", err)
+		}
+	}
+	s.report(plan.Desired{}, plan.Input{})
+}
+
+// reportForwarding says once whether this node can forward: a metric, and when it
+// cannot, a log line and an Event on its Node.
 func (s *Speaker) reportForwarding() {
-	if s.opts.Forward != nil {
+	if s.forward != nil {
 		s.metrics.CanForward.Set(1)
 		return
 	}
 	s.metrics.CanForward.Set(0)
-	if s.opts.ForwardErr == nil {
-		return
+	s.log.Error("this node cannot forward with IPVS, so it announces no address of a pool that forwards", "err", s.forwardErr)
+	if node, err := s.factory.Core().V1().Nodes().Lister().Get(s.opts.NodeName); err == nil {
+		s.events.Eventf(node, corev1.EventTypeWarning, k8s.ReasonIPVSUnavailable,
+			"node %s cannot forward with IPVS, so it announces no address of a pool that forwards: %v", s.opts.NodeName, s.forwardErr)
 	}
-	node, err := s.factory.Core().V1().Nodes().Lister().Get(s.opts.NodeName)
-	if err != nil {
-		return
+	if s.opts.Members != nil {
+		if err := s.opts.Members.SetMeta(MemberMeta{IPVS: false}.Encode()); err != nil {
+			s.log.Warn("telling the other speakers", "err", err)
+		}
 	}
-	s.events.Recorder.Eventf(node, corev1.EventTypeWarning, "IPVSUnavailable",
-		"node %s cannot forward with IPVS, so it announces no address of a pool that forwards: %v", s.opts.NodeName, s.opts.ForwardErr)
 }
 
-// sync computes the desired state from the caches and applies it.
-func (s *Speaker) sync(ctx context.Context) {
+// sync computes the desired state from the caches and applies it: layer 2, BGP,
+// forwarding. full asks the adapters to compare with the world, not with what they last
+// applied.
+func (s *Speaker) sync(ctx context.Context, full bool) error {
 	start := time.Now()
+	defer func() { s.metrics.SyncSeconds.Observe(time.Since(start).Seconds()) }()
 	s.loadConfig()
+	in := s.input()
+	d := plan.Compute(in)
+
+	// Forwarding first: an address must be ready to take traffic before this node draws
+	// it with a gratuitous ARP or a route (a SYN dropped meanwhile costs the client a
+	// one-second retransmission).
+	fwdErr := s.applyForwarding(d.Forward, full)
+	if errors.Is(fwdErr, ipvs.ErrUnsupported) {
+		s.forward, s.forwardErr, fwdErr = nil, fwdErr, nil
+		s.reportForwarding()
+		in = s.input()
+		d = plan.Compute(in)
+	}
+	s.opts.Layer2.Set(d.Layer2)
+	if s.members != nil && !slices.Equal(in.Members, s.members) {
+		// Neighbours may have followed another node's announcement while the membership
+		// changed: every owner says again what it keeps.
+		s.opts.Layer2.Reannounce()
+	}
+	s.members = slices.Clip(append([]string{}, in.Members...))
+	var errs []error
+	if fwdErr != nil {
+		errs = append(errs, fmt.Errorf("forwarding: %w", fwdErr))
+	}
+	if s.opts.BGP != nil {
+		if err := s.opts.BGP.SetPeers(ctx, d.BGPPeers); err != nil {
+			errs = append(errs, fmt.Errorf("BGP peers: %w", err))
+		}
+		if err := s.opts.BGP.SetRoutes(ctx, d.BGPRoutes); err != nil {
+			errs = append(errs, fmt.Errorf("BGP routes: %w", err))
+		}
+	}
+	s.report(d, in)
+	if s.cfg != nil {
+		s.ready.Store(true)
+	}
+	s.metrics.Members.Set(float64(len(in.Members)))
+	return errors.Join(errs...)
+}
+
+func (s *Speaker) input() plan.Input {
 	in := plan.Input{Config: s.cfg, Self: s.opts.NodeName}
 	if s.opts.Members != nil {
 		in.UseMembers, in.Members = true, s.opts.Members.Alive()
@@ -262,43 +325,11 @@ func (s *Speaker) sync(ctx context.Context) {
 	in.Nodes = s.nodes()
 	in.Services = s.services()
 	in.Forwarders = s.forwarders(in.Nodes)
-	d := plan.Compute(in)
-	// Forwarding first: an address must be ready to take traffic before this node draws
-	// it with a gratuitous ARP or a route (a SYN dropped meanwhile costs the client a
-	// one-second retransmission). The full comparison with the kernel comes last, so that
-	// it never delays an announcement.
-	fwd := forwardServices(d.Forward)
-	s.applyForwarding(fwd)
-	owned := make([]layer2.Owned, len(d.Layer2))
-	for i, l := range d.Layer2 {
-		owned[i] = layer2.Owned{IP: l.IP, Interfaces: l.Interfaces}
-	}
-	s.opts.Layer2.SetOwned(owned)
-	if s.opts.BGP != nil {
-		if err := s.opts.BGP.SetPeers(ctx, d.BGPPeers); err != nil {
-			s.log.Warn("BGP peers", "err", err)
-		}
-		if err := s.opts.BGP.SetRoutes(ctx, d.BGPRoutes); err != nil {
-			s.log.Warn("BGP routes", "err", err)
-		}
-	}
-	if s.resyncFwd && s.opts.Forward != nil {
-		s.resyncFwd = false
-		s.opts.Forward.Resync()
-		s.applyForwarding(fwd)
-	}
-	s.report(d)
-	s.mu.Lock()
-	s.last = d
-	s.mu.Unlock()
-	if s.cfg != nil {
-		s.ready.Store(true)
-	}
-	s.metrics.SyncSeconds.Observe(time.Since(start).Seconds())
-	s.metrics.Members.Set(float64(len(in.Members)))
+	return in
 }
 
-// loadConfig takes a new configuration when it parses; otherwise the last good one stays.
+// loadConfig takes the configuration in force when it changed and parses; otherwise the
+// last good one stays.
 func (s *Speaker) loadConfig() {
 	_, text, err := s.configs.Get()
 	if err != nil || text == s.seenConfig {
@@ -308,36 +339,41 @@ func (s *Speaker) loadConfig() {
 	cfg, err := config.Parse([]byte(text))
 	if err != nil {
 		s.metrics.ConfigStale.Set(1)
-		s.log.Error("configuration refused; the last good one stays in force", "configMap", s.opts.Config.String(), "err", err)
+		s.log.Error("the configuration in force does not parse; the last good one stays", "configMap", s.opts.Config.InForce().String(), "err", err)
 		return
 	}
 	s.cfg = cfg
+	s.ownsMu.Lock()
+	s.ownsCfg = cfg
+	s.ownsMu.Unlock()
 	s.metrics.ConfigStale.Set(0)
-	s.log.Info("configuration loaded", "pools", len(cfg.Pools))
+	hash := config.Hash([]byte(text))
+	s.metrics.InForce.Set(hash)
+	s.log.Info("configuration loaded", "pools", len(cfg.Pools), "hash", hash)
 }
 
-// applyForwarding hands the forwarder the whole desired set; a failure is retried, in
-// full, a second later.
-func (s *Speaker) applyForwarding(fwd []forward.Service) {
-	if s.opts.Forward == nil || s.cfg == nil {
-		return
+// applyForwarding hands the forwarder the whole desired set.
+func (s *Speaker) applyForwarding(fwd []forward.Service, full bool) error {
+	if s.forward == nil || s.cfg == nil {
+		return nil
 	}
-	if err := s.opts.Forward.Set(fwd); err != nil {
-		s.log.Warn("forwarding state not fully applied; retried in full in a second", "err", err)
-		if s.retrying.CompareAndSwap(false, true) {
-			time.AfterFunc(time.Second, func() { s.retrying.Store(false); s.poke() })
-		}
+	if full {
+		s.forward.Resync()
 	}
+	return s.forward.Set(fwd)
 }
 
 // Owns reports whether addr is in a pool of the configuration in force: the only
-// addresses the forwarder may touch. Called from within sync.
+// addresses the forwarder may touch.
 func (s *Speaker) Owns(addr netip.Addr) bool {
-	_, ok := s.cfg.PoolOf(addr)
+	s.ownsMu.Lock()
+	defer s.ownsMu.Unlock()
+	_, ok := s.ownsCfg.PoolOf(addr)
 	return ok
 }
 
-// forwarders are the nodes that can forward: from memberlist's metadata; without
+// forwarders are the nodes that can forward: from memberlist's metadata (this node's
+// own included: it changes its metadata when it finds it cannot forward); without
 // memberlist nothing tells what the other nodes' kernels can do, so they are taken to
 // be able, and this node says for itself.
 func (s *Speaker) forwarders(nodes []plan.Node) map[string]bool {
@@ -349,34 +385,13 @@ func (s *Speaker) forwarders(nodes []plan.Node) map[string]bool {
 				out[name] = true
 			}
 		}
+		// This node too, as the others see it, so that every speaker elects alike.
 		return out
 	}
 	for _, n := range nodes {
 		out[n.Name] = true
 	}
-	out[s.opts.NodeName] = s.opts.Forward != nil
-	return out
-}
-
-// forwardServices turns the plan's virtual services into the forwarder's.
-func forwardServices(fs []plan.Forward) []forward.Service {
-	out := make([]forward.Service, 0, len(fs))
-	for _, f := range fs {
-		fw := forward.Service{
-			VIP: f.VIP, Port: f.Port, Proto: forward.TCP, Scheduler: f.Scheduler, Persistence: f.Persistence,
-			SourceRanges: f.SourceRanges, Masquerade: f.Masquerade,
-		}
-		switch corev1.Protocol(f.Proto) {
-		case corev1.ProtocolUDP:
-			fw.Proto = forward.UDP
-		case corev1.ProtocolSCTP:
-			fw.Proto = forward.SCTP
-		}
-		for _, r := range f.RealServers {
-			fw.RealServers = append(fw.RealServers, forward.RealServer{Addr: r.Addr, Port: r.Port})
-		}
-		out = append(out, fw)
-	}
+	out[s.opts.NodeName] = s.forward != nil
 	return out
 }
 
@@ -405,37 +420,73 @@ func (s *Speaker) services() []plan.Service {
 	return out
 }
 
-// report records, on change only, which Service addresses this node took or gave up.
-func (s *Speaker) report(d plan.Desired) {
+// report records, on change only, which Service addresses this node took or gave up,
+// and, from one speaker only (the first live one by name), the Services whose pool
+// forwards while no live node can.
+func (s *Speaker) report(d plan.Desired, in plan.Input) {
 	now := map[string]bool{}
 	svcLister := s.factory.Core().V1().Services().Lister()
+	say := func(svcKey string, a k8s.Announcement) {
+		s.metrics.OwnershipChanges.Inc()
+		if a.Announcing {
+			s.log.Info("announcing", "service", svcKey, "ip", a.IP, "mode", a.Mode)
+		} else {
+			s.log.Info("stopped announcing", "service", svcKey, "ip", a.IP)
+		}
+		if svc := getService(svcLister, svcKey); svc != nil {
+			s.events.Event(svc, corev1.EventTypeNormal, a.Reason(), a.Message())
+		}
+	}
 	for _, dec := range d.Decisions {
 		if !dec.Announce {
 			continue
 		}
 		key := dec.Service + " " + dec.IP.String()
 		now[key] = true
-		if s.announced[key] {
-			continue
-		}
-		s.metrics.OwnershipChanges.Inc()
-		s.log.Info("announcing", "service", dec.Service, "ip", dec.IP, "mode", dec.Protocol.String())
-		if svc := getService(svcLister, dec.Service); svc != nil {
-			s.events.Recorder.Eventf(svc, corev1.EventTypeNormal, "Announcing", "node %s announces %s (%s)", s.opts.NodeName, dec.IP, dec.Protocol)
+		if !s.announced[key] {
+			say(dec.Service, k8s.Announcement{Node: s.opts.NodeName, IP: dec.IP, Mode: dec.Protocol.String(), Announcing: true})
 		}
 	}
-	for key := range s.announced {
-		if now[key] {
-			continue
-		}
-		s.metrics.OwnershipChanges.Inc()
-		svcKey, ip, _ := strings.Cut(key, " ")
-		s.log.Info("stopped announcing", "service", svcKey, "ip", ip)
-		if svc := getService(svcLister, svcKey); svc != nil {
-			s.events.Recorder.Eventf(svc, corev1.EventTypeNormal, "StoppedAnnouncing", "node %s no longer announces %s", s.opts.NodeName, ip)
+	for _, key := range slices.Sorted(maps.Keys(s.announced)) {
+		if !now[key] {
+			svcKey, ip, _ := strings.Cut(key, " ")
+			say(svcKey, k8s.Announcement{Node: s.opts.NodeName, IP: netip.MustParseAddr(ip)})
 		}
 	}
 	s.announced = now
+	s.reportNoForwarder(d, in)
+}
+
+// reportNoForwarder warns on each Service of a pool that forwards, once for as long as
+// no live node can forward (recorded by the first live speaker by name, so once).
+func (s *Speaker) reportNoForwarder(d plan.Desired, in plan.Input) {
+	if in.Config == nil || len(in.Members) == 0 || in.Members[0] != s.opts.NodeName {
+		return
+	}
+	anyForwarder := false
+	for _, m := range in.Members {
+		anyForwarder = anyForwarder || in.Forwarders[m]
+	}
+	now := map[string]bool{}
+	if !anyForwarder {
+		svcLister := s.factory.Core().V1().Services().Lister()
+		for _, dec := range d.Decisions {
+			pool, ok := in.Config.Pool(dec.Pool)
+			if !ok || !pool.Forward || now[dec.Service] {
+				continue
+			}
+			now[dec.Service] = true
+			if s.noForwarder[dec.Service] {
+				continue
+			}
+			if svc := getService(svcLister, dec.Service); svc != nil {
+				s.events.Eventf(svc, corev1.EventTypeWarning, k8s.ReasonNoNodeCanForward,
+					"no node can forward with IPVS, so nobody announces %s: pool %q forwards (forwarding: ipvs); load ip_vs on the nodes or set forwarding: none", dec.IP, pool.Name)
+			}
+			s.log.Warn("no node can forward: the Service's address is not announced", "service", dec.Service, "ip", dec.IP, "pool", pool.Name)
+		}
+	}
+	s.noForwarder = now
 }
 
 func getService(l corelisters.ServiceLister, key string) *corev1.Service {

@@ -24,6 +24,7 @@ import (
 	"github.com/heraldlb/herald/pkg/k8s"
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
 	"github.com/heraldlb/herald/pkg/layer2"
+	"github.com/heraldlb/herald/pkg/transport"
 )
 
 func TestMain(m *testing.M) { k8stest.Main(m) }
@@ -58,14 +59,21 @@ func (f *forwardRec) state() ([]forward.Service, int) {
 }
 
 type layer2Rec struct {
-	mu    sync.Mutex
-	owned []layer2.Owned
+	mu          sync.Mutex
+	owned       []layer2.Address
+	reannounced int
 }
 
-func (l *layer2Rec) SetOwned(o []layer2.Owned) {
+func (l *layer2Rec) Set(o []layer2.Address) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.owned = slices.Clone(o)
+}
+
+func (l *layer2Rec) Reannounce() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.reannounced++
 }
 
 type fakeMembers struct {
@@ -87,6 +95,8 @@ func (m *fakeMembers) AliveMeta() map[string][]byte {
 }
 
 func (m *fakeMembers) Changed() <-chan struct{} { return m.changed }
+
+func (m *fakeMembers) SetMeta([]byte) error { return nil }
 
 func (m *fakeMembers) set(name string, ipvs bool) {
 	m.mu.Lock()
@@ -205,7 +215,8 @@ func TestForwarding(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: "config"}, Data: map[string]string{"config": `
+	inForce := k8s.ConfigRef{Namespace: ns.Name}.InForce().Name
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: inForce}, Data: map[string]string{"config": `
 address-pools:
 - {name: fwd, protocol: layer2, addresses: [192.168.10.90-192.168.10.99]}
 - {name: plain, protocol: layer2, forwarding: none, addresses: [192.168.20.90-192.168.20.99]}
@@ -213,7 +224,7 @@ address-pools:
 	if _, err := c.CoreV1().ConfigMaps(ns.Name).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = c.CoreV1().ConfigMaps(ns.Name).Delete(ctx, "config", metav1.DeleteOptions{}) })
+	t.Cleanup(func() { _ = c.CoreV1().ConfigMaps(ns.Name).Delete(ctx, inForce, metav1.DeleteOptions{}) })
 	createNode(t, c, "n1", "10.0.0.1", true)
 	createNode(t, c, "n2", "10.0.0.2", true)
 	createNode(t, c, "n3", "10.0.0.3", true)
@@ -257,11 +268,11 @@ address-pools:
 			return diff == "", "forwarder's state (-want +got):\n" + diff
 		}
 	}
-	clusterSvc := forward.Service{VIP: addr("192.168.10.90"), Port: 80, Proto: forward.TCP, Scheduler: "wrr", Persistence: 10 * time.Minute,
+	clusterSvc := forward.Service{VIP: addr("192.168.10.90"), Port: 80, Proto: transport.TCP, Scheduler: "wrr", Persistence: 10 * time.Minute,
 		SourceRanges: []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")}, Masquerade: true,
 		RealServers: rs(fmt.Sprintf("10.0.0.1:%d", np), fmt.Sprintf("10.0.0.2:%d", np), fmt.Sprintf("10.0.0.3:%d", np))}
-	localSvc := forward.Service{VIP: addr("192.168.10.91"), Port: 80, Proto: forward.TCP, Scheduler: "rr", RealServers: rs("10.244.1.5:8080")}
-	directSvc := forward.Service{VIP: addr("192.168.10.92"), Port: 80, Proto: forward.TCP, Scheduler: "rr", Masquerade: true, RealServers: rs("10.244.1.6:8080", "10.244.3.6:8080")}
+	localSvc := forward.Service{VIP: addr("192.168.10.91"), Port: 80, Proto: transport.TCP, Scheduler: "rr", RealServers: rs("10.244.1.5:8080")}
+	directSvc := forward.Service{VIP: addr("192.168.10.92"), Port: 80, Proto: transport.TCP, Scheduler: "rr", Masquerade: true, RealServers: rs("10.244.1.6:8080", "10.244.3.6:8080")}
 	eventually(t, wantSet([]forward.Service{clusterSvc, localSvc, directSvc}))
 
 	// A node going NotReady loses its real server.

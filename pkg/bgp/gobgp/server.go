@@ -326,7 +326,7 @@ func apiPath(r bgp.Route) (*api.Path, error) {
 type logAdapter struct{ log *slog.Logger }
 
 func (l *logAdapter) fields(f gobgplog.Fields) []any {
-	out := []any{"component", "gobgp"}
+	out := make([]any, 0, 2*len(f))
 	for k, v := range f {
 		switch k {
 		case "Key":

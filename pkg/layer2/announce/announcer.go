@@ -93,6 +93,21 @@ func (a *Announcer) Set(owned []layer2.Address) {
 	a.reconcileLocked()
 }
 
+// Reannounce sends the gratuitous burst again for every address answered.
+func (a *Announcer) Reannounce() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ctx == nil {
+		return
+	}
+	ctx := a.ctx
+	for _, l := range a.links {
+		for ip := range l.serves {
+			a.spawn(func() { a.announce(ctx, l, ip) })
+		}
+	}
+}
+
 // Serving returns, for each owned address, the interfaces it is answered on.
 func (a *Announcer) Serving() map[netip.Addr][]string {
 	a.mu.Lock()
@@ -173,6 +188,7 @@ func (a *Announcer) spawn(f func()) {
 func (a *Announcer) closeAll() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.ctx = nil // nothing new starts: Run waits for what did
 	for idx, l := range a.links {
 		l.close()
 		delete(a.links, idx)

@@ -1,0 +1,106 @@
+package webhook
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/heraldlb/herald/pkg/logging"
+)
+
+// Server serves the Validator over TLS with the certificate of Certs.
+type Server struct {
+	Validator *Validator
+	Certs     *Certs
+	Log       *slog.Logger
+	// Reload is how often the Secret is read again for a renewed certificate; default 30s.
+	Reload time.Duration
+}
+
+// Serve answers on ln until ctx ends. It serves once the Secret holds a certificate
+// (the leader makes it) and picks up a renewed one within Reload.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	log := logging.OrDiscard(s.Log)
+	reload := s.Reload
+	if reload == 0 {
+		reload = 30 * time.Second
+	}
+	mux := http.NewServeMux()
+	mux.Handle(Path, s.Validator)
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: s.Certs.GetCertificate},
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	t := time.NewTicker(reload)
+	defer t.Stop()
+	loaded := ""
+	for {
+		sec, err := s.Certs.Client.CoreV1().Secrets(s.Certs.Namespace).Get(ctx, s.Certs.Secret, metav1.GetOptions{})
+		if err == nil && sec.ResourceVersion != loaded {
+			if err := s.Certs.Load(sec); err != nil {
+				log.Warn("webhook certificate not usable", "err", err)
+			} else {
+				loaded = sec.ResourceVersion
+				log.Info("webhook serving certificate loaded", "secret", s.Certs.Namespace+"/"+s.Certs.Secret)
+			}
+		}
+		select {
+		case err := <-errc:
+			return err
+		case <-ctx.Done():
+			shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			err := srv.Shutdown(shutdown)
+			if e := <-errc; !errors.Is(e, http.ErrServerClosed) && err == nil {
+				err = e
+			}
+			return err
+		case <-t.C:
+		}
+	}
+}
+
+// Maintain, run by the leader, keeps the serving certificate made and current and its
+// authority in the ValidatingWebhookConfiguration vwc, checking every interval. A
+// missing configuration (the webhook is optional) is logged, not fatal.
+func Maintain(ctx context.Context, c *Certs, vwc string, interval time.Duration, log *slog.Logger) error {
+	log = logging.OrDiscard(log)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	said := ""
+	for {
+		sec, renewed, err := c.Ensure(ctx)
+		if err == nil {
+			if renewed {
+				log.Info("webhook serving certificate issued", "secret", c.Namespace+"/"+c.Secret)
+			}
+			var wrote bool
+			if wrote, err = PublishCA(ctx, c.Client, vwc, sec); wrote {
+				log.Info("webhook authority written", "validatingWebhookConfiguration", vwc)
+			}
+		}
+		if err != nil && err.Error() != said && ctx.Err() == nil {
+			log.Warn("admission webhook not maintained; edits of the ConfigMap are checked by the controller only", "err", err)
+		}
+		if err != nil {
+			said = err.Error()
+		} else {
+			said = ""
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,165 @@
+package webhook_test
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	clocktesting "k8s.io/utils/clock/testing"
+	"k8s.io/utils/ptr"
+
+	"github.com/heraldlb/herald/pkg/config"
+	"github.com/heraldlb/herald/pkg/k8s/k8stest"
+	"github.com/heraldlb/herald/pkg/webhook"
+)
+
+func TestMain(m *testing.M) { k8stest.Main(m) }
+
+func newNamespace(t *testing.T, c kubernetes.Interface) string {
+	t.Helper()
+	ns, err := c.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "webhook-"}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns.Name
+}
+
+// The real API server calls the webhook: a broken configuration and one that takes a
+// held address are refused at the door with the controller's own message; a good one,
+// and any other ConfigMap, pass.
+func TestWebhookRefusesAtTheDoor(t *testing.T) {
+	cp := k8stest.Shared(t)
+	c := kubernetes.NewForConfigOrDie(cp.Config)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	ns := newNamespace(t, c)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs := &webhook.Certs{Client: c, Namespace: ns, Secret: "herald-webhook-cert", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}}
+	held := []config.Held{{Service: "default/web", IP: netip.MustParseAddr("10.250.0.100")}}
+	srv := &webhook.Server{Certs: certs, Reload: 100 * time.Millisecond,
+		Validator: &webhook.Validator{Namespace: ns, Name: "config", Key: "config", Held: func() []config.Held { return held }}}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, ln) }()
+	t.Cleanup(func() { cancel(); <-served })
+
+	vwcName := ns + "-herald-config"
+	url := "https://" + ln.Addr().String() + webhook.Path
+	if _, err := c.AdmissionregistrationV1().ValidatingWebhookConfigurations().Create(ctx, &admissionregistrationv1.ValidatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: vwcName},
+		Webhooks: []admissionregistrationv1.ValidatingWebhook{{
+			Name: "config.herald.dev", AdmissionReviewVersions: []string{"v1"},
+			SideEffects:   ptr.To(admissionregistrationv1.SideEffectClassNone),
+			FailurePolicy: ptr.To(admissionregistrationv1.Ignore), TimeoutSeconds: ptr.To[int32](5),
+			ClientConfig: admissionregistrationv1.WebhookClientConfig{URL: &url},
+			Rules: []admissionregistrationv1.RuleWithOperations{{
+				Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create, admissionregistrationv1.Update},
+				Rule:       admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"configmaps"}},
+			}},
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": ns}},
+			MatchConditions:   []admissionregistrationv1.MatchCondition{{Name: "herald-config-only", Expression: "object.metadata.name == 'config'"}},
+		}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = c.AdmissionregistrationV1().ValidatingWebhookConfigurations().Delete(context.Background(), vwcName, metav1.DeleteOptions{})
+	})
+	// The leader makes the certificate and writes the authority.
+	go func() { _ = webhook.Maintain(ctx, certs, vwcName, time.Second, nil) }()
+
+	cms := c.CoreV1().ConfigMaps(ns)
+	good := "address-pools:\n- {name: a, protocol: layer2, addresses: [10.250.0.100-10.250.0.110]}\n"
+	apply := func(name, text string) error {
+		cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name}, Data: map[string]string{"config": text}}
+		if _, err := cms.Get(ctx, name, metav1.GetOptions{}); err == nil {
+			_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
+			return err
+		}
+		_, err := cms.Create(ctx, cm, metav1.CreateOptions{})
+		return err
+	}
+	// Until the webhook serves with a trusted certificate the API server ignores it
+	// (failurePolicy Ignore): wait until it refuses a broken configuration.
+	broken := "address-pools:\n- {name: a, protocol: layer3, addresses: [10.250.0.0/24]}\n"
+	var last error
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if last = apply("config", broken); last != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the webhook never refused a broken configuration")
+		}
+	}
+	if !strings.Contains(last.Error(), `address-pools[0].protocol (line 2): must be layer2 or bgp: "layer3"`) {
+		t.Errorf("refusal of a broken configuration: %v", last)
+	}
+	_ = cms.Delete(ctx, "config", metav1.DeleteOptions{}) // it may have been created before the webhook served
+	if err := apply("config", good); err != nil {
+		t.Fatalf("a good configuration was refused: %v", err)
+	}
+	steal := "address-pools:\n- {name: a, protocol: layer2, addresses: [10.250.0.120-10.250.0.130]}\n"
+	err = apply("config", steal)
+	if err == nil || !strings.Contains(err.Error(), "10.250.0.100 (held by default/web)") {
+		t.Errorf("a configuration taking a held address: %v, want a refusal naming it", err)
+	}
+	if cm, _ := cms.Get(ctx, "config", metav1.GetOptions{}); cm.Data["config"] != good {
+		t.Errorf("a refused edit changed the ConfigMap to %q", cm.Data["config"])
+	}
+	if err := apply("other", broken); err != nil {
+		t.Errorf("another ConfigMap was checked: %v", err)
+	}
+}
+
+// The certificate is made once, kept while it is good, and renewed when a third of its
+// life is left, signed by the same authority (so the caBundle stays right).
+func TestCertificateRenewal(t *testing.T) {
+	cp := k8stest.Shared(t)
+	c := kubernetes.NewForConfigOrDie(cp.Config)
+	ns := newNamespace(t, c)
+	clock := clocktesting.NewFakeClock(time.Now())
+	certs := &webhook.Certs{Client: c, Namespace: ns, Secret: "cert", DNSNames: []string{"herald-controller-webhook.herald-system.svc"}, Clock: clock}
+	ctx := context.Background()
+	first, made, err := certs.Ensure(ctx)
+	if err != nil || !made {
+		t.Fatalf("Ensure = %v, %v; want made", made, err)
+	}
+	if _, again, err := certs.Ensure(ctx); err != nil || again {
+		t.Fatalf("second Ensure = %v, %v; want left alone", again, err)
+	}
+	clock.Step(250 * 24 * time.Hour) // past two thirds of a year
+	renewed, again, err := certs.Ensure(ctx)
+	if err != nil || !again {
+		t.Fatalf("Ensure after 250 days = %v, %v; want renewed", again, err)
+	}
+	leaf := func(s *corev1.Secret) *x509.Certificate {
+		b, _ := pem.Decode(s.Data[corev1.TLSCertKey])
+		cert, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cert
+	}
+	if leaf(renewed).SerialNumber.Cmp(leaf(first).SerialNumber) == 0 {
+		t.Error("the serving certificate was not replaced")
+	}
+	if string(renewed.Data["ca.crt"]) != string(first.Data["ca.crt"]) {
+		t.Error("the authority changed: the caBundle would go stale")
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(renewed.Data["ca.crt"])
+	if _, err := leaf(renewed).Verify(x509.VerifyOptions{Roots: pool, DNSName: "herald-controller-webhook.herald-system.svc", CurrentTime: clock.Now()}); err != nil {
+		t.Errorf("the renewed certificate does not verify: %v", err)
+	}
+}
