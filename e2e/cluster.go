@@ -16,10 +16,12 @@ import (
 	"syscall"
 	"time"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
 
 	"github.com/heraldlb/herald/e2e/netlab"
 	"github.com/heraldlb/herald/pkg/controller"
@@ -100,6 +102,9 @@ type Options struct {
 	// ControllerBin runs the controller as this binary inside the control plane's
 	// namespace; by default it runs in this process.
 	ControllerBin string
+	// Webhook registers the controller's admission webhook for the configuration (the
+	// controller then runs as ControllerBin, serving it on the control plane's loopback).
+	Webhook bool
 	// Router, when set, starts an FRR router on the bridge with the bgpd configuration it
 	// returns for the nodes, before the speakers.
 	Router func(nodes []*Node) string
@@ -231,8 +236,14 @@ func (c *Cluster) waitFile(path string) {
 // namespace, or as opts.ControllerBin inside that namespace.
 func (c *Cluster) startController() {
 	if c.opts.ControllerBin != "" {
-		c.daemon(c.CPNS, "controller", c.opts.ControllerBin, "--kubeconfig", c.CP.Kubeconfig,
-			"--metrics-addr", "127.0.0.1:7472", "--log-format", "text")
+		args := []string{c.opts.ControllerBin, "--kubeconfig", c.CP.Kubeconfig, "--metrics-addr", "127.0.0.1:7472", "--log-format", "text"}
+		if c.opts.Webhook {
+			args = append(args, "--webhook-addr", "127.0.0.1:9443", "--webhook-ips", "127.0.0.1", "--webhook-dns-names", "")
+			c.registerWebhook("https://127.0.0.1:9443/validate-config")
+		} else {
+			args = append(args, "--webhook-addr", "")
+		}
+		c.daemon(c.CPNS, "controller", args...)
 		return
 	}
 	ctrl, err := controller.New(controller.Options{Client: c.Kube, Logger: c.logger("controller")})
@@ -266,6 +277,30 @@ func (c *Cluster) daemon(ns *netlab.NS, name string, argv ...string) *exec.Cmd {
 		c.t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	}
 	return cmd
+}
+
+// registerWebhook registers the configuration webhook at url, as config/controller.yaml
+// does through a Service; the controller writes its caBundle.
+func (c *Cluster) registerWebhook(url string) {
+	c.t.Helper()
+	vwc := &admissionregistrationv1.ValidatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: "herald-config"},
+		Webhooks: []admissionregistrationv1.ValidatingWebhook{{
+			Name: "config.herald.dev", AdmissionReviewVersions: []string{"v1"},
+			SideEffects:   ptr.To(admissionregistrationv1.SideEffectClassNone),
+			FailurePolicy: ptr.To(admissionregistrationv1.Ignore), TimeoutSeconds: ptr.To[int32](5),
+			ClientConfig: admissionregistrationv1.WebhookClientConfig{URL: &url},
+			Rules: []admissionregistrationv1.RuleWithOperations{{
+				Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create, admissionregistrationv1.Update},
+				Rule:       admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"configmaps"}},
+			}},
+			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": "herald-system"}},
+			MatchConditions:   []admissionregistrationv1.MatchCondition{{Name: "herald-config-only", Expression: "object.metadata.name == 'config'"}},
+		}},
+	}
+	if _, err := c.Kube.AdmissionregistrationV1().ValidatingWebhookConfigurations().Create(context.Background(), vwc, metav1.CreateOptions{}); err != nil {
+		c.t.Fatalf("%v", err)
+	}
 }
 
 func (c *Cluster) logger(name string) *slog.Logger {

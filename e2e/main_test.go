@@ -11,7 +11,7 @@ import (
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
 )
 
-var speakerBin string
+var speakerBin, controllerBin string
 
 func TestMain(m *testing.M) {
 	if name := os.Getenv("HERALD_E2E_SERVE"); name != "" {
@@ -26,16 +26,18 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	speakerBin = filepath.Join(dir, "speaker")
-	args := []string{"build", "-o", speakerBin}
-	if os.Getenv("HERALD_E2E_RACE") != "" {
-		// Speakers built with the race detector, exiting on the first race (set
-		// GORACE=halt_on_error=1), fail the tests that need them.
-		args = append(args, "-race")
-	}
-	if out, err := exec.Command("go", append(args, "../speaker")...).CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build the speaker: %v\n%s", err, out)
-		os.Exit(1)
+	speakerBin, controllerBin = filepath.Join(dir, "speaker"), filepath.Join(dir, "controller")
+	for bin, pkg := range map[string]string{speakerBin: "../speaker", controllerBin: "../controller"} {
+		args := []string{"build", "-o", bin}
+		if os.Getenv("HERALD_E2E_RACE") != "" {
+			// Binaries built with the race detector, exiting on the first race (set
+			// GORACE=halt_on_error=1), fail the tests that need them.
+			args = append(args, "-race")
+		}
+		if out, err := exec.Command("go", append(args, pkg)...).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, out)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	k8stest.StopShared(code != 0)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Herald's tests and lab use, only those missing.
 set -euo pipefail
-pkgs=(iproute2 procps ca-certificates iputils-arping curl frr bird2
+pkgs=(iproute2 procps ca-certificates iputils-arping ndisc6 stress-ng curl frr bird2
 	qemu-system-x86 busybox-static cpio xz-utils kmod) # the last line: the ip_vs VM (hack/vm)
 missing=()
 for p in "${pkgs[@]}"; do

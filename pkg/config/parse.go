@@ -126,6 +126,9 @@ func (v *validator) peer(path string, rp rawPeer, bfd map[string]bool) Peer {
 	}
 	p.MyASN = asn("my-asn", rp.MyASN)
 	p.ASN = asn("peer-asn", rp.PeerASN)
+	if rp.EBGPMultiHop && p.MyASN != 0 && p.MyASN == p.ASN {
+		v.fail(path+".ebgp-multihop", "true", "is for eBGP peers only: my-asn and peer-asn are both %d (iBGP)", p.ASN)
+	}
 	if rp.PeerAddress == "" {
 		v.fail(path+".peer-address", "", "is required")
 	} else {
@@ -179,10 +182,25 @@ func (v *validator) peer(path string, rp rawPeer, bfd map[string]bool) Peer {
 
 func (v *validator) nodeSelector(path string, rs rawNodeSelector) NodeSelector {
 	s := NodeSelector{MatchLabels: rs.MatchLabels}
+	for _, k := range slices.Sorted(maps.Keys(rs.MatchLabels)) {
+		if msg := labelKeyError(k); msg != "" {
+			v.fail(path+".match-labels."+k, k, "is not a label key: %s", msg)
+		}
+		if msg := labelValueError(rs.MatchLabels[k]); msg != "" {
+			v.fail(path+".match-labels."+k, rs.MatchLabels[k], "is not a label value: %s", msg)
+		}
+	}
 	for i, re := range rs.MatchExpressions {
 		ep := fmt.Sprintf("%s.match-expressions[%d]", path, i)
 		if re.Key == "" {
 			v.fail(ep+".key", "", "is required")
+		} else if msg := labelKeyError(re.Key); msg != "" {
+			v.fail(ep+".key", re.Key, "is not a label key: %s", msg)
+		}
+		for j, val := range re.Values {
+			if msg := labelValueError(val); msg != "" {
+				v.fail(fmt.Sprintf("%s.values[%d]", ep, j), val, "is not a label value: %s", msg)
+			}
 		}
 		switch re.Operator {
 		case "In", "NotIn":
@@ -284,15 +302,22 @@ func (v *validator) advertisement(path string, ra rawAdvertisement, ranges []Add
 			v.fail(path+"."+key, strconv.Itoa(*val), "must be from 0 to %d", max)
 			return *val
 		}
+		// Each address entry must fit in aggregates of this length: the entry's widest
+		// prefix may not be wider than the aggregate (a range is several prefixes; as in
+		// MetalLB, its widest one decides).
 		for _, r := range ranges {
 			if r.First.Is4() != is4 {
 				continue
 			}
+			widest := r.Prefixes()[0]
 			for _, pfx := range r.Prefixes() {
-				if *val < pfx.Bits() {
-					v.fail(path+"."+key, strconv.Itoa(*val), "must be at least %d: the pool's prefix %s is longer than the aggregate", pfx.Bits(), pfx)
-					return *val
+				if pfx.Bits() < widest.Bits() {
+					widest = pfx
 				}
+			}
+			if *val < widest.Bits() {
+				v.fail(path+"."+key, strconv.Itoa(*val), "must be at least %d: the pool's prefix %s is longer than the aggregate", widest.Bits(), widest)
+				return *val
 			}
 		}
 		return *val
@@ -443,4 +468,55 @@ func parseLargeCommunity(s string) (LargeCommunity, bool) {
 		n[i] = uint32(u)
 	}
 	return LargeCommunity{n[0], n[1], n[2]}, true
+}
+
+// labelKeyError says why k is not a Kubernetes label key ("" when it is one): an
+// optional DNS subdomain prefix and "/", then a name of at most 63 characters,
+// alphanumeric at both ends, with '-', '_' and '.' inside.
+func labelKeyError(k string) string {
+	prefix, name, hasPrefix := strings.Cut(k, "/")
+	if !hasPrefix {
+		name, prefix = prefix, ""
+	} else if prefix == "" || len(prefix) > 253 || !dnsSubdomain(prefix) {
+		return "the prefix before '/' must be a DNS subdomain (lower-case alphanumerics, '-' and '.')"
+	}
+	if name == "" {
+		return "the name must not be empty"
+	}
+	return labelValueError(name)
+}
+
+// labelValueError says why s is not a Kubernetes label value ("" when it is one): empty,
+// or at most 63 characters, alphanumeric at both ends, with '-', '_' and '.' inside.
+func labelValueError(s string) string {
+	if s == "" {
+		return ""
+	}
+	if len(s) > 63 {
+		return "at most 63 characters"
+	}
+	alnum := func(c byte) bool { return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' }
+	if !alnum(s[0]) || !alnum(s[len(s)-1]) {
+		return "must begin and end with a letter or digit"
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !alnum(c) && c != '-' && c != '_' && c != '.' {
+			return "only letters, digits, '-', '_' and '.'"
+		}
+	}
+	return ""
+}
+
+func dnsSubdomain(s string) bool {
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			if c := label[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }

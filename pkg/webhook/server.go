@@ -44,6 +44,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	t := time.NewTicker(reload)
 	defer t.Stop()
 	loaded := ""
+	waiting := time.NewTicker(time.Second) // until a first certificate is loaded
+	defer waiting.Stop()
 	for {
 		sec, err := s.Certs.Client.CoreV1().Secrets(s.Certs.Namespace).Get(ctx, s.Certs.Secret, metav1.GetOptions{})
 		if err == nil && sec.ResourceVersion != loaded {
@@ -51,6 +53,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 				log.Warn("webhook certificate not usable", "err", err)
 			} else {
 				loaded = sec.ResourceVersion
+				waiting.Stop()
 				log.Info("webhook serving certificate loaded", "secret", s.Certs.Namespace+"/"+s.Certs.Secret)
 			}
 		}
@@ -66,6 +69,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			}
 			return err
 		case <-t.C:
+		case <-waiting.C:
 		}
 	}
 }
