@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
 )
@@ -29,13 +30,17 @@ address-pools:
 `
 
 // createMany creates n LoadBalancer Services at once and waits until all have an address.
-func (c *Cluster) createMany(t testing.TB, n int) {
+func (c *Cluster) createMany(t testing.TB, n int) { c.createManyFrom(t, 0, n) }
+
+// createManyFrom creates n more Services, numbered from first, and waits until all
+// Services have an address.
+func (c *Cluster) createManyFrom(t testing.TB, first, n int) {
 	t.Helper()
 	ctx := context.Background()
 	if _, err := k8stest.CreateServices(ctx, c.Kube, n, func(i int) *corev1.Service {
 		return &corev1.Service{
-			ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: fmt.Sprintf("svc-%04d", i)},
-			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Selector: map[string]string{"app": "x"},
+			ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: fmt.Sprintf("svc-%04d", first+i)},
+			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Selector: map[string]string{"app": "x"}, AllocateLoadBalancerNodePorts: ptr.To(false), // no NodePort range holds 5,000
 				Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(80)}}},
 		}
 	}); err != nil {
@@ -52,11 +57,11 @@ func (c *Cluster) createMany(t testing.TB, n int) {
 				have++
 			}
 		}
-		if have == n {
+		if have == first+n {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d Services have an address", have, n)
+			t.Fatalf("%d of %d Services have an address", have, first+n)
 		}
 	}
 }
