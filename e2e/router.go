@@ -11,7 +11,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/heraldlb/herald/e2e/netlab"
+	"github.com/heraldlb/herald/hack/netlab"
 )
 
 // Router addresses on the lab network.

@@ -24,7 +24,7 @@ import (
 	"time"
 
 	"github.com/heraldlb/herald/e2e"
-	"github.com/heraldlb/herald/e2e/netlab"
+	"github.com/heraldlb/herald/hack/netlab"
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
 )
 

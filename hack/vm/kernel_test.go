@@ -7,7 +7,7 @@ import (
 
 	"github.com/moby/ipvs"
 
-	"github.com/heraldlb/herald/e2e/netlab"
+	"github.com/heraldlb/herald/hack/netlab"
 	"github.com/heraldlb/herald/pkg/forward"
 )
 

@@ -17,7 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/heraldlb/herald/e2e/netlab"
+	"github.com/heraldlb/herald/hack/netlab"
 	fipvs "github.com/heraldlb/herald/pkg/forward/ipvs"
 	"github.com/heraldlb/herald/pkg/k8s"
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"

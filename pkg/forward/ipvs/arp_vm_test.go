@@ -8,7 +8,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/heraldlb/herald/e2e/netlab"
+	"github.com/heraldlb/herald/hack/netlab"
 	"github.com/heraldlb/herald/pkg/forward"
 	"github.com/heraldlb/herald/pkg/forward/ipvs"
 	"github.com/heraldlb/herald/pkg/transport"

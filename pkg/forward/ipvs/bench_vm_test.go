@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/heraldlb/herald/e2e/netlab"
+	"github.com/heraldlb/herald/hack/netlab"
 	"github.com/heraldlb/herald/pkg/forward"
 	"github.com/heraldlb/herald/pkg/forward/ipvs"
 	"github.com/heraldlb/herald/pkg/transport"

@@ -10,7 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/heraldlb/herald/e2e/netlab"
+	"github.com/heraldlb/herald/hack/netlab"
 	"github.com/heraldlb/herald/pkg/forward"
 	"github.com/heraldlb/herald/pkg/forward/forwardtest"
 	"github.com/heraldlb/herald/pkg/forward/ipvs"

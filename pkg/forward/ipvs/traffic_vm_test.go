@@ -10,7 +10,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
-	"github.com/heraldlb/herald/e2e/netlab"
+	"github.com/heraldlb/herald/hack/netlab"
 	"github.com/heraldlb/herald/pkg/forward"
 	"github.com/heraldlb/herald/pkg/forward/ipvs"
 	"github.com/heraldlb/herald/pkg/transport"

@@ -15,7 +15,7 @@ import (
 	"github.com/mdlayher/arp"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/heraldlb/herald/e2e/netlab"
+	"github.com/heraldlb/herald/hack/netlab"
 	"github.com/heraldlb/herald/pkg/layer2"
 )
 
