@@ -10,6 +10,8 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/heraldlb/herald/hack/cluster"
 )
 
 func report(b *testing.B, name string, took []time.Duration) {
@@ -74,11 +76,11 @@ func BenchmarkBGPThousandServices(b *testing.B) {
 		assigned := time.Since(start)
 		for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
 			out, err := c.Router.VTY("show bgp ipv4 unicast summary json")
-			if err == nil && routesReceived(out) >= 3000 { // three nodes' paths for each
+			if err == nil && cluster.RoutesReceived(out) >= 3000 { // three nodes' paths for each
 				break
 			}
 			if time.Now().After(deadline) {
-				b.Fatalf("the router holds %d paths after 2 minutes", routesReceived(out))
+				b.Fatalf("the router holds %d paths after 2 minutes", cluster.RoutesReceived(out))
 			}
 		}
 		b.ReportMetric(assigned.Seconds(), "s-all-assigned")

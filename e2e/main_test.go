@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/heraldlb/herald/hack/cluster"
 	"github.com/heraldlb/herald/hack/netlab"
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
 )
@@ -15,7 +16,7 @@ var speakerBin, controllerBin string
 
 func TestMain(m *testing.M) {
 	if name := os.Getenv("HERALD_E2E_SERVE"); name != "" {
-		if err := Serve(name); err != nil {
+		if err := cluster.Serve(name); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}

@@ -13,7 +13,7 @@ import (
 
 // rss returns the resident set size of n's speaker, in MiB.
 func (c *Cluster) rss(n *Node) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", n.speaker.Process.Pid))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", n.SpeakerPid()))
 	if err != nil {
 		return -1
 	}

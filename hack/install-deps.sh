@@ -2,6 +2,7 @@
 # Installs the Debian packages Herald's tests and lab use, only those missing.
 set -euo pipefail
 pkgs=(iproute2 procps ca-certificates iputils-arping ndisc6 stress-ng curl frr bird2
+	containerd runc containernetworking-plugins nftables conntrack util-linux # the cluster: a containerd per node, CNI, kube-proxy (nftables)
 	qemu-system-x86 busybox-static cpio xz-utils kmod) # the last line: the ip_vs VM (hack/vm)
 missing=()
 for p in "${pkgs[@]}"; do

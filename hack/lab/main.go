@@ -23,7 +23,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/heraldlb/herald/e2e"
+	"github.com/heraldlb/herald/hack/cluster"
 	"github.com/heraldlb/herald/hack/netlab"
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
 )
@@ -34,7 +34,7 @@ var roles = []string{"sw", "cp", "client", "router", "node1", "node2", "node3"}
 
 func main() {
 	if len(os.Args) == 3 && os.Args[1] == "serve" {
-		if err := e2e.Serve(os.Args[2]); err != nil { // the stand-in server on each node
+		if err := cluster.Serve(os.Args[2]); err != nil { // the stand-in server on each node
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
@@ -140,12 +140,12 @@ func (l *lab) up() (err error) {
 		}
 	}()
 	step("network namespaces %s{sw,cp,client,node1..3} on one bridge; control plane; controller; speakers", prefix)
-	c := e2e.Start(labT{}, filepath.Join(l.bin, "speaker"), e2e.Options{
+	c := cluster.Start(labT{}, filepath.Join(l.bin, "speaker"), cluster.Options{
 		NamePrefix: prefix, Dir: l.dir, Detach: true,
 		ControllerBin: filepath.Join(l.bin, "controller"),
 		ServerCmd:     []string{filepath.Join(l.bin, "lab"), "serve"},
 		NoConfig:      true, // the sample ConfigMap below is the lab's configuration
-		Router:        func(nodes []*e2e.Node) string { return e2e.FRRConfig(nodes) },
+		Router:        func(nodes []*cluster.Node) string { return cluster.FRRConfig(nodes) },
 	})
 	step("applying config/samples: the address pools and two Services of type LoadBalancer, one on each pool")
 	step("(with forwarding: none added: this kernel has no ip_vs, so kube-proxy's stand-in takes the traffic; IPVS forwarding is shown by make vm-test)")
@@ -177,7 +177,7 @@ func (l *lab) up() (err error) {
 	}
 	// The client reaches the BGP pool through the router, which forwards by its BGP routes.
 	c.Router.NS.Run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
-	c.Client.Run("ip", "route", "add", "198.51.100.0/24", "via", e2e.RouterIP4)
+	c.Client.Run("ip", "route", "add", "198.51.100.0/24", "via", cluster.RouterIP4)
 	fmt.Printf("\nThe lab is up (%.0fs).\n", time.Since(start).Seconds())
 	return l.show()
 }

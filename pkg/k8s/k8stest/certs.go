@@ -19,6 +19,7 @@ import (
 type pki struct {
 	caCert, serverCert, serverKey, adminCert, adminKey, saKey string // file paths
 	caPEM, adminCertPEM, adminKeyPEM                          []byte
+	issue                                                     func(serial int64, subject pkix.Name, usage x509.ExtKeyUsage, ips []net.IP, dns []string) (certPEM, keyPEM []byte, err error)
 }
 
 func newPKI(dir string, ips []net.IP) (*pki, error) {
@@ -62,6 +63,7 @@ func newPKI(dir string, ips []net.IP) (*pki, error) {
 		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 			pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), nil
 	}
+	p.issue = issue
 	srvCert, srvKey, err := issue(2, pkix.Name{CommonName: "kube-apiserver"}, x509.ExtKeyUsageServerAuth,
 		ips, []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"})
 	if err != nil {

@@ -2,6 +2,8 @@ package k8stest
 
 import (
 	"context"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"net"
@@ -38,6 +40,10 @@ type Options struct {
 	// Dial, when set, is how Config reaches the API server: for one in another network
 	// namespace, a dialer that opens its sockets there.
 	Dial func(ctx context.Context, network, address string) (net.Conn, error)
+	// Cluster serves real kubelets, controllers and pods: the Node authorizer, service
+	// account tokens, Endpoints for the kubernetes Service (BindAddress must then not be a
+	// loopback address), and routing to webhooks by their endpoints.
+	Cluster bool
 }
 
 // ControlPlane is a running etcd and kube-apiserver.
@@ -49,8 +55,11 @@ type ControlPlane struct {
 	// URL is the API server's address.
 	URL string
 
-	procs []*proc
-	logs  []*os.File
+	procs  []*proc
+	logs   []*os.File
+	opts   Options
+	pki    *pki
+	serial int64
 }
 
 // proc is a started process and a channel closed once it has exited and been reaped.
@@ -81,12 +90,16 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 	if ip == nil {
 		return nil, fmt.Errorf("control plane: bind address %q is not an IP address", opts.BindAddress)
 	}
-	certs, err := newPKI(opts.Dir, []net.IP{ip, net.IPv4(127, 0, 0, 1)})
+	sans := []net.IP{ip, net.IPv4(127, 0, 0, 1)}
+	if opts.Cluster {
+		sans = append(sans, net.IPv4(10, 96, 0, 1)) // the kubernetes Service, for pods
+	}
+	certs, err := newPKI(opts.Dir, sans)
 	if err != nil {
 		return nil, fmt.Errorf("control plane certificates: %w", err)
 	}
 
-	cp := &ControlPlane{}
+	cp := &ControlPlane{opts: opts, pki: certs, serial: 100}
 	defer func() {
 		if err != nil {
 			cp.Stop()
@@ -114,26 +127,45 @@ func Start(ctx context.Context, opts Options) (_ *ControlPlane, err error) {
 	}
 	host := net.JoinHostPort(opts.BindAddress, strconv.Itoa(ports[2]))
 	cp.URL = "https://" + host
-	if err := cp.run(opts, "kube-apiserver",
-		"--etcd-servers="+etcdURL,
-		"--bind-address="+opts.BindAddress, "--advertise-address="+opts.BindAddress,
-		"--secure-port="+strconv.Itoa(ports[2]),
-		"--cert-dir="+filepath.Join(opts.Dir, "apiserver-certs"),
-		"--tls-cert-file="+certs.serverCert, "--tls-private-key-file="+certs.serverKey,
-		"--client-ca-file="+certs.caCert,
+	args := []string{
+		"--etcd-servers=" + etcdURL,
+		"--bind-address=" + opts.BindAddress, "--advertise-address=" + opts.BindAddress,
+		"--secure-port=" + strconv.Itoa(ports[2]),
+		"--cert-dir=" + filepath.Join(opts.Dir, "apiserver-certs"),
+		"--tls-cert-file=" + certs.serverCert, "--tls-private-key-file=" + certs.serverKey,
+		"--client-ca-file=" + certs.caCert,
 		"--service-account-issuer=https://kubernetes.default.svc",
-		"--service-account-key-file="+certs.saKey, "--service-account-signing-key-file="+certs.saKey,
+		"--service-account-key-file=" + certs.saKey, "--service-account-signing-key-file=" + certs.saKey,
 		"--service-cluster-ip-range=10.96.0.0/16,fd00:10:96::/108", // dual-stack, so Services may ask for both families
-		"--authorization-mode=RBAC",
-		// No Endpoints for the kubernetes Service: its reconciler refuses a loopback
-		// address, and nothing here reaches the API server through a Service.
-		"--endpoint-reconciler-type=none",
-		"--disable-admission-plugins=ServiceAccount",
 		// As kubeadm and most distributions run it: kube-proxy is privileged, and so is
 		// the speaker's init container that sets the forwarding sysctls.
 		"--allow-privileged=true",
 		"--profiling=false",
-	); err != nil {
+	}
+	if opts.Cluster {
+		kubeletCert, kubeletKey, err := cp.writeClientCert("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters")
+		if err != nil {
+			return nil, err
+		}
+		args = append(args,
+			"--authorization-mode=Node,RBAC",
+			"--kubelet-client-certificate="+kubeletCert, "--kubelet-client-key="+kubeletKey,
+			// The lab has no DNS: logs and exec reach the kubelets by address.
+			"--kubelet-preferred-address-types=InternalIP",
+			// Webhooks are called at their pods' addresses (the API server's namespace
+			// runs no kube-proxy).
+			"--enable-aggregator-routing=true",
+		)
+	} else {
+		args = append(args,
+			"--authorization-mode=RBAC",
+			// No Endpoints for the kubernetes Service: its reconciler refuses a loopback
+			// address, and nothing here reaches the API server through a Service.
+			"--endpoint-reconciler-type=none",
+			"--disable-admission-plugins=ServiceAccount",
+		)
+	}
+	if err := cp.run(opts, "kube-apiserver", args...); err != nil {
 		return nil, err
 	}
 	cp.Config = &rest.Config{
@@ -212,6 +244,45 @@ func (cp *ControlPlane) waitReady(ctx context.Context, limit time.Duration) erro
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// writeClientCert writes a client certificate for user (in groups) signed by the control
+// plane's authority, as NAME.crt and NAME.key in its directory, and returns their paths.
+func (cp *ControlPlane) writeClientCert(name, user string, groups ...string) (string, string, error) {
+	cp.serial++
+	cert, key, err := cp.pki.issue(cp.serial, pkix.Name{CommonName: user, Organization: groups}, x509.ExtKeyUsageClientAuth, nil, nil)
+	if err != nil {
+		return "", "", err
+	}
+	certPath, keyPath := filepath.Join(cp.opts.Dir, name+".crt"), filepath.Join(cp.opts.Dir, name+".key")
+	if err := os.WriteFile(certPath, cert, 0o600); err != nil {
+		return "", "", err
+	}
+	return certPath, keyPath, os.WriteFile(keyPath, key, 0o600)
+}
+
+// KubeconfigFor writes, at path, a kubeconfig for user (in groups) with a client
+// certificate of its own: what a kubelet, kube-proxy or a controller is given.
+func (cp *ControlPlane) KubeconfigFor(path, user string, groups ...string) error {
+	cp.serial++
+	cert, key, err := cp.pki.issue(cp.serial, pkix.Name{CommonName: user, Organization: groups}, x509.ExtKeyUsageClientAuth, nil, nil)
+	if err != nil {
+		return err
+	}
+	return writeKubeconfig(path, cp.URL, &pki{caPEM: cp.pki.caPEM, adminCertPEM: cert, adminKeyPEM: key})
+}
+
+// CACert is the path of the control plane's certificate authority.
+func (cp *ControlPlane) CACert() string { return cp.pki.caCert }
+
+// ServiceAccountKey is the path of the key that signs service account tokens.
+func (cp *ControlPlane) ServiceAccountKey() string { return cp.pki.saKey }
+
+// StartComponent runs another control-plane process (kube-controller-manager,
+// kube-scheduler) from the binary directory, the way etcd and kube-apiserver run: logged
+// to NAME.log, stopped by Stop.
+func (cp *ControlPlane) StartComponent(name string, args ...string) error {
+	return cp.run(cp.opts, name, args...)
 }
 
 // Pid returns the process ID of the named component ("etcd", "kube-apiserver"), 0 when

@@ -1,4 +1,4 @@
-package e2e
+package cluster
 
 import (
 	"context"
@@ -79,6 +79,7 @@ type Node struct {
 	MAC      string
 	speaker  *exec.Cmd
 	exited   chan struct{}
+	kube     *kubeNode // with Options.Kubelets
 }
 
 // Options shape a cluster.
@@ -111,6 +112,15 @@ type Options struct {
 	// ServerCmd is the stand-in server's command line, the node's name appended; by
 	// default this test binary with HERALD_E2E_SERVE set.
 	ServerCmd []string
+	// Kubelets makes a real cluster: every node runs a containerd, a kubelet and a
+	// kube-proxy, the control plane a controller manager and a scheduler, and nothing of
+	// Herald runs until the caller installs it (kubectl apply -k config, as an admin
+	// does). The speaker binary, Config and the options about speakers and the
+	// controller are then unused.
+	Kubelets bool
+	// Images are the image tars to import on every node (hack/images.Build); by default
+	// they are built into Dir.
+	Images map[string]string
 }
 
 // Start brings up a lab cluster; everything is torn down when the test ends (unless
@@ -166,11 +176,15 @@ func Start(t TB, speakerBin string, opts Options) *Cluster {
 	}
 
 	ctx := context.Background()
-	cp, err := k8stest.Start(ctx, k8stest.Options{
+	cpOpts := k8stest.Options{
 		Dir: filepath.Join(c.logDir, "control-plane"), BindAddress: cpIP4,
 		CommandPrefix: []string{"ip", "netns", "exec", c.CPNS.Name}, Dial: c.CPNS.DialContext,
-		Detach: opts.Detach,
-	})
+		Detach: opts.Detach, Cluster: opts.Kubelets,
+	}
+	if opts.Kubelets {
+		cpOpts.Port = apiserverTLS
+	}
+	cp, err := k8stest.Start(ctx, cpOpts)
 	if err != nil {
 		t.Fatalf("control plane: %v", err)
 	}
@@ -179,6 +193,21 @@ func Start(t TB, speakerBin string, opts Options) *Cluster {
 	}
 	c.CP = cp
 	c.Kube = kubernetes.NewForConfigOrDie(cp.Config)
+	if opts.Kubelets {
+		if !opts.Detach {
+			t.Cleanup(func() {
+				for _, n := range c.Nodes {
+					TeardownNode(c.nodeDir(n), c.cgroupRoot(n))
+				}
+			})
+		}
+		c.startKube()
+		if opts.Router != nil {
+			c.Router = c.StartRouter(opts.Router(c.Nodes))
+		}
+		c.Probe = netlab.NewProber(t, c.Client, "eth0", netip.MustParseAddr(clientIP4))
+		return c
+	}
 
 	c.apply(&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "herald-system"}})
 	key := make([]byte, 16)
@@ -374,6 +403,14 @@ func (c *Cluster) StartSpeaker(n *Node, flags ...string) {
 	n.speaker, n.exited = cmd, make(chan struct{})
 	exited := n.exited
 	go func() { _ = cmd.Wait(); close(exited) }()
+}
+
+// SpeakerPid is the process ID of n's speaker, 0 when none runs.
+func (n *Node) SpeakerPid() int {
+	if n.speaker == nil {
+		return 0
+	}
+	return n.speaker.Process.Pid
 }
 
 // Signal sends sig to n's speaker without waiting for it to exit.

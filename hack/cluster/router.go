@@ -1,4 +1,4 @@
-package e2e
+package cluster
 
 import (
 	"encoding/json"
@@ -209,8 +209,8 @@ func (r *BIRD) NextHops(prefix string) []string {
 	return hops
 }
 
-// routesReceived sums the prefixes received from every peer in `show bgp … summary json`.
-func routesReceived(summaryJSON string) int {
+// RoutesReceived sums the prefixes received from every peer in `show bgp … summary json`.
+func RoutesReceived(summaryJSON string) int {
 	var v struct {
 		Peers map[string]struct {
 			PfxRcd int `json:"pfxRcd"`
