@@ -90,7 +90,7 @@ func (img Image) Tar() ([]byte, error) {
 		"schemaVersion": 2,
 		"mediaType":     "application/vnd.oci.image.index.v1+json",
 		"manifests": []any{descriptor("application/vnd.oci.image.manifest.v1+json", manifest, map[string]string{
-			"io.containerd.image.name":         img.Name,
+			"io.containerd.image.name":          img.Name,
 			"org.opencontainers.image.ref.name": tag,
 		})},
 	})
