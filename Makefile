@@ -3,20 +3,23 @@ SHELL := /bin/bash
 GO    ?= go
 BIN   := bin
 
-.PHONY: all build image test vm-test bench lint fuzz deps control-plane lab lab-down lab-status clean
+.PHONY: all build image image-docker test vm-test bench lint fuzz deps control-plane lab lab-down lab-status clean
 
 all: build
 
 build: ## the binaries, in bin/
 	$(GO) build -trimpath -o $(BIN)/ ./controller ./speaker ./kubectl-herald
 
-image: ## the container image herald:dev (needs a Docker engine)
+image: ## the container image herald:dev, without Docker: an OCI layout in bin/herald-dev.tar
+	$(GO) run ./hack/image -o $(BIN)
+
+image-docker: ## the same image with a Docker engine (the Dockerfile)
 	docker build -t herald:dev .
 
 deps: ## Debian packages the tests and the lab need (installs only what is missing)
 	hack/install-deps.sh
 
-control-plane: ## etcd, kube-apiserver and kubectl, built once from their Go modules
+control-plane: ## etcd and the Kubernetes binaries (apiserver, controller manager, scheduler, kubelet, kube-proxy, kubectl), built once from their Go modules
 	hack/build-control-plane.sh >/dev/null
 
 test: deps control-plane ## every test: unit, fuzz seeds, property, real API server, namespaces (root)

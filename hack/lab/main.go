@@ -4,12 +4,14 @@
 //	go run ./hack/lab status  # what runs, and the Services
 //	go run ./hack/lab down    # stop everything and remove what the lab made
 //
-// The lab is the end-to-end tests' topology (package e2e), left running: network
-// namespaces on a bridge for a control plane (etcd and kube-apiserver built from their Go
-// modules), three nodes each running a speaker and a stand-in web server, and a client;
-// Herald's controller runs beside the API server. Everything lives in namespaces named
-// herald-lab-* and in .lab/ (kubeconfig, and the logs of every component); nothing is
-// added to this machine's own network namespace. It needs root.
+// The lab is a real Kubernetes cluster in network namespaces on one bridge: a control
+// plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, built from their
+// Go modules), three nodes each running containerd, a kubelet and kube-proxy, an FRR
+// router and a client. Herald runs in it as pods from the image built here, installed the
+// way a cluster admin installs it (kubectl apply -k of config/, through the overlay
+// hack/lab/overlay), in front of a Deployment of three real pods. Everything lives in
+// namespaces named herald-lab-* and in /var/lib/herald-lab (kubeconfig, the logs of every
+// component); nothing is added to this machine's own network namespace. It needs root.
 package main
 
 import (
@@ -24,22 +26,20 @@ import (
 	"time"
 
 	"github.com/heraldlb/herald/hack/cluster"
+	"github.com/heraldlb/herald/hack/images"
 	"github.com/heraldlb/herald/hack/netlab"
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
 )
 
 const prefix = "herald-lab-"
 
+// dir holds the lab's state: outside the checkout, so that FRR (which drops to user frr)
+// reaches its files wherever the checkout is (a home directory is often mode 0700).
+const dir = "/var/lib/herald-lab"
+
 var roles = []string{"sw", "cp", "client", "router", "node1", "node2", "node3"}
 
 func main() {
-	if len(os.Args) == 3 && os.Args[1] == "serve" {
-		if err := cluster.Serve(os.Args[2]); err != nil { // the stand-in server on each node
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		return
-	}
 	if len(os.Args) != 2 {
 		fmt.Fprintln(os.Stderr, "usage: lab up|status|down")
 		os.Exit(2)
@@ -64,29 +64,25 @@ func main() {
 }
 
 type lab struct {
-	root, dir, bin, kubectl string
+	root, kubectl string
 }
 
 func newLab() (*lab, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("the lab makes network namespaces: run it as root")
 	}
-	root, err := os.Getwd()
+	root, err := images.Root()
 	if err != nil {
-		return nil, err
-	}
-	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
-		return nil, errors.New("run the lab from the repository root (make lab)")
+		return nil, errors.New("run the lab from the repository (make lab)")
 	}
 	bin, err := k8stest.Binaries(context.Background())
 	if err != nil {
 		return nil, err
 	}
-	dir := filepath.Join(root, ".lab")
-	return &lab{root: root, dir: dir, bin: filepath.Join(dir, "bin"), kubectl: filepath.Join(bin, "kubectl")}, nil
+	return &lab{root: root, kubectl: filepath.Join(bin, "kubectl")}, nil
 }
 
-func (l *lab) kubeconfig() string { return filepath.Join(l.dir, "control-plane", "kubeconfig") }
+func (l *lab) kubeconfig() string { return filepath.Join(dir, "control-plane", "kubeconfig") }
 
 // running reports whether a complete lab is up and its API server answers.
 func (l *lab) running() bool {
@@ -102,7 +98,7 @@ func (l *lab) running() bool {
 	return l.inClient(nil, l.kubectl, "--kubeconfig", l.kubeconfig(), "get", "--raw", "/readyz") == nil
 }
 
-// labT lets the e2e harness run outside a test: a failure stops the bring-up, and
+// labT lets the cluster harness run outside a test: a failure stops the bring-up, and
 // cleanups are left to `lab down`, since the lab is meant to stay up.
 type labT struct{}
 
@@ -124,60 +120,69 @@ func (l *lab) up() (err error) {
 		return err
 	}
 	start := time.Now()
-	step("building the speaker, the controller and the lab's stand-in server")
-	for _, b := range []string{"./speaker", "./controller", "./hack/lab"} {
-		if out, err := exec.Command("go", "build", "-o", l.bin+"/", b).CombinedOutput(); err != nil {
-			return fmt.Errorf("go build %s: %v\n%s", b, err, out)
-		}
-	}
 	defer func() {
 		if r := recover(); r != nil {
 			f, ok := r.(failure)
 			if !ok {
 				panic(r)
 			}
-			err = fmt.Errorf("%s (logs in %s)", f.msg, l.dir)
+			err = fmt.Errorf("%s (logs in %s; make lab-down removes what started)", f.msg, dir)
 		}
 	}()
-	step("network namespaces %s{sw,cp,client,node1..3} on one bridge; control plane; controller; speakers", prefix)
-	c := cluster.Start(labT{}, filepath.Join(l.bin, "speaker"), cluster.Options{
-		NamePrefix: prefix, Dir: l.dir, Detach: true,
-		ControllerBin: filepath.Join(l.bin, "controller"),
-		ServerCmd:     []string{filepath.Join(l.bin, "lab"), "serve"},
-		NoConfig:      true, // the sample ConfigMap below is the lab's configuration
-		Router:        func(nodes []*cluster.Node) string { return cluster.FRRConfig(nodes) },
-	})
-	step("applying config/samples: the address pools and two Services of type LoadBalancer, one on each pool")
-	step("(with forwarding: none added: this kernel has no ip_vs, so kube-proxy's stand-in takes the traffic; IPVS forwarding is shown by make vm-test)")
-	sample, err := os.ReadFile("config/samples/configmap.yaml")
+	step("building Herald's image, the pause image and the demo application (no Docker: hack/images)")
+	tars, err := images.Build(context.Background(), filepath.Join(dir, "images"))
 	if err != nil {
 		return err
 	}
-	cm := filepath.Join(l.dir, "configmap.yaml")
+	step("a cluster in namespaces %s{sw,cp,client,router,node1..3}: control plane, and on every node containerd, a kubelet and kube-proxy", prefix)
+	c := cluster.Start(labT{}, "", cluster.Options{
+		NamePrefix: prefix, Dir: dir, Detach: true, Kubelets: true, Images: tars,
+		Router: func(nodes []*cluster.Node) string { return cluster.FRRConfig(nodes) },
+	})
+	fmt.Printf("    nodes Ready after %.0fs\n", time.Since(start).Seconds())
+	kc := []string{l.kubectl, "--kubeconfig", l.kubeconfig()}
+	step("installing Herald as a cluster admin does: kubectl apply -k hack/lab/overlay (config/ with the image built here)")
+	if err := l.inClient(os.Stdout, append(kc, "apply", "-k", filepath.Join(l.root, "hack/lab/overlay"))...); err != nil {
+		return err
+	}
+	step("applying config/samples: the address pools (with forwarding: none: this kernel has no ip_vs, so kube-proxy delivers), the demo Deployment and two Services")
+	sample, err := os.ReadFile(filepath.Join(l.root, "config/samples/configmap.yaml"))
+	if err != nil {
+		return err
+	}
+	cm := filepath.Join(dir, "configmap.yaml")
 	text := strings.Replace(string(sample), "  config: |\n", "  config: |\n    forwarding: none\n", 1)
 	if err := os.WriteFile(cm, []byte(text), 0o644); err != nil {
 		return err
 	}
-	kc := []string{l.kubectl, "--kubeconfig", l.kubeconfig()}
-	if err := l.inClient(os.Stdout, append(kc, "apply", "-f", cm,
-		"-f", "config/samples/service.yaml", "-f", "config/samples/service-bgp.yaml")...); err != nil {
+	if err := l.inClient(os.Stdout, append(kc, "apply", "-f", cm, "-f", filepath.Join(l.root, "hack/lab/demo.yaml"),
+		"-f", filepath.Join(l.root, "config/samples/service.yaml"), "-f", filepath.Join(l.root, "config/samples/service-bgp.yaml"))...); err != nil {
 		return err
 	}
-	c.StandIn(c.WaitAddresses("default", "nginx"))
+	step("waiting for Herald's pods and the demo's to be Ready")
+	for _, w := range [][]string{
+		{"-n", "herald-system", "rollout", "status", "deployment/herald-controller", "--timeout=120s"},
+		{"-n", "herald-system", "rollout", "status", "daemonset/herald-speaker", "--timeout=120s"},
+		{"rollout", "status", "deployment/nginx", "--timeout=120s"},
+	} {
+		if err := l.inClient(os.Stdout, append(kc, w...)...); err != nil {
+			return err
+		}
+	}
+	c.WaitAddresses("default", "nginx")
 	bgpIPs := c.WaitAddresses("default", "nginx-bgp")
-	c.StandIn(bgpIPs)
 	step("waiting for the router to learn %s from every node", bgpIPs[0])
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
 		if paths, err := c.Router.Paths(bgpIPs[0].String() + "/32"); err == nil && len(paths) == len(c.Nodes) {
 			break
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("the router did not learn %s from every node in a minute (logs in %s)", bgpIPs[0], l.dir)
+			return fmt.Errorf("the router did not learn %s from every node in a minute (logs in %s)", bgpIPs[0], dir)
 		}
 	}
 	// The client reaches the BGP pool through the router, which forwards by its BGP routes.
 	c.Router.NS.Run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
-	c.Client.Run("ip", "route", "add", "198.51.100.0/24", "via", cluster.RouterIP4)
+	c.Client.Run("ip", "route", "replace", "198.51.100.0/24", "via", cluster.RouterIP4)
 	fmt.Printf("\nThe lab is up (%.0fs).\n", time.Since(start).Seconds())
 	return l.show()
 }
@@ -193,10 +198,12 @@ func (l *lab) inClient(out *os.File, argv ...string) error {
 
 func (l *lab) show() error {
 	kc := []string{l.kubectl, "--kubeconfig", l.kubeconfig()}
-	fmt.Println("\n$ kubectl get svc nginx")
-	if err := l.inClient(os.Stdout, append(kc, "get", "svc", "nginx")...); err != nil {
+	fmt.Println("\n$ kubectl get pods -n herald-system -o wide")
+	if err := l.inClient(os.Stdout, append(kc, "get", "pods", "-n", "herald-system", "-o", "wide")...); err != nil {
 		return err
 	}
+	fmt.Println("\n$ kubectl get svc")
+	_ = l.inClient(os.Stdout, append(kc, "get", "svc")...)
 	out, err := exec.Command("ip", "netns", "exec", prefix+"client", l.kubectl, "--kubeconfig", l.kubeconfig(),
 		"get", "svc", "nginx", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}").Output()
 	if err != nil {
@@ -213,32 +220,33 @@ func (l *lab) show() error {
 		mac, _ := exec.Command("ip", "netns", "exec", prefix+n, "cat", "/sys/class/net/eth0/address").Output()
 		fmt.Printf("  %s %s", n, mac)
 	}
-	fmt.Printf("\n$ curl http://%s:8090/   # the node that answered\n", ip)
-	_ = l.inClient(os.Stdout, "curl", "-s", "--max-time", "3", fmt.Sprintf("http://%s:8090/", ip))
-
-	fmt.Println("\n$ kubectl get svc nginx-bgp")
-	_ = l.inClient(os.Stdout, append(kc, "get", "svc", "nginx-bgp")...)
-	fmt.Println("\n$ vtysh -c 'show bgp ipv4 unicast'     # on the router: one path per node, all used (ECMP)")
-	vty := exec.Command("ip", "netns", "exec", prefix+"router", "vtysh", "--vty_socket", filepath.Join(l.dir, "frr"), "-c", "show bgp ipv4 unicast")
+	fmt.Printf("\n$ curl http://%s:8090/   # a pod answers, through kube-proxy on the node that answered ARP\n", ip)
+	for range 3 {
+		_ = l.inClient(os.Stdout, "curl", "-s", "--max-time", "3", fmt.Sprintf("http://%s:8090/", ip))
+	}
+	fmt.Println("\n$ vtysh -c 'show ip route bgp'     # on the router: one next hop per node (ECMP)")
+	vty := exec.Command("ip", "netns", "exec", prefix+"router", "vtysh", "--vty_socket", filepath.Join(dir, "frr"), "-c", "show ip route bgp")
 	vty.Stdout, vty.Stderr = os.Stdout, os.Stderr
 	_ = vty.Run()
 	bgpIP, _ := exec.Command("ip", "netns", "exec", prefix+"client", l.kubectl, "--kubeconfig", l.kubeconfig(),
 		"get", "svc", "nginx-bgp", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}").Output()
-	fmt.Printf("\n$ curl http://%s:8090/   # through the router, to one of the nodes\n", bgpIP)
+	fmt.Printf("\n$ curl http://%s:8090/   # through the router, to any node, to a pod\n", bgpIP)
 	_ = l.inClient(os.Stdout, "curl", "-s", "--max-time", "3", fmt.Sprintf("http://%s:8090/", bgpIP))
 	fmt.Printf(`
 The lab's network lives in namespaces: run kubectl from the client namespace.
   alias kubectl='ip netns exec %[1]sclient %[2]s --kubeconfig %[3]s'
-  kubectl get svc -A; kubectl get events -A
-  kubectl create service loadbalancer web --tcp=8090:8090         # the next address
-Watch failover: kill the speaker of the node that answered, then arping and curl again
-  ip netns pids %[1]snodeN      # the speaker and the stand-in server of nodeN
-  pkill -f 'speaker.*--node-name nodeN'  (or -9 for a crash)
-  ip netns exec %[1]snodeN ip link set eth0 down                   # cut a node off
+  kubectl get pods -A -o wide; kubectl get events -A; kubectl -n herald-system logs ds/herald-speaker
+  kubectl herald status       # with bin/kubectl-herald on your PATH (make build)
+  kubectl scale deploy nginx --replicas=5; kubectl create service loadbalancer web --tcp=8090:80
+Watch failover: delete the speaker pod of the node that answered ARP, then arping and curl again
+  kubectl -n herald-system get pods -o wide -l app.kubernetes.io/component=speaker
+  kubectl -n herald-system delete pod herald-speaker-XXXXX                       # graceful
+  kubectl -n herald-system delete pod herald-speaker-XXXXX --grace-period=0 --force  # a crash
+  ip netns exec %[1]snodeN ip link set eth0 down                                  # the node is gone
 Metrics:  ip netns exec %[1]snode1 curl -s 127.0.0.1:7473/metrics | grep ^herald_
-Logs:     %[4]s
+Logs:     %[4]s (every component; pods' logs under nodes/*/pod-logs)
 Tear it all down:  make lab-down
-`, prefix, l.kubectl, l.kubeconfig(), l.dir)
+`, prefix, l.kubectl, l.kubeconfig(), dir)
 	return nil
 }
 
@@ -251,13 +259,24 @@ func (l *lab) status() error {
 		out, _ := exec.Command("ip", "netns", "pids", prefix+r).Output()
 		fmt.Printf("%-22s %d processes\n", prefix+r, len(strings.Fields(string(out))))
 	}
-	return l.inClient(os.Stdout, l.kubectl, "--kubeconfig", l.kubeconfig(), "get", "svc", "-A")
+	kc := []string{l.kubectl, "--kubeconfig", l.kubeconfig()}
+	_ = l.inClient(os.Stdout, append(kc, "get", "nodes", "-o", "wide")...)
+	_ = l.inClient(os.Stdout, append(kc, "get", "pods", "-A", "-o", "wide")...)
+	return l.inClient(os.Stdout, append(kc, "get", "svc", "-A")...)
 }
 
-// down removes every lab namespace (ending every process in it) and .lab/.
+// down stops every process the lab started (containers and shims through the nodes'
+// cgroups, the control plane through its pid files), unmounts what the nodes mounted,
+// removes their cgroups and the lab's namespaces, and deletes the lab's directory.
 func (l *lab) down() error {
+	for _, n := range []string{"node1", "node2", "node3"} {
+		cluster.TeardownNode(filepath.Join(dir, "nodes", n), "/"+prefix+n)
+	}
+	if err := k8stest.StopDetached(filepath.Join(dir, "control-plane")); err != nil {
+		return err
+	}
 	for _, r := range roles {
 		netlab.DeleteNS(prefix + r)
 	}
-	return os.RemoveAll(l.dir)
+	return os.RemoveAll(dir)
 }

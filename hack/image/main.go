@@ -1,0 +1,29 @@
+// Command image builds Herald's container image without Docker: an OCI image layout in a
+// tar file (bin/herald-dev.tar by default) holding the static controller, speaker and
+// kubectl-herald, running as user 65532 unless a pod says otherwise, as config/ expects.
+// Import it with `ctr -n k8s.io images import bin/herald-dev.tar` on a node, or push it
+// with a tool that reads OCI layouts (skopeo, crane). make image runs it.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/heraldlb/herald/hack/images"
+)
+
+func main() {
+	out := flag.String("o", "bin", "directory for the image tar files")
+	flag.Parse()
+	tars, err := images.Build(context.Background(), *out)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "image:", err)
+		os.Exit(1)
+	}
+	p, _ := filepath.Abs(tars[images.Herald])
+	fmt.Printf("%s: %s\n", images.Herald, p)
+	fmt.Println("import it with: ctr -n k8s.io images import " + p)
+}
