@@ -1,47 +1,464 @@
 package e2e
 
 import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/mdlayher/arp"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/heraldlb/herald/hack/netlab"
+	"github.com/heraldlb/herald/pkg/inspect"
+	"github.com/heraldlb/herald/pkg/k8s"
 )
 
-// kube brings up a real cluster (kubelets, containerd, kube-proxy) for a test.
-func kube(t testing.TB, opts Options) *Cluster {
+// The configuration of the real cluster's tests: a layer-2 pool on the LAN, a BGP pool
+// announced to the router, and forwarding: none (this kernel has no ip_vs: kube-proxy
+// delivers, ipMode VIP).
+const kubeConfig = `forwarding: none
+peers:
+- peer-address: 192.168.10.1
+  peer-asn: 64500
+  my-asn: 64501
+address-pools:
+- name: default
+  protocol: layer2
+  addresses: [192.168.10.90-192.168.10.100]
+- name: bgp
+  protocol: bgp
+  auto-assign: false
+  avoid-buggy-ips: true
+  addresses: [198.51.100.0/24]
+`
+
+// kube brings up a real cluster (kubelets, containerd, kube-proxy, FRR) and installs
+// Herald the way an admin does: kubectl apply -k of config/ through the lab's overlay,
+// then the configuration and the demo application.
+func kube(t *testing.T) *Cluster {
 	t.Helper()
 	netlab.Require(t)
-	opts.Kubelets = true
-	return Start(t, "", opts)
-}
-
-func TestKubeClusterUp(t *testing.T) {
-	c := kube(t, Options{})
-	out, err := c.Kubectl("get", "nodes", "-o", "wide")
-	t.Logf("%v\n%s", err, out)
-}
-
-func TestKubeHeraldInstall(t *testing.T) {
-	c := kube(t, Options{})
-	out, err := c.Kubectl("apply", "-k", "../hack/lab/overlay")
-	t.Logf("%v\n%s", err, out)
-	c.SetConfig("forwarding: none\naddress-pools:\n- {name: default, protocol: layer2, addresses: [192.168.10.90-192.168.10.100]}\n")
-	out, err = c.Kubectl("apply", "-f", "../hack/lab/demo.yaml", "-f", "../config/samples/service.yaml")
-	t.Logf("%v\n%s", err, out)
-	out, err = c.Kubectl("-n", "herald-system", "wait", "--for=condition=Ready", "pod", "--all", "--timeout=90s")
-	t.Logf("%v\n%s", err, out)
-	out, _ = c.Kubectl("wait", "--for=condition=Ready", "pod", "-l", "app=nginx", "--timeout=60s")
-	out, _ = c.Kubectl("get", "pods,svc", "-A", "-o", "wide")
-	t.Logf("%s", out)
-	ip := c.WaitAddresses("default", "nginx")
-	o := c.owner(t, ip[0], 10*time.Second)
-	for range 5 {
-		who, err := c.Connect(ip[0], 2*time.Second)
-		t.Logf("owner %s; curl: %q %v", o.Name, who, err)
+	c := Start(t, "", Options{Kubelets: true, Router: func(nodes []*Node) string { return FRRConfig(nodes) }})
+	for _, args := range [][]string{
+		{"apply", "-k", "../hack/lab/overlay"},
+		{"apply", "-f", "../hack/lab/demo.yaml", "-f", "../config/samples/service.yaml"},
+	} {
+		if out, err := c.Kubectl(args...); err != nil {
+			t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
 	}
+	c.SetConfig(kubeConfig)
+	c.rollout(t, "herald-system", "deployment/herald-controller", "daemonset/herald-speaker")
+	c.rollout(t, "default", "deployment/nginx")
+	return c
+}
+
+func (c *Cluster) rollout(t *testing.T, ns string, objs ...string) {
+	t.Helper()
+	for _, o := range objs {
+		if out, err := c.Kubectl("-n", ns, "rollout", "status", o, "--timeout=120s"); err != nil {
+			t.Fatalf("rollout of %s: %v\n%s", o, err, out)
+		}
+	}
+}
+
+// apply applies a manifest given as text.
+func (c *Cluster) apply(t *testing.T, manifest string) {
+	t.Helper()
+	// Not t.TempDir(): kubectl splits -f at commas, which subtest names hold.
+	d, err := os.MkdirTemp("", "herald-manifest-")
 	if err != nil {
-		out, _ = c.Kubectl("-n", "herald-system", "describe", "pods")
-		t.Logf("%s", out)
-		t.FailNow()
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(d)
+	f := filepath.Join(d, "m.yaml")
+	if err := os.WriteFile(f, []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := c.Kubectl("apply", "-f", f); err != nil {
+		t.Fatalf("kubectl apply: %v: %s\nof\n%s", err, strings.ReplaceAll(out, "\n", " "), manifest)
+	}
+}
+
+// service is a LoadBalancer Service on port 8090 for the pods labelled app, with extra
+// spec lines and annotations.
+func service(name, app, spec, annotations string) string {
+	return fmt.Sprintf("apiVersion: v1\nkind: Service\nmetadata:\n  name: %s\n  namespace: default\n  annotations: {%s}\nspec:\n  type: LoadBalancer\n  selector: {app: %s}\n  ports:\n  - {name: http, port: 8090, targetPort: 80}\n%s", name, annotations, app, spec)
+}
+
+// speakerPod returns the name of the speaker pod on node.
+func (c *Cluster) speakerPod(t *testing.T, node string) string {
+	t.Helper()
+	pods, err := c.Kube.CoreV1().Pods("herald-system").List(context.Background(), metav1.ListOptions{
+		LabelSelector: "app.kubernetes.io/component=speaker", FieldSelector: "spec.nodeName=" + node})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil {
+			return p.Name
+		}
+	}
+	t.Fatalf("no speaker pod on %s", node)
+	return ""
+}
+
+// loop opens a connection to ip every 10 ms until stop is closed and counts the failures.
+type loop struct {
+	mu       sync.Mutex
+	ok, fail int
+	lastErr  error
+	done     chan struct{}
+}
+
+func (c *Cluster) connectLoop(ip netip.Addr, stop <-chan struct{}) *loop {
+	l := &loop{done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			_, err := c.Connect(ip, time.Second)
+			l.mu.Lock()
+			if err != nil {
+				l.fail, l.lastErr = l.fail+1, err
+			} else {
+				l.ok++
+			}
+			l.mu.Unlock()
+		}
+	}()
+	return l
+}
+
+func (l *loop) result() (ok, fail int, lastErr error) {
+	<-l.done
+	return l.ok, l.fail, l.lastErr
+}
+
+// takeover waits for the first gratuitous ARP for ip from a node other than from, and
+// returns that node and the time since start.
+func (c *Cluster) takeover(t *testing.T, ip netip.Addr, from *Node, start time.Time, limit time.Duration) (*Node, time.Duration) {
+	t.Helper()
+	p, err := c.Probe.ReadARP(limit, func(p *arp.Packet) bool {
+		return p.SenderIP == ip && p.TargetIP == ip && p.SenderHardwareAddr.String() != from.MAC
+	})
+	if err != nil {
+		t.Fatalf("no other node announced %s within %s after %s's speaker went: %v", ip, limit, from.Name, err)
+	}
+	return c.NodeByMAC(p.SenderHardwareAddr.String()), time.Since(start)
+}
+
+// settledOwner waits until the speakers see each other and exactly one node answers for
+// ip, and returns it. A speaker that has just come back takes its addresses back: for a
+// moment two nodes may answer, which is logged.
+func (c *Cluster) settledOwner(t *testing.T, ip netip.Addr) *Node {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		members := 0
+		for _, n := range c.Nodes {
+			if m, err := c.Metrics(n); err == nil && strings.Contains(m, fmt.Sprintf("herald_speaker_members %d\n", len(c.Nodes))) {
+				members++
+			}
+		}
+		if members == len(c.Nodes) {
+			got := c.Owners(ip, 300*time.Millisecond)
+			if len(got) == 1 {
+				return c.Node(got[0])
+			}
+			t.Logf("%s answered by %v", ip, got)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d speakers see all the others; owners %v", ip, members, c.Owners(ip, 300*time.Millisecond))
+		}
+	}
+}
+
+// TestRealCluster runs Herald as pods in a cluster of real kubelets and checks what a user
+// sees, in steps that share the cluster.
+func TestRealCluster(t *testing.T) {
+	c := kube(t)
+	ctx := context.Background()
+	ip := c.WaitAddresses("default", "nginx")[0]
+
+	t.Run("assigned, ipMode VIP, kube-proxy delivers to real pods", func(t *testing.T) {
+		svc, err := c.Kube.CoreV1().Services("default").Get(ctx, "nginx", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		in := svc.Status.LoadBalancer.Ingress
+		if len(in) != 1 || in[0].IPMode == nil || *in[0].IPMode != corev1.LoadBalancerIPModeVIP {
+			t.Fatalf("status %+v, want one address with ipMode VIP", in)
+		}
+		c.reach(t, ip, "", 20*time.Second) // kube-proxy on the owner may lag the Service by a moment
+		pods := map[string]bool{}
+		for range 30 {
+			who, err := c.Connect(ip, 2*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pods[who] = true
+		}
+		if len(pods) < 2 {
+			t.Errorf("30 connections reached only %v: kube-proxy should spread them over the three pods", pods)
+		}
+	})
+
+	t.Run("reachable from assignment on, never flapping", func(t *testing.T) {
+		c.apply(t, service("late", "nginx", "", ""))
+		addr := c.WaitAddresses("default", "late")[0]
+		assigned := time.Now()
+		var first time.Duration
+		for deadline := assigned.Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if _, err := c.Connect(addr, 500*time.Millisecond); err == nil {
+				first = time.Since(assigned)
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not reachable 10 s after it was assigned", addr)
+			}
+		}
+		t.Logf("%s reachable %s after its status was written", addr, first.Round(time.Millisecond))
+		for range 100 {
+			if _, err := c.Connect(addr, time.Second); err != nil {
+				t.Fatalf("%s unreachable after it was first reached: %v", addr, err)
+			}
+		}
+	})
+
+	t.Run("the ARP owner is the node whose speaker pod says so", func(t *testing.T) {
+		o := c.settledOwner(t, ip)
+		for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(300 * time.Millisecond) {
+			snap, err := inspect.Read(ctx, c.Kube, k8s.ConfigRef{}, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			rows, _ := snap.Status()
+			i := slices.IndexFunc(rows, func(r inspect.StatusRow) bool { return r.Service == "default/nginx" })
+			if i >= 0 && rows[i].Published && slices.Equal(rows[i].Announcers, []string{o.Name}) {
+				// Every speaker pod runs the configuration in force.
+				for _, s := range snap.Speakers {
+					if s.Config != snap.InForce {
+						t.Errorf("speaker %s on %s runs %q (%s), the controller %s", s.Pod, s.Node, s.Config, s.Err, snap.InForce)
+					}
+				}
+				if len(snap.Speakers) != len(c.Nodes) {
+					t.Errorf("kubectl herald status sees %d speakers, want %d", len(snap.Speakers), len(c.Nodes))
+				}
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("kubectl herald status says %+v; %s answers ARP", rows, o.Name)
+			}
+		}
+	})
+
+	t.Run("BGP: every node's path at the router, traffic through it", func(t *testing.T) {
+		c.apply(t, service("nginx-bgp", "nginx", "", "herald.dev/address-pool: bgp"))
+		bip := c.WaitAddresses("default", "nginx-bgp")[0]
+		want := []string{c.Nodes[0].IP4, c.Nodes[1].IP4, c.Nodes[2].IP4}
+		waitHops(t, c.Router, bip.String()+"/32", want, 30*time.Second)
+		c.Router.NS.Run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+		c.Client.Run("ip", "route", "replace", "198.51.100.0/24", "via", RouterIP4)
+		if who, err := c.Connect(bip, 3*time.Second); err != nil || !strings.Contains(who, " on node") {
+			t.Errorf("through the router: %q, %v", who, err)
+		}
+	})
+
+	t.Run("Local follows the real pods: scale, cordon and drain", func(t *testing.T) {
+		c.apply(t, `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: local, namespace: default}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: local}}
+  template:
+    metadata: {labels: {app: local}}
+    spec:
+      containers:
+      - name: demo
+        image: herald-demo:dev
+        env:
+        - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+        - {name: NODE_NAME, valueFrom: {fieldRef: {fieldPath: spec.nodeName}}}
+        readinessProbe: {httpGet: {path: /, port: 80}, periodSeconds: 1}
+`)
+		c.apply(t, service("local", "local", "  externalTrafficPolicy: Local\n", ""))
+		c.rollout(t, "default", "deployment/local")
+		addr := c.WaitAddresses("default", "local")[0]
+		podNode := func() string {
+			pods, _ := c.Kube.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=local"})
+			for _, p := range pods.Items {
+				if p.DeletionTimestamp == nil && p.Spec.NodeName != "" {
+					return p.Spec.NodeName
+				}
+			}
+			return ""
+		}
+		follows := func(step string) {
+			t.Helper()
+			want := podNode()
+			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+				if got := c.Owners(addr, 300*time.Millisecond); slices.Equal(got, []string{want}) {
+					if who, err := c.Connect(addr, 2*time.Second); err == nil && strings.HasSuffix(who, "on "+want) {
+						return
+					}
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s: %s answered by %v, want %s, where the only pod is", step, addr, c.Owners(addr, 300*time.Millisecond), want)
+				}
+			}
+		}
+		follows("one pod")
+		from := podNode()
+		if out, err := c.Kubectl("drain", from, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=60s"); err != nil {
+			t.Fatalf("drain %s: %v\n%s", from, err, out)
+		}
+		c.rollout(t, "default", "deployment/local")
+		if podNode() == from {
+			t.Fatalf("the pod is still on the drained node %s", from)
+		}
+		follows("after draining " + from)
+		if out, err := c.Kubectl("uncordon", from); err != nil {
+			t.Fatalf("uncordon: %v\n%s", err, out)
+		}
+	})
+
+	t.Run("speaker pod deleted, gracefully and by force", func(t *testing.T) {
+		for _, how := range [][]string{nil, {"--grace-period=0", "--force"}} {
+			old := c.settledOwner(t, ip)
+			pod := c.speakerPod(t, old.Name)
+			stop := make(chan struct{})
+			l := c.connectLoop(ip, stop)
+			start := time.Now()
+			if out, err := c.Kubectl(append([]string{"-n", "herald-system", "delete", "pod", pod, "--wait=false"}, how...)...); err != nil {
+				t.Fatalf("delete %s: %v\n%s", pod, err, out)
+			}
+			to, took := c.takeover(t, ip, old, start, 30*time.Second)
+			time.Sleep(time.Second)
+			close(stop)
+			ok, fail, lastErr := l.result()
+			t.Logf("speaker pod on %s deleted %v: %s announced %s after %s; client loop %d answered, %d failed (%v)",
+				old.Name, how, to.Name, ip, took.Round(time.Millisecond), ok, fail, lastErr)
+			if fail > 0 {
+				t.Errorf("%d connections failed while the speaker pod went", fail)
+			}
+			c.rollout(t, "herald-system", "daemonset/herald-speaker")
+		}
+	})
+
+	t.Run("rolling update of the speakers: no connection fails", func(t *testing.T) {
+		stop := make(chan struct{})
+		l := c.connectLoop(ip, stop)
+		if out, err := c.Kubectl("-n", "herald-system", "rollout", "restart", "daemonset/herald-speaker"); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		c.rollout(t, "herald-system", "daemonset/herald-speaker")
+		time.Sleep(2 * time.Second)
+		close(stop)
+		ok, fail, lastErr := l.result()
+		t.Logf("rolling update of the speakers: %d connections answered, %d failed (%v)", ok, fail, lastErr)
+		if fail > 0 {
+			t.Errorf("%d of %d connections failed during the rolling update", fail, ok+fail)
+		}
+		c.settledOwner(t, ip)
+	})
+
+	t.Run("the controller's leadership moves when its pod is deleted", func(t *testing.T) {
+		lease, err := c.Kube.CoordinationV1().Leases("herald-system").Get(ctx, "herald-controller", metav1.GetOptions{})
+		if err != nil || lease.Spec.HolderIdentity == nil {
+			t.Fatalf("no controller Lease: %v", err)
+		}
+		leader, _, _ := strings.Cut(*lease.Spec.HolderIdentity, "_")
+		start := time.Now()
+		if out, err := c.Kubectl("-n", "herald-system", "delete", "pod", leader, "--wait=false"); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		for deadline := start.Add(60 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			l, err := c.Kube.CoordinationV1().Leases("herald-system").Get(ctx, "herald-controller", metav1.GetOptions{})
+			if err == nil && l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity != "" && !strings.HasPrefix(*l.Spec.HolderIdentity, leader+"_") {
+				t.Logf("leadership moved from %s to %s after %s", leader, *l.Spec.HolderIdentity, time.Since(start).Round(time.Millisecond))
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the Lease did not move in a minute")
+			}
+		}
+		c.apply(t, service("after-failover", "nginx", "", ""))
+		if got := c.WaitAddresses("default", "after-failover"); len(got) != 1 {
+			t.Errorf("the new leader gave %v", got)
+		}
+	})
+
+	t.Run("a node's link cut: another node takes over", func(t *testing.T) {
+		old := c.settledOwner(t, ip)
+		start := time.Now()
+		old.NS.Run("ip", "link", "set", "eth0", "down")
+		to, took := c.takeover(t, ip, old, start, 30*time.Second)
+		name, _ := c.reach(t, ip, "", 10*time.Second)
+		t.Logf("%s's link cut: %s announced %s after %s; a pod answered (%s)", old.Name, to.Name, ip, took.Round(time.Millisecond), name)
+		old.NS.Run("ip", "link", "set", "eth0", "up")
+		c.waitNodesReady(t)
+	})
+
+	t.Run("Events and no forbidden in any Herald log", func(t *testing.T) {
+		evs, err := c.Kube.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=nginx"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		reasons := map[string]bool{}
+		for _, e := range evs.Items {
+			reasons[e.Reason] = true
+		}
+		for _, want := range []string{k8s.ReasonIPAllocated, k8s.ReasonAnnouncing} {
+			if !reasons[want] {
+				t.Errorf("no %s Event on default/nginx (have %v)", want, reasons)
+			}
+		}
+		logs, _ := filepath.Glob(filepath.Join(c.LogDir(), "nodes", "*", "pod-logs", "herald-system_*", "*", "*.log"))
+		if len(logs) == 0 {
+			t.Fatal("no Herald pod logs found")
+		}
+		for _, f := range logs {
+			b, _ := os.ReadFile(f)
+			for _, line := range strings.Split(string(b), "\n") {
+				if strings.Contains(strings.ToLower(line), "forbidden") {
+					t.Errorf("%s: %s", filepath.Base(filepath.Dir(filepath.Dir(f))), line)
+				}
+			}
+		}
+	})
+}
+
+// waitNodesReady waits until every node is Ready again.
+func (c *Cluster) waitNodesReady(t *testing.T) {
+	t.Helper()
+	for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		nodes, err := c.Kube.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
+		ready := 0
+		for _, n := range nodes.Items {
+			for _, cond := range n.Status.Conditions {
+				if err == nil && cond.Type == corev1.NodeReady && cond.Status == corev1.ConditionTrue {
+					ready++
+				}
+			}
+		}
+		if ready == len(c.Nodes) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d nodes Ready", ready, len(c.Nodes))
+		}
 	}
 }

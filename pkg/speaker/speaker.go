@@ -92,9 +92,13 @@ type Options struct {
 	Forward      Forwarder
 	ForwardErr   error
 	ResyncPeriod time.Duration // full resync; default 30s
+	// JoinWait bounds how long, after start, a speaker whose memberlist has not joined
+	// another speaker yet announces nothing (default 5s): alone, it would claim every
+	// address, and a client would follow whichever node spoke last.
+	JoinWait time.Duration
 	// Backoff and MaxBackoff bound the retries of a failing sync; defaults 1s and 30s.
 	Backoff, MaxBackoff time.Duration
-	Clock               clock.Clock // default the real clock
+	Clock               clock.WithDelayedExecution // default the real clock
 	Logger              *slog.Logger
 	Registerer          prometheus.Registerer
 }
@@ -120,6 +124,7 @@ type Speaker struct {
 	forward     Forwarder       // nil once the node cannot forward
 	forwardErr  error
 
+	started time.Time // when Run began following the cluster
 	ready   atomic.Bool
 	ownsMu  sync.Mutex
 	ownsCfg *config.Config // the configuration Owns answers from
@@ -133,6 +138,10 @@ func New(opts Options) (*Speaker, error) {
 	opts.Config = opts.Config.WithDefaults()
 	opts.LoadBalancerClass = cmp.Or(opts.LoadBalancerClass, k8s.DefaultLoadBalancerClass)
 	opts.ResyncPeriod = cmp.Or(opts.ResyncPeriod, 30*time.Second)
+	opts.JoinWait = cmp.Or(opts.JoinWait, 5*time.Second)
+	if opts.Clock == nil {
+		opts.Clock = clock.RealClock{}
+	}
 	opts.Logger = logging.OrDiscard(opts.Logger)
 	opts.Registerer = metrics.OrPrivate(opts.Registerer)
 	s := &Speaker{
@@ -222,6 +231,9 @@ func (s *Speaker) Run(ctx context.Context) error {
 	if s.opts.Members != nil {
 		changed = s.opts.Members.Changed()
 	}
+	s.started = s.opts.Clock.Now()
+	joinWait := s.opts.Clock.AfterFunc(s.opts.JoinWait, s.runner.Poke)
+	defer joinWait.Stop()
 	loop, stopLoop := context.WithCancel(ctx)
 	defer stopLoop()
 	done := make(chan error, 1)
@@ -278,7 +290,7 @@ func (s *Speaker) sync(ctx context.Context, full bool) error {
 	defer func() { s.metrics.SyncSeconds.Observe(time.Since(start).Seconds()) }()
 	s.loadConfig()
 	in := s.input()
-	d := plan.Compute(in)
+	d := s.compute(in)
 
 	// Forwarding first: an address must be ready to take traffic before this node draws
 	// it with a gratuitous ARP or a route (a SYN dropped meanwhile costs the client a
@@ -288,7 +300,7 @@ func (s *Speaker) sync(ctx context.Context, full bool) error {
 		s.forward, s.forwardErr, fwdErr = nil, fwdErr, nil
 		s.reportForwarding()
 		in = s.input()
-		d = plan.Compute(in)
+		d = s.compute(in)
 	}
 	s.opts.Layer2.Set(d.Layer2)
 	if s.members != nil && !slices.Equal(in.Members, s.members) {
@@ -315,6 +327,22 @@ func (s *Speaker) sync(ctx context.Context, full bool) error {
 	}
 	s.metrics.Members.Set(float64(len(in.Members)))
 	return errors.Join(errs...)
+}
+
+// compute is plan.Compute, except that a speaker that has not heard from any other yet
+// (and has not waited JoinWait) announces nothing: alone, it would elect itself for every
+// address and draw clients that the real owner then has to win back.
+func (s *Speaker) compute(in plan.Input) plan.Desired {
+	d := plan.Compute(in)
+	if !in.UseMembers || len(in.Members) > 1 || s.opts.Clock.Since(s.started) >= s.opts.JoinWait || !s.othersExist(in.Nodes) {
+		return d
+	}
+	return plan.Desired{BGPPeers: d.BGPPeers}
+}
+
+// othersExist reports whether another Ready node could run a speaker to join.
+func (s *Speaker) othersExist(nodes []plan.Node) bool {
+	return slices.ContainsFunc(nodes, func(n plan.Node) bool { return n.Name != s.opts.NodeName && n.Ready })
 }
 
 func (s *Speaker) input() plan.Input {
