@@ -26,12 +26,12 @@ test: deps control-plane ## every test: unit, fuzz seeds, property, real API ser
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v /e2e)
 	@# Tests that need ip_vs, inside a VM booted from Debian's cloud kernel (qemu, no KVM).
-	$(GO) run ./hack/vm -control-plane -run InVM -timeout 20m ./hack/vm ./pkg/forward ./pkg/speaker
+	$(GO) run ./hack/vm -control-plane -run InVM -timeout 20m ./hack/vm ./pkg/forward/ipvs ./pkg/speaker
 	@# The end-to-end tests alone, so that no other test's CPU load skews their failovers.
 	$(GO) test -count=1 -timeout 30m ./e2e
 
 vm-test: deps control-plane ## only the tests that run inside the ip_vs VM
-	$(GO) run ./hack/vm -control-plane -run InVM -timeout 20m ./hack/vm ./pkg/forward ./pkg/speaker
+	$(GO) run ./hack/vm -control-plane -run InVM -timeout 20m ./hack/vm ./pkg/forward/ipvs ./pkg/speaker
 
 bench: control-plane ## the benchmarks quoted in the README
 	$(GO) test -run '^$$' -bench Assign100k -benchmem -benchtime 5x ./pkg/ipam
@@ -40,7 +40,7 @@ bench: control-plane ## the benchmarks quoted in the README
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/election
 	$(GO) test -run '^$$' -bench DetectHardFailure -benchtime 20x ./pkg/members
 	$(GO) test -run '^$$' -bench 'Failover|ThousandServicesMove|BGP' -benchtime 1x ./e2e
-	$(GO) run ./hack/vm -bench . -timeout 20m ./pkg/forward
+	$(GO) run ./hack/vm -bench . -timeout 20m ./pkg/forward/ipvs
 
 lint: ## formatting, vet, and the purity of the pure packages
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: the files above need formatting'; exit 1; }
