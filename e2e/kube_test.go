@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -43,7 +44,7 @@ address-pools:
 // kube brings up a real cluster (kubelets, containerd, kube-proxy, FRR) and installs
 // Herald the way an admin does: kubectl apply -k of config/ through the lab's overlay,
 // then the configuration and the demo application.
-func kube(t *testing.T) *Cluster {
+func kube(t testing.TB) *Cluster {
 	t.Helper()
 	netlab.Require(t)
 	c := Start(t, "", Options{Kubelets: true, Router: func(nodes []*Node) string { return FRRConfig(nodes) }})
@@ -61,7 +62,7 @@ func kube(t *testing.T) *Cluster {
 	return c
 }
 
-func (c *Cluster) rollout(t *testing.T, ns string, objs ...string) {
+func (c *Cluster) rollout(t testing.TB, ns string, objs ...string) {
 	t.Helper()
 	for _, o := range objs {
 		if out, err := c.Kubectl("-n", ns, "rollout", "status", o, "--timeout=120s"); err != nil {
@@ -95,7 +96,7 @@ func service(name, app, spec, annotations string) string {
 }
 
 // speakerPod returns the name of the speaker pod on node.
-func (c *Cluster) speakerPod(t *testing.T, node string) string {
+func (c *Cluster) speakerPod(t testing.TB, node string) string {
 	t.Helper()
 	pods, err := c.Kube.CoreV1().Pods("herald-system").List(context.Background(), metav1.ListOptions{
 		LabelSelector: "app.kubernetes.io/component=speaker", FieldSelector: "spec.nodeName=" + node})
@@ -149,7 +150,7 @@ func (l *loop) result() (ok, fail int, lastErr error) {
 
 // takeover waits for the first gratuitous ARP for ip from a node other than from, and
 // returns that node and the time since start.
-func (c *Cluster) takeover(t *testing.T, ip netip.Addr, from *Node, start time.Time, limit time.Duration) (*Node, time.Duration) {
+func (c *Cluster) takeover(t testing.TB, ip netip.Addr, from *Node, start time.Time, limit time.Duration) (*Node, time.Duration) {
 	t.Helper()
 	p, err := c.Probe.ReadARP(limit, func(p *arp.Packet) bool {
 		return p.SenderIP == ip && p.TargetIP == ip && p.SenderHardwareAddr.String() != from.MAC
@@ -163,7 +164,7 @@ func (c *Cluster) takeover(t *testing.T, ip netip.Addr, from *Node, start time.T
 // settledOwner waits until the speakers see each other and exactly one node answers for
 // ip, and returns it. A speaker that has just come back takes its addresses back: for a
 // moment two nodes may answer, which is logged.
-func (c *Cluster) settledOwner(t *testing.T, ip netip.Addr) *Node {
+func (c *Cluster) settledOwner(t testing.TB, ip netip.Addr) *Node {
 	t.Helper()
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 		members := 0
@@ -460,5 +461,63 @@ func (c *Cluster) waitNodesReady(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d of %d nodes Ready", ready, len(c.Nodes))
 		}
+	}
+}
+
+// BenchmarkRealClusterFailover measures, on the real cluster, the time from deleting the
+// owner's speaker pod (gracefully, then with --grace-period=0 --force) to the first
+// gratuitous ARP from the new owner, and counts the connections a client opening one
+// every 10 ms sees fail, HERALD_FAILOVER_RUNS times each (default 5); then the failures
+// during a rolling update of the speaker DaemonSet. Run (root):
+//
+//	go test ./e2e -run '^$' -bench RealClusterFailover -benchtime 1x
+func BenchmarkRealClusterFailover(b *testing.B) {
+	runs := 5
+	if v, err := strconv.Atoi(envOr("HERALD_FAILOVER_RUNS", "5")); err == nil && v > 0 {
+		runs = v
+	}
+	c := kube(b)
+	ip := c.WaitAddresses("default", "nginx")[0]
+	for b.Loop() {
+		for _, how := range []struct {
+			name  string
+			flags []string
+		}{{"delete", nil}, {"force", []string{"--grace-period=0", "--force"}}} {
+			var took []time.Duration
+			failed := 0
+			for range runs {
+				old := c.settledOwner(b, ip)
+				pod := c.speakerPod(b, old.Name)
+				stop := make(chan struct{})
+				l := c.connectLoop(ip, stop)
+				start := time.Now()
+				if out, err := c.Kubectl(append([]string{"-n", "herald-system", "delete", "pod", pod, "--wait=false"}, how.flags...)...); err != nil {
+					b.Fatalf("delete %s: %v\n%s", pod, err, out)
+				}
+				_, d := c.takeover(b, ip, old, start, 30*time.Second)
+				time.Sleep(500 * time.Millisecond)
+				close(stop)
+				_, fail, _ := l.result()
+				took, failed = append(took, d), failed+fail
+				c.rollout(b, "herald-system", "daemonset/herald-speaker")
+			}
+			slices.Sort(took)
+			b.ReportMetric(float64(took[0].Milliseconds()), "ms-"+how.name+"-min")
+			b.ReportMetric(float64(took[len(took)/2].Milliseconds()), "ms-"+how.name+"-median")
+			b.ReportMetric(float64(took[len(took)-1].Milliseconds()), "ms-"+how.name+"-max")
+			b.ReportMetric(float64(failed), "failed-conns-"+how.name)
+		}
+		c.settledOwner(b, ip)
+		stop := make(chan struct{})
+		l := c.connectLoop(ip, stop)
+		if out, err := c.Kubectl("-n", "herald-system", "rollout", "restart", "daemonset/herald-speaker"); err != nil {
+			b.Fatalf("%v\n%s", err, out)
+		}
+		c.rollout(b, "herald-system", "daemonset/herald-speaker")
+		time.Sleep(time.Second)
+		close(stop)
+		ok, fail, _ := l.result()
+		b.ReportMetric(float64(ok+fail), "conns-rolling-update")
+		b.ReportMetric(float64(fail), "failed-conns-rolling-update")
 	}
 }
