@@ -20,6 +20,7 @@ import (
 
 	"github.com/heraldlb/herald/pkg/k8s"
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
+	"github.com/heraldlb/herald/pkg/leaktest"
 )
 
 func TestMain(m *testing.M) { k8stest.Main(m) }
@@ -273,4 +274,23 @@ func (c *controller) metric(t *testing.T, name string, labels map[string]string)
 		}
 	}
 	return -1
+}
+
+// leakPkgs are the packages whose goroutines a component's Run starts and must end.
+var leakPkgs = []string{
+	"github.com/heraldlb/herald/pkg/controller.(*Controller)", "github.com/heraldlb/herald/pkg/k8s.",
+	"k8s.io/client-go/tools/cache.", "k8s.io/client-go/util/workqueue.",
+	"k8s.io/client-go/tools/record.", "k8s.io/apimachinery/pkg/watch.",
+}
+
+// Run returns only once every goroutine it started (workers, informers, the Event
+// broadcaster) has ended.
+func TestRunLeavesNoGoroutine(t *testing.T) {
+	e := newEnv(t)
+	e.applyConfig("address-pools:\n- {name: a, protocol: layer2, addresses: [10.20.0.0/24]}\n")
+	c := e.start(e.options())
+	e.create("web")
+	e.waitIPs("web", "10.20.0.0")
+	c.stop()
+	leaktest.Check(t, leakPkgs...)
 }

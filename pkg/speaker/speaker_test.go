@@ -24,6 +24,7 @@ import (
 	"github.com/heraldlb/herald/pkg/k8s"
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
 	"github.com/heraldlb/herald/pkg/layer2"
+	"github.com/heraldlb/herald/pkg/leaktest"
 	"github.com/heraldlb/herald/pkg/transport"
 )
 
@@ -333,4 +334,22 @@ func TestCannotForwardIsReported(t *testing.T) {
 		}
 		return false, fmt.Sprintf("no IPVSUnavailable Event on Node noipvs (%d Events)", len(evs.Items))
 	})
+}
+
+// Run returns only once every goroutine it started (the runner, informers, the Event
+// broadcaster) has ended.
+func TestRunLeavesNoGoroutine(t *testing.T) {
+	c := kubernetes.NewForConfigOrDie(k8stest.Shared(t).Config)
+	createNode(t, c, "leak", "10.0.0.8", true)
+	s, err := New(Options{Client: c, NodeName: "leak", Layer2: &layer2Rec{}, Forward: &forwardRec{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := run(t, s)
+	eventually(t, func() (bool, string) {
+		return s.factory.Core().V1().Nodes().Informer().HasSynced(), "caches not synced"
+	})
+	stop()
+	leaktest.Check(t, "github.com/heraldlb/herald/pkg/speaker.(*Speaker)", "github.com/heraldlb/herald/pkg/runner.",
+		"github.com/heraldlb/herald/pkg/k8s.", "k8s.io/client-go/tools/cache.", "k8s.io/client-go/tools/record.", "k8s.io/apimachinery/pkg/watch.")
 }

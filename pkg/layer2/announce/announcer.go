@@ -45,7 +45,8 @@ type Announcer struct {
 	every   time.Duration
 	poke    chan struct{}
 
-	wg sync.WaitGroup // every reader and burst Run started
+	wg        sync.WaitGroup // every reader and burst Run started
+	burstDone func()         // tests: called as each burst ends
 
 	mu    sync.Mutex
 	ctx   context.Context // Run's; nil before Run
@@ -463,6 +464,9 @@ func (a *Announcer) count(l *link, family string, v verdict, sendErr error) {
 
 // announce sends the gratuitous burst for ip on l, stopping early if l stops serving it.
 func (a *Announcer) announce(ctx context.Context, l *link, ip netip.Addr) {
+	if a.burstDone != nil {
+		defer a.burstDone()
+	}
 	start := time.Now()
 	owned := a.serving(l)
 	for _, at := range a.burst {

@@ -1,0 +1,34 @@
+package leaktest
+
+import (
+	"testing"
+	"time"
+)
+
+type recorder struct {
+	testing.TB
+	failed bool
+}
+
+func (r *recorder) Helper()               {}
+func (r *recorder) Errorf(string, ...any) { r.failed = true }
+
+func park(stop chan struct{}) { <-stop }
+
+func TestCheckFindsARunningGoroutine(t *testing.T) {
+	stop := make(chan struct{})
+	go park(stop)
+	time.Sleep(10 * time.Millisecond)
+	r := &recorder{TB: t}
+	Check(r, "github.com/heraldlb/herald/pkg/leaktest.park")
+	close(stop)
+	if !r.failed {
+		t.Error("a parked goroutine went unnoticed")
+	}
+	time.Sleep(10 * time.Millisecond)
+	r = &recorder{TB: t}
+	Check(r, "github.com/heraldlb/herald/pkg/leaktest.park")
+	if r.failed {
+		t.Error("an ended goroutine was reported")
+	}
+}
