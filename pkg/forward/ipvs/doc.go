@@ -1,14 +1,17 @@
-// Package forward programs the kernel beneath announced addresses: each address bound to
-// the dummy link herald0 (so IPVS takes traffic for it as local), and an IPVS virtual
-// service per address, port and protocol, with its real servers, scheduler and
-// persistence.
+// Package ipvs programs the kernel beneath the addresses a node announces from pools that
+// forward: each address bound to the dummy link herald0 (so IPVS takes traffic for it as
+// local), an IPVS virtual service per address, port and protocol with its real servers,
+// scheduler and persistence, and Herald's nftables tables (an arp table that silences the
+// kernel's own ARP answers for the addresses; an inet table that drops sources outside a
+// Service's loadBalancerSourceRanges before IPVS sees them and masquerades traffic of
+// Cluster Services towards the real servers).
 //
-// Set takes the whole desired set and makes the minimum of changes; it only ever touches
-// virtual services and addresses that lie in Herald's pools (kube-proxy's own IPVS
-// services are left alone), and the first Set removes what an earlier run left behind.
-//
-// nftables does the rest: an arp table silences the kernel's own ARP answers for the
-// addresses; an inet table drops sources outside a service's loadBalancerSourceRanges
-// before IPVS sees them, and masquerades traffic of Cluster services towards the real
-// servers. Not built yet: the speaker's use of this package.
+// Forwarder.Set takes the whole desired set (pkg/forward's vocabulary) and makes the
+// fewest changes; it only ever touches virtual services and addresses that lie in
+// Herald's pools or sit on herald0 (kube-proxy's IPVS services are left alone), the first
+// Set and every Set after Resync compare with the kernel in full and put back what someone
+// else deleted, and with nothing to forward it writes nothing at all. It drives the kernel
+// through the Kernel interface: Linux is the real one (moby/ipvs, netlink, nftables), and
+// forwardtest.Kernel a stateful fake, so the same test table runs on any machine and in
+// the ip_vs VM. Probe says, without changing anything, whether this kernel can forward.
 package ipvs
