@@ -28,14 +28,19 @@ func (c *Cluster) rss(n *Node) float64 {
 
 // heap returns the speaker's Go heap in use, in MiB, from its metrics.
 func (c *Cluster) heap(n *Node) float64 {
+	return c.metric(n, "go_memstats_heap_inuse_bytes") / (1 << 20)
+}
+
+// metric returns the value of an unlabelled metric of n's speaker, -1 when it has none.
+func (c *Cluster) metric(n *Node, name string) float64 {
 	m, err := c.Metrics(n)
 	if err != nil {
 		return -1
 	}
 	for _, l := range strings.Split(m, "\n") {
-		if v, ok := strings.CutPrefix(l, "go_memstats_heap_inuse_bytes "); ok {
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
 			f, _ := strconv.ParseFloat(v, 64)
-			return f / (1 << 20)
+			return f
 		}
 	}
 	return -1

@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -68,17 +67,7 @@ func (c *Cluster) createManyFrom(t testing.TB, first, n int) {
 
 // announced returns how many addresses n's speaker answers for, from its metrics.
 func (c *Cluster) announced(n *Node) int {
-	m, err := c.Metrics(n)
-	if err != nil {
-		return -1
-	}
-	for _, line := range strings.Split(m, "\n") {
-		if v, ok := strings.CutPrefix(line, "herald_layer2_announced_addresses "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return int(f)
-		}
-	}
-	return -1
+	return int(c.metric(n, "herald_layer2_announced_addresses"))
 }
 
 // waitAnnounced waits until the speakers between them announce want addresses.

@@ -55,6 +55,9 @@ func (c *Cluster) StartRouter(bgpdConf string) *Router {
 	netlab.Plug(c.t, c.Switch, "br0", "p-router", ns, "eth0")
 	ns.Addr("eth0", RouterIP4+"/24")
 	ns.Addr("eth0", RouterIP6+"/64")
+	// A router forwards, by the routes BGP gives it (set before any packet arrives, so no
+	// route decision of a non-forwarding host is cached).
+	ns.Run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 	r := &Router{NS: ns, dir: filepath.Join(c.logDir, "frr")}
 	// FRR drops to the frr user, who must reach its files under the log directory.
 	if err := os.Chmod(c.logDir, 0o755); err != nil {

@@ -5,15 +5,14 @@
 package images
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 
 	"github.com/heraldlb/herald/hack/oci"
+	"github.com/heraldlb/herald/pkg/k8s/k8stest"
 )
 
 // Tag is the tag of every image built here: fixed, so kubelets never pull (":latest"
@@ -32,22 +31,7 @@ const (
 const nonRoot = "65532:65532"
 
 // Root finds the repository's root above the working directory.
-func Root() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && bytes.Contains(b, []byte("module github.com/heraldlb/herald\n")) {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("not inside the Herald repository")
-		}
-		dir = parent
-	}
-}
+func Root() (string, error) { return k8stest.ModuleRoot() }
 
 // Build compiles what the images hold and writes them into dir; it returns the tar file
 // of each image by name.

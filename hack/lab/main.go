@@ -181,7 +181,6 @@ func (l *lab) up() (err error) {
 		}
 	}
 	// The client reaches the BGP pool through the router, which forwards by its BGP routes.
-	c.Router.NS.Run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
 	c.Client.Run("ip", "route", "replace", "198.51.100.0/24", "via", cluster.RouterIP4)
 	fmt.Printf("\nThe lab is up (%.0fs).\n", time.Since(start).Seconds())
 	return l.show()

@@ -38,12 +38,7 @@ func TestKernelSilentForVIPsInVM(t *testing.T) {
 		t.Fatal("control: the kernel did not answer ARP for an address on herald0; this test would prove nothing")
 	}
 
-	k := linux(t)
-	f, err := ipvs.New(k, ipvs.Options{Owns: owns})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = f.Set(nil) }()
+	f := newForwarder(t, linux(t), owns)
 	if err := f.Set([]forward.Service{{VIP: vip4, Port: 80, Proto: transport.TCP}, {VIP: vip6, Port: 80, Proto: transport.TCP}}); err != nil {
 		t.Fatal(err)
 	}

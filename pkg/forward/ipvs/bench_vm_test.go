@@ -81,12 +81,7 @@ func BenchmarkConnections(b *testing.B) {
 	b12, b13 := host(b, 12), host(b, 13)
 	serve(b, b12, 12, "b12")
 	serve(b, b13, 13, "b13")
-	k := linux(b)
-	f, err := ipvs.New(k, ipvs.Options{Owns: owns})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = f.Set(nil) }()
+	f := newForwarder(b, linux(b), owns)
 	if err := f.Set([]forward.Service{{VIP: netip.MustParseAddr("192.168.10.80"), Port: 8090, Proto: transport.TCP,
 		RealServers: []forward.RealServer{rs("10.12.0.2", 30080, 1), rs("10.13.0.2", 30080, 1)}}}); err != nil {
 		b.Fatal(err)

@@ -45,10 +45,16 @@ func linux(t testing.TB) *ipvs.Linux {
 	return k
 }
 
-// newForwarder returns a forwarder over k, emptied when the test ends.
-func newForwarder(t testing.TB, k ipvs.Kernel, reg prometheus.Registerer) *ipvs.Forwarder {
+// newForwarder returns a forwarder over k of the addresses owned says are Herald's,
+// emptied when the test ends.
+func newForwarder(t testing.TB, k ipvs.Kernel, owned func(netip.Addr) bool) *ipvs.Forwarder {
 	t.Helper()
-	f, err := ipvs.New(k, ipvs.Options{Owns: owns, Registerer: reg})
+	return newForwarderReg(t, k, owned, nil)
+}
+
+func newForwarderReg(t testing.TB, k ipvs.Kernel, owned func(netip.Addr) bool, reg prometheus.Registerer) *ipvs.Forwarder {
+	t.Helper()
+	f, err := ipvs.New(k, ipvs.Options{Owns: owned, Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +90,7 @@ func testSet(t *testing.T, k ipvs.Kernel) {
 	}
 
 	reg := prometheus.NewRegistry()
-	f := newForwarder(t, k, reg)
+	f := newForwarderReg(t, k, owns, reg)
 	web := forward.Service{VIP: addr("192.168.10.90"), Port: 8090, Proto: transport.TCP, Masquerade: true,
 		RealServers: []forward.RealServer{rs("192.168.10.11", 30080, 1), rs("192.168.10.12", 30080, 1)}}
 	dns := forward.Service{VIP: addr("192.168.10.91"), Port: 53, Proto: transport.UDP, Scheduler: "sh", Persistence: 3 * time.Hour,
@@ -200,7 +206,7 @@ func metric(t *testing.T, reg *prometheus.Registry, name, label string) float64 
 // herald0, no table, no sysctl (a node whose pools all say forwarding: none).
 func TestSetNothingTouchesNothing(t *testing.T) {
 	k := forwardtest.New()
-	f := newForwarder(t, k, nil)
+	f := newForwarder(t, k, owns)
 	for range 3 {
 		if err := f.Set(nil); err != nil {
 			t.Fatal(err)
@@ -216,7 +222,7 @@ func TestSetNothingTouchesNothing(t *testing.T) {
 // rebuilt only when what they hold changes.
 func TestSetTables(t *testing.T) {
 	k := forwardtest.New()
-	f := newForwarder(t, k, nil)
+	f := newForwarder(t, k, owns)
 	web := forward.Service{VIP: addr("192.168.10.90"), Port: 80, Proto: transport.TCP, Masquerade: true,
 		SourceRanges: []netip.Prefix{netip.MustParsePrefix("10.9.1.2/16"), netip.MustParsePrefix("fd00::/8")}}
 	local := forward.Service{VIP: addr("fd10::5"), Port: 80, Proto: transport.TCP}
@@ -246,7 +252,7 @@ func TestSetTables(t *testing.T) {
 func TestSetWithoutDummyLink(t *testing.T) {
 	k := forwardtest.New()
 	k.NoDummy = true
-	f := newForwarder(t, k, nil)
+	f := newForwarder(t, k, owns)
 	err := f.Set([]forward.Service{{VIP: addr("192.168.10.90"), Port: 80, Proto: transport.TCP}})
 	if !errors.Is(err, ipvs.ErrUnsupported) {
 		t.Errorf("Set without a dummy link: %v, want ErrUnsupported", err)
@@ -257,7 +263,7 @@ func TestSetWithoutDummyLink(t *testing.T) {
 // repairs what the failure left half done.
 func TestSetRecoversAfterFailure(t *testing.T) {
 	k := forwardtest.New()
-	f := newForwarder(t, k, nil)
+	f := newForwarder(t, k, owns)
 	web := forward.Service{VIP: addr("192.168.10.90"), Port: 80, Proto: transport.TCP, RealServers: []forward.RealServer{rs("10.0.0.1", 30080, 1), rs("10.0.0.2", 30080, 1)}}
 	k.FailNext("AddDestination", errors.New("netlink: no buffer space"))
 	if err := f.Set([]forward.Service{web}); err == nil {

@@ -12,7 +12,6 @@ import (
 
 	"github.com/heraldlb/herald/hack/netlab"
 	"github.com/heraldlb/herald/pkg/forward"
-	"github.com/heraldlb/herald/pkg/forward/ipvs"
 	"github.com/heraldlb/herald/pkg/transport"
 )
 
@@ -47,12 +46,7 @@ func TestTrafficInVM(t *testing.T) {
 	b2, b3 := host(t, 2), host(t, 3)
 	serve(t, b2, 2, "backend-2")
 	serve(t, b3, 3, "backend-3")
-	k := linux(t)
-	f, err := ipvs.New(k, ipvs.Options{Owns: owns})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = f.Set(nil) }()
+	f := newForwarder(t, linux(t), owns)
 	svc := forward.Service{VIP: netip.MustParseAddr("192.168.10.90"), Port: 8090, Proto: transport.TCP,
 		RealServers: []forward.RealServer{rs("10.2.0.2", 30080, 1), rs("10.3.0.2", 30080, 1)}}
 	seen := func(n int) map[string]int {
@@ -103,12 +97,7 @@ func TestMasqueradeAndSourceRangesInVM(t *testing.T) {
 	}
 	serve(t, far, 7, "far")
 	serve(t, near, 8, "near")
-	k := linux(t)
-	f, err := ipvs.New(k, ipvs.Options{Owns: owns})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = f.Set(nil) }()
+	f := newForwarder(t, linux(t), owns)
 	const vip = "192.168.10.97:8090"
 	svc := forward.Service{VIP: netip.MustParseAddr("192.168.10.97"), Port: 8090, Proto: transport.TCP, RealServers: []forward.RealServer{rs("10.7.0.2", 30080, 1)}}
 	if err := f.Set([]forward.Service{svc}); err != nil {

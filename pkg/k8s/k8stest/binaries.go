@@ -20,7 +20,7 @@ func Binaries(ctx context.Context) (string, error) {
 	if dir := os.Getenv("HERALD_CONTROL_PLANE_BIN"); dir != "" {
 		return dir, nil
 	}
-	root, err := moduleRoot()
+	root, err := ModuleRoot()
 	if err != nil {
 		return "", err
 	}
@@ -43,8 +43,8 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// moduleRoot finds Herald's module root above the working directory.
-func moduleRoot() (string, error) {
+// ModuleRoot finds Herald's module root above the working directory.
+func ModuleRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err
