@@ -28,6 +28,7 @@ import (
 	"github.com/heraldlb/herald/pkg/forward/ipvs"
 	"github.com/heraldlb/herald/pkg/k8s"
 	"github.com/heraldlb/herald/pkg/layer2/announce"
+	"github.com/heraldlb/herald/pkg/liveness"
 	"github.com/heraldlb/herald/pkg/logging"
 	"github.com/heraldlb/herald/pkg/members"
 	"github.com/heraldlb/herald/pkg/metrics"
@@ -43,27 +44,32 @@ func main() {
 
 func run() error {
 	var (
-		kubeconfig  = flag.String("kubeconfig", "", "kubeconfig file; empty means the in-cluster service account")
-		nodeName    = flag.String("node-name", os.Getenv("NODE_NAME"), "this node's name (default: $NODE_NAME, from the downward API)")
-		cmNamespace = flag.String("config-namespace", "herald-system", "namespace of the configuration ConfigMap and the memberlist Secret")
-		cmName      = flag.String("config-name", "config", "name of the configuration ConfigMap")
-		cmKey       = flag.String("config-key", "config", "key in the ConfigMap holding the configuration")
-		class       = flag.String("load-balancer-class", k8s.DefaultLoadBalancerClass, "spec.loadBalancerClass served besides none")
-		metricsAddr = flag.String("metrics-addr", ":7473", "address serving /metrics, /healthz and /readyz; empty disables")
-		useML       = flag.Bool("memberlist", true, "find the other speakers with memberlist; false: a node's Ready condition stands in for its speaker")
-		mlAddr      = flag.String("memberlist-bind-addr", "", "address memberlist binds and advertises (default: the node's InternalIP)")
-		mlPort      = flag.Int("memberlist-port", 7946, "memberlist port, the same on every node")
-		mlSecret    = flag.String("memberlist-secret", "memberlist", "Secret (in --config-namespace) whose key secretkey encrypts gossip; empty gossips in the clear")
-		probe       = flag.Duration("memberlist-probe-interval", members.DefaultProbeInterval, "how often each speaker probes a random peer")
-		probeTO     = flag.Duration("memberlist-probe-timeout", members.DefaultProbeTimeout, "how long a probe waits for an answer")
-		suspicion   = flag.Int("memberlist-suspicion-mult", members.DefaultSuspicionMult, "suspicion timeout multiplier: higher is slower to declare a speaker dead, and safer on busy nodes")
-		useBGP      = flag.Bool("bgp", true, "speak BGP to the peers in the configuration that select this node")
-		routerID    = flag.String("bgp-router-id", "", "BGP router ID (default: the node's IPv4 InternalIP)")
-		bgpPort     = flag.Int("bgp-listen-port", 0, "accept BGP connections on this port; 0: only dial out to the peers")
-		qps         = flag.Float64("kube-api-qps", 0, "client-side limit on API requests per second; 0 leaves flow control to the API server")
-		logLevel    = flag.String("log-level", "info", "debug, info, warn or error")
-		logFormat   = flag.String("log-format", "json", "json or text")
-		prepare     = flag.Bool("prepare-forwarding", false, "set the sysctls IPVS forwarding needs and exit (the DaemonSet's privileged init container; the speaker itself then needs no write access to /proc/sys)")
+		kubeconfig   = flag.String("kubeconfig", "", "kubeconfig file; empty means the in-cluster service account")
+		nodeName     = flag.String("node-name", os.Getenv("NODE_NAME"), "this node's name (default: $NODE_NAME, from the downward API)")
+		cmNamespace  = flag.String("config-namespace", "herald-system", "namespace of the configuration ConfigMap and the memberlist Secret")
+		cmName       = flag.String("config-name", "config", "name of the configuration ConfigMap")
+		cmKey        = flag.String("config-key", "config", "key in the ConfigMap holding the configuration")
+		class        = flag.String("load-balancer-class", k8s.DefaultLoadBalancerClass, "spec.loadBalancerClass served besides none")
+		metricsAddr  = flag.String("metrics-addr", ":7473", "address serving /metrics, /healthz and /readyz; empty disables")
+		useML        = flag.Bool("memberlist", true, "find the other speakers with memberlist; false: a node's Ready condition stands in for its speaker")
+		mlAddr       = flag.String("memberlist-bind-addr", "", "address memberlist binds and advertises (default: the node's InternalIP)")
+		mlPort       = flag.Int("memberlist-port", 7946, "memberlist port, the same on every node")
+		mlSecret     = flag.String("memberlist-secret", "memberlist", "Secret (in --config-namespace) whose key secretkey encrypts gossip; empty gossips in the clear")
+		probe        = flag.Duration("memberlist-probe-interval", members.DefaultProbeInterval, "how often each speaker probes a random peer")
+		probeTO      = flag.Duration("memberlist-probe-timeout", members.DefaultProbeTimeout, "how long a probe waits for an answer")
+		suspicion    = flag.Int("memberlist-suspicion-mult", members.DefaultSuspicionMult, "suspicion timeout multiplier: higher is slower to declare a speaker dead, and safer on busy nodes")
+		joinWait     = flag.Duration("memberlist-join-wait", 5*time.Second, "announce nothing after start until memberlist has joined another speaker, or this long has passed (alone, a speaker claims every address)")
+		livePort     = flag.Int("liveness-port", 7947, "TCP port of the failure detector's mesh, the same on every node (0 turns it off: memberlist alone detects deaths)")
+		liveInterval = flag.Duration("liveness-interval", liveness.DefaultInterval, "heartbeat interval of the failure detector: a crash is known within a round trip, a silent node after --liveness-timeout")
+		liveTimeout  = flag.Duration("liveness-timeout", liveness.DefaultTimeout, "silence after which a peer is dead (longer is slower to fail over from a dead node, and safer on loaded or lossy networks)")
+		handover     = flag.Duration("handover-timeout", time.Second, "on SIGTERM, how long to wait for the other speakers to take this node's addresses over before it stops answering")
+		useBGP       = flag.Bool("bgp", true, "speak BGP to the peers in the configuration that select this node")
+		routerID     = flag.String("bgp-router-id", "", "BGP router ID (default: the node's IPv4 InternalIP)")
+		bgpPort      = flag.Int("bgp-listen-port", 0, "accept BGP connections on this port; 0: only dial out to the peers")
+		qps          = flag.Float64("kube-api-qps", 0, "client-side limit on API requests per second; 0 leaves flow control to the API server")
+		logLevel     = flag.String("log-level", "info", "debug, info, warn or error")
+		logFormat    = flag.String("log-format", "json", "json or text")
+		prepare      = flag.Bool("prepare-forwarding", false, "set the sysctls IPVS forwarding needs and exit (the DaemonSet's privileged init container; the speaker itself then needs no write access to /proc/sys)")
 	)
 	flag.Parse()
 	logger, err := logging.New(os.Stderr, *logLevel, *logFormat)
@@ -96,6 +102,7 @@ func run() error {
 	opts := speaker.Options{
 		Client: client, NodeName: *nodeName, Config: k8s.ConfigRef{Namespace: *cmNamespace, Name: *cmName, Key: *cmKey},
 		LoadBalancerClass: *class, Layer2: announcer, Logger: logger, Registerer: reg,
+		JoinWait: *joinWait, HandoverTimeout: *handover,
 	}
 	var spk *speaker.Speaker
 	if kernel, err := ipvs.OpenLinux(); err != nil {
@@ -128,6 +135,7 @@ func run() error {
 		runBGP = bgpServer.Run
 	}
 	var ml *members.Members
+	var detector *liveness.Detector
 	if *useML {
 		bind := *mlAddr
 		if bind == "" {
@@ -146,7 +154,7 @@ func run() error {
 				return err
 			}
 		}
-		ml, err = members.New(members.Config{
+		mlConfig := members.Config{
 			Name: *nodeName, BindAddr: bind, BindPort: *mlPort, AdvertiseAddr: bind, Key: key,
 			Meta:          speaker.MemberMeta{IPVS: opts.Forward != nil}.Encode(),
 			ProbeInterval: *probe, ProbeTimeout: *probeTO, SuspicionMult: *suspicion,
@@ -161,33 +169,61 @@ func run() error {
 				}
 				return out
 			},
-		})
-		if err != nil {
+		}
+		if ml, err = members.New(mlConfig); err != nil {
 			return err
 		}
 		opts.Members = ml
+		if *livePort != 0 {
+			if detector, err = liveness.New(liveness.Config{
+				Name: *nodeName, Listen: net.JoinHostPort(bind, strconv.Itoa(*livePort)), Key: key,
+				Interval: *liveInterval, Timeout: *liveTimeout, Logger: logger.With("component", "liveness"), Registerer: reg,
+				Peers: func() map[string]string {
+					out := map[string]string{}
+					for name, ip := range ml.AliveAddrs() {
+						out[name] = net.JoinHostPort(ip.String(), strconv.Itoa(*livePort))
+					}
+					return out
+				},
+			}); err != nil {
+				return err
+			}
+			opts.Liveness = detector
+		}
 	}
 	if spk, err = speaker.New(opts); err != nil {
 		return err
 	}
 
-	g, ctx := errgroup.WithContext(ctx)
+	// The speaker stops first (handing its addresses over while it still answers); the
+	// components under it stop after it, or when one of them fails.
+	components, stopComponents := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopComponents()
+	g, gctx := errgroup.WithContext(components)
+	spkCtx, stopSpeaker := context.WithCancel(ctx)
+	defer context.AfterFunc(gctx, stopSpeaker)()
 	if *metricsAddr != "" {
 		ln, err := net.Listen("tcp", *metricsAddr)
 		if err != nil {
 			return fmt.Errorf("listen on --metrics-addr %q: %w", *metricsAddr, err)
 		}
 		srv := &metrics.Server{Gatherer: reg, Ready: spk.Ready}
-		g.Go(func() error { return srv.Serve(ctx, ln) })
+		g.Go(func() error { return srv.Serve(gctx, ln) })
 	}
 	if ml != nil {
-		g.Go(func() error { return ml.Run(ctx) })
+		g.Go(func() error { return ml.Run(gctx) })
 	}
-	g.Go(func() error { return announcer.Run(ctx) })
+	if detector != nil {
+		g.Go(func() error { return detector.Run(gctx) })
+	}
+	g.Go(func() error { return announcer.Run(gctx) })
 	if runBGP != nil {
-		g.Go(func() error { return runBGP(ctx) })
+		g.Go(func() error { return runBGP(gctx) })
 	}
-	g.Go(func() error { return spk.Run(ctx) })
+	g.Go(func() error {
+		defer stopComponents()
+		return spk.Run(spkCtx)
+	})
 	err = g.Wait()
 	logger.Info("speaker stopped")
 	return err

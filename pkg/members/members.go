@@ -119,6 +119,21 @@ func (m *Members) Alive() []string {
 	return out
 }
 
+// AliveAddrs returns the live members' addresses by name, this one's included.
+func (m *Members) AliveAddrs() map[string]net.IP {
+	m.mu.Lock()
+	ml := m.ml
+	m.mu.Unlock()
+	out := map[string]net.IP{}
+	if ml == nil {
+		return out
+	}
+	for _, n := range ml.Members() {
+		out[n.Name] = n.Addr
+	}
+	return out
+}
+
 // AliveMeta returns the live members' metadata by name, this one's included.
 func (m *Members) AliveMeta() map[string][]byte {
 	m.mu.Lock()

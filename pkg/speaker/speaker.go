@@ -31,6 +31,7 @@ import (
 	"github.com/heraldlb/herald/pkg/forward/ipvs"
 	"github.com/heraldlb/herald/pkg/k8s"
 	"github.com/heraldlb/herald/pkg/layer2"
+	"github.com/heraldlb/herald/pkg/liveness"
 	"github.com/heraldlb/herald/pkg/logging"
 	"github.com/heraldlb/herald/pkg/members"
 	"github.com/heraldlb/herald/pkg/metrics"
@@ -68,6 +69,20 @@ func (m MemberMeta) Encode() []byte {
 	return b
 }
 
+// Liveness is what the speaker needs of the failure detector (pkg/liveness): which
+// members it found dead from its own connections, sooner than memberlist, and the
+// handover when this speaker stops.
+type Liveness interface {
+	Dead() (map[string]liveness.Reason, uint64)
+	Changed() <-chan struct{}
+	Applied(gen uint64)
+	Observe(alive []string)
+	Alive() []string
+	Leave(ctx context.Context)
+}
+
+var _ Liveness = (*liveness.Detector)(nil)
+
 // Forwarder is what the speaker needs of the IPVS forwarder.
 type Forwarder interface {
 	Set([]forward.Service) error
@@ -85,6 +100,11 @@ type Options struct {
 	Layer2            Layer2      // required
 	BGP               bgp.Speaker // nil: BGP off
 	Members           Members     // nil: memberlist off, node Ready stands in
+	// Liveness finds dead members sooner than memberlist; nil: memberlist alone.
+	Liveness Liveness
+	// HandoverTimeout bounds how long a stopping speaker waits for the others to take
+	// its addresses over before it stops answering; default 1s.
+	HandoverTimeout time.Duration
 	// Forward programs IPVS beneath the addresses this node announces from pools that
 	// forward; nil when the node cannot, and ForwardErr then says why (a log line, a
 	// metric, an Event on the Node). A Forward whose Set fails with ipvs.ErrUnsupported
@@ -125,6 +145,7 @@ type Speaker struct {
 	forwardErr  error
 
 	started time.Time // when Run began following the cluster
+	gen     uint64    // the generation of the liveness view of the last input
 	ready   atomic.Bool
 	ownsMu  sync.Mutex
 	ownsCfg *config.Config // the configuration Owns answers from
@@ -139,6 +160,7 @@ func New(opts Options) (*Speaker, error) {
 	opts.LoadBalancerClass = cmp.Or(opts.LoadBalancerClass, k8s.DefaultLoadBalancerClass)
 	opts.ResyncPeriod = cmp.Or(opts.ResyncPeriod, 30*time.Second)
 	opts.JoinWait = cmp.Or(opts.JoinWait, 5*time.Second)
+	opts.HandoverTimeout = cmp.Or(opts.HandoverTimeout, time.Second)
 	if opts.Clock == nil {
 		opts.Clock = clock.RealClock{}
 	}
@@ -227,14 +249,17 @@ func (s *Speaker) Run(ctx context.Context) error {
 	}
 	s.reportForwarding()
 	s.log.Info("speaker running", "canForward", s.forward != nil)
-	var changed <-chan struct{}
+	var changed, died <-chan struct{}
 	if s.opts.Members != nil {
 		changed = s.opts.Members.Changed()
+	}
+	if s.opts.Liveness != nil {
+		died = s.opts.Liveness.Changed()
 	}
 	s.started = s.opts.Clock.Now()
 	joinWait := s.opts.Clock.AfterFunc(s.opts.JoinWait, s.runner.Poke)
 	defer joinWait.Stop()
-	loop, stopLoop := context.WithCancel(ctx)
+	loop, stopLoop := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopLoop()
 	done := make(chan error, 1)
 	go func() { done <- s.runner.Run(loop) }()
@@ -244,8 +269,18 @@ func (s *Speaker) Run(ctx context.Context) error {
 			running = false
 		case <-changed:
 			s.runner.Poke()
+		case <-died:
+			s.runner.Poke()
 		}
 	}
+	if s.opts.Liveness != nil {
+		// Make before break: the next owners announce before this node stops answering.
+		// The loop keeps running meanwhile, so this node also acknowledges others.
+		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.HandoverTimeout)
+		s.opts.Liveness.Leave(hctx)
+		cancel()
+	}
+	stopLoop()
 	<-done
 	s.shutdown()
 	return nil
@@ -322,6 +357,9 @@ func (s *Speaker) sync(ctx context.Context, full bool) error {
 		}
 	}
 	s.report(d, in)
+	if s.opts.Liveness != nil {
+		s.opts.Liveness.Applied(s.gen) // what the view of gen asked is in force now
+	}
 	if s.cfg != nil {
 		s.ready.Store(true)
 	}
@@ -349,6 +387,21 @@ func (s *Speaker) input() plan.Input {
 	in := plan.Input{Config: s.cfg, Self: s.opts.NodeName}
 	if s.opts.Members != nil {
 		in.UseMembers, in.Members = true, s.opts.Members.Alive()
+		if s.opts.Liveness != nil {
+			// Alive: what memberlist says, and every peer heard on its own connection (a
+			// healed partition, before memberlist merges again), less those this
+			// speaker found dead itself.
+			s.opts.Liveness.Observe(in.Members)
+			var dead map[string]liveness.Reason
+			dead, s.gen = s.opts.Liveness.Dead()
+			for _, m := range s.opts.Liveness.Alive() {
+				if !slices.Contains(in.Members, m) {
+					in.Members = append(in.Members, m)
+				}
+			}
+			in.Members = slices.DeleteFunc(in.Members, func(m string) bool { _, d := dead[m]; return d && m != s.opts.NodeName })
+			slices.Sort(in.Members)
+		}
 	}
 	in.Nodes = s.nodes()
 	in.Services = s.services()

@@ -1,0 +1,688 @@
+// Package liveness tells a speaker, from its own connections, which other speakers are
+// dead, much sooner than gossip can: every speaker holds a TCP connection to every other
+// (a full mesh, authenticated with the gossip key) and sends a heartbeat on it every
+// Interval.
+//
+//   - A crash is a kernel fact: when a process dies its kernel closes its sockets at once,
+//     so the peer's read ends within a round trip; a new connection to its port, refused
+//     while its node lives, confirms the death (Closed).
+//   - A node that dies or whose link is cut sends nothing more: a peer silent for Timeout
+//     is dead (Silent), unless this speaker is itself unwell — its own timers ran late, or
+//     it hears from no one at all — in which case it waits longer rather than accuse
+//     (Lifeguard's local health).
+//   - A speaker that stops says so first (Left), and waits until every peer has applied
+//     what follows (Acks), so that the next owners announce before it stops answering.
+//
+// Each speaker acts on what it observed itself; nothing it is told by one peer about
+// another is trusted. memberlist stays the source of membership; this package only says,
+// earlier, which members are gone.
+package liveness
+
+import (
+	"bufio"
+	"cmp"
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"net"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/heraldlb/herald/pkg/logging"
+	"github.com/heraldlb/herald/pkg/metrics"
+)
+
+// Reason says how a peer's death was learned.
+type Reason uint8
+
+// The ways a death is learned.
+const (
+	Closed Reason = iota + 1 // its connection closed and a new one was refused
+	Silent                   // no heartbeat for Timeout
+	Left                     // it said it was leaving
+)
+
+func (r Reason) String() string {
+	switch r {
+	case Closed:
+		return "connection_closed"
+	case Silent:
+		return "heartbeat"
+	case Left:
+		return "leave"
+	}
+	return fmt.Sprintf("Reason(%d)", uint8(r))
+}
+
+// Defaults, for a LAN.
+const (
+	DefaultInterval = 50 * time.Millisecond
+	DefaultTimeout  = 250 * time.Millisecond
+)
+
+// Config configures a Detector.
+type Config struct {
+	Name   string // this speaker's name (its node's)
+	Listen string // host:port it accepts peers on
+	// Key authenticates the peers (the gossip key); empty accepts any peer.
+	Key []byte
+	// Peers returns the other speakers to watch: name → host:port.
+	Peers    func() map[string]string
+	Interval time.Duration // between heartbeats; default DefaultInterval
+	Timeout  time.Duration // silence that makes a peer dead; default DefaultTimeout
+	Logger   *slog.Logger
+	// Registerer takes the metrics (herald_liveness_*); nil registers nowhere.
+	Registerer prometheus.Registerer
+}
+
+// Frame types on a connection.
+const (
+	frameBeat  = 1
+	frameLeave = 2
+	frameAck   = 3
+)
+
+// Detector watches the other speakers over its own connections.
+type Detector struct {
+	cfg     Config
+	log     *slog.Logger
+	changed chan struct{}
+	metrics *metrics.Liveness
+
+	mu      sync.Mutex
+	ln      net.Listener
+	peers   map[string]*peer  // by name
+	dead    map[string]Reason // peers found dead, until they come back
+	gen     uint64            // incremented with every change of dead
+	leavers map[string]uint64 // peers that left, and the generation that recorded it, not acked yet
+	acks    map[string]bool   // while leaving: which peers acknowledged
+	acked   chan struct{}     // an acknowledgement came (coalesced)
+	dialing map[string]bool   // peers being dialled now
+	leaving bool
+	seen    map[string]bool // the live members memberlist reported last (Observe)
+	health  int             // local health: 0 is well; each step doubles the patience
+	wg      sync.WaitGroup
+}
+
+type peer struct {
+	name  string
+	addr  string
+	lost  bool // its connection ended and nothing answered since: silence decides
+	conn  net.Conn
+	wmu   sync.Mutex // serialises writes on conn
+	heard time.Time  // last frame read
+	since time.Time  // when the connection was made
+}
+
+// New returns a Detector; it listens and dials when Run is called.
+func New(cfg Config) (*Detector, error) {
+	if cfg.Name == "" || cfg.Listen == "" || cfg.Peers == nil {
+		return nil, errors.New("liveness: Name, Listen and Peers are required")
+	}
+	cfg.Interval = cmp.Or(cfg.Interval, DefaultInterval)
+	cfg.Timeout = cmp.Or(cfg.Timeout, DefaultTimeout)
+	if cfg.Timeout < 2*cfg.Interval {
+		return nil, fmt.Errorf("liveness: a timeout of %s is under two heartbeat intervals (%s)", cfg.Timeout, cfg.Interval)
+	}
+	return &Detector{
+		cfg: cfg, log: logging.OrDiscard(cfg.Logger), changed: make(chan struct{}, 1),
+		metrics: metrics.NewLiveness(metrics.OrPrivate(cfg.Registerer)),
+		peers:   map[string]*peer{}, dead: map[string]Reason{}, leavers: map[string]uint64{},
+		acked: make(chan struct{}, 1), dialing: map[string]bool{},
+	}, nil
+}
+
+// Changed receives a value after the set of dead peers changed (coalesced).
+func (d *Detector) Changed() <-chan struct{} { return d.changed }
+
+// Dead returns the peers found dead and the generation of that view, to hand to Applied
+// once what follows from it is in force.
+func (d *Detector) Dead() (map[string]Reason, uint64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return maps.Clone(d.dead), d.gen
+}
+
+// Applied says the speaker has acted on the view of generation gen: peers that left
+// before it are acknowledged, so they may stop answering.
+func (d *Detector) Applied(gen uint64) {
+	d.mu.Lock()
+	var ack []*peer
+	for name, g := range d.leavers {
+		if g <= gen {
+			if p := d.peers[name]; p != nil && p.conn != nil {
+				ack = append(ack, p)
+			}
+			delete(d.leavers, name)
+		}
+	}
+	d.mu.Unlock()
+	for _, p := range ack {
+		_ = p.send(frameAck, d.cfg.Interval)
+	}
+}
+
+func (d *Detector) notify() {
+	select {
+	case d.changed <- struct{}{}:
+	default:
+	}
+}
+
+// markDeadLocked records a death once.
+func (d *Detector) markDeadLocked(name string, why Reason, silentFor time.Duration) {
+	if _, ok := d.dead[name]; ok {
+		return
+	}
+	d.dead[name] = why
+	d.gen++
+	if why == Left {
+		d.leavers[name] = d.gen
+	}
+	d.metrics.Deaths.WithLabelValues(why.String()).Inc()
+	if why != Left {
+		d.metrics.Detection.Observe(silentFor.Seconds())
+	}
+	d.log.Info("speaker found dead", "member", name, "how", why.String(), "after", silentFor.Round(time.Millisecond))
+	d.notify()
+}
+
+func (d *Detector) aliveLocked(name string) {
+	if _, ok := d.dead[name]; ok {
+		delete(d.dead, name)
+		delete(d.leavers, name)
+		d.gen++
+		d.log.Info("speaker back", "member", name)
+		d.notify()
+	}
+}
+
+// Run listens, dials and watches until ctx ends.
+func (d *Detector) Run(ctx context.Context) error {
+	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", d.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("liveness: listen on %s: %w", d.cfg.Listen, err)
+	}
+	d.mu.Lock()
+	d.ln = ln
+	d.mu.Unlock()
+	defer d.wg.Wait()
+	defer d.closeAll()
+	d.spawn(func() { d.accept(ctx, ln) })
+	t := time.NewTicker(d.cfg.Interval)
+	defer t.Stop()
+	next := time.Now().Add(d.cfg.Interval)
+	healthy := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-t.C:
+			// Local health: a tick that came late means this process is starved, and what
+			// looks like a peer's silence may be its own.
+			if late := now.Sub(next); late > d.cfg.Interval {
+				d.mu.Lock()
+				d.health = min(d.health+1, 3)
+				d.mu.Unlock()
+				healthy = 0
+			} else if healthy++; healthy > 20 {
+				d.mu.Lock()
+				d.health = max(d.health-1, 0)
+				d.mu.Unlock()
+				healthy = 0
+			}
+			next = now.Add(d.cfg.Interval)
+			d.tick(ctx, now)
+		}
+	}
+}
+
+func (d *Detector) spawn(f func()) {
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		f()
+	}()
+}
+
+func (d *Detector) closeAll() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	_ = d.ln.Close()
+	for _, p := range d.peers {
+		if p.conn != nil {
+			_ = p.conn.Close()
+		}
+	}
+}
+
+// tick sends heartbeats, dials the peers this speaker dials that have no connection, and
+// declares dead those silent too long.
+func (d *Detector) tick(ctx context.Context, now time.Time) {
+	want := d.cfg.Peers()
+	d.mu.Lock()
+	for name, addr := range want {
+		if name == d.cfg.Name {
+			continue
+		}
+		p := d.peers[name]
+		if p == nil {
+			p = &peer{name: name}
+			d.peers[name] = p
+		}
+		p.addr = addr
+	}
+	for name, p := range d.peers {
+		if _, ok := want[name]; !ok && p.conn == nil {
+			delete(d.peers, name) // gone from the membership: memberlist's word stands
+			delete(d.dead, name)
+		}
+	}
+	patience := d.cfg.Timeout << d.health
+	heardAny := false
+	for _, p := range d.peers {
+		if p.conn != nil && now.Sub(p.heard) < patience {
+			heardAny = true
+		}
+	}
+	var beat, dial []*peer
+	for _, p := range d.peers {
+		if p.conn != nil {
+			beat = append(beat, p)
+		}
+		if p.conn != nil || p.lost {
+			if silent := now.Sub(p.heard); silent > patience && (heardAny || len(d.peers) == 1) {
+				if _, known := d.dead[p.name]; !known {
+					d.markDeadLocked(p.name, Silent, silent)
+					if p.conn != nil {
+						// A fresh connection, once the link heals, rather than this one.
+						_ = p.conn.Close()
+					}
+				}
+			}
+		}
+		if p.conn == nil && d.cfg.Name < p.name && !d.leaving {
+			dial = append(dial, p)
+		}
+	}
+	d.mu.Unlock()
+	for _, p := range beat {
+		_ = p.send(frameBeat, d.cfg.Interval)
+	}
+	for _, p := range dial {
+		d.spawnDial(ctx, p)
+	}
+}
+
+func (d *Detector) spawnDial(ctx context.Context, p *peer) {
+	d.mu.Lock()
+	if d.dialing[p.name] {
+		d.mu.Unlock()
+		return // a slow dial is not started twice
+	}
+	d.dialing[p.name] = true
+	d.mu.Unlock()
+	d.spawn(func() {
+		defer func() {
+			d.mu.Lock()
+			delete(d.dialing, p.name)
+			d.mu.Unlock()
+		}()
+		conn, err := d.dial(ctx, p.addr)
+		if err != nil {
+			return
+		}
+		if err := d.handshake(conn, p.name); err != nil {
+			d.log.Warn("speaker refused on the liveness channel", "member", p.name, "err", err)
+			_ = conn.Close()
+			return
+		}
+		d.adopt(ctx, p.name, conn)
+	})
+}
+
+func (d *Detector) dial(ctx context.Context, addr string) (net.Conn, error) {
+	dctx, cancel := context.WithTimeout(ctx, 2*d.cfg.Interval)
+	defer cancel()
+	return (&net.Dialer{}).DialContext(dctx, "tcp", addr)
+}
+
+func (d *Detector) accept(ctx context.Context, ln net.Listener) {
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			return // closed by closeAll
+		}
+		d.spawn(func() {
+			name, err := d.answer(conn)
+			if err != nil {
+				d.log.Debug("liveness connection refused", "remote", conn.RemoteAddr().String(), "err", err)
+				_ = conn.Close()
+				return
+			}
+			d.adopt(ctx, name, conn)
+		})
+	}
+}
+
+// adopt makes conn the connection to name and reads it until it fails.
+func (d *Detector) adopt(ctx context.Context, name string, conn net.Conn) {
+	d.mu.Lock()
+	if d.leaving {
+		d.mu.Unlock()
+		_ = conn.Close()
+		return
+	}
+	p := d.peers[name]
+	if p == nil {
+		p = &peer{name: name}
+		d.peers[name] = p
+	}
+	old := p.conn
+	now := time.Now()
+	p.conn, p.heard, p.since, p.lost = conn, now, now, false
+	d.aliveLocked(name)
+	d.mu.Unlock()
+	if old != nil {
+		_ = old.Close()
+	}
+	d.read(ctx, p, conn)
+}
+
+// read handles conn's frames until it fails, then finds out whether the peer died.
+func (d *Detector) read(ctx context.Context, p *peer, conn net.Conn) {
+	r := bufio.NewReader(conn)
+	var readErr error
+	for {
+		typ, err := readFrame(r)
+		if err != nil {
+			readErr = err
+			break
+		}
+		d.mu.Lock()
+		if p.conn == conn {
+			p.heard = time.Now()
+			if d.dead[p.name] == Silent {
+				d.aliveLocked(p.name) // it was only cut off: the link healed
+			}
+		}
+		switch typ {
+		case frameLeave:
+			d.markDeadLocked(p.name, Left, 0)
+		case frameAck:
+			if d.acks != nil {
+				d.acks[p.name] = true
+				select {
+				case d.acked <- struct{}{}:
+				default:
+				}
+			}
+		}
+		d.mu.Unlock()
+	}
+	_ = conn.Close()
+	d.mu.Lock()
+	current := p.conn == conn
+	if current {
+		p.conn = nil
+	}
+	leaving, silent := d.leaving, time.Since(p.heard)
+	_, known := d.dead[p.name]
+	addr := p.addr
+	d.mu.Unlock()
+	if !current || leaving || known || ctx.Err() != nil {
+		return // replaced, or the end of this speaker, or already known
+	}
+	// The connection ended: the process behind it may be gone. Ask its kernel: a new
+	// connection is refused once the process is gone. One made meanwhile proves nothing
+	// until it completes the handshake: a dying process's listening socket may still
+	// complete a connection for a moment before the kernel closes it.
+	start := time.Now()
+	for try := 0; ctx.Err() == nil && time.Since(start) < d.cfg.Timeout; try++ {
+		probe, err := d.dial(ctx, addr)
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			d.mu.Lock()
+			if p.conn == nil {
+				d.markDeadLocked(p.name, Closed, time.Since(start)+min(silent, d.cfg.Interval))
+			}
+			d.mu.Unlock()
+			return
+		}
+		if err != nil {
+			break // a timeout: the node may be gone; its silence decides
+		}
+		if herr := d.handshake(probe, p.name); herr == nil {
+			if d.cfg.Name < p.name {
+				d.adopt(ctx, p.name, probe) // it lives (it restarted): the new connection
+			} else {
+				_ = probe.Close() // it lives, and dials this speaker again
+			}
+			return
+		}
+		_ = probe.Close()
+		d.log.Debug("liveness connection ended", "member", p.name, "err", readErr, "try", try)
+		time.Sleep(time.Millisecond << min(try, 5))
+	}
+	// Unknown: the node may be gone (silence decides), or a new connection comes.
+	d.mu.Lock()
+	if p.conn == nil {
+		p.heard = time.Now().Add(-silent) // judged by its silence from here on
+		p.lost = true
+	}
+	d.mu.Unlock()
+}
+
+// Leave tells every peer this speaker is leaving and waits, up to ctx, until each has
+// acknowledged (it has acted on it: the next owners announce). It stops accepting and
+// dialling. Run must still be running.
+func (d *Detector) Leave(ctx context.Context) {
+	d.mu.Lock()
+	d.leaving = true
+	d.acks = map[string]bool{}
+	var to []*peer
+	for _, p := range d.peers {
+		if p.conn != nil {
+			to = append(to, p)
+		}
+	}
+	d.mu.Unlock()
+	for _, p := range to {
+		_ = p.send(frameLeave, d.cfg.Interval)
+	}
+	start := time.Now()
+	for {
+		d.mu.Lock()
+		done := true
+		for _, p := range to {
+			done = done && (d.acks[p.name] || p.conn == nil)
+		}
+		d.mu.Unlock()
+		if done {
+			d.log.Info("handed over to the other speakers", "peers", len(to), "after", time.Since(start).Round(time.Millisecond))
+			return
+		}
+		select {
+		case <-ctx.Done():
+			d.log.Warn("leaving without every speaker's acknowledgement", "after", time.Since(start).Round(time.Millisecond))
+			return
+		case <-d.acked:
+		case <-time.After(d.cfg.Interval):
+		}
+	}
+}
+
+func (p *peer) send(typ byte, timeout time.Duration) error {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	c := p.conn
+	if c == nil {
+		return net.ErrClosed
+	}
+	_ = c.SetWriteDeadline(time.Now().Add(timeout))
+	_, err := c.Write([]byte{typ})
+	return err
+}
+
+func readFrame(r *bufio.Reader) (byte, error) {
+	b, err := r.ReadByte()
+	if err != nil {
+		return 0, err
+	}
+	if b != frameBeat && b != frameLeave && b != frameAck {
+		return 0, fmt.Errorf("unknown frame %d", b)
+	}
+	return b, nil
+}
+
+// The handshake: the dialler sends its name and a nonce; the listener answers with its
+// name, a nonce and a MAC over the dialler's nonce; the dialler answers with a MAC over
+// the listener's. A MAC is HMAC-SHA256 under the gossip key of role, nonce and name.
+const nonceLen = 16
+
+func (d *Detector) mac(role byte, nonce []byte, name string) []byte {
+	h := hmac.New(sha256.New, d.cfg.Key)
+	h.Write([]byte{role})
+	h.Write(nonce)
+	h.Write([]byte(name))
+	return h.Sum(nil)
+}
+
+func writeMsg(w io.Writer, parts ...[]byte) error {
+	var b []byte
+	for _, p := range parts {
+		b = binary.BigEndian.AppendUint16(b, uint16(len(p)))
+		b = append(b, p...)
+	}
+	_, err := w.Write(b)
+	return err
+}
+
+func readMsg(r io.Reader, n int) ([][]byte, error) {
+	out := make([][]byte, n)
+	for i := range out {
+		var l [2]byte
+		if _, err := io.ReadFull(r, l[:]); err != nil {
+			return nil, err
+		}
+		size := binary.BigEndian.Uint16(l[:])
+		if size > 256 {
+			return nil, fmt.Errorf("handshake field of %d bytes", size)
+		}
+		out[i] = make([]byte, size)
+		if _, err := io.ReadFull(r, out[i]); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+func nonce() []byte {
+	b := make([]byte, nonceLen)
+	_, _ = rand.Read(b)
+	return b
+}
+
+// handshake runs the dialler's side with the peer expected to be name.
+func (d *Detector) handshake(conn net.Conn, name string) error {
+	_ = conn.SetDeadline(time.Now().Add(d.cfg.Timeout))
+	defer conn.SetDeadline(time.Time{})
+	mine := nonce()
+	if err := writeMsg(conn, []byte(d.cfg.Name), mine); err != nil {
+		return err
+	}
+	m, err := readMsg(conn, 3)
+	if err != nil {
+		return err
+	}
+	if string(m[0]) != name {
+		return fmt.Errorf("%s answers as %q", name, m[0])
+	}
+	if !hmac.Equal(m[2], d.mac('L', mine, name)) {
+		return errors.New("it does not hold the gossip key")
+	}
+	return writeMsg(conn, d.mac('D', m[1], d.cfg.Name))
+}
+
+// answer runs the listener's side and returns the dialler's name once proven.
+func (d *Detector) answer(conn net.Conn) (string, error) {
+	_ = conn.SetDeadline(time.Now().Add(d.cfg.Timeout))
+	defer conn.SetDeadline(time.Time{})
+	m, err := readMsg(conn, 2)
+	if err != nil {
+		return "", err
+	}
+	name, theirs := string(m[0]), m[1]
+	mine := nonce()
+	if err := writeMsg(conn, []byte(d.cfg.Name), mine, d.mac('L', theirs, d.cfg.Name)); err != nil {
+		return "", err
+	}
+	proof, err := readMsg(conn, 1)
+	if err != nil {
+		return "", err
+	}
+	if !hmac.Equal(proof[0], d.mac('D', mine, name)) {
+		return "", fmt.Errorf("%q does not hold the gossip key", name)
+	}
+	if name == d.cfg.Name || name == "" {
+		return "", fmt.Errorf("a peer named %q", name)
+	}
+	return name, nil
+}
+
+// Observe is told the live members memberlist reports; a member it drops that this
+// detector had not found dead is counted as a death only memberlist saw.
+func (d *Detector) Observe(alive []string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := map[string]bool{}
+	for _, n := range alive {
+		now[n] = true
+	}
+	for name := range d.seen {
+		if _, dead := d.dead[name]; !now[name] && !dead && name != d.cfg.Name {
+			d.metrics.Deaths.WithLabelValues("memberlist").Inc()
+		}
+	}
+	d.seen = now
+}
+
+// Alive lists the peers heard from within the timeout on a connection of their own:
+// alive whatever memberlist says (it learns of a healed partition later).
+func (d *Detector) Alive() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []string
+	now := time.Now()
+	for name, p := range d.peers {
+		if _, dead := d.dead[name]; p.conn != nil && !dead && now.Sub(p.heard) < d.cfg.Timeout {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Peers lists the peers connected now, sorted (for tests and status).
+func (d *Detector) Peers() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []string
+	for name, p := range d.peers {
+		if p.conn != nil {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
