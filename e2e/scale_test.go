@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -151,16 +152,17 @@ func BenchmarkFailover(b *testing.B) {
 	c := start(b, Options{})
 	ip := c.CreateService("web", nil)[0]
 	for b.Loop() {
-		for _, how := range []string{"graceful", "crash"} {
+		for _, how := range []string{"graceful", "crash", "link down"} {
 			var took []time.Duration
 			for range runs {
 				_, _, d := c.failover(b, ip, how)
 				took = append(took, d)
 			}
 			slices.Sort(took)
-			b.ReportMetric(float64(took[0].Milliseconds()), "ms-"+how+"-min")
-			b.ReportMetric(float64(took[len(took)/2].Milliseconds()), "ms-"+how+"-median")
-			b.ReportMetric(float64(took[len(took)-1].Milliseconds()), "ms-"+how+"-max")
+			name := strings.ReplaceAll(how, " ", "-")
+			b.ReportMetric(float64(took[0].Milliseconds()), "ms-"+name+"-min")
+			b.ReportMetric(float64(took[len(took)/2].Milliseconds()), "ms-"+name+"-median")
+			b.ReportMetric(float64(took[len(took)-1].Milliseconds()), "ms-"+name+"-max")
 		}
 	}
 }
