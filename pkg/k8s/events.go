@@ -1,6 +1,7 @@
 package k8s
 
 import (
+	"errors"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -20,6 +21,63 @@ type Events struct {
 	mu          sync.Mutex
 	broadcaster record.EventBroadcaster
 	recorder    record.EventRecorder
+	sink        *trackedSink
+}
+
+// trackedSink counts the API calls in flight, so Shutdown can wait for them: the
+// broadcaster's own Shutdown cancels its workers but does not wait for them. Once
+// closed it makes no more calls.
+type trackedSink struct {
+	record.EventSink
+
+	mu       sync.Mutex
+	closed   bool
+	inFlight sync.WaitGroup
+}
+
+// errClosed is what a closed sink answers: the Event is dropped, as at any shutdown.
+var errClosed = errors.New("event recorder shut down")
+
+func (s *trackedSink) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.inFlight.Add(1)
+	return true
+}
+
+// close refuses further calls and waits for those in flight.
+func (s *trackedSink) close() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.inFlight.Wait()
+}
+
+func (s *trackedSink) Create(e *corev1.Event) (*corev1.Event, error) {
+	if !s.enter() {
+		return nil, errClosed
+	}
+	defer s.inFlight.Done()
+	return s.EventSink.Create(e)
+}
+
+func (s *trackedSink) Update(e *corev1.Event) (*corev1.Event, error) {
+	if !s.enter() {
+		return nil, errClosed
+	}
+	defer s.inFlight.Done()
+	return s.EventSink.Update(e)
+}
+
+func (s *trackedSink) Patch(e *corev1.Event, data []byte) (*corev1.Event, error) {
+	if !s.enter() {
+		return nil, errClosed
+	}
+	defer s.inFlight.Done()
+	return s.EventSink.Patch(e, data)
 }
 
 // NewEvents returns an Event recorder for component.
@@ -35,19 +93,21 @@ func (e *Events) Start() {
 		return
 	}
 	e.broadcaster = record.NewBroadcaster()
-	e.broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: e.client.CoreV1().Events("")})
+	e.sink = &trackedSink{EventSink: &typedcorev1.EventSinkImpl{Interface: e.client.CoreV1().Events("")}}
+	e.broadcaster.StartRecordingToSink(e.sink)
 	e.recorder = e.broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: e.component})
 }
 
 // Shutdown stops delivering, after what was recorded so far has been handed on, and
-// waits for the delivery goroutines. Call it once nothing records any more.
+// waits for the API calls in flight. Call it once nothing records any more.
 func (e *Events) Shutdown() {
 	e.mu.Lock()
-	b := e.broadcaster
-	e.broadcaster, e.recorder = nil, nil
+	b, sink := e.broadcaster, e.sink
+	e.broadcaster, e.recorder, e.sink = nil, nil, nil
 	e.mu.Unlock()
 	if b != nil {
 		b.Shutdown()
+		sink.close()
 	}
 }
 
