@@ -232,7 +232,7 @@ func validateOffline(out io.Writer, path, key string) error {
 }
 
 // configFooter says which configuration is in force, whether the admin's ConfigMap is,
-// and which configuration each speaker runs.
+// which configuration each speaker runs, and the state of each speaker's BGP sessions.
 func configFooter(s *inspect.Snapshot) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nConfiguration in force: %s\n", s.InForce)
@@ -247,6 +247,16 @@ func configFooter(s *inspect.Snapshot) string {
 			fmt.Fprintf(&b, "  speaker %s on %s runs %s: it disagrees with the controller\n", sp.Pod, sp.Node, sp.Config)
 		default:
 			fmt.Fprintf(&b, "  speaker %s on %s runs it\n", sp.Pod, sp.Node)
+		}
+		for _, ses := range sp.Sessions {
+			state := "down"
+			if ses.Established {
+				state = "established"
+			}
+			if ses.BFD != "" {
+				state += ", BFD " + ses.BFD
+			}
+			fmt.Fprintf(&b, "    BGP session with %s: %s\n", ses.Peer, state)
 		}
 	}
 	return b.String()

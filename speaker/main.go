@@ -24,6 +24,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/heraldlb/herald/pkg/bgp"
 	"github.com/heraldlb/herald/pkg/bgp/gobgp"
 	"github.com/heraldlb/herald/pkg/forward/ipvs"
 	"github.com/heraldlb/herald/pkg/k8s"
@@ -127,7 +128,10 @@ func run() error {
 		if err != nil {
 			return fmt.Errorf("--bgp-router-id %q: not an IPv4 address", rid)
 		}
-		bgpServer, err := gobgp.New(gobgp.Options{RouterID: id, ListenPort: int32(*bgpPort), Logger: logger.With("component", "bgp"), Registerer: reg})
+		bgpServer, err := gobgp.New(gobgp.Options{
+			RouterID: id, ListenPort: int32(*bgpPort), Logger: logger.With("component", "bgp"), Registerer: reg,
+			OnSession: func(e bgp.SessionEvent) { spk.SessionChanged(e) }, // sessions open only once spk runs
+		})
 		if err != nil {
 			return err
 		}

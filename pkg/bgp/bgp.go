@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"slices"
 	"time"
+
+	"github.com/heraldlb/herald/pkg/bfd"
 )
 
 // Peer is a BGP session to open.
@@ -19,6 +21,28 @@ type Peer struct {
 	Source        netip.Addr // invalid: chosen by the kernel
 	Password      string     // TCP MD5 (RFC 2385)
 	EBGPMultiHop  bool
+	// RouterID is the BGP identifier this session presents; invalid: the node's.
+	RouterID netip.Addr
+	// BFD runs a BFD session beside the BGP one with these parameters; zero: none.
+	BFD bfd.Config
+}
+
+// State is what a session did, as a Speaker tells it.
+type State string
+
+// The states a SessionEvent reports.
+const (
+	Established State = "established"
+	Down        State = "down"
+	BFDUp       State = "bfd_up"
+	BFDDown     State = "bfd_down"
+)
+
+// SessionEvent is a BGP or BFD session going up or down.
+type SessionEvent struct {
+	Peer   netip.Addr
+	State  State
+	Reason string // why it went down, when known
 }
 
 // Route is one prefix to advertise to every peer of its address family.

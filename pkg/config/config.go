@@ -263,8 +263,19 @@ func (r Requirement) Matches(labels map[string]string) bool {
 	return false
 }
 
-// BFDProfile is a named set of BFD session parameters that peers refer to. Herald accepts
-// and validates the profiles so existing configurations load; zero means "unset".
+// BFDProfile returns the profile called name; false for none (and for "").
+func (c *Config) BFDProfile(name string) (BFDProfile, bool) {
+	for _, p := range c.BFDProfiles {
+		if name != "" && p.Name == name {
+			return p, true
+		}
+	}
+	return BFDProfile{}, false
+}
+
+// BFDProfile is a named set of BFD session parameters that peers refer to: every peer
+// naming one gets a BFD session (pkg/bfd) with them. Zero means "unset"; echo mode is
+// refused, so EchoMode is always false and EchoInterval unused.
 type BFDProfile struct {
 	Name             string
 	ReceiveInterval  uint32 // ms

@@ -107,6 +107,9 @@ func (v *validator) bfdProfile(path string, rp rawBFDProfile, seen map[string]bo
 	p.DetectMultiplier = bounded("detect-multiplier", rp.DetectMultiplier, 2, 255)
 	p.EchoInterval = bounded("echo-interval", rp.EchoInterval, 10, 60000)
 	p.MinimumTTL = bounded("minimum-ttl", rp.MinimumTTL, 1, 254)
+	if rp.EchoMode {
+		v.fail(path+".echo-mode", "true", "is not supported: Herald's BFD runs in asynchronous mode only (RFC 5880 §6.1); remove echo-mode or set it to false")
+	}
 	return p
 }
 

@@ -40,7 +40,7 @@ bfd-profiles:
   transmit-interval: 100
   detect-multiplier: 3
   echo-interval: 50
-  echo-mode: true
+  echo-mode: false
   passive-mode: false
   minimum-ttl: 254
 address-pools:
@@ -74,7 +74,7 @@ func TestParseMetalLBSample(t *testing.T) {
 	}
 	want := &Config{
 		Communities: map[string]Community{"no-export": 65535<<16 | 65281},
-		BFDProfiles: []BFDProfile{{Name: "fast", ReceiveInterval: 100, TransmitInterval: 100, DetectMultiplier: 3, EchoInterval: 50, EchoMode: true, MinimumTTL: 254}},
+		BFDProfiles: []BFDProfile{{Name: "fast", ReceiveInterval: 100, TransmitInterval: 100, DetectMultiplier: 3, EchoInterval: 50, MinimumTTL: 254}},
 		Peers: []Peer{
 			{
 				Address: netip.MustParseAddr("10.0.0.1"), ASN: 64500, MyASN: 64501, Port: 1179,
@@ -214,6 +214,7 @@ func TestParseErrors(t *testing.T) {
 		{"bad operator", "peers:\n- peer-address: 10.0.0.1\n  peer-asn: 1\n  my-asn: 1\n  node-selectors:\n  - match-expressions: [{key: a, operator: Gt, values: ['1']}]\n", "peers[0].node-selectors[0].match-expressions[0].operator", "line 6", "Gt"},
 		{"unknown bfd profile", "peers:\n- {peer-address: 10.0.0.1, peer-asn: 1, my-asn: 1, bfd-profile: slow}\n", "peers[0].bfd-profile", "", "slow"},
 		{"bfd out of range", "bfd-profiles:\n- {name: a, detect-multiplier: 1}\n", "bfd-profiles[0].detect-multiplier", "", "1"},
+		{"bfd echo mode", "bfd-profiles:\n- {name: a, echo-mode: true}\n", "bfd-profiles[0].echo-mode", "", "true"},
 		{"bad forwarding", "forwarding: kube-proxy\n", "forwarding", "line 1", "kube-proxy"},
 		{"bad pool forwarding", pool("  forwarding: yes\n"), "address-pools[0].forwarding", "line 5", "yes"},
 		{"duplicate key", "address-pools: []\naddress-pools: []\n", "address-pools", "line 2", ""},

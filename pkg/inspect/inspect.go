@@ -48,12 +48,20 @@ type Snapshot struct {
 	Class    string
 }
 
-// SpeakerRow is one speaker and the configuration it runs.
+// SpeakerRow is one speaker, the configuration it runs and its BGP sessions.
 type SpeakerRow struct {
-	Pod    string `json:"pod"`
-	Node   string `json:"node"`
-	Config string `json:"config,omitempty"` // hash of the configuration in force there
-	Err    string `json:"error,omitempty"`
+	Pod      string       `json:"pod"`
+	Node     string       `json:"node"`
+	Config   string       `json:"config,omitempty"` // hash of the configuration in force there
+	Sessions []SessionRow `json:"sessions,omitempty"`
+	Err      string       `json:"error,omitempty"`
+}
+
+// SessionRow is one BGP session of a speaker, and the BFD session beside it if any.
+type SessionRow struct {
+	Peer        string `json:"peer"`
+	Established bool   `json:"established"`
+	BFD         string `json:"bfd,omitempty"` // "up" or "down"; empty without BFD
 }
 
 // Read takes a snapshot through client.
@@ -162,8 +170,11 @@ func speakers(ctx context.Context, client kubernetes.Interface, namespace string
 		body, err := client.CoreV1().Pods(namespace).ProxyGet("http", p.Name, "7473", "/metrics", nil).DoRaw(ctx)
 		if err != nil {
 			row.Err = err.Error()
-		} else if row.Config = InForceHash(string(body)); row.Config == "" {
-			row.Err = "runs no configuration yet"
+		} else {
+			row.Sessions = Sessions(string(body))
+			if row.Config = InForceHash(string(body)); row.Config == "" {
+				row.Err = "runs no configuration yet"
+			}
 		}
 		out = append(out, row)
 	}
@@ -182,6 +193,34 @@ func InForceHash(metrics string) string {
 		}
 	}
 	return ""
+}
+
+// Sessions reads a speaker's BGP and BFD sessions from its metrics page
+// (herald_bgp_session_up and herald_bfd_session_up), sorted by peer.
+func Sessions(metrics string) []SessionRow {
+	bgpUp, bfdUp := map[string]bool{}, map[string]bool{}
+	for line := range strings.SplitSeq(metrics, "\n") {
+		for name, m := range map[string]map[string]bool{`herald_bgp_session_up{peer="`: bgpUp, `herald_bfd_session_up{peer="`: bfdUp} {
+			if rest, ok := strings.CutPrefix(line, name); ok {
+				if peer, val, ok := strings.Cut(rest, `"} `); ok {
+					m[peer] = val == "1"
+				}
+			}
+		}
+	}
+	var out []SessionRow
+	for peer, up := range bgpUp {
+		row := SessionRow{Peer: peer, Established: up}
+		if b, ok := bfdUp[peer]; ok {
+			row.BFD = "down"
+			if b {
+				row.BFD = "up"
+			}
+		}
+		out = append(out, row)
+	}
+	slices.SortFunc(out, func(a, b SessionRow) int { return cmp.Compare(a.Peer, b.Peer) })
+	return out
 }
 
 // managed returns the Services Herald serves, oldest first.

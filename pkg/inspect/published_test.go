@@ -1,13 +1,13 @@
 package inspect
 
 import (
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"github.com/google/go-cmp/cmp"
 )
 
 func said(node, reason, ip string, at time.Time, rv string) corev1.Event {
@@ -40,5 +40,20 @@ func TestPublished(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, s.published()); diff != "" {
 		t.Errorf("published (-want +got):\n%s", diff)
+	}
+}
+
+func TestSessions(t *testing.T) {
+	page := `# HELP herald_bgp_session_up 1 while the BGP session with the peer is Established, else 0.
+# TYPE herald_bgp_session_up gauge
+herald_bgp_session_up{peer="192.168.10.1"} 1
+herald_bgp_session_up{peer="fd10::1"} 0
+herald_bfd_session_up{peer="192.168.10.1"} 0
+herald_config_in_force_info{hash="abc"} 1
+`
+	got := Sessions(page)
+	want := []SessionRow{{Peer: "192.168.10.1", Established: true, BFD: "down"}, {Peer: "fd10::1"}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("Sessions = %+v, want %+v", got, want)
 	}
 }

@@ -25,6 +25,10 @@ const (
 	ReasonNoNodeCanForward  = "NoNodeCanForward"
 	// On Nodes, from the speakers.
 	ReasonIPVSUnavailable = "IPVSUnavailable"
+	ReasonBGPSessionUp    = "BGPSessionUp"
+	ReasonBGPSessionDown  = "BGPSessionDown"
+	ReasonBFDSessionUp    = "BFDSessionUp"
+	ReasonBFDSessionDown  = "BFDSessionDown"
 	// On the ConfigMap, from the controller.
 	ReasonConfigLoaded  = "ConfigLoaded"
 	ReasonInvalidConfig = "InvalidConfig"

@@ -10,6 +10,8 @@ type BGP struct {
 	Routes prometheus.Gauge
 	// SessionChanges counts session state changes, by peer and new state.
 	SessionChanges *prometheus.CounterVec // peer, state
+	// Resets counts sessions Herald reset itself, by peer and reason (bfd_down).
+	Resets *prometheus.CounterVec // peer, reason
 }
 
 // NewBGP registers the BGP metrics with reg.
@@ -27,7 +29,11 @@ func NewBGP(reg prometheus.Registerer) *BGP {
 			Name: "herald_bgp_session_state_changes_total",
 			Help: "BGP session state changes, by peer and the state entered.",
 		}, []string{"peer", "state"}),
+		Resets: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herald_bgp_session_resets_total",
+			Help: "BGP sessions this node reset, by peer and reason (bfd_down: the BFD session beside it went down).",
+		}, []string{"peer", "reason"}),
 	}
-	reg.MustRegister(m.SessionUp, m.Routes, m.SessionChanges)
+	reg.MustRegister(m.SessionUp, m.Routes, m.SessionChanges, m.Resets)
 	return m
 }

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/heraldlb/herald/pkg/bfd"
 	"github.com/heraldlb/herald/pkg/bgp"
 	"github.com/heraldlb/herald/pkg/config"
 	"github.com/heraldlb/herald/pkg/election"
@@ -197,14 +198,29 @@ func peersOf(in Input) []bgp.Peer {
 	var out []bgp.Peer
 	for _, p := range in.Config.Peers {
 		if p.SelectsNode(in.Nodes[i].Labels) {
-			out = append(out, bgp.Peer{
+			bp := bgp.Peer{
 				Address: p.Address, Port: p.Port, ASN: p.ASN, MyASN: p.MyASN,
 				HoldTime: p.HoldTime, KeepaliveTime: p.KeepaliveTime, Source: p.SourceAddress,
-				Password: p.Password, EBGPMultiHop: p.EBGPMultiHop,
-			})
+				Password: p.Password, EBGPMultiHop: p.EBGPMultiHop, RouterID: p.RouterID,
+			}
+			if prof, ok := in.Config.BFDProfile(p.BFDProfile); ok {
+				bp.BFD = bfdConfig(prof, p.EBGPMultiHop)
+			}
+			out = append(out, bp)
 		}
 	}
 	return out
+}
+
+// bfdConfig is a BFD profile as a session's parameters: multi-hop for a peer more than
+// one hop away.
+func bfdConfig(p config.BFDProfile, multihop bool) bfd.Config {
+	ms := func(v uint32) time.Duration { return time.Duration(v) * time.Millisecond }
+	return bfd.Config{
+		DesiredMinTx: ms(p.TransmitInterval), RequiredMinRx: ms(p.ReceiveInterval),
+		DetectMult: uint8(p.DetectMultiplier), Passive: p.PassiveMode,
+		Multihop: multihop, MinTTL: uint8(p.MinimumTTL),
+	}.WithDefaults()
 }
 
 // address is one Service address and the Services that hold it: Services sharing an

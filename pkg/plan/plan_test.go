@@ -9,6 +9,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
+	"github.com/heraldlb/herald/pkg/bfd"
 	"github.com/heraldlb/herald/pkg/bgp"
 	"github.com/heraldlb/herald/pkg/config"
 	"github.com/heraldlb/herald/pkg/election"
@@ -296,5 +297,39 @@ address-pools:
 				t.Errorf("%s announces %s without IPVS", self, dec.IP)
 			}
 		}
+	}
+}
+
+// A peer naming a BFD profile gets a BFD session with its parameters (multi-hop for an
+// ebgp-multihop peer) and its own router ID; one naming none gets neither.
+func TestPeerBFDAndRouterID(t *testing.T) {
+	c, err := config.Parse([]byte(`
+peers:
+- {peer-address: 10.0.0.1, peer-asn: 64500, my-asn: 64501, bfd-profile: fast, router-id: 10.9.9.9}
+- {peer-address: 10.0.1.1, peer-asn: 64500, my-asn: 64501, bfd-profile: far, ebgp-multihop: true}
+- {peer-address: 10.0.0.2, peer-asn: 64500, my-asn: 64501}
+bfd-profiles:
+- {name: fast, receive-interval: 100, transmit-interval: 50, detect-multiplier: 4, passive-mode: true}
+- {name: far, minimum-ttl: 250}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := Compute(Input{Config: c, Self: "n1", Nodes: []Node{{Name: "n1", Ready: true}}})
+	want := []bfd.Config{
+		{DesiredMinTx: 50 * time.Millisecond, RequiredMinRx: 100 * time.Millisecond, DetectMult: 4, Passive: true, MinTTL: 255},
+		{DesiredMinTx: 300 * time.Millisecond, RequiredMinRx: 300 * time.Millisecond, DetectMult: 3, Multihop: true, MinTTL: 250},
+		{},
+	}
+	if len(d.BGPPeers) != 3 {
+		t.Fatalf("peers %+v", d.BGPPeers)
+	}
+	for i, p := range d.BGPPeers {
+		if p.BFD != want[i] {
+			t.Errorf("peer %s: BFD %+v, want %+v", p.Address, p.BFD, want[i])
+		}
+	}
+	if d.BGPPeers[0].RouterID != ip("10.9.9.9") || d.BGPPeers[1].RouterID.IsValid() {
+		t.Errorf("router IDs %v and %v", d.BGPPeers[0].RouterID, d.BGPPeers[1].RouterID)
 	}
 }

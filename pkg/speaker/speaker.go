@@ -147,6 +147,7 @@ type Speaker struct {
 	started time.Time // when Run began following the cluster
 	gen     uint64    // the generation of the liveness view of the last input
 	ready   atomic.Bool
+	leaving atomic.Bool // Run's context ended: routes are withdrawn first
 	ownsMu  sync.Mutex
 	ownsCfg *config.Config // the configuration Owns answers from
 }
@@ -273,6 +274,10 @@ func (s *Speaker) Run(ctx context.Context) error {
 			s.runner.Poke()
 		}
 	}
+	// BGP routes go first: every router holds the other nodes' paths, so withdrawing
+	// ours moves the flows at once while this node still forwards what is in flight.
+	s.leaving.Store(true)
+	s.runner.Poke()
 	if s.opts.Liveness != nil {
 		// Make before break: the next owners announce before this node stops answering.
 		// The loop keeps running meanwhile, so this node also acknowledges others.
@@ -289,12 +294,40 @@ func (s *Speaker) Run(ctx context.Context) error {
 // shutdown withdraws, on the way out, the forwarding state (the other nodes have taken
 // over by now) and says what this node no longer announces.
 func (s *Speaker) shutdown() {
+	if s.opts.BGP != nil {
+		if err := s.opts.BGP.SetRoutes(context.Background(), nil); err != nil {
+			s.log.Warn("withdrawing the BGP routes on shutdown", "err", err)
+		}
+	}
 	if s.forward != nil && s.cfg != nil {
 		if err := s.forward.Set(nil); err != nil {
 			s.log.Warn("removing the forwarding state on shutdown", "err", err)
 		}
 	}
 	s.report(plan.Desired{}, plan.Input{})
+}
+
+// SessionChanged records a BGP or BFD session going up or down as an Event on this
+// node (the log line and the metric are the BGP speaker's). Sessions closing because
+// this speaker stops are not news.
+func (s *Speaker) SessionChanged(e bgp.SessionEvent) {
+	if s.leaving.Load() {
+		return
+	}
+	node, err := s.factory.Core().V1().Nodes().Lister().Get(s.opts.NodeName)
+	if err != nil {
+		return
+	}
+	switch e.State {
+	case bgp.Established:
+		s.events.Eventf(node, corev1.EventTypeNormal, k8s.ReasonBGPSessionUp, "node %s: BGP session with %s established", s.opts.NodeName, e.Peer)
+	case bgp.Down:
+		s.events.Eventf(node, corev1.EventTypeWarning, k8s.ReasonBGPSessionDown, "node %s: BGP session with %s down", s.opts.NodeName, e.Peer)
+	case bgp.BFDUp:
+		s.events.Eventf(node, corev1.EventTypeNormal, k8s.ReasonBFDSessionUp, "node %s: BFD session with %s up", s.opts.NodeName, e.Peer)
+	case bgp.BFDDown:
+		s.events.Eventf(node, corev1.EventTypeWarning, k8s.ReasonBFDSessionDown, "node %s: BFD session with %s down (%s): BGP session reset", s.opts.NodeName, e.Peer, e.Reason)
+	}
 }
 
 // reportForwarding says once whether this node can forward: a metric, and when it
@@ -372,6 +405,9 @@ func (s *Speaker) sync(ctx context.Context, full bool) error {
 // address and draw clients that the real owner then has to win back.
 func (s *Speaker) compute(in plan.Input) plan.Desired {
 	d := plan.Compute(in)
+	if s.leaving.Load() {
+		d.BGPRoutes = nil
+	}
 	if !in.UseMembers || len(in.Members) > 1 || s.opts.Clock.Since(s.started) >= s.opts.JoinWait || !s.othersExist(in.Nodes) {
 		return d
 	}

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	api "github.com/osrg/gobgp/v3/api"
 	gobgplog "github.com/osrg/gobgp/v3/pkg/log"
@@ -17,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/heraldlb/herald/pkg/bfd"
 	"github.com/heraldlb/herald/pkg/bgp"
 	"github.com/heraldlb/herald/pkg/logging"
 	"github.com/heraldlb/herald/pkg/metrics"
@@ -28,23 +31,44 @@ type Options struct {
 	ListenPort int32                 // 0: do not listen (dial out only)
 	Logger     *slog.Logger          // nil discards
 	Registerer prometheus.Registerer // nil registers nowhere
+	// OnSession is told when a BGP session is established or goes down, and when the
+	// BFD session beside one goes up or down (on a goroutine of the Server's; it must
+	// not block).
+	OnSession func(bgp.SessionEvent)
+	// BFD sets the BFD ports (tests); its OnChange, Logger and Registerer are the
+	// Server's.
+	BFD bfd.Options
 }
 
-// Server is an embedded GoBGP speaker.
+// Server is an embedded GoBGP speaker, with a BFD session beside every BGP session whose
+// peer has a BFD profile. GoBGP v3 presents one router ID per BGP instance, so sessions
+// that name a router-id of their own run in an instance of their own; every instance
+// advertises the same routes, and only the node's listens.
 type Server struct {
 	opts    Options
 	log     *slog.Logger
 	metrics *metrics.BGP
-	bgp     *server.BgpServer
+	bfd     *bfd.Manager
 	serving chan struct{} // closed once Run serves
 
 	stateMu sync.Mutex
 	state   map[string]api.PeerState_SessionState // last state seen, by peer address
 	conf    map[string]bgp.Peer                   // what was configured, by peer address
 
-	mu      sync.Mutex
+	mu        sync.Mutex
+	stopped   bool
+	instances map[netip.Addr]*instance // by router ID
+	spare     []*instance              // stopped instances, to reuse (GoBGP's Serve never returns)
+	peers     map[netip.Addr]bgp.Peer
+	routes    []bgp.Route // what SetRoutes last asked
+}
+
+// instance is one GoBGP BgpServer and what it holds.
+type instance struct {
+	id      netip.Addr
+	bgp     *server.BgpServer
 	started bool
-	peers   map[netip.Addr]bgp.Peer
+	peers   map[netip.Addr]bool
 	paths   map[netip.Prefix]path
 }
 
@@ -65,31 +89,100 @@ func New(opts Options) (*Server, error) {
 	if opts.ListenPort == 0 {
 		opts.ListenPort = -1
 	}
-	return &Server{
+	s := &Server{
 		opts: opts, log: opts.Logger, metrics: metrics.NewBGP(opts.Registerer),
-		bgp:     server.NewBgpServer(server.LoggerOption(&logAdapter{log: opts.Logger})),
-		serving: make(chan struct{}),
-		peers:   map[netip.Addr]bgp.Peer{}, paths: map[netip.Prefix]path{},
+		serving:   make(chan struct{}),
+		instances: map[netip.Addr]*instance{}, peers: map[netip.Addr]bgp.Peer{},
 		state: map[string]api.PeerState_SessionState{},
 		conf:  map[string]bgp.Peer{},
-	}, nil
+	}
+	bo := opts.BFD
+	bo.OnChange, bo.Logger, bo.Registerer = s.onBFD, opts.Logger.With("component", "bfd"), opts.Registerer
+	s.bfd = bfd.NewManager(bo)
+	return s, nil
 }
 
-// Run serves until ctx ends, then closes every session with a Cease notification, so the
-// routers withdraw this node's routes at once.
+// Run serves until ctx ends. Then it withdraws every route, waits (briefly) for the
+// withdrawals to be on the wire, and closes every session with a Cease: the routers drop
+// this node's paths on the withdrawal, before the session even closes.
 func (s *Server) Run(ctx context.Context) error {
-	go s.bgp.Serve()
+	bctx, stopBFD := context.WithCancel(context.WithoutCancel(ctx))
+	bfdDone := make(chan error, 1)
+	go func() { bfdDone <- s.bfd.Run(bctx) }()
 	close(s.serving)
-	<-ctx.Done()
+	var bfdErr error
+	select {
+	case <-ctx.Done():
+	case bfdErr = <-bfdDone:
+		// Port 3784 or 4784 taken (an FRR on the node?): BGP goes on without BFD.
+		s.log.Error("BFD cannot run; BGP sessions go on without it", "err", bfdErr)
+		<-ctx.Done()
+	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.started {
-		if err := s.bgp.StopBgp(context.Background(), &api.StopBgpRequest{}); err != nil {
-			return fmt.Errorf("stop BGP: %w", err)
+	s.stopped = true
+	sent := s.sentLocked()
+	withdrawn := false
+	for _, in := range s.instances {
+		for prefix, p := range in.paths {
+			if err := in.bgp.DeletePath(context.Background(), &api.DeletePathRequest{Uuid: p.uuid}); err == nil {
+				withdrawn = true
+				delete(in.paths, prefix)
+			}
 		}
 	}
-	s.bgp.Stop()
-	return nil
+	if withdrawn {
+		s.drainLocked(sent, 250*time.Millisecond)
+	}
+	var errs []error
+	for _, in := range s.instances {
+		if err := in.stop(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	s.metrics.Routes.Set(0)
+	s.mu.Unlock()
+	stopBFD()
+	if bfdErr == nil {
+		<-bfdDone
+	}
+	return errors.Join(errs...)
+}
+
+// sentLocked returns how many messages each established session has sent.
+func (s *Server) sentLocked() map[string]uint64 {
+	out := map[string]uint64{}
+	for _, in := range s.instances {
+		if !in.started {
+			continue
+		}
+		_ = in.bgp.ListPeer(context.Background(), &api.ListPeerRequest{}, func(p *api.Peer) {
+			if p.GetState().GetSessionState() == api.PeerState_ESTABLISHED {
+				out[p.GetConf().GetNeighborAddress()] = p.GetState().GetMessages().GetSent().GetTotal()
+			}
+		})
+	}
+	return out
+}
+
+// drainLocked waits, at most limit, until every session of before has sent more
+// messages than it had then, and sends no more: the withdrawals queued are written.
+func (s *Server) drainLocked(before map[string]uint64, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	var last map[string]uint64
+	for time.Now().Before(deadline) {
+		now := s.sentLocked()
+		done := true
+		for peer, n := range before {
+			if m, ok := now[peer]; ok && (m <= n || last[peer] != m) {
+				done = false
+			}
+		}
+		if done {
+			return
+		}
+		last = now
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 func (s *Server) wait(ctx context.Context) error {
@@ -101,21 +194,55 @@ func (s *Server) wait(ctx context.Context) error {
 	}
 }
 
-// startLocked starts the BGP instance on first use, with the first peer's local AS as
-// the global AS (each session sets its own).
-func (s *Server) startLocked(ctx context.Context, asn uint32) error {
-	if s.started {
+// instanceLocked returns the instance presenting router ID id, making it if need be.
+func (s *Server) instanceLocked(id netip.Addr) *instance {
+	if in := s.instances[id]; in != nil {
+		return in
+	}
+	var in *instance
+	if n := len(s.spare); n > 0 {
+		in, s.spare = s.spare[n-1], s.spare[:n-1]
+		in.id = id
+	} else {
+		in = &instance{id: id, bgp: server.NewBgpServer(server.LoggerOption(&logAdapter{log: s.log}))}
+		go in.bgp.Serve()
+	}
+	in.peers, in.paths = map[netip.Addr]bool{}, map[netip.Prefix]path{}
+	s.instances[id] = in
+	return in
+}
+
+// startLocked starts in's BGP on first use, with the first peer's local AS as the global
+// AS (each session sets its own).
+func (s *Server) startLocked(ctx context.Context, in *instance, asn uint32) error {
+	if in.started {
 		return nil
 	}
-	if err := s.bgp.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
-		Asn: asn, RouterId: s.opts.RouterID.String(), ListenPort: s.opts.ListenPort,
-	}}); err != nil {
-		return fmt.Errorf("start BGP (AS %d, router ID %s): %w", asn, s.opts.RouterID, err)
+	listen := int32(-1)
+	if in.id == s.opts.RouterID {
+		listen = s.opts.ListenPort
 	}
-	if err := s.bgp.WatchEvent(context.Background(), &api.WatchEventRequest{Peer: &api.WatchEventRequest_Peer{}}, s.onPeerEvent); err != nil {
+	if err := in.bgp.StartBgp(ctx, &api.StartBgpRequest{Global: &api.Global{
+		Asn: asn, RouterId: in.id.String(), ListenPort: listen,
+	}}); err != nil {
+		return fmt.Errorf("start BGP (AS %d, router ID %s): %w", asn, in.id, err)
+	}
+	if err := in.bgp.WatchEvent(context.Background(), &api.WatchEventRequest{Peer: &api.WatchEventRequest_Peer{}}, s.onPeerEvent); err != nil {
 		return fmt.Errorf("watch BGP sessions: %w", err)
 	}
-	s.started = true
+	in.started = true
+	return nil
+}
+
+// stop closes in's sessions with a Cease and stops its BGP.
+func (in *instance) stop() error {
+	if !in.started {
+		return nil
+	}
+	in.started = false
+	if err := in.bgp.StopBgp(context.Background(), &api.StopBgpRequest{}); err != nil {
+		return fmt.Errorf("stop BGP (router ID %s): %w", in.id, err)
+	}
 	return nil
 }
 
@@ -147,6 +274,54 @@ func (s *Server) onPeerEvent(r *api.WatchEventResponse) {
 		s.log.Error("refused by BGP peer", "peer", addr,
 			"reason", fmt.Sprintf("the router closed the session during the OPEN exchange: check that my-asn %d and peer-asn %d match its configuration", conf.MyASN, conf.ASN))
 	}
+	peer, err := netip.ParseAddr(addr)
+	if err != nil || s.opts.OnSession == nil {
+		return
+	}
+	switch {
+	case state == api.PeerState_ESTABLISHED && prev != state:
+		s.opts.OnSession(bgp.SessionEvent{Peer: peer, State: bgp.Established})
+	case prev == api.PeerState_ESTABLISHED && state != prev:
+		s.opts.OnSession(bgp.SessionEvent{Peer: peer, State: bgp.Down})
+	}
+}
+
+// onBFD follows the BFD sessions: one that falls from Up takes its BGP session down at
+// once (the path is gone; the hold timer would take seconds), which the router's own
+// BFD has done on its side already.
+func (s *Server) onBFD(peer netip.Addr, from, to bfd.State, diag bfd.Diag) {
+	switch {
+	case to == bfd.Up:
+		if s.opts.OnSession != nil {
+			s.opts.OnSession(bgp.SessionEvent{Peer: peer, State: bgp.BFDUp})
+		}
+	case from == bfd.Up:
+		s.mu.Lock()
+		var in *instance
+		if p, ok := s.peers[peer]; ok && !s.stopped {
+			in = s.instances[s.routerID(p)]
+		}
+		s.mu.Unlock()
+		if in == nil {
+			return
+		}
+		s.metrics.Resets.WithLabelValues(peer.String(), "bfd_down").Inc()
+		s.log.Warn("BFD session down: resetting the BGP session", "peer", peer, "diag", diag.String())
+		if err := in.bgp.ResetPeer(context.Background(), &api.ResetPeerRequest{Address: peer.String(), Communication: "BFD down: " + diag.String()}); err != nil {
+			s.log.Error("resetting the BGP session after BFD went down", "peer", peer, "err", err)
+		}
+		if s.opts.OnSession != nil {
+			s.opts.OnSession(bgp.SessionEvent{Peer: peer, State: bgp.BFDDown, Reason: diag.String()})
+		}
+	}
+}
+
+// routerID is the router ID p's session presents.
+func (s *Server) routerID(p bgp.Peer) netip.Addr {
+	if p.RouterID.IsValid() {
+		return p.RouterID
+	}
+	return s.opts.RouterID
 }
 
 func stateName(s api.PeerState_SessionState) string {
@@ -168,13 +343,16 @@ func stateName(s api.PeerState_SessionState) string {
 }
 
 // SetPeers opens sessions to peers and closes those not among them; a peer whose
-// settings changed is re-created.
+// settings changed is re-created. The BFD sessions follow.
 func (s *Server) SetPeers(ctx context.Context, peers []bgp.Peer) error {
 	if err := s.wait(ctx); err != nil {
 		return err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.stopped {
+		return nil
+	}
 	want := map[netip.Addr]bgp.Peer{}
 	for _, p := range peers {
 		want[p.Address] = p
@@ -184,34 +362,64 @@ func (s *Server) SetPeers(ctx context.Context, peers []bgp.Peer) error {
 		if p, ok := want[addr]; ok && p == old {
 			continue
 		}
-		if err := s.bgp.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
+		in := s.instances[s.routerID(old)]
+		if err := in.bgp.DeletePeer(ctx, &api.DeletePeerRequest{Address: addr.String()}); err != nil {
 			errs = append(errs, fmt.Errorf("remove BGP peer %s: %w", addr, err))
 			continue
 		}
 		delete(s.peers, addr)
+		delete(in.peers, addr)
 		s.metrics.SessionUp.DeleteLabelValues(addr.String())
 		s.log.Info("BGP peer removed", "peer", addr)
+	}
+	for id, in := range s.instances {
+		if len(in.peers) == 0 && id != s.opts.RouterID {
+			// No session presents this router ID any more.
+			if err := in.stop(); err != nil {
+				errs = append(errs, err)
+			}
+			delete(s.instances, id)
+			s.spare = append(s.spare, in)
+		}
 	}
 	for _, p := range peers {
 		if _, ok := s.peers[p.Address]; ok {
 			continue
 		}
-		if err := s.startLocked(ctx, p.MyASN); err != nil {
-			return err
+		in := s.instanceLocked(s.routerID(p))
+		if err := s.startLocked(ctx, in, p.MyASN); err != nil {
+			errs = append(errs, err)
+			continue
 		}
-		if err := s.bgp.AddPeer(ctx, &api.AddPeerRequest{Peer: apiPeer(p)}); err != nil {
+		if err := s.advertiseLocked(ctx, in); err != nil {
+			errs = append(errs, err)
+		}
+		if err := in.bgp.AddPeer(ctx, &api.AddPeerRequest{Peer: apiPeer(p)}); err != nil {
 			errs = append(errs, fmt.Errorf("add BGP peer %s (AS %d): %w", p.Address, p.ASN, err))
 			continue
 		}
 		s.peers[p.Address] = p
+		in.peers[p.Address] = true
 		s.stateMu.Lock()
 		s.conf[p.Address.String()] = p
 		s.stateMu.Unlock()
 		s.metrics.SessionUp.WithLabelValues(p.Address.String()).Set(0)
-		s.log.Info("BGP peer added", "peer", p.Address, "peerASN", p.ASN, "myASN", p.MyASN, "md5", p.Password != "")
+		s.log.Info("BGP peer added", "peer", p.Address, "peerASN", p.ASN, "myASN", p.MyASN, "routerID", in.id, "md5", p.Password != "", "bfd", p.BFD != bfd.Config{})
+	}
+	var sessions []bfd.Peer
+	for _, p := range s.peers {
+		if p.BFD != (bfd.Config{}) {
+			sessions = append(sessions, bfd.Peer{Addr: p.Address, Config: p.BFD})
+		}
+	}
+	if err := s.bfd.Set(sessions); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
+
+// BFD returns the state of every BFD session.
+func (s *Server) BFD() []bfd.Status { return s.bfd.Sessions() }
 
 func apiPeer(p bgp.Peer) *api.Peer {
 	fam := &api.Family{Afi: api.Family_AFI_IP, Safi: api.Family_SAFI_UNICAST}
@@ -225,6 +433,8 @@ func apiPeer(p bgp.Peer) *api.Peer {
 		Transport: &api.Transport{RemotePort: uint32(p.Port)},
 		Timers: &api.Timers{Config: &api.TimersConfig{
 			HoldTime: uint64(p.HoldTime.Seconds()), KeepaliveInterval: uint64(p.KeepaliveTime.Seconds()), ConnectRetry: 2,
+			// After a reset (BFD down), try again in a second, not GoBGP's 30.
+			IdleHoldTimeAfterReset: 1,
 		}},
 		AfiSafis: []*api.AfiSafi{{Config: &api.AfiSafiConfig{Family: fam, Enabled: true}}},
 	}
@@ -245,26 +455,51 @@ func (s *Server) SetRoutes(ctx context.Context, routes []bgp.Route) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.started {
-		return nil // no peer selects this node: nothing to advertise to
+	if s.stopped {
+		return nil
+	}
+	s.routes = slices.Clone(routes)
+	var errs []error
+	for _, in := range s.instances {
+		if err := s.advertiseLocked(ctx, in); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	n := 0
+	if in := s.instances[s.opts.RouterID]; in != nil {
+		n = len(in.paths)
+	} else {
+		for _, in := range s.instances {
+			n = max(n, len(in.paths))
+		}
+	}
+	s.metrics.Routes.Set(float64(n))
+	return errors.Join(errs...)
+}
+
+// advertiseLocked makes in advertise s.routes: it withdraws what is not among them and
+// adds what is new or changed.
+func (s *Server) advertiseLocked(ctx context.Context, in *instance) error {
+	if !in.started {
+		return nil // no peer presents this router ID yet: nothing to advertise to
 	}
 	want := map[netip.Prefix]bgp.Route{}
-	for _, r := range routes {
+	for _, r := range s.routes {
 		want[r.Prefix] = r
 	}
 	var errs []error
-	for prefix, old := range s.paths {
+	for prefix, old := range in.paths {
 		if r, ok := want[prefix]; ok && r.Equal(old.route) {
 			continue
 		}
-		if err := s.bgp.DeletePath(ctx, &api.DeletePathRequest{Uuid: old.uuid}); err != nil {
+		if err := in.bgp.DeletePath(ctx, &api.DeletePathRequest{Uuid: old.uuid}); err != nil {
 			errs = append(errs, fmt.Errorf("withdraw %s: %w", prefix, err))
 			continue
 		}
-		delete(s.paths, prefix)
+		delete(in.paths, prefix)
 	}
-	for _, r := range routes {
-		if _, ok := s.paths[r.Prefix]; ok {
+	for _, r := range s.routes {
+		if _, ok := in.paths[r.Prefix]; ok {
 			continue
 		}
 		p, err := apiPath(r)
@@ -272,14 +507,13 @@ func (s *Server) SetRoutes(ctx context.Context, routes []bgp.Route) error {
 			errs = append(errs, err)
 			continue
 		}
-		resp, err := s.bgp.AddPath(ctx, &api.AddPathRequest{Path: p})
+		resp, err := in.bgp.AddPath(ctx, &api.AddPathRequest{Path: p})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("advertise %s: %w", r.Prefix, err))
 			continue
 		}
-		s.paths[r.Prefix] = path{route: r, uuid: resp.GetUuid()}
+		in.paths[r.Prefix] = path{route: r, uuid: resp.GetUuid()}
 	}
-	s.metrics.Routes.Set(float64(len(s.paths)))
 	return errors.Join(errs...)
 }
 

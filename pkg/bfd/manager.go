@@ -1,0 +1,417 @@
+package bfd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+
+	"github.com/heraldlb/herald/pkg/logging"
+	"github.com/heraldlb/herald/pkg/metrics"
+)
+
+// Ports where BFD control packets go: single-hop (RFC 5881 §4) and multi-hop (RFC 5883 §5).
+const (
+	Port         = 3784
+	MultihopPort = 4784
+)
+
+// Peer is one session to run: to Addr, with Config.
+type Peer struct {
+	Addr   netip.Addr
+	Config Config
+}
+
+// Options configure a Manager.
+type Options struct {
+	// OnChange is told every change of a session's state, on the Manager's goroutine.
+	OnChange   func(peer netip.Addr, from, to State, diag Diag)
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	// ListenPort and PeerPort are where single-hop packets are received and sent,
+	// default Port; MultihopListenPort and MultihopPeerPort the same for multi-hop
+	// sessions, default MultihopPort (tests use others).
+	ListenPort, PeerPort                 int
+	MultihopListenPort, MultihopPeerPort int
+}
+
+// Manager runs the sessions of one node: a receiving socket per family on the single-hop
+// and the multi-hop port, and a sending socket per session, from a port of its own
+// (RFC 5881 §4), with TTL 255.
+type Manager struct {
+	opts    Options
+	log     *slog.Logger
+	metrics *metrics.BFD
+	wake    chan struct{}
+
+	mu       sync.Mutex
+	sessions map[netip.Addr]*managed
+	byDiscr  map[uint32]*managed
+}
+
+type managed struct {
+	peer Peer
+	s    *Session
+	conn net.PacketConn // sends to the peer
+}
+
+// NewManager returns a Manager; nothing runs before Run.
+func NewManager(opts Options) *Manager {
+	if opts.ListenPort == 0 {
+		opts.ListenPort = Port
+	}
+	if opts.PeerPort == 0 {
+		opts.PeerPort = Port
+	}
+	if opts.MultihopListenPort == 0 {
+		opts.MultihopListenPort = MultihopPort
+	}
+	if opts.MultihopPeerPort == 0 {
+		opts.MultihopPeerPort = MultihopPort
+	}
+	return &Manager{
+		opts: opts, log: logging.OrDiscard(opts.Logger), wake: make(chan struct{}, 1),
+		metrics:  metrics.NewBFD(metrics.OrPrivate(opts.Registerer)),
+		sessions: map[netip.Addr]*managed{}, byDiscr: map[uint32]*managed{},
+	}
+}
+
+// Set makes the sessions exactly peers: new ones start Down, gone ones are shut down
+// (AdminDown, so the peer does not blame the path), changed ones restart.
+func (m *Manager) Set(peers []Peer) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	want := map[netip.Addr]Peer{}
+	for _, p := range peers {
+		p.Config = p.Config.WithDefaults()
+		want[p.Addr] = p
+	}
+	now := time.Now()
+	var errs []error
+	for addr, ms := range m.sessions {
+		if p, ok := want[addr]; ok && p == ms.peer {
+			continue
+		}
+		m.closeLocked(ms, now)
+	}
+	for addr, p := range want {
+		if _, ok := m.sessions[addr]; ok {
+			continue
+		}
+		port := m.opts.PeerPort
+		if p.Config.Multihop {
+			port = m.opts.MultihopPeerPort
+		}
+		conn, err := sender(addr, port)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("BFD session to %s: %w", addr, err))
+			continue
+		}
+		local := m.discriminatorLocked()
+		ms := &managed{peer: p, s: NewSession(p.Config, local, now), conn: conn}
+		m.sessions[addr], m.byDiscr[local] = ms, ms
+		m.metrics.Up.WithLabelValues(addr.String()).Set(0)
+		m.log.Info("BFD session added", "peer", addr, "transmitInterval", p.Config.DesiredMinTx, "receiveInterval", p.Config.RequiredMinRx,
+			"detectMultiplier", p.Config.DetectMult, "passive", p.Config.Passive, "multihop", p.Config.Multihop, "minimumTTL", p.Config.MinTTL)
+	}
+	m.poke()
+	return errors.Join(errs...)
+}
+
+func (m *Manager) closeLocked(ms *managed, now time.Time) {
+	if p := ms.s.Shutdown(now); p != nil {
+		_, _ = ms.conn.WriteTo(p.Marshal(), nil)
+	}
+	_ = ms.conn.Close()
+	delete(m.sessions, ms.peer.Addr)
+	delete(m.byDiscr, ms.s.Local())
+	m.metrics.Up.DeleteLabelValues(ms.peer.Addr.String())
+}
+
+func (m *Manager) discriminatorLocked() uint32 {
+	for {
+		d := rand.Uint32()
+		if _, used := m.byDiscr[d]; d != 0 && !used {
+			return d
+		}
+	}
+}
+
+// Status is one session as it stands.
+type Status struct {
+	Peer  netip.Addr
+	State State
+	Diag  Diag // why it last went down
+}
+
+// Sessions returns every session's status, sorted by peer.
+func (m *Manager) Sessions() []Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]Status, 0, len(m.sessions))
+	for addr, ms := range m.sessions {
+		st, diag := ms.s.State()
+		out = append(out, Status{Peer: addr, State: st, Diag: diag})
+	}
+	slices.SortFunc(out, func(a, b Status) int { return a.Peer.Compare(b.Peer) })
+	return out
+}
+
+func (m *Manager) poke() {
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+// sender opens the socket that sends to peer: from an ephemeral port of the range RFC 5881
+// asks for, TTL (hop limit) 255.
+func sender(peer netip.Addr, port int) (net.PacketConn, error) {
+	network, any := "udp4", "0.0.0.0"
+	if peer.Is6() {
+		network, any = "udp6", "::"
+	}
+	var last error
+	for range 20 {
+		src := 49152 + rand.IntN(65535-49152+1)
+		c, err := net.ListenPacket(network, net.JoinHostPort(any, fmt.Sprint(src)))
+		if err != nil {
+			last = err
+			continue
+		}
+		if peer.Is4() {
+			err = ipv4.NewPacketConn(c).SetTTL(255)
+		} else {
+			err = ipv6.NewPacketConn(c).SetHopLimit(255)
+		}
+		if err != nil {
+			_ = c.Close()
+			return nil, err
+		}
+		return &connected{PacketConn: c, to: net.UDPAddrFromAddrPort(netip.AddrPortFrom(peer, uint16(port)))}, nil
+	}
+	return nil, fmt.Errorf("no free source port: %w", last)
+}
+
+// connected writes to one address whatever WriteTo is given.
+type connected struct {
+	net.PacketConn
+	to net.Addr
+}
+
+func (c *connected) WriteTo(b []byte, _ net.Addr) (int, error) { return c.PacketConn.WriteTo(b, c.to) }
+
+// Run receives and sends until ctx ends, then shuts every session down.
+func (m *Manager) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	recv := make(chan received, 64)
+	var conns []net.PacketConn
+	for _, l := range []struct {
+		port     int
+		multihop bool
+	}{{m.opts.ListenPort, false}, {m.opts.MultihopListenPort, true}} {
+		for _, family := range []string{"udp4", "udp6"} {
+			addr := "0.0.0.0"
+			if family == "udp6" {
+				addr = "::"
+			}
+			c, err := net.ListenPacket(family, net.JoinHostPort(addr, fmt.Sprint(l.port)))
+			if err != nil {
+				if family == "udp6" {
+					m.log.Debug("no IPv6 BFD", "port", l.port, "err", err)
+					continue
+				}
+				for _, c := range conns {
+					_ = c.Close()
+				}
+				wg.Wait()
+				return fmt.Errorf("BFD: listen on UDP port %d: %w", l.port, err)
+			}
+			conns = append(conns, c)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				m.read(ctx, c, family == "udp6", l.multihop, recv)
+			}()
+		}
+	}
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}()
+	defer m.shutdown()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case r := <-recv:
+			m.receive(r)
+		case <-m.wake:
+		case <-timer.C:
+		}
+		next := m.tick(time.Now())
+		timer.Reset(max(time.Until(next), 0))
+	}
+}
+
+func (m *Manager) shutdown() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := time.Now()
+	for _, ms := range m.sessions {
+		m.closeLocked(ms, now)
+	}
+}
+
+type received struct {
+	p    Packet
+	from netip.Addr
+	at   time.Time
+}
+
+// read reads packets on c until it is closed, checking the TTL (hop limit).
+func (m *Manager) read(ctx context.Context, c net.PacketConn, v6, multihop bool, out chan<- received) {
+	buf := make([]byte, 128)
+	var p4 *ipv4.PacketConn
+	var p6 *ipv6.PacketConn
+	if v6 {
+		p6 = ipv6.NewPacketConn(c)
+		_ = p6.SetControlMessage(ipv6.FlagHopLimit, true)
+	} else {
+		p4 = ipv4.NewPacketConn(c)
+		_ = p4.SetControlMessage(ipv4.FlagTTL, true)
+	}
+	for {
+		var n, ttl int
+		var src net.Addr
+		var err error
+		if v6 {
+			var cm *ipv6.ControlMessage
+			n, cm, src, err = p6.ReadFrom(buf)
+			if cm != nil {
+				ttl = cm.HopLimit
+			}
+		} else {
+			var cm *ipv4.ControlMessage
+			n, cm, src, err = p4.ReadFrom(buf)
+			if cm != nil {
+				ttl = cm.TTL
+			}
+		}
+		if err != nil {
+			return
+		}
+		ua, ok := src.(*net.UDPAddr)
+		if !ok {
+			continue
+		}
+		from := ua.AddrPort().Addr().Unmap()
+		pkt, err := Unmarshal(buf[:n])
+		if errors.Is(err, ErrUnsupported) {
+			m.metrics.Dropped.WithLabelValues("unsupported").Inc()
+			continue
+		} else if err != nil {
+			m.metrics.Dropped.WithLabelValues("malformed").Inc()
+			continue
+		}
+		m.mu.Lock()
+		ms := m.sessions[from]
+		m.mu.Unlock()
+		if ms == nil || ms.peer.Config.Multihop != multihop {
+			m.metrics.Dropped.WithLabelValues("no_session").Inc()
+			continue
+		}
+		if ttl != 0 && ttl < int(ms.peer.Config.MinTTL) {
+			m.metrics.Dropped.WithLabelValues("ttl").Inc()
+			continue
+		}
+		select {
+		case out <- received{p: pkt, from: from, at: time.Now()}:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (m *Manager) receive(r received) {
+	m.mu.Lock()
+	ms := m.sessions[r.from]
+	if r.p.YourDiscriminator != 0 {
+		ms = m.byDiscr[r.p.YourDiscriminator]
+	}
+	if ms == nil || ms.peer.Addr != r.from {
+		m.mu.Unlock()
+		m.metrics.Dropped.WithLabelValues("no_session").Inc()
+		return
+	}
+	from, _ := ms.s.State()
+	reply, changed := ms.s.Receive(r.p, r.at)
+	to, diag := ms.s.State()
+	m.mu.Unlock()
+	if reply != nil {
+		_, _ = ms.conn.WriteTo(reply.Marshal(), nil)
+	}
+	if changed {
+		m.changed(ms.peer.Addr, from, to, diag)
+	}
+}
+
+// tick runs every session's timers and returns when to come back.
+func (m *Manager) tick(now time.Time) time.Time {
+	type change struct {
+		peer     netip.Addr
+		from, to State
+		diag     Diag
+	}
+	var changes []change
+	next := now.Add(time.Second)
+	m.mu.Lock()
+	for _, ms := range m.sessions {
+		from, _ := ms.s.State()
+		p, changed := ms.s.Tick(now)
+		if p != nil {
+			if _, err := ms.conn.WriteTo(p.Marshal(), nil); err != nil {
+				m.log.Debug("send BFD", "peer", ms.peer.Addr, "err", err)
+			}
+		}
+		if changed {
+			to, diag := ms.s.State()
+			changes = append(changes, change{ms.peer.Addr, from, to, diag})
+		}
+		if n := ms.s.Next(); n.Before(next) {
+			next = n
+		}
+	}
+	m.mu.Unlock()
+	for _, c := range changes {
+		m.changed(c.peer, c.from, c.to, c.diag)
+	}
+	return next
+}
+
+func (m *Manager) changed(peer netip.Addr, from, to State, diag Diag) {
+	up := 0.0
+	if to == Up {
+		up = 1
+	}
+	m.metrics.Up.WithLabelValues(peer.String()).Set(up)
+	m.metrics.Changes.WithLabelValues(peer.String(), to.String()).Inc()
+	m.log.Info("BFD session state", "peer", peer, "from", from.String(), "state", to.String(), "diag", diag.String())
+	if m.opts.OnChange != nil {
+		m.opts.OnChange(peer, from, to, diag)
+	}
+}

@@ -1,0 +1,108 @@
+package speaker
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sync"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/heraldlb/herald/pkg/bgp"
+	"github.com/heraldlb/herald/pkg/forward"
+	"github.com/heraldlb/herald/pkg/k8s"
+	"github.com/heraldlb/herald/pkg/k8s/k8stest"
+)
+
+// steps records, in order, what the BGP speaker and the forwarder are asked.
+type steps struct {
+	mu  sync.Mutex
+	log []string
+}
+
+func (s *steps) add(f string, args ...any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.log = append(s.log, fmt.Sprintf(f, args...))
+}
+
+func (s *steps) all() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string{}, s.log...)
+}
+
+type bgpRec struct{ *steps }
+
+func (b bgpRec) SetPeers(_ context.Context, p []bgp.Peer) error { return nil }
+func (b bgpRec) SetRoutes(_ context.Context, r []bgp.Route) error {
+	b.add("routes %d", len(r))
+	return nil
+}
+
+type fwdRec struct{ *steps }
+
+func (f fwdRec) Set(s []forward.Service) error { f.add("forward %d", len(s)); return nil }
+func (f fwdRec) Resync()                       {}
+
+// A stopping speaker withdraws its BGP routes before anything else (the routers hold the
+// other nodes' paths), and only then removes its forwarding; session changes become
+// Events on its Node.
+func TestStopWithdrawsRoutesFirst(t *testing.T) {
+	cp := k8stest.Shared(t)
+	c := kubernetes.NewForConfigOrDie(cp.Config)
+	ctx := context.Background()
+	ns, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "speaker-"}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inForce := k8s.ConfigRef{Namespace: ns.Name}.InForce().Name
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: inForce}, Data: map[string]string{"config": `
+peers:
+- {peer-address: 10.0.0.254, peer-asn: 64500, my-asn: 64501}
+address-pools:
+- {name: routed, protocol: bgp, addresses: [198.51.100.0/24]}
+`}}
+	if _, err := c.CoreV1().ConfigMaps(ns.Name).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	createNode(t, c, "bgp1", "10.0.0.21", true)
+	rec := &steps{}
+	s, err := New(Options{Client: c, NodeName: "bgp1", Config: k8s.ConfigRef{Namespace: ns.Name}, Layer2: &layer2Rec{},
+		BGP: bgpRec{rec}, Forward: fwdRec{rec}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := run(t, s)
+	createService(t, c, ns.Name, "web", "198.51.100.5", nil)
+	eventually(t, func() (bool, string) {
+		l := rec.all()
+		return len(l) > 0 && l[len(l)-1] == "routes 1", fmt.Sprintf("steps %v", l)
+	})
+	s.SessionChanged(bgp.SessionEvent{Peer: netip.MustParseAddr("10.0.0.254"), State: bgp.BFDDown, Reason: "control_detection_time_expired"})
+	eventually(t, func() (bool, string) {
+		evs, err := c.CoreV1().Events("default").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.kind=Node,involvedObject.name=bgp1,reason=" + k8s.ReasonBFDSessionDown})
+		if err != nil || len(evs.Items) == 0 {
+			return false, fmt.Sprintf("no BFDSessionDown Event on the Node (%v)", err)
+		}
+		return evs.Items[0].Message == "node bgp1: BFD session with 10.0.0.254 down (control_detection_time_expired): BGP session reset", evs.Items[0].Message
+	})
+	before := len(rec.all())
+	stop()
+	after := rec.all()[before:]
+	withdrawn, unforwarded := -1, -1
+	for i, st := range after {
+		if st == "routes 0" && withdrawn < 0 {
+			withdrawn = i
+		}
+		if st == "forward 0" {
+			unforwarded = i
+		}
+	}
+	if withdrawn < 0 || unforwarded < 0 || withdrawn > unforwarded {
+		t.Fatalf("on stop: %v; want the routes withdrawn before the forwarding goes", after)
+	}
+}
