@@ -28,3 +28,6 @@ var FRRConfig = cluster.FRRConfig
 func Start(t TB, speakerBin string, opts Options) *Cluster {
 	return &Cluster{cluster.Start(t, speakerBin, opts)}
 }
+
+// BFDDConfig is the router's bfdd configuration with one profile.
+var BFDDConfig = cluster.BFDDConfig

@@ -53,6 +53,15 @@ func envOr(k, def string) string {
 	return def
 }
 
+// benchSpeaker is the speaker binary a benchmark measures: HERALD_E2E_SPEAKER=PATH
+// measures another one in the same lab (an older Herald, to compare).
+func benchSpeaker() string {
+	if alt := os.Getenv("HERALD_E2E_SPEAKER"); alt != "" {
+		return alt
+	}
+	return speakerBin
+}
+
 // start brings up a cluster for a test, skipping it where namespaces cannot be made.
 func start(t testing.TB, opts Options) *Cluster {
 	t.Helper()

@@ -55,10 +55,7 @@ func (c *Cluster) metric(n *Node, name string) float64 {
 // HERALD_E2E_SPEAKER=PATH measures another speaker binary in the same lab (an older
 // Herald, to compare).
 func BenchmarkSpeakerMemory(b *testing.B) {
-	bin := speakerBin
-	if alt := os.Getenv("HERALD_E2E_SPEAKER"); alt != "" {
-		bin = alt
-	}
+	bin := benchSpeaker()
 	for b.Loop() {
 		netlab.Require(b)
 		c := Start(b, bin, Options{Config: "forwarding: none\naddress-pools:\n- name: big\n  protocol: layer2\n  addresses: [10.100.0.0/16]\n"})

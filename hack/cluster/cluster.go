@@ -109,6 +109,9 @@ type Options struct {
 	// Router, when set, starts an FRR router on the bridge with the bgpd configuration it
 	// returns for the nodes, before the speakers.
 	Router func(nodes []*Node) string
+	// RouterBFD, when set, runs FRR's bfdd on the router with this configuration
+	// (BFDDConfig).
+	RouterBFD string
 	// ServerCmd is the stand-in server's command line, the node's name appended; by
 	// default this test binary with HERALD_E2E_SERVE set.
 	ServerCmd []string

@@ -22,11 +22,20 @@ const (
 	NodeASN   = 64501
 )
 
-// Router is an FRR router (zebra and bgpd, from Debian's frr package) in a namespace of
-// its own on the lab's bridge.
+// Router is an FRR router (zebra and bgpd, and bfdd when asked, from Debian's frr
+// package) in a namespace of its own on the lab's bridge.
 type Router struct {
-	NS  *netlab.NS
-	dir string
+	NS     *netlab.NS
+	dir    string
+	c      *Cluster
+	common []string
+	bfdd   *exec.Cmd
+}
+
+// BFDDConfig is a bfdd configuration with one profile, name, of the given intervals (ms)
+// and multiplier; bgpd's neighbours use it with `neighbor NODES bfd profile NAME`.
+func BFDDConfig(name string, rx, tx, mult int) string {
+	return fmt.Sprintf("bfd\n profile %s\n  receive-interval %d\n  transmit-interval %d\n  detect-multiplier %d\n !\n!\n", name, rx, tx, mult)
 }
 
 // FRRConfig is a bgpd configuration that peers with every node over IPv4 and IPv6, eBGP,
@@ -58,7 +67,7 @@ func (c *Cluster) StartRouter(bgpdConf string) *Router {
 	// A router forwards, by the routes BGP gives it (set before any packet arrives, so no
 	// route decision of a non-forwarding host is cached).
 	ns.Run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
-	r := &Router{NS: ns, dir: filepath.Join(c.logDir, "frr")}
+	r := &Router{NS: ns, dir: filepath.Join(c.logDir, "frr"), c: c}
 	// FRR drops to the frr user, who must reach its files under the log directory.
 	if err := os.Chmod(c.logDir, 0o755); err != nil {
 		c.t.Fatalf("%v", err)
@@ -66,7 +75,13 @@ func (c *Cluster) StartRouter(bgpdConf string) *Router {
 	if err := os.MkdirAll(r.dir, 0o755); err != nil {
 		c.t.Fatalf("%v", err)
 	}
-	for name, text := range map[string]string{"zebra.conf": "hostname router\n", "bgpd.conf": bgpdConf} {
+	// Routes carry their next hops, not a kernel nexthop object: WatchRoutes reads them
+	// from the route messages.
+	files := map[string]string{"zebra.conf": "hostname router\nno zebra nexthop kernel enable\n", "bgpd.conf": bgpdConf}
+	if c.opts.RouterBFD != "" {
+		files["bfdd.conf"] = c.opts.RouterBFD
+	}
+	for name, text := range files {
 		if err := os.WriteFile(filepath.Join(r.dir, name), []byte(text), 0o644); err != nil {
 			c.t.Fatalf("%v", err)
 		}
@@ -78,13 +93,55 @@ func (c *Cluster) StartRouter(bgpdConf string) *Router {
 		_ = filepath.Walk(r.dir, func(p string, _ os.FileInfo, _ error) error { return os.Chown(p, uid, gid) })
 	}
 	common := []string{"-u", "frr", "-g", "frr", "--vty_socket", r.dir, "-z", filepath.Join(r.dir, "zserv.api")}
+	r.common = common
 	c.daemon(ns, "frr-zebra", append(append([]string{"/usr/lib/frr/zebra"}, common...),
 		"-i", filepath.Join(r.dir, "zebra.pid"), "-f", filepath.Join(r.dir, "zebra.conf"))...)
 	c.waitFile(filepath.Join(r.dir, "zserv.api"))
+	if c.opts.RouterBFD != "" {
+		r.StartBFDD()
+	}
 	c.daemon(ns, "frr-bgpd", append(append([]string{"/usr/lib/frr/bgpd"}, common...),
 		"-i", filepath.Join(r.dir, "bgpd.pid"), "-f", filepath.Join(r.dir, "bgpd.conf"))...)
 	c.waitFile(filepath.Join(r.dir, "bgpd.vty"))
 	return r
+}
+
+// StartBFDD starts FRR's bfdd (with Options.RouterBFD as its configuration).
+func (r *Router) StartBFDD() {
+	r.c.t.Helper()
+	_ = os.Remove(filepath.Join(r.dir, "bfdd.vty"))
+	r.bfdd = r.c.daemon(r.NS, "frr-bfdd", append(append([]string{"/usr/lib/frr/bfdd"}, r.common...),
+		"-i", filepath.Join(r.dir, "bfdd.pid"), "-f", filepath.Join(r.dir, "bfdd.conf"))...)
+	r.c.waitFile(filepath.Join(r.dir, "bfdd.vty"))
+}
+
+// KillBFDD kills bfdd at once: its sessions fall silent, with no word to the peers.
+func (r *Router) KillBFDD() {
+	if r.bfdd != nil {
+		_ = r.bfdd.Process.Kill()
+		_ = r.bfdd.Wait()
+		r.bfdd = nil
+	}
+}
+
+// BFDPeers returns bfdd's sessions: the state of each by peer address.
+func (r *Router) BFDPeers() (map[string]string, error) {
+	out, err := r.VTY("show bfd peers json")
+	if err != nil {
+		return nil, fmt.Errorf("vtysh: %v: %s", err, out)
+	}
+	var v []struct {
+		Peer   string `json:"peer"`
+		Status string `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		return nil, fmt.Errorf("vtysh output %q: %w", out, err)
+	}
+	states := map[string]string{}
+	for _, p := range v {
+		states[p.Peer] = p.Status
+	}
+	return states, nil
 }
 
 // VTY runs a vtysh command on the router and returns its output.

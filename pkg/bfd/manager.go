@@ -35,7 +35,7 @@ type Peer struct {
 // Options configure a Manager.
 type Options struct {
 	// OnChange is told every change of a session's state, on the Manager's goroutine.
-	OnChange   func(peer netip.Addr, from, to State, diag Diag)
+	OnChange   func(Change)
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	// ListenPort and PeerPort are where single-hop packets are received and sent,
@@ -145,6 +145,43 @@ func (m *Manager) discriminatorLocked() uint32 {
 			return d
 		}
 	}
+}
+
+// Change is a session's change of state.
+type Change struct {
+	Peer     netip.Addr
+	From, To State
+	Diag     Diag // why it went down
+	// PeerAdminDown: the peer said AdminDown, which is no fault of the path (RFC 5882
+	// §3.2: the session's clients must not be taken down for it).
+	PeerAdminDown bool
+	// PeerDiag is the diagnostic the peer sent with the change.
+	PeerDiag Diag
+}
+
+// Failed reports whether the change is the path found failing: from Up to Down because
+// this side's detection time expired, or because the peer said Down for a fault it
+// found on the path (its detection time, echo, forwarding plane or path down).
+//
+// A peer going Down with no such diagnostic, or saying this side went down when it did
+// not ("neighbor signaled session down" to a session that was Up), re-created its side
+// of the session: FRR's bgpd has bfdd do it when a BGP session comes up, to bind it to
+// the local address. The path carried that very packet: it is no failure, and resetting
+// BGP for it would flap every session once as it comes up.
+func (c Change) Failed() bool {
+	if c.From != Up || c.To != Down || c.PeerAdminDown {
+		return false
+	}
+	switch c.Diag {
+	case DiagDetectionExpired:
+		return true
+	case DiagNeighborDown:
+		switch c.PeerDiag {
+		case DiagDetectionExpired, 2, 4, 5, 6, 8: // echo failed, forwarding plane reset, path down, concatenated, reverse concatenated
+			return true
+		}
+	}
+	return false
 }
 
 // Status is one session as it stands.
@@ -366,18 +403,14 @@ func (m *Manager) receive(r received) {
 		_, _ = ms.conn.WriteTo(reply.Marshal(), nil)
 	}
 	if changed {
-		m.changed(ms.peer.Addr, from, to, diag)
+		m.changed(Change{Peer: ms.peer.Addr, From: from, To: to, Diag: diag,
+			PeerAdminDown: r.p.State == AdminDown, PeerDiag: r.p.Diag})
 	}
 }
 
 // tick runs every session's timers and returns when to come back.
 func (m *Manager) tick(now time.Time) time.Time {
-	type change struct {
-		peer     netip.Addr
-		from, to State
-		diag     Diag
-	}
-	var changes []change
+	var changes []Change
 	next := now.Add(time.Second)
 	m.mu.Lock()
 	for _, ms := range m.sessions {
@@ -390,7 +423,7 @@ func (m *Manager) tick(now time.Time) time.Time {
 		}
 		if changed {
 			to, diag := ms.s.State()
-			changes = append(changes, change{ms.peer.Addr, from, to, diag})
+			changes = append(changes, Change{Peer: ms.peer.Addr, From: from, To: to, Diag: diag})
 		}
 		if n := ms.s.Next(); n.Before(next) {
 			next = n
@@ -398,20 +431,20 @@ func (m *Manager) tick(now time.Time) time.Time {
 	}
 	m.mu.Unlock()
 	for _, c := range changes {
-		m.changed(c.peer, c.from, c.to, c.diag)
+		m.changed(c)
 	}
 	return next
 }
 
-func (m *Manager) changed(peer netip.Addr, from, to State, diag Diag) {
+func (m *Manager) changed(c Change) {
 	up := 0.0
-	if to == Up {
+	if c.To == Up {
 		up = 1
 	}
-	m.metrics.Up.WithLabelValues(peer.String()).Set(up)
-	m.metrics.Changes.WithLabelValues(peer.String(), to.String()).Inc()
-	m.log.Info("BFD session state", "peer", peer, "from", from.String(), "state", to.String(), "diag", diag.String())
+	m.metrics.Up.WithLabelValues(c.Peer.String()).Set(up)
+	m.metrics.Changes.WithLabelValues(c.Peer.String(), c.To.String()).Inc()
+	m.log.Info("BFD session state", "peer", c.Peer, "from", c.From.String(), "state", c.To.String(), "diag", c.Diag.String(), "failed", c.Failed(), "peerDiag", c.PeerDiag.String(), "peerAdminDown", c.PeerAdminDown)
 	if m.opts.OnChange != nil {
-		m.opts.OnChange(peer, from, to, diag)
+		m.opts.OnChange(c)
 	}
 }

@@ -25,9 +25,9 @@ type changes struct {
 
 func newChanges() *changes { return &changes{ch: make(chan struct{}, 100)} }
 
-func (c *changes) on(_ netip.Addr, _, to State, _ Diag) {
+func (c *changes) on(ch Change) {
 	c.mu.Lock()
-	c.got = append(c.got, to)
+	c.got = append(c.got, ch.To)
 	c.mu.Unlock()
 	c.ch <- struct{}{}
 }
@@ -63,7 +63,7 @@ type running struct {
 	done   chan error
 }
 
-func run(t *testing.T, listen, peer int, on func(netip.Addr, State, State, Diag)) *running {
+func run(t *testing.T, listen, peer int, on func(Change)) *running {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	m := NewManager(Options{ListenPort: listen, PeerPort: peer, MultihopListenPort: listen + 1000, MultihopPeerPort: peer + 1000, OnChange: on, Registerer: reg})
@@ -229,5 +229,28 @@ func TestMultihop(t *testing.T) {
 	ch.wait(t, Up, 2*time.Second)
 	if got := testutil.ToFloat64(r.m.metrics.Dropped.WithLabelValues("no_session")); got != 1 {
 		t.Errorf("dropped no_session: %v, want 1", got)
+	}
+}
+
+// Which falls are the path failing, and so reset BGP: this side's detection time, or
+// the peer's Down for a fault it found; not the peer's AdminDown, nor its re-creating
+// its side of the session (as FRR does when a BGP session comes up).
+func TestChangeFailed(t *testing.T) {
+	for _, tc := range []struct {
+		c    Change
+		want bool
+	}{
+		{Change{From: Up, To: Down, Diag: DiagDetectionExpired}, true},
+		{Change{From: Up, To: Down, Diag: DiagNeighborDown, PeerDiag: DiagDetectionExpired}, true},
+		{Change{From: Up, To: Down, Diag: DiagNeighborDown, PeerDiag: 5}, true}, // path down
+		{Change{From: Up, To: Down, Diag: DiagNeighborDown, PeerDiag: DiagNone}, false},
+		{Change{From: Up, To: Down, Diag: DiagNeighborDown, PeerDiag: DiagNeighborDown}, false},
+		{Change{From: Up, To: Down, Diag: DiagNeighborDown, PeerAdminDown: true, PeerDiag: DiagAdminDown}, false},
+		{Change{From: Init, To: Down, Diag: DiagDetectionExpired}, false}, // never was up
+		{Change{From: Down, To: Up}, false},
+	} {
+		if got := tc.c.Failed(); got != tc.want {
+			t.Errorf("%+v: Failed() = %v, want %v", tc.c, got, tc.want)
+		}
 	}
 }

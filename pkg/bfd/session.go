@@ -131,6 +131,7 @@ func (s *Session) Receive(p Packet, now time.Time) (*Packet, bool) {
 	}
 	s.remote = p.MyDiscriminator
 	s.remoteState = p.State
+	before := s.txInterval()
 	s.remoteMinRx = p.RequiredMinRx
 	s.remoteDesiredTx = p.DesiredMinTx
 	s.remoteMult = p.DetectMult
@@ -154,8 +155,12 @@ func (s *Session) Receive(p Packet, now time.Time) (*Packet, bool) {
 	case s.state == Up && p.State == Down:
 		changed = s.setState(Down, DiagNeighborDown)
 	}
-	if changed {
+	if iv := s.txInterval(); changed {
 		s.nextTx = now // say the new state at once
+	} else if iv < before && s.nextTx.After(now.Add(iv)) {
+		// The peer now wants packets more often (the end of its slow start): a packet
+		// scheduled at the old pace would come too late for its detection time.
+		s.nextTx = now.Add(s.jitter(iv))
 	}
 	if p.Poll {
 		reply := s.packet()

@@ -208,3 +208,23 @@ func TestShutdown(t *testing.T) {
 		t.Fatalf("shutdown sends %+v", p)
 	}
 }
+
+// A peer lowering its Required Min RX (its slow start over) gets our next packet at the
+// new pace, not at the one scheduled before.
+func TestFasterPeerIsServedAtOnce(t *testing.T) {
+	s := NewSession(fast, 1, t0)
+	s.SetJitter(exact)
+	s.Tick(t0)
+	slow := Packet{State: Init, DetectMult: 3, MyDiscriminator: 2, YourDiscriminator: 1, DesiredMinTx: time.Second, RequiredMinRx: time.Second}
+	s.Receive(slow, t0) // Up; the packet saying so goes at once
+	s.Tick(t0)
+	if next := s.Next(); next.Sub(t0) != time.Second {
+		t.Fatalf("next packet at +%v, want +1s while the peer asks for 1s", next.Sub(t0))
+	}
+	quick := slow
+	quick.State, quick.RequiredMinRx, quick.Poll = Up, 100*time.Millisecond, true
+	s.Receive(quick, t0.Add(10*time.Millisecond))
+	if next := s.Next(); next.Sub(t0) > 110*time.Millisecond {
+		t.Fatalf("after the peer asked for 100ms, next packet at +%v", next.Sub(t0))
+	}
+}

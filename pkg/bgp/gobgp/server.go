@@ -286,32 +286,33 @@ func (s *Server) onPeerEvent(r *api.WatchEventResponse) {
 	}
 }
 
-// onBFD follows the BFD sessions: one that falls from Up takes its BGP session down at
-// once (the path is gone; the hold timer would take seconds), which the router's own
-// BFD has done on its side already.
-func (s *Server) onBFD(peer netip.Addr, from, to bfd.State, diag bfd.Diag) {
+// onBFD follows the BFD sessions: one found failing takes its BGP session down at once
+// (the path is gone; the hold timer would take seconds), which the router's own BFD has
+// done on its side already. A peer's AdminDown is not a failure (RFC 5882 §3.2): the
+// router re-creating its session says it, and BGP stays up.
+func (s *Server) onBFD(c bfd.Change) {
 	switch {
-	case to == bfd.Up:
+	case c.To == bfd.Up:
 		if s.opts.OnSession != nil {
-			s.opts.OnSession(bgp.SessionEvent{Peer: peer, State: bgp.BFDUp})
+			s.opts.OnSession(bgp.SessionEvent{Peer: c.Peer, State: bgp.BFDUp})
 		}
-	case from == bfd.Up:
+	case c.Failed():
 		s.mu.Lock()
 		var in *instance
-		if p, ok := s.peers[peer]; ok && !s.stopped {
+		if p, ok := s.peers[c.Peer]; ok && !s.stopped {
 			in = s.instances[s.routerID(p)]
 		}
 		s.mu.Unlock()
 		if in == nil {
 			return
 		}
-		s.metrics.Resets.WithLabelValues(peer.String(), "bfd_down").Inc()
-		s.log.Warn("BFD session down: resetting the BGP session", "peer", peer, "diag", diag.String())
-		if err := in.bgp.ResetPeer(context.Background(), &api.ResetPeerRequest{Address: peer.String(), Communication: "BFD down: " + diag.String()}); err != nil {
-			s.log.Error("resetting the BGP session after BFD went down", "peer", peer, "err", err)
+		s.metrics.Resets.WithLabelValues(c.Peer.String(), "bfd_down").Inc()
+		s.log.Warn("BFD session down: resetting the BGP session", "peer", c.Peer, "diag", c.Diag.String())
+		if err := in.bgp.ResetPeer(context.Background(), &api.ResetPeerRequest{Address: c.Peer.String(), Communication: "BFD down: " + c.Diag.String()}); err != nil {
+			s.log.Error("resetting the BGP session after BFD went down", "peer", c.Peer, "err", err)
 		}
 		if s.opts.OnSession != nil {
-			s.opts.OnSession(bgp.SessionEvent{Peer: peer, State: bgp.BFDDown, Reason: diag.String()})
+			s.opts.OnSession(bgp.SessionEvent{Peer: c.Peer, State: bgp.BFDDown, Reason: c.Diag.String()})
 		}
 	}
 }
