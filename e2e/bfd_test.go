@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/heraldlb/herald/hack/cluster"
 	"github.com/heraldlb/herald/pkg/config"
 	"github.com/heraldlb/herald/pkg/inspect"
 )
@@ -32,12 +33,13 @@ address-pools:
   addresses: [198.51.100.0/24]
 `
 
-// bfdOptions is a cluster whose FRR runs bfdd with the same profile for every node.
+// bfdOptions is a cluster whose FRR runs bfdd with the same profile for every node, and
+// logs the UPDATEs it receives.
 func bfdOptions() Options {
 	return Options{
 		Config: bfdConfig,
 		Router: func(nodes []*Node) string {
-			return FRRConfig(nodes, "neighbor NODES timers 3 9", "neighbor NODES bfd", "neighbor NODES bfd profile fast")
+			return cluster.FRRLogUpdates + FRRConfig(nodes, "neighbor NODES timers 3 9", "neighbor NODES bfd", "neighbor NODES bfd profile fast")
 		},
 		RouterBFD: BFDDConfig("fast", 100, 100, 3),
 	}

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 
 	"github.com/heraldlb/herald/hack/netlab"
@@ -69,6 +71,9 @@ type Cluster struct {
 	Probe   *netlab.Prober
 	logDir  string
 	speaker string // binary
+
+	statusMu sync.Mutex
+	statusAt map[string]time.Time // "namespace/name" -> status write accepted
 }
 
 // Node is one lab node.
@@ -278,7 +283,10 @@ func (c *Cluster) startController() {
 		c.daemon(c.CPNS, "controller", args...)
 		return
 	}
-	ctrl, err := controller.New(controller.Options{Client: c.Kube, Logger: c.logger("controller")})
+	// The controller's client notes when the API server accepted each status write.
+	cfg := rest.CopyConfig(c.CP.Config)
+	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { return &statusClock{rt: rt, c: c} }
+	ctrl, err := controller.New(controller.Options{Client: kubernetes.NewForConfigOrDie(cfg), Logger: c.logger("controller")})
 	if err != nil {
 		c.t.Fatalf("%v", err)
 	}
@@ -286,6 +294,36 @@ func (c *Cluster) startController() {
 	done := make(chan error, 1)
 	go func() { done <- ctrl.Run(ctx) }()
 	c.t.Cleanup(func() { cancel(); <-done })
+}
+
+// statusClock notes when the controller sent each Service status write that the API
+// server accepted.
+type statusClock struct {
+	rt http.RoundTripper
+	c  *Cluster
+}
+
+func (s *statusClock) RoundTrip(r *http.Request) (*http.Response, error) {
+	at := time.Now() // sent: the API server accepts it a moment later
+	resp, err := s.rt.RoundTrip(r)
+	if err == nil && r.Method == http.MethodPut && resp.StatusCode == http.StatusOK && strings.HasSuffix(r.URL.Path, "/status") && strings.Contains(r.URL.Path, "/services/") {
+		parts := strings.Split(strings.TrimSuffix(r.URL.Path, "/status"), "/")
+		s.c.statusMu.Lock()
+		if s.c.statusAt == nil {
+			s.c.statusAt = map[string]time.Time{}
+		}
+		s.c.statusAt[parts[len(parts)-3]+"/"+parts[len(parts)-1]] = at
+		s.c.statusMu.Unlock()
+	}
+	return resp, err
+}
+
+// StatusWritten returns when the controller (in this process) sent the last write of the
+// Service's status that the API server accepted; zero if none.
+func (c *Cluster) StatusWritten(namespace, name string) time.Time {
+	c.statusMu.Lock()
+	defer c.statusMu.Unlock()
+	return c.statusAt[namespace+"/"+name]
 }
 
 // daemon starts a long-running process inside ns, logging to NAME.log, ended when the

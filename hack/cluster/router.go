@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/heraldlb/herald/hack/netlab"
 )
@@ -284,4 +285,32 @@ func RoutesReceived(summaryJSON string) int {
 		n += p.PfxRcd
 	}
 	return n
+}
+
+// FRRLogUpdates goes before a bgpd configuration to have bgpd log every UPDATE it
+// receives, with microsecond timestamps (Router.Received reads them).
+const FRRLogUpdates = "log stdout debugging\nlog timestamp precision 6\ndebug bgp updates in\n"
+
+// Received returns when bgpd, configured with FRRLogUpdates, first received from
+// neighbour from, after after, the prefix (withdrawn: its withdrawal); false if it has not.
+func (r *Router) Received(prefix, from string, after time.Time, withdrawn bool) (time.Time, bool) {
+	data, err := os.ReadFile(filepath.Join(r.c.logDir, "frr-bgpd.log"))
+	if err != nil {
+		return time.Time{}, false
+	}
+	want := "rcvd " + prefix + " IPv4 unicast"
+	if withdrawn {
+		want = "rcvd UPDATE about " + prefix + " IPv4 unicast -- withdrawn"
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		// "… BGP: [ID] 192.168.10.11(hostname) rcvd …", the hostname FRR learnt or none.
+		if !strings.HasSuffix(line, want) || len(line) < 26 || !(strings.Contains(line, " "+from+"(") || strings.Contains(line, " "+from+" rcvd")) {
+			continue
+		}
+		at, err := time.ParseInLocation("2006/01/02 15:04:05.000000", line[:26], time.Local)
+		if err == nil && at.After(after) {
+			return at, true
+		}
+	}
+	return time.Time{}, false
 }
