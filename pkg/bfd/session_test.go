@@ -228,3 +228,21 @@ func TestFasterPeerIsServedAtOnce(t *testing.T) {
 		t.Fatalf("after the peer asked for 100ms, next packet at +%v", next.Sub(t0))
 	}
 }
+
+// BenchmarkSession is one Up session's exchange: a packet received, one sent.
+func BenchmarkSession(b *testing.B) {
+	s := NewSession(fast, 1, t0)
+	s.SetJitter(exact)
+	p := Packet{State: Init, DetectMult: 3, MyDiscriminator: 2, YourDiscriminator: 1, DesiredMinTx: 100 * time.Millisecond, RequiredMinRx: 100 * time.Millisecond}
+	s.Receive(p, t0)
+	p.State = Up
+	now := t0
+	b.ReportAllocs()
+	for b.Loop() {
+		now = now.Add(100 * time.Millisecond)
+		s.Receive(p, now)
+		if out, _ := s.Tick(now); out == nil {
+			b.Fatal("nothing sent")
+		}
+	}
+}
