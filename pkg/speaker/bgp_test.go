@@ -7,7 +7,6 @@ import (
 	"sync"
 	"testing"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -55,29 +54,21 @@ func TestStopWithdrawsRoutesFirst(t *testing.T) {
 	cp := k8stest.Shared(t)
 	c := kubernetes.NewForConfigOrDie(cp.Config)
 	ctx := context.Background()
-	ns, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "speaker-"}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	inForce := k8s.ConfigRef{Namespace: ns.Name}.InForce().Name
-	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: inForce}, Data: map[string]string{"config": `
+	ns := inForce(t, c, `
 peers:
 - {peer-address: 10.0.0.254, peer-asn: 64500, my-asn: 64501}
 address-pools:
 - {name: routed, protocol: bgp, addresses: [198.51.100.0/24]}
-`}}
-	if _, err := c.CoreV1().ConfigMaps(ns.Name).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+`)
 	createNode(t, c, "bgp1", "10.0.0.21", true)
 	rec := &steps{}
-	s, err := New(Options{Client: c, NodeName: "bgp1", Config: k8s.ConfigRef{Namespace: ns.Name}, Layer2: &layer2Rec{},
+	s, err := New(Options{Client: c, NodeName: "bgp1", Config: k8s.ConfigRef{Namespace: ns}, Layer2: &layer2Rec{},
 		BGP: bgpRec{rec}, Forward: fwdRec{rec}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	stop := run(t, s)
-	createService(t, c, ns.Name, "web", "198.51.100.5", nil)
+	createService(t, c, ns, "web", "198.51.100.5", nil)
 	eventually(t, func() (bool, string) {
 		l := rec.all()
 		return len(l) > 0 && l[len(l)-1] == "routes 1", fmt.Sprintf("steps %v", l)

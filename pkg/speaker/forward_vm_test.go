@@ -13,7 +13,6 @@ import (
 	"github.com/moby/ipvs"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -34,21 +33,13 @@ func TestSpeakerForwardsInVM(t *testing.T) {
 	cp := k8stest.Shared(t)
 	c := kubernetes.NewForConfigOrDie(cp.Config)
 	ctx := context.Background()
-	ns, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "vm-"}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: k8s.ConfigRef{Namespace: ns.Name}.InForce().Name},
-		Data: map[string]string{"config": "address-pools:\n- {name: lan, protocol: layer2, addresses: [192.168.10.90-192.168.10.99]}\n"}}
-	if _, err := c.CoreV1().ConfigMaps(ns.Name).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	ns := inForce(t, c, "address-pools:\n- {name: lan, protocol: layer2, addresses: [192.168.10.90-192.168.10.99]}\n")
 	client := netlab.LinkedHost(t, 11)
 	n2, n3 := netlab.LinkedHost(t, 12), netlab.LinkedHost(t, 13)
 	createNode(t, c, "n1", "10.11.0.1", true)
 	createNode(t, c, "n2", "10.12.0.2", true)
 	createNode(t, c, "n3", "10.13.0.2", true)
-	svc := createService(t, c, ns.Name, "web", "192.168.10.90", nil)
+	svc := createService(t, c, ns, "web", "192.168.10.90", nil)
 	np := svc.Spec.Ports[0].NodePort
 	netlab.ServeName(t, n2, fmt.Sprintf("10.12.0.2:%d", np), "n2")
 	netlab.ServeName(t, n3, fmt.Sprintf("10.13.0.2:%d", np), "n3")
@@ -83,7 +74,7 @@ func TestSpeakerForwardsInVM(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		spk, err = New(Options{Client: c, NodeName: "n1", Config: k8s.ConfigRef{Namespace: ns.Name}, Layer2: &layer2Rec{},
+		spk, err = New(Options{Client: c, NodeName: "n1", Config: k8s.ConfigRef{Namespace: ns}, Layer2: &layer2Rec{},
 			Members: members, Forward: fwd, ResyncPeriod: time.Second})
 		if err != nil {
 			t.Fatal(err)

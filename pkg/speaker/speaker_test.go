@@ -197,6 +197,24 @@ func createEndpoints(t *testing.T, c kubernetes.Interface, ns, svc string, eps m
 	}
 }
 
+// inForce makes a namespace holding text as the configuration in force (as the
+// controller publishes it) and returns its name; the ConfigMap goes with the test.
+func inForce(t *testing.T, c kubernetes.Interface, text string) string {
+	t.Helper()
+	ctx := context.Background()
+	ns, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "speaker-"}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := k8s.ConfigRef{Namespace: ns.Name}.InForce().Name
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: name}, Data: map[string]string{"config": text}}
+	if _, err := c.CoreV1().ConfigMaps(ns.Name).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.CoreV1().ConfigMaps(ns.Name).Delete(ctx, name, metav1.DeleteOptions{}) })
+	return ns.Name
+}
+
 func rs(addrPorts ...string) []forward.RealServer {
 	var out []forward.RealServer
 	for _, s := range addrPorts {
@@ -212,20 +230,11 @@ func TestForwarding(t *testing.T) {
 	cp := k8stest.Shared(t)
 	c := kubernetes.NewForConfigOrDie(cp.Config)
 	ctx := context.Background()
-	ns, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "speaker-"}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	inForce := k8s.ConfigRef{Namespace: ns.Name}.InForce().Name
-	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns.Name, Name: inForce}, Data: map[string]string{"config": `
+	ns := inForce(t, c, `
 address-pools:
 - {name: fwd, protocol: layer2, addresses: [192.168.10.90-192.168.10.99]}
 - {name: plain, protocol: layer2, forwarding: none, addresses: [192.168.20.90-192.168.20.99]}
-`}}
-	if _, err := c.CoreV1().ConfigMaps(ns.Name).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.CoreV1().ConfigMaps(ns.Name).Delete(ctx, inForce, metav1.DeleteOptions{}) })
+`)
 	createNode(t, c, "n1", "10.0.0.1", true)
 	createNode(t, c, "n2", "10.0.0.2", true)
 	createNode(t, c, "n3", "10.0.0.3", true)
@@ -236,29 +245,29 @@ address-pools:
 	members.set("n2", false)
 	members.set("n3", false)
 	fwd, l2 := &forwardRec{}, &layer2Rec{}
-	s, err := New(Options{Client: c, NodeName: "n1", Config: k8s.ConfigRef{Namespace: ns.Name}, Layer2: l2,
+	s, err := New(Options{Client: c, NodeName: "n1", Config: k8s.ConfigRef{Namespace: ns}, Layer2: l2,
 		Members: members, Forward: fwd, ResyncPeriod: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
 	stop := run(t, s)
 
-	cluster := createService(t, c, ns.Name, "cluster", "192.168.10.90", func(s *corev1.Service) {
+	cluster := createService(t, c, ns, "cluster", "192.168.10.90", func(s *corev1.Service) {
 		s.Annotations = map[string]string{k8s.AnnotationIPVSScheduler: "wrr"}
 		s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
 		s.Spec.SessionAffinityConfig = &corev1.SessionAffinityConfig{ClientIP: &corev1.ClientIPConfig{TimeoutSeconds: ptr.To[int32](600)}}
 		s.Spec.LoadBalancerSourceRanges = []string{"10.9.0.0/16"}
 	})
 	np := uint16(cluster.Spec.Ports[0].NodePort)
-	createService(t, c, ns.Name, "local", "192.168.10.91", func(s *corev1.Service) {
+	createService(t, c, ns, "local", "192.168.10.91", func(s *corev1.Service) {
 		s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
 	})
-	createEndpoints(t, c, ns.Name, "local", map[string]string{"10.244.1.5": "n1", "10.244.2.5": "n2"})
-	createService(t, c, ns.Name, "direct", "192.168.10.92", func(s *corev1.Service) {
+	createEndpoints(t, c, ns, "local", map[string]string{"10.244.1.5": "n1", "10.244.2.5": "n2"})
+	createService(t, c, ns, "direct", "192.168.10.92", func(s *corev1.Service) {
 		s.Spec.AllocateLoadBalancerNodePorts = ptr.To(false)
 	})
-	createEndpoints(t, c, ns.Name, "direct", map[string]string{"10.244.1.6": "n1", "10.244.3.6": "n3"})
-	createService(t, c, ns.Name, "plain", "192.168.20.90", nil) // forwarding none: kube-proxy's
+	createEndpoints(t, c, ns, "direct", map[string]string{"10.244.1.6": "n1", "10.244.3.6": "n3"})
+	createService(t, c, ns, "plain", "192.168.20.90", nil) // forwarding none: kube-proxy's
 
 	addr := netip.MustParseAddr
 	cmpOpts := []cmp.Option{cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{}), cmpopts.EquateEmpty()}
