@@ -138,6 +138,11 @@ func (c *Cluster) failover(t testing.TB, ip netip.Addr, how string) (from, to st
 	}
 	to, _ = c.reach(t, ip, old.Name, 10*time.Second)
 	took = time.Since(start)
+	if how == "graceful" {
+		// Make before break: the old owner answers until the new one has announced, so
+		// for a moment both may. Once it has exited, only the new one may.
+		c.StopSpeaker(old, syscall.SIGTERM)
+	}
 	if now := c.owner(t, ip, 5*time.Second); now.Name != to {
 		t.Errorf("traffic went to %s but %s answers for %s", to, now.Name, ip)
 	}
