@@ -1,13 +1,13 @@
-// Package bfd is Bidirectional Forwarding Detection (RFC 5880) in asynchronous mode over
-// single-hop UDP (RFC 5881): a session per BGP peer that has a BFD profile, so that when
-// a node's link is cut the router drops its paths within detect-multiplier × interval
-// instead of the BGP hold time, and so that Herald resets a BGP session whose path is
-// gone. GoBGP v3, Herald's BGP engine, has no BFD. Echo mode and authentication are not
-// implemented (the configuration refuses echo-mode).
+// Package bfd is Bidirectional Forwarding Detection (RFC 5880) in asynchronous mode: a
+// session per BGP peer that has a BFD profile, so that when a node's link is cut the
+// router drops its paths within detect-multiplier × interval instead of the BGP hold
+// time, and so that Herald resets a BGP session whose path is gone. GoBGP v3, Herald's
+// BGP engine, has no BFD. Echo mode and authentication are not implemented (the
+// configuration refuses echo-mode).
 //
-// The package has three layers: Packet (the wire format, fuzzed), Session (the state
-// machine of RFC 5880 §6.8, driven by an injectable clock, table-tested), and Manager
-// (the sockets: UDP port 3784, TTL 255 both ways as RFC 5881 asks).
+// The package is pure: Packet (the wire format, fuzzed), Session (the state machine of
+// RFC 5880 §6.8, given the time by its caller, table-tested) and Change (which falls are
+// the path failing). pkg/bfd/udp runs sessions on sockets.
 package bfd
 
 import (

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/heraldlb/herald/pkg/bfd"
+	"github.com/heraldlb/herald/pkg/bfd/udp"
 	"github.com/heraldlb/herald/pkg/bgp"
 	"github.com/heraldlb/herald/pkg/logging"
 	"github.com/heraldlb/herald/pkg/metrics"
@@ -37,7 +38,7 @@ type Options struct {
 	OnSession func(bgp.SessionEvent)
 	// BFD sets the BFD ports (tests); its OnChange, Logger and Registerer are the
 	// Server's.
-	BFD bfd.Options
+	BFD udp.Options
 }
 
 // Server is an embedded GoBGP speaker, with a BFD session beside every BGP session whose
@@ -48,7 +49,7 @@ type Server struct {
 	opts    Options
 	log     *slog.Logger
 	metrics *metrics.BGP
-	bfd     *bfd.Manager
+	bfd     *udp.Manager
 	serving chan struct{} // closed once Run serves
 
 	stateMu sync.Mutex
@@ -98,7 +99,7 @@ func New(opts Options) (*Server, error) {
 	}
 	bo := opts.BFD
 	bo.OnChange, bo.Logger, bo.Registerer = s.onBFD, opts.Logger.With("component", "bfd"), opts.Registerer
-	s.bfd = bfd.NewManager(bo)
+	s.bfd = udp.NewManager(bo)
 	return s, nil
 }
 
@@ -407,10 +408,10 @@ func (s *Server) SetPeers(ctx context.Context, peers []bgp.Peer) error {
 		s.metrics.SessionUp.WithLabelValues(p.Address.String()).Set(0)
 		s.log.Info("BGP peer added", "peer", p.Address, "peerASN", p.ASN, "myASN", p.MyASN, "routerID", in.id, "md5", p.Password != "", "bfd", p.BFD != bfd.Config{})
 	}
-	var sessions []bfd.Peer
+	var sessions []udp.Peer
 	for _, p := range s.peers {
 		if p.BFD != (bfd.Config{}) {
-			sessions = append(sessions, bfd.Peer{Addr: p.Address, Config: p.BFD})
+			sessions = append(sessions, udp.Peer{Addr: p.Address, Config: p.BFD})
 		}
 	}
 	if err := s.bfd.Set(sessions); err != nil {

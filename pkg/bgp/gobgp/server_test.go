@@ -15,6 +15,7 @@ import (
 	"golang.org/x/net/ipv4"
 
 	"github.com/heraldlb/herald/pkg/bfd"
+	"github.com/heraldlb/herald/pkg/bfd/udp"
 	"github.com/heraldlb/herald/pkg/bgp"
 )
 
@@ -140,7 +141,7 @@ func (r *router) session() (api.PeerState_SessionState, string) {
 }
 
 // bfdPorts gives each test BFD ports of its own, away from the real ones.
-var bfdPorts = bfd.Options{ListenPort: 33784, PeerPort: 33785, MultihopListenPort: 34784, MultihopPeerPort: 34785}
+var bfdPorts = udp.Options{ListenPort: 33784, PeerPort: 33785, MultihopListenPort: 34784, MultihopPeerPort: 34785}
 
 type running struct {
 	*Server

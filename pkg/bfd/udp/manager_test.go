@@ -1,4 +1,4 @@
-package bfd
+package udp
 
 import (
 	"context"
@@ -12,20 +12,24 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"golang.org/x/net/ipv4"
 
+	"github.com/heraldlb/herald/pkg/bfd"
 	"github.com/heraldlb/herald/pkg/leaktest"
 )
 
 var loopback = netip.MustParseAddr("127.0.0.1")
 
+// fast is a profile of 100 ms × 3.
+var fast = bfd.Config{DesiredMinTx: 100 * time.Millisecond, RequiredMinRx: 100 * time.Millisecond, DetectMult: 3}
+
 type changes struct {
 	mu  sync.Mutex
-	got []State
+	got []bfd.State
 	ch  chan struct{}
 }
 
 func newChanges() *changes { return &changes{ch: make(chan struct{}, 100)} }
 
-func (c *changes) on(ch Change) {
+func (c *changes) on(ch bfd.Change) {
 	c.mu.Lock()
 	c.got = append(c.got, ch.To)
 	c.mu.Unlock()
@@ -33,14 +37,14 @@ func (c *changes) on(ch Change) {
 }
 
 // wait waits until the last change is to st.
-func (c *changes) wait(t *testing.T, st State, limit time.Duration) time.Duration {
+func (c *changes) wait(t *testing.T, st bfd.State, limit time.Duration) time.Duration {
 	t.Helper()
 	start := time.Now()
 	deadline := time.After(limit)
 	for {
 		c.mu.Lock()
 		n := len(c.got)
-		last := AdminDown
+		last := bfd.AdminDown
 		if n > 0 {
 			last = c.got[n-1]
 		}
@@ -63,7 +67,7 @@ type running struct {
 	done   chan error
 }
 
-func run(t *testing.T, listen, peer int, on func(Change)) *running {
+func run(t *testing.T, listen, peer int, on func(bfd.Change)) *running {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	m := NewManager(Options{ListenPort: listen, PeerPort: peer, MultihopListenPort: listen + 1000, MultihopPeerPort: peer + 1000, OnChange: on, Registerer: reg})
@@ -99,20 +103,20 @@ func TestManagersComeUpAndSayGoodbye(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ca.wait(t, Up, 5*time.Second)
-	cb.wait(t, Up, 5*time.Second)
+	ca.wait(t, bfd.Up, 5*time.Second)
+	cb.wait(t, bfd.Up, 5*time.Second)
 	if got := testutil.ToFloat64(a.m.metrics.Up.WithLabelValues("127.0.0.1")); got != 1 {
 		t.Errorf("herald_bfd_session_up = %v", got)
 	}
 	b.stop()
-	if took := ca.wait(t, Down, time.Second); took > 50*time.Millisecond {
-		t.Logf("AdminDown took %v to bring the session down (detection would take 300ms)", took)
+	if took := ca.wait(t, bfd.Down, time.Second); took > 50*time.Millisecond {
+		t.Logf("bfd.AdminDown took %v to bring the session down (detection would take 300ms)", took)
 	}
-	if s := a.m.Sessions(); len(s) != 1 || s[0].State != Down || s[0].Diag != DiagNeighborDown {
+	if s := a.m.Sessions(); len(s) != 1 || s[0].State != bfd.Down || s[0].Diag != bfd.DiagNeighborDown {
 		t.Errorf("sessions after the peer left: %+v", s)
 	}
 	a.stop()
-	leaktest.Check(t, "github.com/heraldlb/herald/pkg/bfd.")
+	leaktest.Check(t, "github.com/heraldlb/herald/pkg/bfd/udp.")
 }
 
 // fakePeer is a BFD peer made of one UDP socket, sending exactly what a test says.
@@ -134,7 +138,7 @@ func newFakePeer(t *testing.T, port, to int) *fakePeer {
 	return &fakePeer{c: c, to: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: to}}
 }
 
-func (f *fakePeer) send(t *testing.T, p Packet) {
+func (f *fakePeer) send(t *testing.T, p bfd.Packet) {
 	t.Helper()
 	if _, err := f.c.WriteToUDP(p.Marshal(), f.to); err != nil {
 		t.Fatal(err)
@@ -142,7 +146,7 @@ func (f *fakePeer) send(t *testing.T, p Packet) {
 }
 
 // recv reads packets until one satisfies ok.
-func (f *fakePeer) recv(t *testing.T, ok func(Packet) bool) Packet {
+func (f *fakePeer) recv(t *testing.T, ok func(bfd.Packet) bool) bfd.Packet {
 	t.Helper()
 	buf := make([]byte, 64)
 	deadline := time.Now().Add(5 * time.Second)
@@ -152,12 +156,12 @@ func (f *fakePeer) recv(t *testing.T, ok func(Packet) bool) Packet {
 		if err != nil {
 			t.Fatalf("no wanted packet: %v", err)
 		}
-		if p, err := Unmarshal(buf[:n]); err == nil && ok(p) {
+		if p, err := bfd.Unmarshal(buf[:n]); err == nil && ok(p) {
 			return p
 		}
 	}
 	t.Fatal("no wanted packet in 200")
-	return Packet{}
+	return bfd.Packet{}
 }
 
 // A peer that falls silent (its path cut) is found down after the detection time, 3 ×
@@ -169,12 +173,12 @@ func TestSilentPeerDetected(t *testing.T) {
 	if err := r.m.Set([]Peer{{Addr: loopback, Config: fast}}); err != nil {
 		t.Fatal(err)
 	}
-	first := peer.recv(t, func(p Packet) bool { return p.State == Down })
-	params := Packet{DetectMult: 3, MyDiscriminator: 77, YourDiscriminator: first.MyDiscriminator, DesiredMinTx: 100 * time.Millisecond, RequiredMinRx: 100 * time.Millisecond}
-	params.State = Init
+	first := peer.recv(t, func(p bfd.Packet) bool { return p.State == bfd.Down })
+	params := bfd.Packet{DetectMult: 3, MyDiscriminator: 77, YourDiscriminator: first.MyDiscriminator, DesiredMinTx: 100 * time.Millisecond, RequiredMinRx: 100 * time.Millisecond}
+	params.State = bfd.Init
 	peer.send(t, params)
-	ch.wait(t, Up, 2*time.Second)
-	params.State = Up
+	ch.wait(t, bfd.Up, 2*time.Second)
+	params.State = bfd.Up
 	// Malformed, and from a node more than one hop away: both dropped, neither resets
 	// the detection timer.
 	if _, err := peer.c.WriteToUDP([]byte{1, 2, 3}, peer.to); err != nil {
@@ -189,9 +193,9 @@ func TestSilentPeerDetected(t *testing.T) {
 		low.send(t, params)
 		time.Sleep(50 * time.Millisecond)
 	}
-	ch.wait(t, Down, 2*time.Second)
+	ch.wait(t, bfd.Down, 2*time.Second)
 	down := time.Since(last)
-	if s := r.m.Sessions(); s[0].Diag != DiagDetectionExpired {
+	if s := r.m.Sessions(); s[0].Diag != bfd.DiagDetectionExpired {
 		t.Errorf("diag %s, want control detection time expired", s[0].Diag)
 	}
 	if down < 300*time.Millisecond {
@@ -217,40 +221,17 @@ func TestMultihop(t *testing.T) {
 	}
 	single := newFakePeer(t, 23791, 23790)
 	multi := newFakePeer(t, 24791, 24790)
-	first := multi.recv(t, func(p Packet) bool { return p.State == Down })
-	p := Packet{State: Init, DetectMult: 3, MyDiscriminator: 5, YourDiscriminator: first.MyDiscriminator, DesiredMinTx: 100 * time.Millisecond, RequiredMinRx: 100 * time.Millisecond}
+	first := multi.recv(t, func(p bfd.Packet) bool { return p.State == bfd.Down })
+	p := bfd.Packet{State: bfd.Init, DetectMult: 3, MyDiscriminator: 5, YourDiscriminator: first.MyDiscriminator, DesiredMinTx: 100 * time.Millisecond, RequiredMinRx: 100 * time.Millisecond}
 	single.send(t, p)
 	time.Sleep(50 * time.Millisecond)
-	if s := r.m.Sessions(); s[0].State != Down {
+	if s := r.m.Sessions(); s[0].State != bfd.Down {
 		t.Fatalf("a packet on the single-hop port moved the multi-hop session to %s", s[0].State)
 	}
 	_ = ipv4.NewConn(multi.c).SetTTL(251) // four routers away, within minimum-ttl 250
 	multi.send(t, p)
-	ch.wait(t, Up, 2*time.Second)
+	ch.wait(t, bfd.Up, 2*time.Second)
 	if got := testutil.ToFloat64(r.m.metrics.Dropped.WithLabelValues("no_session")); got != 1 {
 		t.Errorf("dropped no_session: %v, want 1", got)
-	}
-}
-
-// Which falls are the path failing, and so reset BGP: this side's detection time, or
-// the peer's Down for a fault it found; not the peer's AdminDown, nor its re-creating
-// its side of the session (as FRR does when a BGP session comes up).
-func TestChangeFailed(t *testing.T) {
-	for _, tc := range []struct {
-		c    Change
-		want bool
-	}{
-		{Change{From: Up, To: Down, Diag: DiagDetectionExpired}, true},
-		{Change{From: Up, To: Down, Diag: DiagNeighborDown, PeerDiag: DiagDetectionExpired}, true},
-		{Change{From: Up, To: Down, Diag: DiagNeighborDown, PeerDiag: 5}, true}, // path down
-		{Change{From: Up, To: Down, Diag: DiagNeighborDown, PeerDiag: DiagNone}, false},
-		{Change{From: Up, To: Down, Diag: DiagNeighborDown, PeerDiag: DiagNeighborDown}, false},
-		{Change{From: Up, To: Down, Diag: DiagNeighborDown, PeerAdminDown: true, PeerDiag: DiagAdminDown}, false},
-		{Change{From: Init, To: Down, Diag: DiagDetectionExpired}, false}, // never was up
-		{Change{From: Down, To: Up}, false},
-	} {
-		if got := tc.c.Failed(); got != tc.want {
-			t.Errorf("%+v: Failed() = %v, want %v", tc.c, got, tc.want)
-		}
 	}
 }

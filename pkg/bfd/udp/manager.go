@@ -1,4 +1,6 @@
-package bfd
+// Package udp runs BFD sessions (pkg/bfd's state machine) on real sockets: RFC 5881
+// single-hop on UDP port 3784 and RFC 5883 multi-hop on 4784, TTL 255 out and checked in.
+package udp
 
 import (
 	"context"
@@ -16,26 +18,21 @@ import (
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 
+	"github.com/heraldlb/herald/pkg/bfd"
 	"github.com/heraldlb/herald/pkg/logging"
 	"github.com/heraldlb/herald/pkg/metrics"
-)
-
-// Ports where BFD control packets go: single-hop (RFC 5881 §4) and multi-hop (RFC 5883 §5).
-const (
-	Port         = 3784
-	MultihopPort = 4784
 )
 
 // Peer is one session to run: to Addr, with Config.
 type Peer struct {
 	Addr   netip.Addr
-	Config Config
+	Config bfd.Config
 }
 
 // Options configure a Manager.
 type Options struct {
 	// OnChange is told every change of a session's state, on the Manager's goroutine.
-	OnChange   func(Change)
+	OnChange   func(bfd.Change)
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	// ListenPort and PeerPort are where single-hop packets are received and sent,
@@ -61,23 +58,23 @@ type Manager struct {
 
 type managed struct {
 	peer Peer
-	s    *Session
+	s    *bfd.Session
 	conn net.PacketConn // sends to the peer
 }
 
 // NewManager returns a Manager; nothing runs before Run.
 func NewManager(opts Options) *Manager {
 	if opts.ListenPort == 0 {
-		opts.ListenPort = Port
+		opts.ListenPort = bfd.Port
 	}
 	if opts.PeerPort == 0 {
-		opts.PeerPort = Port
+		opts.PeerPort = bfd.Port
 	}
 	if opts.MultihopListenPort == 0 {
-		opts.MultihopListenPort = MultihopPort
+		opts.MultihopListenPort = bfd.MultihopPort
 	}
 	if opts.MultihopPeerPort == 0 {
-		opts.MultihopPeerPort = MultihopPort
+		opts.MultihopPeerPort = bfd.MultihopPort
 	}
 	return &Manager{
 		opts: opts, log: logging.OrDiscard(opts.Logger), wake: make(chan struct{}, 1),
@@ -118,7 +115,7 @@ func (m *Manager) Set(peers []Peer) error {
 			continue
 		}
 		local := m.discriminatorLocked()
-		ms := &managed{peer: p, s: NewSession(p.Config, local, now), conn: conn}
+		ms := &managed{peer: p, s: bfd.NewSession(p.Config, local, now), conn: conn}
 		m.sessions[addr], m.byDiscr[local] = ms, ms
 		m.metrics.Up.WithLabelValues(addr.String()).Set(0)
 		m.log.Info("BFD session added", "peer", addr, "transmitInterval", p.Config.DesiredMinTx, "receiveInterval", p.Config.RequiredMinRx,
@@ -147,60 +144,16 @@ func (m *Manager) discriminatorLocked() uint32 {
 	}
 }
 
-// Change is a session's change of state.
-type Change struct {
-	Peer     netip.Addr
-	From, To State
-	Diag     Diag // why it went down
-	// PeerAdminDown: the peer said AdminDown, which is no fault of the path (RFC 5882
-	// §3.2: the session's clients must not be taken down for it).
-	PeerAdminDown bool
-	// PeerDiag is the diagnostic the peer sent with the change.
-	PeerDiag Diag
-}
-
-// Failed reports whether the change is the path found failing: from Up to Down because
-// this side's detection time expired, or because the peer said Down for a fault it
-// found on the path (its detection time, echo, forwarding plane or path down).
-//
-// A peer going Down with no such diagnostic, or saying this side went down when it did
-// not ("neighbor signaled session down" to a session that was Up), re-created its side
-// of the session: FRR's bgpd has bfdd do it when a BGP session comes up, to bind it to
-// the local address. The path carried that very packet: it is no failure, and resetting
-// BGP for it would flap every session once as it comes up.
-func (c Change) Failed() bool {
-	if c.From != Up || c.To != Down || c.PeerAdminDown {
-		return false
-	}
-	switch c.Diag {
-	case DiagDetectionExpired:
-		return true
-	case DiagNeighborDown:
-		switch c.PeerDiag {
-		case DiagDetectionExpired, 2, 4, 5, 6, 8: // echo failed, forwarding plane reset, path down, concatenated, reverse concatenated
-			return true
-		}
-	}
-	return false
-}
-
-// Status is one session as it stands.
-type Status struct {
-	Peer  netip.Addr
-	State State
-	Diag  Diag // why it last went down
-}
-
 // Sessions returns every session's status, sorted by peer.
-func (m *Manager) Sessions() []Status {
+func (m *Manager) Sessions() []bfd.Status {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make([]Status, 0, len(m.sessions))
+	out := make([]bfd.Status, 0, len(m.sessions))
 	for addr, ms := range m.sessions {
 		st, diag := ms.s.State()
-		out = append(out, Status{Peer: addr, State: st, Diag: diag})
+		out = append(out, bfd.Status{Peer: addr, State: st, Diag: diag})
 	}
-	slices.SortFunc(out, func(a, b Status) int { return a.Peer.Compare(b.Peer) })
+	slices.SortFunc(out, func(a, b bfd.Status) int { return a.Peer.Compare(b.Peer) })
 	return out
 }
 
@@ -315,7 +268,7 @@ func (m *Manager) shutdown() {
 }
 
 type received struct {
-	p    Packet
+	p    bfd.Packet
 	from netip.Addr
 	at   time.Time
 }
@@ -357,8 +310,8 @@ func (m *Manager) read(ctx context.Context, c net.PacketConn, v6, multihop bool,
 			continue
 		}
 		from := ua.AddrPort().Addr().Unmap()
-		pkt, err := Unmarshal(buf[:n])
-		if errors.Is(err, ErrUnsupported) {
+		pkt, err := bfd.Unmarshal(buf[:n])
+		if errors.Is(err, bfd.ErrUnsupported) {
 			m.metrics.Dropped.WithLabelValues("unsupported").Inc()
 			continue
 		} else if err != nil {
@@ -403,14 +356,14 @@ func (m *Manager) receive(r received) {
 		_, _ = ms.conn.WriteTo(reply.Marshal(), nil)
 	}
 	if changed {
-		m.changed(Change{Peer: ms.peer.Addr, From: from, To: to, Diag: diag,
-			PeerAdminDown: r.p.State == AdminDown, PeerDiag: r.p.Diag})
+		m.changed(bfd.Change{Peer: ms.peer.Addr, From: from, To: to, Diag: diag,
+			PeerAdminDown: r.p.State == bfd.AdminDown, PeerDiag: r.p.Diag})
 	}
 }
 
 // tick runs every session's timers and returns when to come back.
 func (m *Manager) tick(now time.Time) time.Time {
-	var changes []Change
+	var changes []bfd.Change
 	next := now.Add(time.Second)
 	m.mu.Lock()
 	for _, ms := range m.sessions {
@@ -423,7 +376,7 @@ func (m *Manager) tick(now time.Time) time.Time {
 		}
 		if changed {
 			to, diag := ms.s.State()
-			changes = append(changes, Change{Peer: ms.peer.Addr, From: from, To: to, Diag: diag})
+			changes = append(changes, bfd.Change{Peer: ms.peer.Addr, From: from, To: to, Diag: diag})
 		}
 		if n := ms.s.Next(); n.Before(next) {
 			next = n
@@ -436,9 +389,9 @@ func (m *Manager) tick(now time.Time) time.Time {
 	return next
 }
 
-func (m *Manager) changed(c Change) {
+func (m *Manager) changed(c bfd.Change) {
 	up := 0.0
-	if c.To == Up {
+	if c.To == bfd.Up {
 		up = 1
 	}
 	m.metrics.Up.WithLabelValues(c.Peer.String()).Set(up)
