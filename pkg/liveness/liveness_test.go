@@ -169,15 +169,14 @@ func TestWrongKeyIsRefused(t *testing.T) {
 	}
 }
 
-// A silent peer (its process stopped, its node gone) is dead after the timeout.
-func TestSilenceIsDeath(t *testing.T) {
-	if os.Getenv("HERALD_LIVENESS_HELPER") != "" {
-		t.Skip("helper")
-	}
+// meshWithProcess starts detectors a and b in this process and z in another (the test
+// binary's TestHelper), so that z can be stopped or killed with its sockets open; it
+// returns once a is connected to z.
+func meshWithProcess(t *testing.T) (*Detector, *exec.Cmd) {
+	t.Helper()
 	m := newMesh(t)
 	a := m.start("a", key)
 	m.start("b", key)
-	// z is another process, so that it can be stopped (SIGSTOP) with its sockets open.
 	addr := freeAddr(t)
 	m.mu.Lock()
 	m.addrs["z"] = addr
@@ -189,6 +188,15 @@ func TestSilenceIsDeath(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	waitFor(t, 5*time.Second, "a connected to z", func() bool { return slices.Contains(a.Peers(), "z") })
+	return a, cmd
+}
+
+// A silent peer (its process stopped, its node gone) is dead after the timeout.
+func TestSilenceIsDeath(t *testing.T) {
+	if os.Getenv("HERALD_LIVENESS_HELPER") != "" {
+		t.Skip("helper")
+	}
+	a, cmd := meshWithProcess(t)
 	start := time.Now()
 	if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
@@ -207,20 +215,7 @@ func TestKilledProcessIsKnownAtOnce(t *testing.T) {
 	if os.Getenv("HERALD_LIVENESS_HELPER") != "" {
 		t.Skip("helper")
 	}
-	m := newMesh(t)
-	a := m.start("a", key)
-	m.start("b", key)
-	addr := freeAddr(t)
-	m.mu.Lock()
-	m.addrs["z"] = addr
-	m.mu.Unlock()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelper$")
-	cmd.Env = append(os.Environ(), "HERALD_LIVENESS_HELPER="+addr, "HERALD_LIVENESS_PEERS="+m.addrs["a"]+","+m.addrs["b"])
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	waitFor(t, 5*time.Second, "a connected to z", func() bool { return slices.Contains(a.Peers(), "z") })
+	a, cmd := meshWithProcess(t)
 	start := time.Now()
 	_ = cmd.Process.Kill()
 	waitFor(t, 3*time.Second, "z dead", func() bool { return deadAs(a, "z") != 0 })

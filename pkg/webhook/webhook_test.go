@@ -10,12 +10,10 @@ import (
 	"testing"
 	"time"
 
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	clocktesting "k8s.io/utils/clock/testing"
-	"k8s.io/utils/ptr"
 
 	"github.com/heraldlb/herald/pkg/config"
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
@@ -56,21 +54,7 @@ func TestWebhookRefusesAtTheDoor(t *testing.T) {
 
 	vwcName := ns + "-herald-config"
 	url := "https://" + ln.Addr().String() + webhook.Path
-	if _, err := c.AdmissionregistrationV1().ValidatingWebhookConfigurations().Create(ctx, &admissionregistrationv1.ValidatingWebhookConfiguration{
-		ObjectMeta: metav1.ObjectMeta{Name: vwcName},
-		Webhooks: []admissionregistrationv1.ValidatingWebhook{{
-			Name: "config.herald.dev", AdmissionReviewVersions: []string{"v1"},
-			SideEffects:   ptr.To(admissionregistrationv1.SideEffectClassNone),
-			FailurePolicy: ptr.To(admissionregistrationv1.Ignore), TimeoutSeconds: ptr.To[int32](5),
-			ClientConfig: admissionregistrationv1.WebhookClientConfig{URL: &url},
-			Rules: []admissionregistrationv1.RuleWithOperations{{
-				Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create, admissionregistrationv1.Update},
-				Rule:       admissionregistrationv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"configmaps"}},
-			}},
-			NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"kubernetes.io/metadata.name": ns}},
-			MatchConditions:   []admissionregistrationv1.MatchCondition{{Name: "herald-config-only", Expression: "object.metadata.name == 'config'"}},
-		}},
-	}, metav1.CreateOptions{}); err != nil {
+	if _, err := c.AdmissionregistrationV1().ValidatingWebhookConfigurations().Create(ctx, webhook.Registration(vwcName, ns, url), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
