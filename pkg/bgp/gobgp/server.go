@@ -186,13 +186,20 @@ func (s *Server) drainLocked(before map[string]uint64, limit time.Duration) {
 	}
 }
 
-func (s *Server) wait(ctx context.Context) error {
+// lock waits until Run serves, then locks s.mu; it returns false, s.mu unlocked, when
+// ctx ends first (with its error) or once Run is stopping (nil: nothing more to do).
+func (s *Server) lock(ctx context.Context) (bool, error) {
 	select {
 	case <-s.serving:
-		return nil
 	case <-ctx.Done():
-		return ctx.Err()
+		return false, ctx.Err()
 	}
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		return false, nil
+	}
+	return true, nil
 }
 
 // instanceLocked returns the instance presenting router ID id, making it if need be.
@@ -347,14 +354,10 @@ func stateName(s api.PeerState_SessionState) string {
 // SetPeers opens sessions to peers and closes those not among them; a peer whose
 // settings changed is re-created. The BFD sessions follow.
 func (s *Server) SetPeers(ctx context.Context, peers []bgp.Peer) error {
-	if err := s.wait(ctx); err != nil {
+	if ok, err := s.lock(ctx); !ok {
 		return err
 	}
-	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.stopped {
-		return nil
-	}
 	want := map[netip.Addr]bgp.Peer{}
 	for _, p := range peers {
 		want[p.Address] = p
@@ -452,14 +455,10 @@ func apiPeer(p bgp.Peer) *api.Peer {
 // SetRoutes advertises routes and withdraws the ones not among them; a route whose
 // attributes changed is advertised again.
 func (s *Server) SetRoutes(ctx context.Context, routes []bgp.Route) error {
-	if err := s.wait(ctx); err != nil {
+	if ok, err := s.lock(ctx); !ok {
 		return err
 	}
-	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.stopped {
-		return nil
-	}
 	s.routes = slices.Clone(routes)
 	var errs []error
 	for _, in := range s.instances {
