@@ -220,7 +220,14 @@ type BIRD struct {
 }
 
 // StartBIRD brings up BIRD peering with every node over IPv4 (eBGP, AS RouterASN).
-func (c *Cluster) StartBIRD() *BIRD {
+func (c *Cluster) StartBIRD() *BIRD { return c.startBIRD(false) }
+
+// StartBIRDRouter is StartBIRD as a router: it installs the routes it learns in its
+// kernel, merging the nodes' paths into one multipath route (ECMP), and forwards. BIRD
+// exports a change to the kernel as it happens, with no hold time.
+func (c *Cluster) StartBIRDRouter() *BIRD { return c.startBIRD(true) }
+
+func (c *Cluster) startBIRD(kernel bool) *BIRD {
 	c.t.Helper()
 	ns := c.newNS("bird")
 	netlab.Plug(c.t, c.Switch, "br0", "p-bird", ns, "eth0")
@@ -231,6 +238,10 @@ func (c *Cluster) StartBIRD() *BIRD {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "router id 192.168.10.3;\nprotocol device {}\n")
+	if kernel {
+		ns.Run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+		b.WriteString("protocol kernel { ipv4 { export all; }; merge paths on; }\n")
+	}
 	fmt.Fprintf(&b, "template bgp nodes {\n  local 192.168.10.3 as %d;\n  ipv4 { import all; export none; };\n  connect retry time 1;\n}\n", RouterASN)
 	for _, n := range c.Nodes {
 		fmt.Fprintf(&b, "protocol bgp %s from nodes { neighbor %s as %d; }\n", n.Name, n.IP4, NodeASN)

@@ -10,6 +10,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/heraldlb/herald/hack/netlab"
 )
 
 // RouteWatch follows the router's kernel routing table as zebra writes it, and keeps
@@ -27,20 +29,26 @@ type routeState struct {
 }
 
 // WatchRoutes starts following the router's kernel routes; it stops when the test ends.
-func (r *Router) WatchRoutes() *RouteWatch {
-	r.c.t.Helper()
-	h, err := netns.GetFromName(r.NS.Name)
+func (r *Router) WatchRoutes() *RouteWatch { return watchRoutes(r.c.t, r.NS) }
+
+// WatchRoutes starts following BIRD's kernel routes (StartBIRDRouter); it stops when the
+// test ends.
+func (r *BIRD) WatchRoutes(t TB) *RouteWatch { return watchRoutes(t, r.NS) }
+
+func watchRoutes(t TB, ns *netlab.NS) *RouteWatch {
+	t.Helper()
+	h, err := netns.GetFromName(ns.Name)
 	if err != nil {
-		r.c.t.Fatalf("%v", err)
+		t.Fatalf("%v", err)
 	}
 	w := &RouteWatch{routes: map[netip.Prefix]routeState{}, changed: make(chan struct{}, 1), done: make(chan struct{})}
 	updates := make(chan netlink.RouteUpdate, 4096)
 	if err := netlink.RouteSubscribeWithOptions(updates, w.done, netlink.RouteSubscribeOptions{Namespace: &h, ListExisting: true}); err != nil {
 		h.Close()
-		r.c.t.Fatalf("subscribe to the router's routes: %v", err)
+		t.Fatalf("subscribe to the router's routes: %v", err)
 	}
 	h.Close()
-	r.c.t.Cleanup(func() { close(w.done) })
+	t.Cleanup(func() { close(w.done) })
 	go func() {
 		for u := range updates {
 			w.take(u, time.Now())
