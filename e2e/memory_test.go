@@ -11,19 +11,29 @@ import (
 	"github.com/heraldlb/herald/hack/netlab"
 )
 
-// rss returns the resident set size of n's speaker, in MiB.
-func (c *Cluster) rss(n *Node) float64 {
+// rss returns the resident set size of n's speaker, in MiB: all of it, and the parts
+// that are anonymous memory (heap, stacks) and file-backed (the binary's own pages).
+func (c *Cluster) rss(n *Node) (total, anon, file float64) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", n.SpeakerPid()))
 	if err != nil {
-		return -1
+		return -1, -1, -1
+	}
+	kb := func(v string) float64 {
+		f, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+		return f / 1024
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
-			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-			return kb / 1024
+		k, v, _ := strings.Cut(l, ":")
+		switch k {
+		case "VmRSS":
+			total = kb(v)
+		case "RssAnon":
+			anon = kb(v)
+		case "RssFile":
+			file = kb(v)
 		}
 	}
-	return -1
+	return total, anon, file
 }
 
 // heap returns the speaker's Go heap in use, in MiB, from its metrics.
@@ -65,11 +75,16 @@ func BenchmarkSpeakerMemory(b *testing.B) {
 			total = n
 			c.waitAnnounced(b, n)
 			time.Sleep(5 * time.Second) // let the caches and the garbage collector settle
-			var rss, heap float64
+			var rss, anon, file, heap float64
 			for _, node := range c.Nodes {
-				rss, heap = max(rss, c.rss(node)), max(heap, c.heap(node))
+				if t, a, f := c.rss(node); t > rss {
+					rss, anon, file = t, a, f
+				}
+				heap = max(heap, c.heap(node))
 			}
 			b.ReportMetric(rss, fmt.Sprintf("MiB-rss-%d", n))
+			b.ReportMetric(anon, fmt.Sprintf("MiB-rss-anon-%d", n))
+			b.ReportMetric(file, fmt.Sprintf("MiB-rss-file-%d", n))
 			b.ReportMetric(heap, fmt.Sprintf("MiB-heap-%d", n))
 		}
 	}
