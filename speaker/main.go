@@ -63,6 +63,8 @@ func run() error {
 		livePort     = flag.Int("liveness-port", 7947, "TCP port of the failure detector's mesh, the same on every node (0 turns it off: memberlist alone detects deaths)")
 		liveInterval = flag.Duration("liveness-interval", liveness.DefaultInterval, "heartbeat interval of the failure detector: a crash is known within a round trip, a silent node after --liveness-timeout")
 		liveTimeout  = flag.Duration("liveness-timeout", liveness.DefaultTimeout, "silence after which a peer is dead (longer is slower to fail over from a dead node, and safer on loaded or lossy networks)")
+		liveMesh     = flag.Int("liveness-mesh", liveness.DefaultMesh, "up to this many peers every speaker watches every other (a full mesh); beyond, each watches --liveness-monitors neighbours on each side of a ring and reports deaths to the others through memberlist, which check before they believe")
+		liveMonitors = flag.Int("liveness-monitors", liveness.DefaultMonitors, "beyond --liveness-mesh, how many neighbours on each side of the ring each speaker watches (more costs connections, fewer risks a death learned only from memberlist)")
 		handover     = flag.Duration("handover-timeout", time.Second, "on SIGTERM, how long to wait for the other speakers to take this node's addresses over before it stops answering")
 		useBGP       = flag.Bool("bgp", true, "speak BGP to the peers in the configuration that select this node")
 		routerID     = flag.String("bgp-router-id", "", "BGP router ID (default: the node's IPv4 InternalIP)")
@@ -158,7 +160,13 @@ func run() error {
 				return err
 			}
 		}
+		var deliver func([]byte) // the failure detector's, once made
 		mlConfig := members.Config{
+			OnMessage: func(msg []byte) {
+				if deliver != nil {
+					deliver(msg)
+				}
+			},
 			Name: *nodeName, BindAddr: bind, BindPort: *mlPort, AdvertiseAddr: bind, Key: key,
 			Meta:          speaker.MemberMeta{IPVS: opts.Forward != nil}.Encode(),
 			ProbeInterval: *probe, ProbeTimeout: *probeTO, SuspicionMult: *suspicion,
@@ -182,6 +190,8 @@ func run() error {
 			if detector, err = liveness.New(liveness.Config{
 				Name: *nodeName, Listen: net.JoinHostPort(bind, strconv.Itoa(*livePort)), Key: key,
 				Interval: *liveInterval, Timeout: *liveTimeout, Logger: logger.With("component", "liveness"), Registerer: reg,
+				Mesh: *liveMesh, Monitors: *liveMonitors, Broadcast: ml.Broadcast,
+				Send: func(to string, msg []byte) { _ = ml.Send(to, msg) },
 				Peers: func() map[string]string {
 					out := map[string]string{}
 					for name, ip := range ml.AliveAddrs() {
@@ -193,6 +203,7 @@ func run() error {
 				return err
 			}
 			opts.Liveness = detector
+			deliver = func(msg []byte) { detector.Deliver(ctx, msg) }
 		}
 	}
 	if spk, err = speaker.New(opts); err != nil {

@@ -1,7 +1,8 @@
 // Package liveness tells a speaker, from its own connections, which other speakers are
 // dead, much sooner than gossip can: every speaker holds a TCP connection to every other
 // (a full mesh, authenticated with the gossip key) and sends a heartbeat on it every
-// Interval.
+// Interval. Beyond Config.Mesh peers it holds connections to its ring neighbours only,
+// and deaths are reported to the others, which check for themselves (monitors.go).
 //
 //   - A crash is a kernel fact: when a process dies its kernel closes its sockets at once,
 //     so the peer's read ends within a round trip; a new connection to its port, refused
@@ -14,7 +15,7 @@
 //     what follows (Acks), so that the next owners announce before it stops answering.
 //
 // Each speaker acts on what it observed itself; nothing it is told by one peer about
-// another is trusted. memberlist stays the source of membership; this package only says,
+// another is trusted without a check of its own. memberlist stays the source of membership; this package only says,
 // earlier, which members are gone.
 package liveness
 
@@ -81,16 +82,30 @@ type Config struct {
 	Peers    func() map[string]string
 	Interval time.Duration // between heartbeats; default DefaultInterval
 	Timeout  time.Duration // silence that makes a peer dead; default DefaultTimeout
-	Logger   *slog.Logger
+	// Mesh is how many peers a speaker watches all of (a full mesh); beyond it, it
+	// watches Monitors neighbours on each side of a ring (see monitors.go). Defaults
+	// DefaultMesh and DefaultMonitors.
+	Mesh, Monitors int
+	// Broadcast sends msg to every other speaker and Send to one (through memberlist, whose
+	// encryption with the gossip key authenticates them); the receiver hands it to
+	// Deliver. They carry reports of deaths beyond the mesh and leaves to speakers this
+	// one holds no connection to. Nil: none is sent.
+	Broadcast func(msg []byte)
+	Send      func(to string, msg []byte)
+	Logger    *slog.Logger
 	// Registerer takes the metrics (herald_liveness_*); nil registers nowhere.
 	Registerer prometheus.Registerer
 }
+
+// recheck is how often a speaker asks a peer dead beyond its ring whether it is back.
+const recheck = time.Second
 
 // Frame types on a connection.
 const (
 	frameBeat  = 1
 	frameLeave = 2
 	frameAck   = 3
+	frameBye   = 4 // the connection closes, and that is no death (no longer neighbours)
 )
 
 // Detector watches the other speakers over its own connections.
@@ -112,17 +127,28 @@ type Detector struct {
 	leaving bool
 	seen    map[string]bool // the live members memberlist reported last (Observe)
 	health  int             // local health: 0 is well; each step doubles the patience
-	wg      sync.WaitGroup
+	// watched are the peers on this speaker's ring (nil: a full mesh); verifying, the
+	// reported deaths being checked; reports, deaths to tell the others of (Run sends them).
+	watched   map[string]bool
+	ringLen   int // how many peers watched was computed from
+	verifying map[string]bool
+	reports   chan report
+	running   bool // between Run's start and its end: goroutines may be spawned
+	wg        sync.WaitGroup
 }
 
 type peer struct {
 	name  string
 	addr  string
-	lost  bool // its connection ended and nothing answered since: silence decides
-	conn  net.Conn
+	lost  bool       // its connection ended and nothing answered since: silence decides
+	conn  net.Conn   // written holding the Detector's lock and wmu
 	wmu   sync.Mutex // serialises writes on conn
 	heard time.Time  // last frame read
 	since time.Time  // when the connection was made
+	bye   bool       // the peer closes this connection as a neighbour no longer
+	// checked is when this speaker last asked, beyond its ring, whether the peer lives.
+	checked   time.Time
+	neighbour bool // on this speaker's ring (always, in a full mesh)
 }
 
 // New returns a Detector; it listens and dials when Run is called.
@@ -132,6 +158,11 @@ func New(cfg Config) (*Detector, error) {
 	}
 	cfg.Interval = cmp.Or(cfg.Interval, DefaultInterval)
 	cfg.Timeout = cmp.Or(cfg.Timeout, DefaultTimeout)
+	cfg.Mesh = cmp.Or(cfg.Mesh, DefaultMesh)
+	cfg.Monitors = cmp.Or(cfg.Monitors, DefaultMonitors)
+	if cfg.Mesh < 1 || cfg.Monitors < 1 {
+		return nil, fmt.Errorf("liveness: a mesh of %d and %d monitors; both must be at least 1", cfg.Mesh, cfg.Monitors)
+	}
 	if cfg.Timeout < 2*cfg.Interval {
 		return nil, fmt.Errorf("liveness: a timeout of %s is under two heartbeat intervals (%s)", cfg.Timeout, cfg.Interval)
 	}
@@ -140,6 +171,7 @@ func New(cfg Config) (*Detector, error) {
 		metrics: metrics.NewLiveness(metrics.OrPrivate(cfg.Registerer)),
 		peers:   map[string]*peer{}, dead: map[string]Reason{}, leavers: map[string]uint64{},
 		acked: make(chan struct{}, 1), dialing: map[string]bool{},
+		verifying: map[string]bool{}, reports: make(chan report, 64),
 	}, nil
 }
 
@@ -159,10 +191,13 @@ func (d *Detector) Dead() (map[string]Reason, uint64) {
 func (d *Detector) Applied(gen uint64) {
 	d.mu.Lock()
 	var ack []*peer
+	var tell []string
 	for name, g := range d.leavers {
 		if g <= gen {
 			if p := d.peers[name]; p != nil && p.conn != nil {
 				ack = append(ack, p)
+			} else {
+				tell = append(tell, name) // it told us through memberlist: answer the same way
 			}
 			delete(d.leavers, name)
 		}
@@ -170,6 +205,11 @@ func (d *Detector) Applied(gen uint64) {
 	d.mu.Unlock()
 	for _, p := range ack {
 		_ = p.send(frameAck, d.cfg.Interval)
+	}
+	if d.cfg.Send != nil {
+		for _, name := range tell {
+			d.cfg.Send(name, encodeMsg(msgAck, d.cfg.Name, name))
+		}
 	}
 }
 
@@ -195,6 +235,9 @@ func (d *Detector) markDeadLocked(name string, why Reason, silentFor time.Durati
 		d.metrics.Detection.Observe(silentFor.Seconds())
 	}
 	d.log.Info("speaker found dead", "member", name, "how", why.String(), "after", silentFor.Round(time.Millisecond))
+	if why != Left && d.watched[name] {
+		d.reportLocked(msgDead, name) // a neighbour: the others rely on its monitors
+	}
 	d.notify()
 }
 
@@ -204,6 +247,9 @@ func (d *Detector) aliveLocked(name string) {
 		delete(d.leavers, name)
 		d.gen++
 		d.log.Info("speaker back", "member", name)
+		if d.watched[name] {
+			d.reportLocked(msgBack, name)
+		}
 		d.notify()
 	}
 }
@@ -215,7 +261,7 @@ func (d *Detector) Run(ctx context.Context) error {
 		return fmt.Errorf("liveness: listen on %s: %w", d.cfg.Listen, err)
 	}
 	d.mu.Lock()
-	d.ln = ln
+	d.ln, d.running = ln, true
 	d.mu.Unlock()
 	defer d.wg.Wait()
 	defer d.closeAll()
@@ -228,6 +274,8 @@ func (d *Detector) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case r := <-d.reports:
+			d.cfg.Broadcast(encodeMsg(r.kind, d.cfg.Name, r.name))
 		case now := <-t.C:
 			// Local health: a tick that came late means this process is starved, and what
 			// looks like a peer's silence may be its own.
@@ -259,6 +307,7 @@ func (d *Detector) spawn(f func()) {
 func (d *Detector) closeAll() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.running = false
 	_ = d.ln.Close()
 	for _, p := range d.peers {
 		if p.conn != nil {
@@ -272,6 +321,7 @@ func (d *Detector) closeAll() {
 func (d *Detector) tick(ctx context.Context, now time.Time) {
 	want := d.cfg.Peers()
 	d.mu.Lock()
+	changed := len(want) != d.ringLen
 	for name, addr := range want {
 		if name == d.cfg.Name {
 			continue
@@ -280,24 +330,34 @@ func (d *Detector) tick(ctx context.Context, now time.Time) {
 		if p == nil {
 			p = &peer{name: name}
 			d.peers[name] = p
+			changed = true
 		}
 		p.addr = addr
 	}
-	for name, p := range d.peers {
-		if _, ok := want[name]; !ok && p.conn == nil {
-			delete(d.peers, name) // gone from the membership: memberlist's word stands
-			delete(d.dead, name)
+	if changed {
+		for name, p := range d.peers {
+			if _, ok := want[name]; !ok && p.conn == nil {
+				delete(d.peers, name) // gone from the membership: memberlist's word stands
+				delete(d.dead, name)
+			}
+		}
+		d.watched = ring(d.cfg.Name, slices.Collect(maps.Keys(want)), d.cfg.Mesh, d.cfg.Monitors)
+		d.ringLen = len(want)
+		for name, p := range d.peers {
+			p.neighbour = d.watched == nil || d.watched[name]
 		}
 	}
 	patience := d.cfg.Timeout << d.health
-	heardAny := false
+	heardAny := d.heardAnyLocked(now)
+	var beat, dial, bye []*peer
 	for _, p := range d.peers {
-		if p.conn != nil && now.Sub(p.heard) < patience {
-			heardAny = true
+		if p.conn == nil && !p.lost && !p.neighbour {
+			continue // beyond the ring, and not connected: nothing to do (most of them, past the mesh)
 		}
-	}
-	var beat, dial []*peer
-	for _, p := range d.peers {
+		if p.conn != nil && !p.neighbour && d.cfg.Name < p.name && now.Sub(p.since) > d.cfg.Timeout {
+			bye = append(bye, p) // no longer a neighbour (the ring changed)
+			continue
+		}
 		if p.conn != nil {
 			beat = append(beat, p)
 		}
@@ -312,17 +372,52 @@ func (d *Detector) tick(ctx context.Context, now time.Time) {
 				}
 			}
 		}
-		if p.conn == nil && d.cfg.Name < p.name && !d.leaving {
+		// Neighbours are dialled by the lower name of the two.
+		if p.conn == nil && !d.leaving && p.neighbour && d.cfg.Name < p.name {
 			dial = append(dial, p)
 		}
 	}
+	// A peer dead beyond the ring is asked now and then whether it is back (its
+	// neighbours also say so at once).
+	var back []string
+	for name := range d.dead {
+		if p := d.peers[name]; p != nil && !p.neighbour && now.Sub(p.checked) > recheck {
+			back = append(back, name)
+		}
+	}
+	for _, p := range bye {
+		p.bye = true
+	}
 	d.mu.Unlock()
+	for _, p := range bye {
+		_ = p.send(frameBye, d.cfg.Interval)
+		p.wmu.Lock()
+		if p.conn != nil {
+			_ = p.conn.Close()
+		}
+		p.wmu.Unlock()
+	}
 	for _, p := range beat {
 		_ = p.send(frameBeat, d.cfg.Interval)
 	}
 	for _, p := range dial {
 		d.spawnDial(ctx, p)
 	}
+	for _, name := range back {
+		d.check(ctx, name)
+	}
+}
+
+// heardAnyLocked says whether any connected peer was heard within the patience of this
+// speaker's health: if none was, a silence may be this speaker's own.
+func (d *Detector) heardAnyLocked(now time.Time) bool {
+	patience := d.cfg.Timeout << d.health
+	for _, p := range d.peers {
+		if p.conn != nil && now.Sub(p.heard) < patience {
+			return true
+		}
+	}
+	return false
 }
 
 func (d *Detector) spawnDial(ctx context.Context, p *peer) {
@@ -379,19 +474,20 @@ func (d *Detector) accept(ctx context.Context, ln net.Listener) {
 // adopt makes conn the connection to name and reads it until it fails.
 func (d *Detector) adopt(ctx context.Context, name string, conn net.Conn) {
 	d.mu.Lock()
-	if d.leaving {
+	if d.leaving || !d.running {
 		d.mu.Unlock()
-		_ = conn.Close()
+		_ = conn.Close() // leaving, or stopped: closeAll would never close it
 		return
 	}
 	p := d.peers[name]
 	if p == nil {
-		p = &peer{name: name}
+		p = &peer{name: name, neighbour: d.watched == nil || d.watched[name]}
 		d.peers[name] = p
 	}
 	old := p.conn
 	now := time.Now()
-	p.conn, p.heard, p.since, p.lost = conn, now, now, false
+	p.setConn(conn)
+	p.heard, p.since, p.lost, p.bye = now, now, false, false
 	d.aliveLocked(name)
 	d.mu.Unlock()
 	if old != nil {
@@ -418,6 +514,10 @@ func (d *Detector) read(ctx context.Context, p *peer, conn net.Conn) {
 			}
 		}
 		switch typ {
+		case frameBye:
+			if p.conn == conn {
+				p.bye = true
+			}
 		case frameLeave:
 			d.markDeadLocked(p.name, Left, 0)
 		case frameAck:
@@ -434,15 +534,17 @@ func (d *Detector) read(ctx context.Context, p *peer, conn net.Conn) {
 	_ = conn.Close()
 	d.mu.Lock()
 	current := p.conn == conn
+	bye := current && p.bye
 	if current {
-		p.conn = nil
+		p.setConn(nil)
+		p.bye = false
 	}
 	leaving, silent := d.leaving, time.Since(p.heard)
 	_, known := d.dead[p.name]
 	addr := p.addr
 	d.mu.Unlock()
-	if !current || leaving || known || ctx.Err() != nil {
-		return // replaced, or the end of this speaker, or already known
+	if !current || bye || leaving || known || ctx.Err() != nil {
+		return // replaced, closed as no longer a neighbour, the end of this speaker, or known
 	}
 	// The connection ended: the process behind it may be gone. Ask its kernel: a new
 	// connection is refused once the process is gone. One made meanwhile proves nothing
@@ -490,15 +592,22 @@ func (d *Detector) Leave(ctx context.Context) {
 	d.mu.Lock()
 	d.leaving = true
 	d.acks = map[string]bool{}
-	var to []*peer
+	var to, told []*peer
 	for _, p := range d.peers {
-		if p.conn != nil {
+		if _, dead := d.dead[p.name]; p.conn != nil {
 			to = append(to, p)
+		} else if d.watched != nil && !dead {
+			told = append(told, p) // beyond the ring: told through memberlist
 		}
 	}
 	d.mu.Unlock()
 	for _, p := range to {
 		_ = p.send(frameLeave, d.cfg.Interval)
+	}
+	if len(told) > 0 && d.cfg.Broadcast != nil {
+		d.cfg.Broadcast(encodeMsg(msgLeaving, d.cfg.Name, d.cfg.Name))
+	} else {
+		told = nil
 	}
 	start := time.Now()
 	for {
@@ -507,9 +616,13 @@ func (d *Detector) Leave(ctx context.Context) {
 		for _, p := range to {
 			done = done && (d.acks[p.name] || p.conn == nil)
 		}
+		for _, p := range told {
+			_, gone := d.dead[p.name]
+			done = done && (d.acks[p.name] || gone || d.peers[p.name] != p)
+		}
 		d.mu.Unlock()
 		if done {
-			d.log.Info("handed over to the other speakers", "peers", len(to), "after", time.Since(start).Round(time.Millisecond))
+			d.log.Info("handed over to the other speakers", "peers", len(to)+len(told), "after", time.Since(start).Round(time.Millisecond))
 			return
 		}
 		select {
@@ -520,6 +633,14 @@ func (d *Detector) Leave(ctx context.Context) {
 		case <-time.After(d.cfg.Interval):
 		}
 	}
+}
+
+// setConn changes the peer's connection; the caller holds the Detector's lock, and send
+// reads it under wmu alone.
+func (p *peer) setConn(c net.Conn) {
+	p.wmu.Lock()
+	p.conn = c
+	p.wmu.Unlock()
 }
 
 func (p *peer) send(typ byte, timeout time.Duration) error {
@@ -539,7 +660,7 @@ func readFrame(r *bufio.Reader) (byte, error) {
 	if err != nil {
 		return 0, err
 	}
-	if b != frameBeat && b != frameLeave && b != frameAck {
+	if b < frameBeat || b > frameBye {
 		return 0, fmt.Errorf("unknown frame %d", b)
 	}
 	return b, nil

@@ -12,22 +12,49 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 var key = []byte("0123456789abcdef")
 
 // mesh runs detectors on loopback that watch each other.
 type mesh struct {
-	t      testing.TB
-	mu     sync.Mutex
-	addrs  map[string]string
-	dets   map[string]*Detector
-	cancel map[string]context.CancelFunc
-	done   map[string]chan struct{}
+	t       testing.TB
+	mu      sync.Mutex
+	addrs   map[string]string
+	version int // incremented with every change of addrs
+	dets    map[string]*Detector
+	cancel  map[string]context.CancelFunc
+	done    map[string]chan struct{}
+	// tweak, when set, changes each detector's Config (a ring: Mesh, Monitors).
+	tweak func(*Config)
+	// running are the detectors that receive what others broadcast or send (memberlist's
+	// part, in this process).
+	running map[string]*Detector
+	ctx     map[string]context.Context
+	// cancelAll ends every detector started, and all waits for each: at the end of the
+	// test, all at once (hundreds, one by one, would each see the others die).
+	cancelAll []context.CancelFunc
+	all       []func()
 }
 
 func newMesh(t testing.TB) *mesh {
-	return &mesh{t: t, addrs: map[string]string{}, dets: map[string]*Detector{}, cancel: map[string]context.CancelFunc{}, done: map[string]chan struct{}{}}
+	m := newMeshOnly(t)
+	t.Cleanup(func() {
+		for _, c := range m.cancelAll {
+			c()
+		}
+		for _, stop := range m.all {
+			stop()
+		}
+	})
+	return m
+}
+
+func newMeshOnly(t testing.TB) *mesh {
+	return &mesh{t: t, addrs: map[string]string{}, dets: map[string]*Detector{}, cancel: map[string]context.CancelFunc{}, done: map[string]chan struct{}{},
+		running: map[string]*Detector{}, ctx: map[string]context.Context{}}
 }
 
 func freeAddr(t testing.TB) string {
@@ -40,42 +67,104 @@ func freeAddr(t testing.TB) string {
 	return l.Addr().String()
 }
 
+// peers returns self's Config.Peers: every other detector's address. The map is made
+// again only after an address changed (the detector does not modify it), so that
+// hundreds of detectors in one process cost what one does on its node.
 func (m *mesh) peers(self string) func() map[string]string {
+	var out map[string]string
+	var made int
 	return func() map[string]string {
 		m.mu.Lock()
 		defer m.mu.Unlock()
-		out := map[string]string{}
-		for n, a := range m.addrs {
-			if n != self {
-				out[n] = a
+		if out == nil || made != m.version {
+			out, made = map[string]string{}, m.version
+			for n, a := range m.addrs {
+				if n != self {
+					out[n] = a
+				}
 			}
 		}
 		return out
 	}
 }
 
+// start runs a detector called name; it is in the others' Peers once it listens. A port
+// found free may be taken (as a dial's source port) before the detector listens on it:
+// then another.
 func (m *mesh) start(name string, k []byte) *Detector {
 	m.t.Helper()
-	addr := freeAddr(m.t)
-	m.mu.Lock()
-	m.addrs[name] = addr
-	m.mu.Unlock()
-	d, err := New(Config{Name: name, Listen: addr, Key: k, Peers: m.peers(name)})
-	if err != nil {
-		m.t.Fatal(err)
+	for try := 0; ; try++ {
+		addr := freeAddr(m.t)
+		cfg := Config{Name: name, Listen: addr, Key: k, Peers: m.peers(name)}
+		if m.tweak != nil {
+			cfg.Broadcast = func(msg []byte) { m.send("", name, msg) }
+			cfg.Send = func(to string, msg []byte) { m.send(to, name, msg) }
+			m.tweak(&cfg)
+		}
+		d, err := New(cfg)
+		if err != nil {
+			m.t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		var runErr error
+		go func() { defer close(done); runErr = d.Run(ctx) }()
+		for listening := false; !listening; {
+			select {
+			case <-done:
+				cancel()
+				if try == 5 {
+					m.t.Fatalf("%s: %v", name, runErr)
+				}
+			case <-time.After(time.Millisecond):
+				d.mu.Lock()
+				listening = d.ln != nil
+				d.mu.Unlock()
+				continue
+			}
+			break
+		}
+		select {
+		case <-done:
+			continue // the port was taken
+		default:
+		}
+		m.mu.Lock()
+		m.addrs[name] = addr
+		m.version++
+		m.running[name], m.ctx[name] = d, ctx
+		m.mu.Unlock()
+		m.dets[name], m.cancel[name], m.done[name] = d, cancel, done
+		m.all = append(m.all, func() { m.stop(name, cancel, done) })
+		m.cancelAll = append(m.cancelAll, cancel)
+		return d
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = d.Run(ctx) }()
-	m.dets[name], m.cancel[name], m.done[name] = d, cancel, done
-	m.t.Cleanup(func() { cancel(); <-done })
-	return d
+}
+
+// send delivers msg from one detector to another (to), or to every other ("").
+func (m *mesh) send(to, from string, msg []byte) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for name, d := range m.running {
+		if name != from && (to == "" || to == name) {
+			d.Deliver(m.ctx[name], msg)
+		}
+	}
+}
+
+func (m *mesh) stop(name string, cancel context.CancelFunc, done chan struct{}) {
+	m.mu.Lock()
+	if m.done[name] == done {
+		delete(m.running, name)
+	}
+	m.mu.Unlock()
+	cancel()
+	<-done
 }
 
 // crash ends a detector as a process exit would: its kernel closes every socket.
 func (m *mesh) crash(name string) {
-	m.cancel[name]()
-	<-m.done[name]
+	m.stop(name, m.cancel[name], m.done[name])
 }
 
 func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) time.Duration {
@@ -260,7 +349,9 @@ func splitComma(s string) []string {
 
 // BenchmarkCrashDetection measures, on loopback, how long after one of N speakers stops
 // (its sockets closed, as when its process dies) every other knows it dead; N is
-// HERALD_LIVENESS_N (default 50). Reports min, median and max over the rounds. Run:
+// HERALD_LIVENESS_N (default 50: a full mesh; beyond 51, each watches its ring
+// neighbours and reports deaths to the others, as through memberlist). Reports min,
+// median and max over the rounds, and the connections each speaker holds. Run:
 // go test ./pkg/liveness -run '^$' -bench CrashDetection -benchtime 20x
 func BenchmarkCrashDetection(b *testing.B) {
 	n := 50
@@ -268,18 +359,35 @@ func BenchmarkCrashDetection(b *testing.B) {
 		n = v
 	}
 	m := newMesh(b)
+	m.tweak = func(*Config) {} // the defaults, with reports carried between detectors
 	var names []string
 	for i := range n {
-		names = append(names, fmt.Sprintf("s%02d", i))
+		names = append(names, fmt.Sprintf("s%03d", i))
 		m.start(names[i], key)
 	}
+	watching := func(nm string) int {
+		if w := ring(nm, names, DefaultMesh, DefaultMonitors); w != nil {
+			return len(w)
+		}
+		return n - 1
+	}
 	for _, nm := range names {
-		waitFor(b, 30*time.Second, nm+" connected to all", func() bool { return len(m.dets[nm].Peers()) == n-1 })
+		d := m.dets[nm]
+		waitFor(b, 60*time.Second, nm+" connected to those it watches", func() bool {
+			d.mu.Lock()
+			ticked := d.ringLen == n-1
+			d.mu.Unlock()
+			return ticked && len(d.Peers()) == watching(nm)
+		})
+	}
+	conns := 0
+	for _, nm := range names {
+		conns = max(conns, len(m.dets[nm].Peers()))
 	}
 	var took []time.Duration
 	round := 0
 	for b.Loop() {
-		victim := names[round%n]
+		victim := names[(round*7)%n]
 		round++
 		start := time.Now()
 		m.crash(victim)
@@ -299,4 +407,161 @@ func BenchmarkCrashDetection(b *testing.B) {
 	b.ReportMetric(float64(took[0].Microseconds())/1000, "ms-min")
 	b.ReportMetric(float64(took[len(took)/2].Microseconds())/1000, "ms-median")
 	b.ReportMetric(float64(took[len(took)-1].Microseconds())/1000, "ms-max")
+	b.ReportMetric(float64(conns), "conns/speaker")
+}
+
+// ringMesh starts n detectors that watch only their neighbours beyond a mesh of 4.
+func ringMesh(t testing.TB, n int) (*mesh, []string) {
+	m := newMesh(t)
+	m.tweak = func(c *Config) { c.Mesh, c.Monitors = 4, 2 }
+	var names []string
+	for i := range n {
+		names = append(names, fmt.Sprintf("s%03d", i))
+		m.start(names[i], key)
+	}
+	for _, nm := range names {
+		want := ring(nm, names, 4, 2)
+		d := m.dets[nm]
+		waitFor(t, 10*time.Second, nm+" connected to its neighbours", func() bool {
+			peers := d.Peers()
+			d.mu.Lock()
+			ticked := d.ringLen == n-1 // it knows every peer (not only those that dialled it)
+			d.mu.Unlock()
+			return ticked && len(peers) == len(want) && !slices.ContainsFunc(peers, func(p string) bool { return !want[p] })
+		})
+	}
+	return m, names
+}
+
+// The ring: each speaker holds connections to its 2 × Monitors neighbours only, and
+// a neighbour's report of a crash reaches every other, which checks it and agrees.
+func TestRingWatchesNeighboursAndReportsDeaths(t *testing.T) {
+	m, names := ringMesh(t, 12)
+	for _, nm := range names {
+		if got := len(m.dets[nm].Peers()); got != 4 {
+			t.Errorf("%s holds %d connections, want 4 (two neighbours each side)", nm, got)
+		}
+	}
+	victim := names[5]
+	m.crash(victim)
+	for _, nm := range names {
+		if nm != victim {
+			waitFor(t, 2*time.Second, victim+" dead at "+nm, func() bool { return deadAs(m.dets[nm], victim) == Closed })
+		}
+	}
+	m.start(victim, key)
+	for _, nm := range names {
+		if nm != victim {
+			waitFor(t, 5*time.Second, victim+" back at "+nm, func() bool { return deadAs(m.dets[nm], victim) == 0 })
+		}
+	}
+	// Once back, speakers beyond its ring let go of the connections they made to learn so.
+	for _, nm := range names {
+		want := ring(nm, names, 4, 2)
+		waitFor(t, 5*time.Second, nm+" back to its neighbours", func() bool { return len(m.dets[nm].Peers()) == len(want) })
+	}
+}
+
+// A report is checked, not believed: a speaker told that a live one died keeps it alive.
+func TestFalseReportIsNotBelieved(t *testing.T) {
+	m, names := ringMesh(t, 8)
+	liar, about := names[0], names[1]
+	for _, nm := range names[2:] {
+		m.dets[nm].Deliver(context.Background(), encodeMsg(msgDead, liar, about))
+	}
+	time.Sleep(300 * time.Millisecond) // longer than a check takes
+	for _, nm := range names[2:] {
+		if r := deadAs(m.dets[nm], about); r != 0 {
+			t.Errorf("%s believed %s dead (%s) on %s's word", nm, about, r, liar)
+		}
+	}
+	// Nor is a leave taken from anyone but the leaver, and garbage is dropped.
+	d := m.dets[names[3]]
+	d.Deliver(context.Background(), encodeMsg(msgLeaving, liar, about))
+	d.Deliver(context.Background(), []byte{msgMagic, msgDead, 0, 200, 'x'})
+	if r := deadAs(d, about); r != 0 {
+		t.Errorf("%s took %s's leave from %s", names[3], about, liar)
+	}
+	if got := testutil.ToFloat64(d.metrics.Dropped); got != 2 {
+		t.Errorf("dropped messages: %v, want 2", got)
+	}
+}
+
+// A speaker leaving a ring tells those beyond its neighbours through memberlist, and waits
+// for their acknowledgements too.
+func TestRingLeaveIsAcknowledgedByAll(t *testing.T) {
+	m, names := ringMesh(t, 10)
+	leaver := m.dets[names[0]]
+	left := make(chan struct{})
+	go func() { leaver.Leave(context.Background()); close(left) }()
+	for _, nm := range names[1:] {
+		waitFor(t, time.Second, nm+" sees the leave", func() bool { return deadAs(m.dets[nm], names[0]) == Left })
+	}
+	for _, nm := range names[1 : len(names)-1] {
+		_, gen := m.dets[nm].Dead()
+		m.dets[nm].Applied(gen)
+	}
+	select {
+	case <-left:
+		t.Fatal("Leave returned before the last speaker acknowledged")
+	case <-time.After(200 * time.Millisecond):
+	}
+	last := m.dets[names[len(names)-1]]
+	_, gen := last.Dead()
+	last.Applied(gen)
+	select {
+	case <-left:
+	case <-time.After(time.Second):
+		t.Fatal("Leave did not return once every speaker acknowledged")
+	}
+}
+
+func TestMessageRoundTrip(t *testing.T) {
+	for _, k := range []byte{msgDead, msgLeaving, msgAck} {
+		kind, from, about, err := decodeMsg(encodeMsg(k, "node-a", "node-b"))
+		if err != nil || kind != k || from != "node-a" || about != "node-b" {
+			t.Errorf("kind %d: %d %q %q %v", k, kind, from, about, err)
+		}
+	}
+	for _, bad := range [][]byte{nil, {'x', 1}, {msgMagic, 9, 0, 1, 'a', 0, 1, 'b'}, {msgMagic, 1, 0, 1, 'a'}, {msgMagic, 1, 0, 1, 'a', 0, 1, 'b', 'c'}} {
+		if _, _, _, err := decodeMsg(bad); err == nil {
+			t.Errorf("%v decoded", bad)
+		}
+	}
+}
+
+func FuzzDecodeMsg(f *testing.F) {
+	f.Add(encodeMsg(msgDead, "a", "b"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		kind, from, about, err := decodeMsg(b)
+		if err == nil && !slices.Equal(encodeMsg(kind, from, about), b) {
+			t.Errorf("%v decodes to %d %q %q, which encodes differently", b, kind, from, about)
+		}
+	})
+}
+
+// The ring is symmetric (a watches b exactly when b watches a) and each speaker watches
+// 2 × monitors others, so a speaker's cost does not grow with the cluster.
+func TestRingIsSymmetricAndBounded(t *testing.T) {
+	var names []string
+	for i := range 500 {
+		names = append(names, fmt.Sprintf("node-%d", i))
+	}
+	if ring(names[0], names[:51], 50, 3) != nil {
+		t.Error("51 speakers (50 peers) are not a full mesh")
+	}
+	w := map[string]map[string]bool{}
+	for _, n := range names {
+		w[n] = ring(n, names, 50, 3)
+		if len(w[n]) != 6 {
+			t.Fatalf("%s watches %d", n, len(w[n]))
+		}
+	}
+	for a, ws := range w {
+		for b := range ws {
+			if !w[b][a] {
+				t.Fatalf("%s watches %s, not the other way", a, b)
+			}
+		}
+	}
 }

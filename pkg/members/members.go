@@ -40,6 +40,10 @@ type Config struct {
 	SuspicionMult int           // default 2
 	LeaveTimeout  time.Duration // how long a graceful leave may take; default 2s
 
+	// OnMessage receives what another member sent with Send or Broadcast (encrypted and
+	// authenticated with Key when it is set). It must not block; msg is its own.
+	OnMessage func(msg []byte)
+
 	Logger *slog.Logger // nil discards
 }
 
@@ -283,8 +287,42 @@ func (m *Members) notify() {
 	}
 }
 
-// delegate is the memberlist delegate that hands out this member's metadata; it carries
-// no user messages or state.
+// Send sends msg to the member called name, in one packet without retransmission (UDP: a
+// LAN's loss is rare, and what is sent is also learned otherwise).
+func (m *Members) Send(name string, msg []byte) error {
+	m.mu.Lock()
+	ml := m.ml
+	m.mu.Unlock()
+	if ml == nil {
+		return errors.New("members: not started")
+	}
+	for _, n := range ml.Members() {
+		if n.Name == name {
+			return ml.SendBestEffort(n, msg)
+		}
+	}
+	return fmt.Errorf("members: no member %q", name)
+}
+
+// Broadcast sends msg to every other member at once, as Send does.
+func (m *Members) Broadcast(msg []byte) {
+	m.mu.Lock()
+	ml := m.ml
+	m.mu.Unlock()
+	if ml == nil {
+		return
+	}
+	for _, n := range ml.Members() {
+		if n.Name != m.cfg.Name {
+			if err := ml.SendBestEffort(n, msg); err != nil {
+				m.log.Debug("memberlist send", "member", n.Name, "err", err)
+			}
+		}
+	}
+}
+
+// delegate is the memberlist delegate that hands out this member's metadata and passes
+// on user messages; it carries no state.
 type delegate Members
 
 func (d *delegate) NodeMeta(limit int) []byte {
@@ -292,7 +330,11 @@ func (d *delegate) NodeMeta(limit int) []byte {
 	defer d.mu.Unlock()
 	return slices.Clone(d.meta[:min(len(d.meta), limit)])
 }
-func (*delegate) NotifyMsg([]byte)                {}
+func (d *delegate) NotifyMsg(msg []byte) {
+	if d.cfg.OnMessage != nil && len(msg) > 0 {
+		d.cfg.OnMessage(slices.Clone(msg)) // memberlist reuses its buffer
+	}
+}
 func (*delegate) GetBroadcasts(int, int) [][]byte { return nil }
 func (*delegate) LocalState(bool) []byte          { return nil }
 func (*delegate) MergeRemoteState([]byte, bool)   {}

@@ -19,16 +19,25 @@ type cluster struct {
 	members map[string]*Members
 	cancel  map[string]context.CancelFunc
 	done    map[string]chan error
+	inbox   map[string]chan []byte // what each member received (OnMessage)
 }
 
 func newCluster(t *testing.T, key []byte) *cluster {
-	return &cluster{t: t, key: key, members: map[string]*Members{}, cancel: map[string]context.CancelFunc{}, done: map[string]chan error{}}
+	return &cluster{t: t, key: key, members: map[string]*Members{}, cancel: map[string]context.CancelFunc{}, done: map[string]chan error{},
+		inbox: map[string]chan []byte{}}
 }
 
 func (c *cluster) start(name string, key []byte) *Members {
 	c.t.Helper()
+	inbox := make(chan []byte, 16)
 	m, err := New(Config{
 		Name: name, BindAddr: "127.0.0.1", BindPort: 0, Key: key, Meta: []byte("meta of " + name),
+		OnMessage: func(msg []byte) {
+			select {
+			case inbox <- msg:
+			default:
+			}
+		},
 		Peers: func() []string {
 			c.mu.Lock()
 			defer c.mu.Unlock()
@@ -53,7 +62,7 @@ func (c *cluster) start(name string, key []byte) *Members {
 			c.t.Fatal("memberlist did not start")
 		}
 	}
-	c.members[name], c.cancel[name], c.done[name] = m, cancel, done
+	c.members[name], c.cancel[name], c.done[name], c.inbox[name] = m, cancel, done, inbox
 	return m
 }
 
@@ -95,6 +104,42 @@ func TestJoinAndGracefulLeave(t *testing.T) {
 	c.done["c"] <- nil
 	took := c.waitAlive(a, []string{"a", "b"}, 2*time.Second)
 	t.Logf("graceful leave seen after %s", took)
+}
+
+// Messages reach the member they are sent to, or every other one, through memberlist's
+// encrypted packets.
+func TestSendAndBroadcast(t *testing.T) {
+	c := newCluster(t, key)
+	a := c.start("a", key)
+	c.start("b", key)
+	c.start("c", key)
+	c.waitAlive(a, []string{"a", "b", "c"}, 10*time.Second)
+	receive := func(name, want string) {
+		t.Helper()
+		select {
+		case got := <-c.inbox[name]:
+			if string(got) != want {
+				t.Errorf("%s received %q, want %q", name, got, want)
+			}
+		case <-time.After(2 * time.Second):
+			t.Errorf("%s received nothing, want %q", name, want)
+		}
+	}
+	if err := a.Send("b", []byte("to b")); err != nil {
+		t.Fatal(err)
+	}
+	receive("b", "to b")
+	a.Broadcast([]byte("to all"))
+	receive("b", "to all")
+	receive("c", "to all")
+	select {
+	case got := <-c.inbox["a"]:
+		t.Errorf("a received its own broadcast %q", got)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if err := a.Send("nobody", []byte("x")); err == nil {
+		t.Error("a message to no member was sent")
+	}
 }
 
 func TestWrongKeyCannotJoin(t *testing.T) {

@@ -9,6 +9,8 @@ type Liveness struct {
 	Deaths *prometheus.CounterVec
 	// Detection is how long a death took to be known, from the peer's last sign of life.
 	Detection prometheus.Histogram
+	// Dropped counts malformed messages received through memberlist.
+	Dropped prometheus.Counter
 }
 
 // NewLiveness registers the failure detector's metrics with reg.
@@ -23,7 +25,11 @@ func NewLiveness(reg prometheus.Registerer) *Liveness {
 			Help:    "Time from a speaker's last sign of life to this one knowing it dead (crashes and silences, not leaves).",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
 		}),
+		Dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_liveness_dropped_messages_total",
+			Help: "Malformed failure-detector messages received through memberlist, dropped.",
+		}),
 	}
-	reg.MustRegister(m.Deaths, m.Detection)
+	reg.MustRegister(m.Deaths, m.Detection, m.Dropped)
 	return m
 }
