@@ -260,3 +260,45 @@ func TestLayer2WithoutMemberlist(t *testing.T) {
 		t.Errorf("after %s went NotReady, %s answers ARP and traffic reaches %s", old.Name, now.Name, name)
 	}
 }
+
+// A speaker that crashes while the API server is frozen: the others act on what they
+// already know (their caches and their own connections), so the address moves all the
+// same and the client reaches a new owner within a second.
+func TestLayer2FailoverWithoutAPIServer(t *testing.T) {
+	c := start(t, Options{})
+	ips := c.CreateService("web", nil)
+	o := c.owner(t, ips[0], 10*time.Second)
+	apiserver := c.CP.Pid("kube-apiserver")
+	if err := syscall.Kill(apiserver, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			_ = syscall.Kill(apiserver, syscall.SIGCONT)
+		}
+	}
+	t.Cleanup(resume)
+	time.Sleep(5 * time.Second) // frozen for a while first: nobody moves
+	if got := c.Owners(ips[0], 300*time.Millisecond); !slices.Equal(got, []string{o.Name}) {
+		t.Fatalf("with the API server frozen, %s answered by %v, want %s", ips[0], got, o.Name)
+	}
+	start := time.Now()
+	c.StopSpeaker(o, syscall.SIGKILL)
+	for {
+		name, err := c.Connect(ips[0], 200*time.Millisecond)
+		if err == nil && name != o.Name {
+			t.Logf("new owner %s reached %s after the kill, the API server frozen", name, time.Since(start).Round(time.Millisecond))
+			break
+		}
+		if time.Since(start) > 5*time.Second {
+			t.Fatalf("5 s after %s's speaker died with the API server frozen: reached %q (%v)", o.Name, name, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := c.Owners(ips[0], 300*time.Millisecond); len(got) != 1 || got[0] == o.Name {
+		t.Fatalf("after the failover, %s answered by %v", ips[0], got)
+	}
+	resume()
+}
