@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -206,22 +207,25 @@ func (c *Cluster) checkObservedOwner(t *testing.T, svc string, ip netip.Addr, ow
 	t.Errorf("kubectl herald status after the failover: %+v; want %s announced by %s, as its speaker said", rows, ip, owner)
 }
 
-func TestLayer2KeepsAnnouncingWithoutAPIServer(t *testing.T) {
-	c := start(t, Options{})
-	ips := c.CreateService("web", nil)
-	o := c.owner(t, ips[0], 10*time.Second)
+// freezeAPIServer stops the API server's process (SIGSTOP) until the returned function,
+// or the end of the test, resumes it.
+func (c *Cluster) freezeAPIServer(t *testing.T) (resume func()) {
+	t.Helper()
 	apiserver := c.CP.Pid("kube-apiserver")
 	if err := syscall.Kill(apiserver, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	resumed := false
-	resume := func() {
-		if !resumed {
-			resumed = true
-			_ = syscall.Kill(apiserver, syscall.SIGCONT)
-		}
-	}
+	var once sync.Once
+	resume = func() { once.Do(func() { _ = syscall.Kill(apiserver, syscall.SIGCONT) }) }
 	t.Cleanup(resume)
+	return resume
+}
+
+func TestLayer2KeepsAnnouncingWithoutAPIServer(t *testing.T) {
+	c := start(t, Options{})
+	ips := c.CreateService("web", nil)
+	o := c.owner(t, ips[0], 10*time.Second)
+	resume := c.freezeAPIServer(t)
 	// Thirty seconds without an API server: traffic keeps flowing to the same node.
 	for i := range 30 {
 		name, err := c.Connect(ips[0], time.Second)
@@ -268,18 +272,7 @@ func TestLayer2FailoverWithoutAPIServer(t *testing.T) {
 	c := start(t, Options{})
 	ips := c.CreateService("web", nil)
 	o := c.owner(t, ips[0], 10*time.Second)
-	apiserver := c.CP.Pid("kube-apiserver")
-	if err := syscall.Kill(apiserver, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	resumed := false
-	resume := func() {
-		if !resumed {
-			resumed = true
-			_ = syscall.Kill(apiserver, syscall.SIGCONT)
-		}
-	}
-	t.Cleanup(resume)
+	resume := c.freezeAPIServer(t)
 	time.Sleep(5 * time.Second) // frozen for a while first: nobody moves
 	if got := c.Owners(ips[0], 300*time.Millisecond); !slices.Equal(got, []string{o.Name}) {
 		t.Fatalf("with the API server frozen, %s answered by %v, want %s", ips[0], got, o.Name)

@@ -36,17 +36,19 @@ func TestRingReportsCrashThroughMemberlist(t *testing.T) {
 	}
 	start := time.Now()
 	c.StopSpeaker(victim, syscall.SIGKILL)
-	for _, n := range c.Nodes {
-		if n == victim {
-			continue
-		}
-		for lines(n, "how=connection_closed") == before[n.Name] {
-			if time.Since(start) > 5*time.Second {
-				t.Fatalf("%s did not find %s's crash by itself (a refused connection)", n.Name, victim.Name)
+	// survivors waits until every survivor has logged one more line saying what.
+	survivors := func(what string, before map[string]int, limit time.Duration, fail string) {
+		t.Helper()
+		for _, n := range c.Nodes {
+			for n != victim && lines(n, what) == before[n.Name] {
+				if time.Since(start) > limit {
+					t.Fatalf("%s %s", n.Name, fail)
+				}
+				time.Sleep(10 * time.Millisecond)
 			}
-			time.Sleep(10 * time.Millisecond)
 		}
 	}
+	survivors("how=connection_closed", before, 5*time.Second, "did not find the crash by itself (a refused connection)")
 	t.Logf("every survivor knew the crash within %s", time.Since(start).Round(time.Millisecond))
 	backBefore := map[string]int{}
 	for _, n := range c.Nodes {
@@ -54,15 +56,5 @@ func TestRingReportsCrashThroughMemberlist(t *testing.T) {
 	}
 	c.StartSpeaker(victim)
 	start = time.Now()
-	for _, n := range c.Nodes {
-		if n == victim {
-			continue
-		}
-		for lines(n, "speaker back") == backBefore[n.Name] {
-			if time.Since(start) > 20*time.Second {
-				t.Fatalf("%s does not know %s is back", n.Name, victim.Name)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	survivors("speaker back", backBefore, 20*time.Second, "does not know the restarted speaker is back")
 }

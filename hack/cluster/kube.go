@@ -110,6 +110,12 @@ func (c *Cluster) nodeDir(n *Node) string { return filepath.Join(c.logDir, "node
 // cgroupRoot is the kubelet's cgroup root of n: unique per lab and node.
 func (c *Cluster) cgroupRoot(n *Node) string { return "/" + n.NS.Name }
 
+// devicePluginSocket is where every kubelet on a host serves device plugins; kubeletStarts
+// lets one kubelet start at a time because of it.
+const devicePluginSocket = "/var/lib/kubelet/device-plugins/kubelet.sock"
+
+var kubeletStarts sync.Mutex
+
 func (c *Cluster) startKubeNode(i int, n *Node, bin string, tars map[string]string) error {
 	k := &kubeNode{dir: c.nodeDir(n), cgrp: c.cgroupRoot(n)}
 	n.kube = k
@@ -159,12 +165,24 @@ func (c *Cluster) startKubeNode(i int, n *Node, bin string, tars map[string]stri
 	if err := createCgroups(k.cgrp); err != nil {
 		return fmt.Errorf("%s: %w", n.Name, err)
 	}
+	// Every kubelet serves its device-plugin registry at one fixed host path
+	// (/var/lib/kubelet/device-plugins/kubelet.sock, whatever --root-dir says), removing
+	// what it finds there first: two starting at once can fail to bind it and never get
+	// Ready. One at a time, each until its socket is there.
+	kubeletStarts.Lock()
+	defer kubeletStarts.Unlock()
+	started := time.Now()
 	if err := c.nodeDaemon(n, "kubelet", filepath.Join(bin, "kubelet"),
 		"--config", filepath.Join(k.dir, "kubelet.yaml"), "--kubeconfig", filepath.Join(k.dir, "kubelet.kubeconfig"),
 		"--root-dir", filepath.Join(k.dir, "kubelet"), "--cert-dir", filepath.Join(k.dir, "kubelet", "pki"),
 		"--hostname-override", n.Name, "--node-ip", n.IP4+","+n.IP6, "--v", "1",
 	); err != nil {
 		return err
+	}
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if fi, err := os.Stat(devicePluginSocket); err == nil && fi.ModTime().After(started) {
+			break
+		}
 	}
 	return c.nodeDaemon(n, "kube-proxy", filepath.Join(bin, "kube-proxy"),
 		"--kubeconfig", filepath.Join(k.dir, "kube-proxy.kubeconfig"), "--hostname-override", n.Name,
