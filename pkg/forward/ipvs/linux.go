@@ -189,7 +189,12 @@ func (l *Linux) LinkAddrs() ([]netip.Addr, error) {
 		}
 		return nil, fmt.Errorf("find %s: %w", LinkName, err)
 	}
+	// A dump that the kernel interrupts (the addresses changed meanwhile, as when IPv6
+	// adds the link-local address of a link just brought up) is asked again.
 	addrs, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+	for try := 0; errors.Is(err, netlink.ErrDumpInterrupted) && try < 5; try++ {
+		addrs, err = netlink.AddrList(link, netlink.FAMILY_ALL)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("list addresses of %s: %w", LinkName, err)
 	}
