@@ -46,6 +46,7 @@ func TestCheckGivesLibrariesGrace(t *testing.T) {
 	stay := make(chan struct{})
 	defer close(stay)
 	go park(stay)
+	time.Sleep(10 * time.Millisecond) // until it runs: a goroutine not started yet has no stack to find
 	r = &recorder{TB: t}
 	Check(r, "leaktest.park")
 	if !r.failed {
