@@ -28,6 +28,7 @@ import (
 	"github.com/heraldlb/herald/pkg/config"
 	"github.com/heraldlb/herald/pkg/controller"
 	"github.com/heraldlb/herald/pkg/k8s"
+	"github.com/heraldlb/herald/pkg/k8s/leader"
 	"github.com/heraldlb/herald/pkg/logging"
 	"github.com/heraldlb/herald/pkg/metrics"
 	"github.com/heraldlb/herald/pkg/webhook"
@@ -51,9 +52,9 @@ func run() error {
 		metricsAddr  = flag.String("metrics-addr", ":7472", "address serving /metrics, /healthz and /readyz; empty disables")
 		leaderElect  = flag.Bool("leader-elect", true, "run only while holding the Lease, so replicas can stand by")
 		leaseName    = flag.String("lease-name", "herald-controller", "name of the leader Lease")
-		leaseDur     = flag.Duration("lease-duration", k8s.DefaultLeaderTimings.LeaseDuration, "how long a leader's Lease lasts without renewal")
-		renewDl      = flag.Duration("renew-deadline", k8s.DefaultLeaderTimings.RenewDeadline, "how long the leader tries to renew before giving up")
-		retryPeriod  = flag.Duration("retry-period", k8s.DefaultLeaderTimings.RetryPeriod, "how often a standby tries to take the Lease")
+		leaseDur     = flag.Duration("lease-duration", leader.DefaultTimings.LeaseDuration, "how long a leader's Lease lasts without renewal")
+		renewDl      = flag.Duration("renew-deadline", leader.DefaultTimings.RenewDeadline, "how long the leader tries to renew before giving up")
+		retryPeriod  = flag.Duration("retry-period", leader.DefaultTimings.RetryPeriod, "how often a standby tries to take the Lease")
 		mlSecret     = flag.String("memberlist-secret", "memberlist", "Secret (in --config-namespace) holding the speakers' gossip key; created with a random key if missing; empty: leave it alone")
 		qps          = flag.Float64("kube-api-qps", 0, "client-side limit on API requests per second; 0 leaves flow control to the API server (priority and fairness)")
 		burst        = flag.Int("kube-api-burst", 0, "client-side burst of API requests, with --kube-api-qps")
@@ -95,7 +96,7 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if *mlSecret != "" {
-		created, err := k8s.EnsureGossipKey(ctx, client, *cmNamespace, *mlSecret)
+		created, err := k8s.EnsureGossipKey(ctx, k8s.CoreOf(client.CoreV1().RESTClient(), client.DiscoveryV1().RESTClient()), *cmNamespace, *mlSecret)
 		if err != nil {
 			return fmt.Errorf("the speakers' gossip key: %w", err)
 		}
@@ -135,8 +136,8 @@ func run() error {
 		if err != nil {
 			return err
 		}
-		timings := k8s.LeaderTimings{LeaseDuration: *leaseDur, RenewDeadline: *renewDl, RetryPeriod: *retryPeriod}
-		return k8s.RunAsLeader(ctx, client, *cmNamespace, *leaseName, id, timings, logger, func(ctx context.Context) error {
+		timings := leader.Timings{LeaseDuration: *leaseDur, RenewDeadline: *renewDl, RetryPeriod: *retryPeriod}
+		return leader.Run(ctx, client, *cmNamespace, *leaseName, id, timings, logger, func(ctx context.Context) error {
 			leading.Store(true)
 			if certs == nil {
 				return ctrl.Run(ctx)

@@ -39,3 +39,32 @@ func TestPurePackages(t *testing.T) {
 		}
 	}
 }
+
+// TestLeanSpeaker checks that the speaker binary links only the API groups it reads:
+// client-go's typed clientset and informer factory register every group's types, which
+// a speaker on every node would carry as resident memory (30 MiB of it, measured by
+// BenchmarkSpeakerMemory). Package k8s and what the speaker imports must stay on
+// k8s.Core.
+func TestLeanSpeaker(t *testing.T) {
+	deps, err := exec.Command("go", "list", "-deps", "../speaker").Output()
+	if err != nil {
+		t.Fatalf("go list -deps ../speaker: %v", err)
+	}
+	allowedGroups := map[string]bool{"k8s.io/api/core/v1": true, "k8s.io/api/discovery/v1": true}
+	forbidden := []string{"k8s.io/client-go/kubernetes", "k8s.io/client-go/informers", "k8s.io/client-go/applyconfigurations", "k8s.io/client-go/tools/leaderelection"}
+	n := 0
+	for _, d := range strings.Fields(string(deps)) {
+		n++
+		if strings.HasPrefix(d, "k8s.io/api/") && !allowedGroups[d] {
+			t.Errorf("the speaker links API group %s", d)
+		}
+		for _, f := range forbidden {
+			if d == f || strings.HasPrefix(d, f+"/") {
+				t.Errorf("the speaker links %s", d)
+			}
+		}
+	}
+	if n < 100 {
+		t.Fatalf("go list -deps ../speaker listed %d packages: not the speaker's", n)
+	}
+}

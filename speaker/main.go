@@ -21,8 +21,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/heraldlb/herald/pkg/bgp"
 	"github.com/heraldlb/herald/pkg/bgp/gobgp"
@@ -91,7 +89,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	client, err := kubernetes.NewForConfig(cfg)
+	client, err := k8s.NewCore(cfg)
 	if err != nil {
 		return err
 	}
@@ -262,9 +260,9 @@ func prepareForwarding(logger *slog.Logger) error {
 }
 
 // internalIP returns the node's InternalIP from its Node object (an IPv4 one when v4).
-func internalIP(ctx context.Context, client kubernetes.Interface, node string, v4 bool) (string, error) {
-	n, err := client.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
-	if err != nil {
+func internalIP(ctx context.Context, client *k8s.Core, node string, v4 bool) (string, error) {
+	n := &corev1.Node{}
+	if err := client.Get(ctx, "", node, n); err != nil {
 		return "", fmt.Errorf("read Node %s for its address (or set --memberlist-bind-addr): %w", node, err)
 	}
 	for _, a := range n.Status.Addresses {

@@ -56,6 +56,7 @@ const configKey = "::config"
 type Controller struct {
 	opts    Options
 	log     *slog.Logger
+	core    *k8s.Core // package k8s's helpers, over the clientset's connections
 	events  *k8s.Events
 	metrics *metrics.Controller
 	queue   workqueue.TypedRateLimitingInterface[string]
@@ -89,10 +90,14 @@ func New(opts Options) (*Controller, error) {
 	opts.ResyncPeriod = cmp.Or(opts.ResyncPeriod, 10*time.Minute)
 	opts.Logger = logging.OrDiscard(opts.Logger)
 	opts.Registerer = metrics.OrPrivate(opts.Registerer)
+	// Package k8s's helpers run on its small client; the controller's share the
+	// clientset's connections.
+	core := k8s.CoreOf(opts.Client.CoreV1().RESTClient(), opts.Client.DiscoveryV1().RESTClient())
 	c := &Controller{
 		opts:     opts,
 		log:      opts.Logger,
-		events:   k8s.NewEvents(opts.Client, "herald-controller"),
+		core:     core,
+		events:   k8s.NewEvents(core, "herald-controller"),
 		pending:  map[string]bool{},
 		reported: map[string]map[string]string{},
 		queue: workqueue.NewTypedRateLimitingQueueWithConfig(
@@ -101,8 +106,8 @@ func New(opts Options) (*Controller, error) {
 	}
 	c.metrics = metrics.NewController(opts.Registerer, c.poolStats)
 	c.svcFactory = informers.NewSharedInformerFactoryWithOptions(opts.Client, opts.ResyncPeriod, informers.WithNamespace(opts.WatchNamespace))
-	c.configs = k8s.NewConfigSource(opts.Client, opts.Config, opts.ResyncPeriod)
-	c.inForceSrc = k8s.NewConfigSource(opts.Client, opts.Config.InForce(), 0)
+	c.configs = k8s.NewConfigSource(core, opts.Config, opts.ResyncPeriod)
+	c.inForceSrc = k8s.NewConfigSource(core, opts.Config.InForce(), 0)
 	c.svcInformer = c.svcFactory.Core().V1().Services().Informer()
 	c.svcLister = c.svcFactory.Core().V1().Services().Lister()
 	return c, nil
@@ -269,7 +274,7 @@ func (c *Controller) syncConfig(ctx context.Context) error {
 	}
 	c.cfg, c.inForce = cfg, text
 	c.mu.Unlock()
-	if err := k8s.PublishInForce(ctx, c.opts.Client, c.opts.Config, text, cm.ResourceVersion); err != nil {
+	if err := k8s.PublishInForce(ctx, c.core, c.opts.Config, text, cm.ResourceVersion); err != nil {
 		return err // retried; until then the speakers run the previous configuration
 	}
 	c.seenConfig = &text

@@ -12,6 +12,7 @@ import (
 
 	"github.com/heraldlb/herald/pkg/k8s"
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
+	"github.com/heraldlb/herald/pkg/k8s/leader"
 )
 
 const issueConfig = `
@@ -327,7 +328,7 @@ func TestRestartChangesNothing(t *testing.T) {
 func TestTwoReplicasNeverDoubleAssign(t *testing.T) {
 	e := newEnv(t)
 	e.applyConfig("address-pools:\n- {name: p, protocol: layer2, addresses: [10.40.0.0/24]}\n")
-	timings := k8s.LeaderTimings{LeaseDuration: 2 * time.Second, RenewDeadline: 1500 * time.Millisecond, RetryPeriod: 200 * time.Millisecond}
+	timings := leader.Timings{LeaseDuration: 2 * time.Second, RenewDeadline: 1500 * time.Millisecond, RetryPeriod: 200 * time.Millisecond}
 	type replica struct {
 		cancel context.CancelFunc
 		done   chan error
@@ -342,7 +343,7 @@ func TestTwoReplicasNeverDoubleAssign(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		r := &replica{cancel: cancel, done: make(chan error, 1), led: make(chan struct{})}
 		go func() {
-			r.done <- k8s.RunAsLeader(ctx, e.client, e.ns, "herald-controller", id, timings, opts.Logger, func(ctx context.Context) error {
+			r.done <- leader.Run(ctx, e.client, e.ns, "herald-controller", id, timings, opts.Logger, func(ctx context.Context) error {
 				close(r.led)
 				return c.Run(ctx)
 			})

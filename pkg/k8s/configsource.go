@@ -11,8 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
@@ -45,28 +43,23 @@ var (
 type ConfigSource struct {
 	Ref      ConfigRef
 	Informer cache.SharedIndexInformer
-	factory  informers.SharedInformerFactory
-	lister   corelisters.ConfigMapLister
+	informers *Informers
+	lister    corelisters.ConfigMapLister
 }
 
 // NewConfigSource returns a watcher of ref's ConfigMap; it starts with Start.
-func NewConfigSource(client kubernetes.Interface, ref ConfigRef, resync time.Duration) *ConfigSource {
+func NewConfigSource(client *Core, ref ConfigRef, resync time.Duration) *ConfigSource {
 	ref = ref.WithDefaults()
-	f := informers.NewSharedInformerFactoryWithOptions(client, resync,
-		informers.WithNamespace(ref.Namespace),
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + ref.Name }))
-	return &ConfigSource{
-		Ref: ref, factory: f,
-		Informer: f.Core().V1().ConfigMaps().Informer(),
-		lister:   f.Core().V1().ConfigMaps().Lister(),
-	}
+	f := NewInformers(client, resync, nil)
+	inf := f.For(&corev1.ConfigMap{}, ref.Namespace, func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + ref.Name })
+	return &ConfigSource{Ref: ref, informers: f, Informer: inf, lister: corelisters.NewConfigMapLister(inf.GetIndexer())}
 }
 
 // Start begins watching until stop closes; Shutdown waits for the watch to end.
-func (s *ConfigSource) Start(stop <-chan struct{}) { s.factory.Start(stop) }
+func (s *ConfigSource) Start(stop <-chan struct{}) { s.informers.Start(stop) }
 
 // Shutdown waits for the watch started by Start to end.
-func (s *ConfigSource) Shutdown() { s.factory.Shutdown() }
+func (s *ConfigSource) Shutdown() { s.informers.Shutdown() }
 
 // Get returns the ConfigMap and the configuration text under the key, from the cache.
 // The error is ErrNoConfigMap or ErrNoKey (wrapped, naming the ConfigMap) when there is
@@ -103,9 +96,8 @@ func (r ConfigRef) InForce() ConfigRef {
 
 // PublishInForce writes text into the in-force ConfigMap of ref (creating it), unless it
 // holds that text already.
-func PublishInForce(ctx context.Context, client kubernetes.Interface, ref ConfigRef, text, sourceRevision string) error {
+func PublishInForce(ctx context.Context, client *Core, ref ConfigRef, text, sourceRevision string) error {
 	in := ref.InForce()
-	cms := client.CoreV1().ConfigMaps(in.Namespace)
 	want := &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{
 			Namespace: in.Namespace, Name: in.Name,
@@ -117,9 +109,10 @@ func PublishInForce(ctx context.Context, client kubernetes.Interface, ref Config
 		},
 		Data: map[string]string{in.Key: text},
 	}
-	have, err := cms.Get(ctx, in.Name, metav1.GetOptions{})
+	have := &corev1.ConfigMap{}
+	err := client.Get(ctx, in.Namespace, in.Name, have)
 	if apierrors.IsNotFound(err) {
-		if _, err := cms.Create(ctx, want, metav1.CreateOptions{}); err != nil {
+		if err := client.Create(ctx, want); err != nil {
 			return fmt.Errorf("publish the configuration in force in ConfigMap %s: %w", in, err)
 		}
 		return nil
@@ -130,13 +123,12 @@ func PublishInForce(ctx context.Context, client kubernetes.Interface, ref Config
 	if have.Data[in.Key] == text && have.Annotations[AnnotationSourceRevision] == sourceRevision {
 		return nil
 	}
-	have = have.DeepCopy()
 	have.Data, have.Labels = want.Data, want.Labels
 	if have.Annotations == nil {
 		have.Annotations = map[string]string{}
 	}
 	maps.Copy(have.Annotations, want.Annotations)
-	if _, err := cms.Update(ctx, have, metav1.UpdateOptions{}); err != nil {
+	if err := client.Update(ctx, have); err != nil {
 		return fmt.Errorf("publish the configuration in force in ConfigMap %s: %w", in, err)
 	}
 	return nil

@@ -1,27 +1,45 @@
 package k8s
 
 import (
+	"context"
 	"errors"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/record"
 )
 
 // Events records Kubernetes Events as one component. Nothing runs, and nothing is
 // recorded, between NewEvents and Start; Shutdown ends what Start began.
 type Events struct {
-	client    kubernetes.Interface
+	client    *Core
 	component string
 
 	mu          sync.Mutex
 	broadcaster record.EventBroadcaster
 	recorder    record.EventRecorder
 	sink        *trackedSink
+}
+
+// sink writes Events through a Core client, as client-go's typed EventSinkImpl does
+// through the clientset: each in the namespace of the Event itself.
+type sink struct{ client *Core }
+
+func (s sink) Create(e *corev1.Event) (*corev1.Event, error) {
+	out := e.DeepCopy()
+	return out, s.client.Create(context.Background(), out)
+}
+
+func (s sink) Update(e *corev1.Event) (*corev1.Event, error) {
+	out := e.DeepCopy()
+	return out, s.client.Update(context.Background(), out)
+}
+
+func (s sink) Patch(e *corev1.Event, data []byte) (*corev1.Event, error) {
+	out := e.DeepCopy()
+	return out, s.client.Patch(context.Background(), out, types.StrategicMergePatchType, data)
 }
 
 // trackedSink counts the API calls in flight, so Shutdown can wait for them: the
@@ -81,7 +99,7 @@ func (s *trackedSink) Patch(e *corev1.Event, data []byte) (*corev1.Event, error)
 }
 
 // NewEvents returns an Event recorder for component.
-func NewEvents(client kubernetes.Interface, component string) *Events {
+func NewEvents(client *Core, component string) *Events {
 	return &Events{client: client, component: component}
 }
 
@@ -93,9 +111,9 @@ func (e *Events) Start() {
 		return
 	}
 	e.broadcaster = record.NewBroadcaster()
-	e.sink = &trackedSink{EventSink: &typedcorev1.EventSinkImpl{Interface: e.client.CoreV1().Events("")}}
+	e.sink = &trackedSink{EventSink: sink{e.client}}
 	e.broadcaster.StartRecordingToSink(e.sink)
-	e.recorder = e.broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: e.component})
+	e.recorder = e.broadcaster.NewRecorder(scheme, corev1.EventSource{Component: e.component})
 }
 
 // Shutdown stops delivering, after what was recorded so far has been handed on, and

@@ -9,7 +9,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 )
 
 // GossipKeyField is the key of the memberlist Secret that holds the gossip key.
@@ -17,8 +16,8 @@ const GossipKeyField = "secretkey"
 
 // EnsureGossipKey creates the Secret namespace/name with a random 32-byte gossip key when
 // it does not exist. An existing Secret is left as it is.
-func EnsureGossipKey(ctx context.Context, client kubernetes.Interface, namespace, name string) (created bool, err error) {
-	if _, err := client.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{}); err == nil {
+func EnsureGossipKey(ctx context.Context, client *Core, namespace, name string) (created bool, err error) {
+	if err := client.Get(ctx, namespace, name, &corev1.Secret{}); err == nil {
 		return false, nil
 	} else if !apierrors.IsNotFound(err) {
 		return false, fmt.Errorf("read Secret %s/%s: %w", namespace, name, err)
@@ -27,10 +26,10 @@ func EnsureGossipKey(ctx context.Context, client kubernetes.Interface, namespace
 	if _, err := rand.Read(key); err != nil {
 		return false, err
 	}
-	_, err = client.CoreV1().Secrets(namespace).Create(ctx, &corev1.Secret{
+	err = client.Create(ctx, &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name, Labels: map[string]string{"app.kubernetes.io/part-of": "herald"}},
 		Data:       map[string][]byte{GossipKeyField: key},
-	}, metav1.CreateOptions{})
+	})
 	if apierrors.IsAlreadyExists(err) {
 		return false, nil // another replica was first
 	}
@@ -42,9 +41,10 @@ func EnsureGossipKey(ctx context.Context, client kubernetes.Interface, namespace
 
 // WaitGossipKey reads the gossip key from the Secret, waiting (up to ctx) while the
 // Secret does not exist yet: the controller creates it on first start.
-func WaitGossipKey(ctx context.Context, client kubernetes.Interface, namespace, name string) ([]byte, error) {
+func WaitGossipKey(ctx context.Context, client *Core, namespace, name string) ([]byte, error) {
 	for {
-		s, err := client.CoreV1().Secrets(namespace).Get(ctx, name, metav1.GetOptions{})
+		s := &corev1.Secret{}
+		err := client.Get(ctx, namespace, name, s)
 		if err == nil {
 			key, ok := s.Data[GossipKeyField]
 			if !ok {

@@ -18,6 +18,10 @@ func TestMain(m *testing.M) { k8stest.Main(m) }
 
 func TestGossipKey(t *testing.T) {
 	client := kubernetes.NewForConfigOrDie(k8stest.Shared(t).Config)
+	core, err := k8s.NewCore(k8stest.Shared(t).Config)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := context.Background()
 	ns, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "gossip-"}}, metav1.CreateOptions{})
 	if err != nil {
@@ -28,14 +32,14 @@ func TestGossipKey(t *testing.T) {
 	go func() {
 		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 		defer cancel()
-		key, err := k8s.WaitGossipKey(wctx, client, ns.Name, "memberlist")
+		key, err := k8s.WaitGossipKey(wctx, core, ns.Name, "memberlist")
 		if err != nil {
 			t.Error(err)
 		}
 		got <- key
 	}()
 	// ...which the controller creates once, and never replaces.
-	created, err := k8s.EnsureGossipKey(ctx, client, ns.Name, "memberlist")
+	created, err := k8s.EnsureGossipKey(ctx, core, ns.Name, "memberlist")
 	if err != nil || !created {
 		t.Fatalf("EnsureGossipKey = %v, %v; want created", created, err)
 	}
@@ -43,7 +47,7 @@ func TestGossipKey(t *testing.T) {
 	if len(s.Data[k8s.GossipKeyField]) != 32 {
 		t.Fatalf("key of %d bytes", len(s.Data[k8s.GossipKeyField]))
 	}
-	if created, err := k8s.EnsureGossipKey(ctx, client, ns.Name, "memberlist"); err != nil || created {
+	if created, err := k8s.EnsureGossipKey(ctx, core, ns.Name, "memberlist"); err != nil || created {
 		t.Fatalf("second EnsureGossipKey = %v, %v; want left alone", created, err)
 	}
 	again, _ := client.CoreV1().Secrets(ns.Name).Get(ctx, "memberlist", metav1.GetOptions{})

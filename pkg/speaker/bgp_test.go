@@ -62,7 +62,7 @@ address-pools:
 `)
 	createNode(t, c, "bgp1", "10.0.0.21", true)
 	rec := &steps{}
-	s, err := New(Options{Client: c, NodeName: "bgp1", Config: k8s.ConfigRef{Namespace: ns}, Layer2: &layer2Rec{},
+	s, err := New(Options{Client: coreClient(t), NodeName: "bgp1", Config: k8s.ConfigRef{Namespace: ns}, Layer2: &layer2Rec{},
 		BGP: bgpRec{rec}, Forward: fwdRec{rec}})
 	if err != nil {
 		t.Fatal(err)

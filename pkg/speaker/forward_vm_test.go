@@ -74,7 +74,7 @@ func TestSpeakerForwardsInVM(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		spk, err = New(Options{Client: c, NodeName: "n1", Config: k8s.ConfigRef{Namespace: ns}, Layer2: &layer2Rec{},
+		spk, err = New(Options{Client: coreClient(t), NodeName: "n1", Config: k8s.ConfigRef{Namespace: ns}, Layer2: &layer2Rec{},
 			Members: members, Forward: fwd, ResyncPeriod: time.Second})
 		if err != nil {
 			t.Fatal(err)

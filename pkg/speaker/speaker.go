@@ -19,9 +19,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
+	discoverylisters "k8s.io/client-go/listers/discovery/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
 
@@ -91,8 +90,8 @@ type Forwarder interface {
 
 // Options configure a Speaker.
 type Options struct {
-	Client   kubernetes.Interface // required
-	NodeName string               // required: this node
+	Client   *k8s.Core // required
+	NodeName string    // required: this node
 	// Config names the admin's ConfigMap (default herald-system/config, key config); the
 	// speaker runs the configuration the controller publishes beside it (Config.InForce).
 	Config            k8s.ConfigRef
@@ -131,8 +130,11 @@ type Speaker struct {
 	metrics *metrics.Speaker
 	runner  *runner.Runner
 
-	factory informers.SharedInformerFactory
-	configs *k8s.ConfigSource
+	informers *k8s.Informers
+	svcs      corelisters.ServiceLister
+	slices    discoverylisters.EndpointSliceLister
+	nodeList  corelisters.NodeLister
+	configs   *k8s.ConfigSource
 	synced  []cache.InformerSynced
 
 	// Touched only by sync (the runner's goroutine):
@@ -186,14 +188,15 @@ func New(opts Options) (*Speaker, error) {
 	})
 	// Only what the plan reads is kept of each object (k8s.Strip), and an update that
 	// changes none of it (a node's heartbeat) does not wake the loop.
-	s.factory = informers.NewSharedInformerFactoryWithOptions(opts.Client, 0, informers.WithTransform(k8s.Strip))
+	s.informers = k8s.NewInformers(opts.Client, 0, k8s.Strip)
+	svcInf := s.informers.For(&corev1.Service{}, "", nil)
+	sliceInf := s.informers.For(&discoveryv1.EndpointSlice{}, "", nil)
+	nodeInf := s.informers.For(&corev1.Node{}, "", nil)
+	s.svcs = corelisters.NewServiceLister(svcInf.GetIndexer())
+	s.slices = discoverylisters.NewEndpointSliceLister(sliceInf.GetIndexer())
+	s.nodeList = corelisters.NewNodeLister(nodeInf.GetIndexer())
 	s.configs = k8s.NewConfigSource(opts.Client, opts.Config.InForce(), 0)
-	for _, inf := range []cache.SharedIndexInformer{
-		s.factory.Core().V1().Services().Informer(),
-		s.factory.Discovery().V1().EndpointSlices().Informer(),
-		s.factory.Core().V1().Nodes().Informer(),
-		s.configs.Informer,
-	} {
+	for _, inf := range []cache.SharedIndexInformer{svcInf, sliceInf, nodeInf, s.configs.Informer} {
 		s.synced = append(s.synced, inf.HasSynced)
 		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 			AddFunc: func(any) { s.runner.Poke() },
@@ -213,7 +216,7 @@ func New(opts Options) (*Speaker, error) {
 // NodeAddresses returns the InternalIP of every known node (for finding the other
 // speakers); empty until the caches have synced.
 func (s *Speaker) NodeAddresses() []netip.Addr {
-	nodes, _ := s.factory.Core().V1().Nodes().Lister().List(labels.Everything())
+	nodes, _ := s.nodeList.List(labels.Everything())
 	var out []netip.Addr
 	for _, n := range nodes {
 		out = append(out, k8s.PlanNode(n).Addresses...)
@@ -238,9 +241,9 @@ func (s *Speaker) Run(ctx context.Context) error {
 	s.events.Start()
 	defer s.events.Shutdown()
 	informCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	s.factory.Start(informCtx.Done())
+	s.informers.Start(informCtx.Done())
 	s.configs.Start(informCtx.Done())
-	defer s.factory.Shutdown()
+	defer s.informers.Shutdown()
 	defer s.configs.Shutdown()
 	// Deferred last, so it runs first: the informers stop before the Shutdowns wait for
 	// them, also when a panic unwinds (a crash restarts the speaker; a hang would not).
@@ -314,7 +317,7 @@ func (s *Speaker) SessionChanged(e bgp.SessionEvent) {
 	if s.leaving.Load() {
 		return
 	}
-	node, err := s.factory.Core().V1().Nodes().Lister().Get(s.opts.NodeName)
+	node, err := s.nodeList.Get(s.opts.NodeName)
 	if err != nil {
 		return
 	}
@@ -339,7 +342,7 @@ func (s *Speaker) reportForwarding() {
 	}
 	s.metrics.CanForward.Set(0)
 	s.log.Error("this node cannot forward with IPVS, so it announces no address of a pool that forwards", "err", s.forwardErr)
-	if node, err := s.factory.Core().V1().Nodes().Lister().Get(s.opts.NodeName); err == nil {
+	if node, err := s.nodeList.Get(s.opts.NodeName); err == nil {
 		s.events.Eventf(node, corev1.EventTypeWarning, k8s.ReasonIPVSUnavailable,
 			"node %s cannot forward with IPVS, so it announces no address of a pool that forwards: %v", s.opts.NodeName, s.forwardErr)
 	}
@@ -513,7 +516,7 @@ func (s *Speaker) forwarders(nodes []plan.Node) map[string]bool {
 }
 
 func (s *Speaker) nodes() []plan.Node {
-	list, _ := s.factory.Core().V1().Nodes().Lister().List(labels.Everything())
+	list, _ := s.nodeList.List(labels.Everything())
 	out := make([]plan.Node, 0, len(list))
 	for _, n := range list {
 		out = append(out, k8s.PlanNode(n))
@@ -522,9 +525,9 @@ func (s *Speaker) nodes() []plan.Node {
 }
 
 func (s *Speaker) services() []plan.Service {
-	svcs, _ := s.factory.Core().V1().Services().Lister().List(labels.Everything())
+	svcs, _ := s.svcs.List(labels.Everything())
 	slices.SortFunc(svcs, func(a, b *corev1.Service) int { return cmp.Compare(k8s.Key(a), k8s.Key(b)) })
-	slicesLister := s.factory.Discovery().V1().EndpointSlices().Lister()
+	slicesLister := s.slices
 	var out []plan.Service
 	for _, svc := range svcs {
 		ips := k8s.IngressIPs(svc)
@@ -542,7 +545,7 @@ func (s *Speaker) services() []plan.Service {
 // forwards while no live node can.
 func (s *Speaker) report(d plan.Desired, in plan.Input) {
 	now := map[string]bool{}
-	svcLister := s.factory.Core().V1().Services().Lister()
+	svcLister := s.svcs
 	say := func(svcKey string, a k8s.Announcement) {
 		s.metrics.OwnershipChanges.Inc()
 		if a.Announcing {
@@ -586,7 +589,7 @@ func (s *Speaker) reportNoForwarder(d plan.Desired, in plan.Input) {
 	}
 	now := map[string]bool{}
 	if !anyForwarder {
-		svcLister := s.factory.Core().V1().Services().Lister()
+		svcLister := s.svcs
 		for _, dec := range d.Decisions {
 			pool, ok := in.Config.Pool(dec.Pool)
 			if !ok || !pool.Forward || now[dec.Service] {

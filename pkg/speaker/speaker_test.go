@@ -245,7 +245,7 @@ address-pools:
 	members.set("n2", false)
 	members.set("n3", false)
 	fwd, l2 := &forwardRec{}, &layer2Rec{}
-	s, err := New(Options{Client: c, NodeName: "n1", Config: k8s.ConfigRef{Namespace: ns}, Layer2: l2,
+	s, err := New(Options{Client: coreClient(t), NodeName: "n1", Config: k8s.ConfigRef{Namespace: ns}, Layer2: l2,
 		Members: members, Forward: fwd, ResyncPeriod: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
@@ -326,7 +326,7 @@ func TestCannotForwardIsReported(t *testing.T) {
 	cp := k8stest.Shared(t)
 	c := kubernetes.NewForConfigOrDie(cp.Config)
 	createNode(t, c, "noipvs", "10.0.0.9", true)
-	s, err := New(Options{Client: c, NodeName: "noipvs", Layer2: &layer2Rec{}, ForwardErr: errors.New("IPVS is not available (is the ip_vs module loaded?)")})
+	s, err := New(Options{Client: coreClient(t), NodeName: "noipvs", Layer2: &layer2Rec{}, ForwardErr: errors.New("IPVS is not available (is the ip_vs module loaded?)")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,15 +350,30 @@ func TestCannotForwardIsReported(t *testing.T) {
 func TestRunLeavesNoGoroutine(t *testing.T) {
 	c := kubernetes.NewForConfigOrDie(k8stest.Shared(t).Config)
 	createNode(t, c, "leak", "10.0.0.8", true)
-	s, err := New(Options{Client: c, NodeName: "leak", Layer2: &layer2Rec{}, Forward: &forwardRec{}})
+	s, err := New(Options{Client: coreClient(t), NodeName: "leak", Layer2: &layer2Rec{}, Forward: &forwardRec{}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	stop := run(t, s)
 	eventually(t, func() (bool, string) {
-		return s.factory.Core().V1().Nodes().Informer().HasSynced(), "caches not synced"
+		for _, synced := range s.synced {
+			if !synced() {
+				return false, "caches not synced"
+			}
+		}
+		return true, ""
 	})
 	stop()
 	leaktest.Check(t, "github.com/heraldlb/herald/pkg/speaker.(*Speaker)", "github.com/heraldlb/herald/pkg/runner.",
 		"github.com/heraldlb/herald/pkg/k8s.", "k8s.io/client-go/tools/cache.", "k8s.io/client-go/tools/record.", "k8s.io/apimachinery/pkg/watch.")
+}
+
+// coreClient is the speaker's own API client, on the shared test API server.
+func coreClient(t *testing.T) *k8s.Core {
+	t.Helper()
+	c, err := k8s.NewCore(k8stest.Shared(t).Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

@@ -1,4 +1,7 @@
-package k8s
+// Package leader runs a controller replica's work only while it holds a Lease. It is
+// apart from package k8s because client-go's leader election links the typed clients
+// of every API group, which the speaker must not carry.
+package leader
 
 import (
 	"context"
@@ -14,21 +17,21 @@ import (
 	"github.com/heraldlb/herald/pkg/logging"
 )
 
-// LeaderTimings are the Lease timings: how long a lease lasts, how long the leader keeps
+// Timings are the Lease timings: how long a lease lasts, how long the leader keeps
 // trying to renew before it gives up, and how often candidates retry.
-type LeaderTimings struct {
+type Timings struct {
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
 }
 
-// DefaultLeaderTimings are Kubernetes' own controllers' timings.
-var DefaultLeaderTimings = LeaderTimings{LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second}
+// DefaultTimings are Kubernetes' own controllers' timings.
+var DefaultTimings = Timings{LeaseDuration: 15 * time.Second, RenewDeadline: 10 * time.Second, RetryPeriod: 2 * time.Second}
 
-// RunAsLeader runs run while this process holds the Lease namespace/name, and returns
+// Run runs run while this process holds the Lease namespace/name, and returns
 // when ctx ends (nil) or when leadership is lost (an error: the caller should exit, as
 // what run did may be stale). run is called on this goroutine and has returned before
-// RunAsLeader does; the Lease is released for the next replica only after run has
+// Run does; the Lease is released for the next replica only after run has
 // returned, so two replicas never work at once.
-func RunAsLeader(ctx context.Context, client kubernetes.Interface, namespace, name, identity string, t LeaderTimings, logger *slog.Logger, run func(context.Context) error) error {
+func Run(ctx context.Context, client kubernetes.Interface, namespace, name, identity string, t Timings, logger *slog.Logger, run func(context.Context) error) error {
 	logger = logging.OrDiscard(logger)
 	lock := &resourcelock.LeaseLock{
 		LeaseMeta:  metav1.ObjectMeta{Namespace: namespace, Name: name},

@@ -1,4 +1,4 @@
-package k8s_test
+package leader_test
 
 import (
 	"context"
@@ -10,21 +10,21 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/heraldlb/herald/pkg/k8s"
+	"github.com/heraldlb/herald/pkg/k8s/leader"
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
 )
 
-// The leader's work runs under RunAsLeader's supervision: it has ended when RunAsLeader
+// The leader's work runs under Run's supervision: it has ended when Run
 // returns, and the Lease is released only once it has, so a standby never starts while
 // the old leader still writes. Run it with -race: the old implementation shared a flag
 // between client-go's goroutine and the caller.
-func TestRunAsLeaderSupervisesAndReleasesLast(t *testing.T) {
+func TestRunSupervisesAndReleasesLast(t *testing.T) {
 	client := kubernetes.NewForConfigOrDie(k8stest.Shared(t).Config)
 	ns, err := client.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "leader-"}}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	timings := k8s.LeaderTimings{LeaseDuration: 3 * time.Second, RenewDeadline: 2 * time.Second, RetryPeriod: 200 * time.Millisecond}
+	timings := leader.Timings{LeaseDuration: 3 * time.Second, RenewDeadline: 2 * time.Second, RetryPeriod: 200 * time.Millisecond}
 	holder := func() string {
 		l, err := client.CoordinationV1().Leases(ns.Name).Get(context.Background(), "lock", metav1.GetOptions{})
 		if err != nil || l.Spec.HolderIdentity == nil {
@@ -38,7 +38,7 @@ func TestRunAsLeaderSupervisesAndReleasesLast(t *testing.T) {
 		heldWhileFinishing := make(chan string, 1)
 		done := make(chan error, 1)
 		go func() {
-			done <- k8s.RunAsLeader(ctx, client, ns.Name, "lock", "me", timings, nil, func(ctx context.Context) error {
+			done <- leader.Run(ctx, client, ns.Name, "lock", "me", timings, nil, func(ctx context.Context) error {
 				working.Store(true)
 				<-ctx.Done()
 				time.Sleep(300 * time.Millisecond) // the workers finish their last writes
@@ -54,27 +54,27 @@ func TestRunAsLeaderSupervisesAndReleasesLast(t *testing.T) {
 		}
 		cancel()
 		if err := <-done; err != nil {
-			t.Fatalf("round %d: RunAsLeader: %v", round, err)
+			t.Fatalf("round %d: Run: %v", round, err)
 		}
 		if !finished.Load() {
-			t.Fatalf("round %d: RunAsLeader returned while the leader's work still ran", round)
+			t.Fatalf("round %d: Run returned while the leader's work still ran", round)
 		}
 		if h := <-heldWhileFinishing; h != "me" {
 			t.Errorf("round %d: while the work finished, the Lease was held by %q: released too early", round, h)
 		}
 		if h := holder(); h != "" {
-			t.Errorf("round %d: after RunAsLeader returned the Lease is held by %q, want released", round, h)
+			t.Errorf("round %d: after Run returned the Lease is held by %q, want released", round, h)
 		}
 	}
 	// Cancelled before ever leading: it returns, and nothing runs later.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	var ran atomic.Bool
-	if err := k8s.RunAsLeader(ctx, client, ns.Name, "lock", "me", timings, nil, func(context.Context) error { ran.Store(true); return nil }); err != nil {
+	if err := leader.Run(ctx, client, ns.Name, "lock", "me", timings, nil, func(context.Context) error { ran.Store(true); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(500 * time.Millisecond)
 	if ran.Load() {
-		t.Error("the leader's work started after RunAsLeader returned")
+		t.Error("the leader's work started after Run returned")
 	}
 }
