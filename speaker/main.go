@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"syscall"
 	"time"
@@ -33,6 +34,9 @@ import (
 	"github.com/heraldlb/herald/pkg/metrics"
 	"github.com/heraldlb/herald/pkg/speaker"
 )
+
+// defaultGCPercent is the speaker's garbage collection target when GOGC is unset.
+const defaultGCPercent = 50
 
 func main() {
 	if err := run(); err != nil {
@@ -76,6 +80,12 @@ func run() error {
 	logger, err := logging.New(os.Stderr, *logLevel, *logFormat)
 	if err != nil {
 		return err
+	}
+	if _, set := os.LookupEnv("GOGC"); !set {
+		// The live heap is a few MiB (the stripped caches, the announcer's tables), so
+		// collecting at half again as much, not twice, costs little CPU and keeps every
+		// node's speaker about 3 MiB smaller. GOGC set in the environment wins.
+		debug.SetGCPercent(defaultGCPercent)
 	}
 	if *prepare {
 		return prepareForwarding(logger)

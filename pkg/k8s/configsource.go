@@ -41,8 +41,8 @@ var (
 
 // ConfigSource watches the one ConfigMap of a ConfigRef.
 type ConfigSource struct {
-	Ref      ConfigRef
-	Informer cache.SharedIndexInformer
+	Ref       ConfigRef
+	Informer  cache.SharedIndexInformer
 	informers *Informers
 	lister    corelisters.ConfigMapLister
 }

@@ -135,7 +135,7 @@ type Speaker struct {
 	slices    discoverylisters.EndpointSliceLister
 	nodeList  corelisters.NodeLister
 	configs   *k8s.ConfigSource
-	synced  []cache.InformerSynced
+	synced    []cache.InformerSynced
 
 	// Touched only by sync (the runner's goroutine):
 	seenConfig  string

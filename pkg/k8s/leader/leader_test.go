@@ -10,8 +10,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/heraldlb/herald/pkg/k8s/leader"
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
+	"github.com/heraldlb/herald/pkg/k8s/leader"
 )
 
 // The leader's work runs under Run's supervision: it has ended when Run
