@@ -2,149 +2,188 @@ package k8s
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
+	"fmt"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/tools/reference"
 )
 
-// Events records Kubernetes Events as one component. Nothing runs, and nothing is
-// recorded, between NewEvents and Start; Shutdown ends what Start began.
+// Events records Kubernetes Events as one component, as client-go's record package does
+// for the typed clientset: each Event is queued and written by one goroutine, and an
+// Event repeating one written in the last ten minutes (same object, type, reason and
+// message) raises that one's count instead of adding another. Its own, because
+// client-go's recorder links the strategic-merge-patch machinery and OpenAPI models
+// into every speaker for that one count.
+//
+// Nothing runs, and nothing is recorded, between NewEvents and Start; Shutdown ends
+// what Start began.
 type Events struct {
 	client    *Core
 	component string
+	now       func() time.Time
 
-	mu          sync.Mutex
-	broadcaster record.EventBroadcaster
-	recorder    record.EventRecorder
-	sink        *trackedSink
+	mu     sync.Mutex
+	queue  chan *corev1.Event // nil before Start and after Shutdown
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	seen map[string]*corev1.Event // the worker's: what was written, by aggregation key
 }
 
-// sink writes Events through a Core client, as client-go's typed EventSinkImpl does
-// through the clientset: each in the namespace of the Event itself.
-type sink struct{ client *Core }
-
-func (s sink) Create(e *corev1.Event) (*corev1.Event, error) {
-	out := e.DeepCopy()
-	return out, s.client.Create(context.Background(), out)
-}
-
-func (s sink) Update(e *corev1.Event) (*corev1.Event, error) {
-	out := e.DeepCopy()
-	return out, s.client.Update(context.Background(), out)
-}
-
-func (s sink) Patch(e *corev1.Event, data []byte) (*corev1.Event, error) {
-	out := e.DeepCopy()
-	return out, s.client.Patch(context.Background(), out, types.StrategicMergePatchType, data)
-}
-
-// trackedSink counts the API calls in flight, so Shutdown can wait for them: the
-// broadcaster's own Shutdown cancels its workers but does not wait for them. Once
-// closed it makes no more calls.
-type trackedSink struct {
-	record.EventSink
-
-	mu       sync.Mutex
-	closed   bool
-	inFlight sync.WaitGroup
-}
-
-// errClosed is what a closed sink answers: the Event is dropped, as at any shutdown.
-var errClosed = errors.New("event recorder shut down")
-
-func (s *trackedSink) enter() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	s.inFlight.Add(1)
-	return true
-}
-
-// close refuses further calls and waits for those in flight.
-func (s *trackedSink) close() {
-	s.mu.Lock()
-	s.closed = true
-	s.mu.Unlock()
-	s.inFlight.Wait()
-}
-
-func (s *trackedSink) Create(e *corev1.Event) (*corev1.Event, error) {
-	if !s.enter() {
-		return nil, errClosed
-	}
-	defer s.inFlight.Done()
-	return s.EventSink.Create(e)
-}
-
-func (s *trackedSink) Update(e *corev1.Event) (*corev1.Event, error) {
-	if !s.enter() {
-		return nil, errClosed
-	}
-	defer s.inFlight.Done()
-	return s.EventSink.Update(e)
-}
-
-func (s *trackedSink) Patch(e *corev1.Event, data []byte) (*corev1.Event, error) {
-	if !s.enter() {
-		return nil, errClosed
-	}
-	defer s.inFlight.Done()
-	return s.EventSink.Patch(e, data)
-}
+const (
+	eventQueue     = 1000             // Events waiting beyond this are dropped, as client-go's recorder drops them
+	eventSeenLimit = 4096             // aggregation keys remembered; beyond, forgotten all at once
+	eventAggregate = 10 * time.Minute // a repeat within this raises the count
+	eventMessage   = 1024             // the API server's limit on a message
+	eventAttempts  = 3                // writes of one Event, when the API server is unavailable
+	eventDrain     = 2 * time.Second  // how long Shutdown lets queued Events go out
+)
 
 // NewEvents returns an Event recorder for component.
 func NewEvents(client *Core, component string) *Events {
-	return &Events{client: client, component: component}
+	return &Events{client: client, component: component, now: time.Now}
 }
 
 // Start begins delivering recorded Events to the API server.
 func (e *Events) Start() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.broadcaster != nil {
+	if e.queue != nil {
 		return
 	}
-	e.broadcaster = record.NewBroadcaster()
-	e.sink = &trackedSink{EventSink: sink{e.client}}
-	e.broadcaster.StartRecordingToSink(e.sink)
-	e.recorder = e.broadcaster.NewRecorder(scheme, corev1.EventSource{Component: e.component})
+	ctx, cancel := context.WithCancel(context.Background())
+	e.queue, e.cancel, e.done = make(chan *corev1.Event, eventQueue), cancel, make(chan struct{})
+	e.seen = map[string]*corev1.Event{}
+	go e.deliver(ctx, e.queue, e.done)
 }
 
-// Shutdown stops delivering, after what was recorded so far has been handed on, and
-// waits for the API calls in flight. Call it once nothing records any more.
+// Shutdown stops recording, lets what was recorded so far go out (for up to two
+// seconds: an unavailable API server does not hold a stopping process), and waits for
+// the API calls in flight. Call it once nothing records any more.
 func (e *Events) Shutdown() {
 	e.mu.Lock()
-	b, sink := e.broadcaster, e.sink
-	e.broadcaster, e.recorder, e.sink = nil, nil, nil
+	q, cancel, done := e.queue, e.cancel, e.done
+	e.queue = nil
 	e.mu.Unlock()
-	if b != nil {
-		b.Shutdown()
-		sink.close()
+	if q == nil {
+		return
 	}
-}
-
-func (e *Events) rec() record.EventRecorder {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.recorder
+	close(q)
+	t := time.AfterFunc(eventDrain, cancel)
+	<-done
+	t.Stop()
+	cancel()
 }
 
 // Event records an Event on obj; before Start or after Shutdown it does nothing.
 func (e *Events) Event(obj runtime.Object, eventType, reason, message string) {
-	if r := e.rec(); r != nil {
-		r.Event(obj, eventType, reason, message)
+	ref, err := reference.GetReference(scheme, obj)
+	if err != nil {
+		return // not an object of the two groups: nothing to record it on
+	}
+	if len(message) > eventMessage {
+		message = message[:eventMessage-3] + "..."
+	}
+	now := metav1.NewTime(e.now())
+	ns := ref.Namespace
+	if ns == "" {
+		ns = metav1.NamespaceDefault // cluster-scoped objects' Events, where kubectl looks for them
+	}
+	ev := &corev1.Event{
+		ObjectMeta:     metav1.ObjectMeta{Name: fmt.Sprintf("%s.%x", ref.Name, now.UnixNano()), Namespace: ns},
+		InvolvedObject: *ref, Type: eventType, Reason: reason, Message: message,
+		Source:         corev1.EventSource{Component: e.component},
+		FirstTimestamp: now, LastTimestamp: now, Count: 1,
+		ReportingController: e.component,
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.queue == nil {
+		return
+	}
+	select {
+	case e.queue <- ev:
+	default: // the API server is far behind; this one is lost, as with client-go's recorder
 	}
 }
 
 // Eventf is Event with a format.
 func (e *Events) Eventf(obj runtime.Object, eventType, reason, format string, args ...any) {
-	if r := e.rec(); r != nil {
-		r.Eventf(obj, eventType, reason, format, args...)
+	e.Event(obj, eventType, reason, fmt.Sprintf(format, args...))
+}
+
+func (e *Events) deliver(ctx context.Context, q <-chan *corev1.Event, done chan<- struct{}) {
+	defer close(done)
+	for ev := range q {
+		if ctx.Err() == nil {
+			e.write(ctx, ev)
+		}
 	}
+}
+
+// aggregationKey is what makes two Events the same one, repeated.
+func aggregationKey(ev *corev1.Event) string {
+	o := ev.InvolvedObject
+	return fmt.Sprintf("%s\x00%s\x00%s\x00%s\x00%s\x00%s\x00%s\x00%s", ev.Source.Component, o.Kind, o.Namespace, o.Name, o.UID, ev.Type, ev.Reason, ev.Message)
+}
+
+// write creates ev, or raises the count of the same Event written lately.
+func (e *Events) write(ctx context.Context, ev *corev1.Event) {
+	key := aggregationKey(ev)
+	if prior := e.seen[key]; prior != nil && ev.LastTimestamp.Sub(prior.LastTimestamp.Time) < eventAggregate {
+		patch, _ := json.Marshal(map[string]any{"count": prior.Count + 1, "lastTimestamp": ev.LastTimestamp})
+		out := prior.DeepCopy()
+		err := e.retry(ctx, func(ctx context.Context) error { return e.client.Patch(ctx, out, types.MergePatchType, patch) })
+		if err == nil {
+			e.seen[key] = out
+			return
+		}
+		if !apierrors.IsNotFound(err) {
+			return
+		}
+		// Deleted meanwhile (Events expire after an hour): a new one.
+	}
+	out := ev.DeepCopy()
+	if err := e.retry(ctx, func(ctx context.Context) error { return e.client.Create(ctx, out) }); err != nil {
+		return
+	}
+	if len(e.seen) >= eventSeenLimit {
+		clear(e.seen)
+	}
+	e.seen[key] = out
+}
+
+// retry calls f until it succeeds, fails for good (the API server refused the request
+// itself), has been tried eventAttempts times, or ctx ends.
+func (e *Events) retry(ctx context.Context, f func(context.Context) error) error {
+	wait := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		call, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := f(call)
+		cancel()
+		if err == nil || attempt == eventAttempts || final(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
+}
+
+// final says whether an error is the API server's answer to the request itself, which
+// another attempt would get again.
+func final(err error) bool {
+	return apierrors.IsNotFound(err) || apierrors.IsInvalid(err) || apierrors.IsBadRequest(err) ||
+		apierrors.IsForbidden(err) || apierrors.IsAlreadyExists(err) || apierrors.IsConflict(err) ||
+		apierrors.IsMethodNotSupported(err) || apierrors.IsUnauthorized(err)
 }

@@ -16,17 +16,26 @@ import (
 
 func TestMain(m *testing.M) { k8stest.Main(m) }
 
+// clients returns a clientset and a Core client of the shared test API server, and a
+// new namespace there named from prefix.
+func clients(t *testing.T, prefix string) (*kubernetes.Clientset, *k8s.Core, *corev1.Namespace) {
+	t.Helper()
+	cfg := k8stest.Shared(t).Config
+	client := kubernetes.NewForConfigOrDie(cfg)
+	core, err := k8s.NewCore(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := client.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: prefix}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return client, core, ns
+}
+
 func TestGossipKey(t *testing.T) {
-	client := kubernetes.NewForConfigOrDie(k8stest.Shared(t).Config)
-	core, err := k8s.NewCore(k8stest.Shared(t).Config)
-	if err != nil {
-		t.Fatal(err)
-	}
+	client, core, ns := clients(t, "gossip-")
 	ctx := context.Background()
-	ns, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "gossip-"}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	// A speaker that starts first waits for the key...
 	got := make(chan []byte, 1)
 	go func() {
