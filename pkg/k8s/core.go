@@ -102,49 +102,40 @@ func (c *Core) Get(ctx context.Context, namespace, name string, into runtime.Obj
 
 // Create creates obj in its namespace and reads what the API server stored back into it.
 func (c *Core) Create(ctx context.Context, obj runtime.Object) error {
-	r, res, namespaced := c.resource(obj)
-	ns, err := namespaceOf(obj)
+	req, _, err := c.on(obj, rest.Interface.Post)
 	if err != nil {
 		return err
 	}
-	return r.Post().NamespaceIfScoped(ns, namespaced).Resource(res).Body(obj).Do(ctx).Into(obj)
+	return req.Body(obj).Do(ctx).Into(obj)
 }
 
 // Update replaces obj (its resourceVersion guards against a concurrent write) and reads
 // what the API server stored back into it.
 func (c *Core) Update(ctx context.Context, obj runtime.Object) error {
-	r, res, namespaced := c.resource(obj)
-	m, err := accessor(obj)
+	req, m, err := c.on(obj, rest.Interface.Put)
 	if err != nil {
 		return err
 	}
-	return r.Put().NamespaceIfScoped(m.GetNamespace(), namespaced).Resource(res).Name(m.GetName()).Body(obj).Do(ctx).Into(obj)
+	return req.Name(m.GetName()).Body(obj).Do(ctx).Into(obj)
 }
 
 // Patch applies a patch of type pt to obj's namespace and name and reads the result into obj.
 func (c *Core) Patch(ctx context.Context, obj runtime.Object, pt types.PatchType, data []byte) error {
-	r, res, namespaced := c.resource(obj)
-	m, err := accessor(obj)
+	req, m, err := c.on(obj, func(r rest.Interface) *rest.Request { return r.Patch(pt) })
 	if err != nil {
 		return err
 	}
-	return r.Patch(pt).NamespaceIfScoped(m.GetNamespace(), namespaced).Resource(res).Name(m.GetName()).Body(data).Do(ctx).Into(obj)
+	return req.Name(m.GetName()).Body(data).Do(ctx).Into(obj)
 }
 
-func accessor(obj runtime.Object) (metav1.Object, error) {
+// on starts a request of verb on obj's collection, in obj's namespace.
+func (c *Core) on(obj runtime.Object, verb func(rest.Interface) *rest.Request) (*rest.Request, metav1.Object, error) {
+	r, res, namespaced := c.resource(obj)
 	m, ok := obj.(metav1.Object)
 	if !ok {
-		return nil, fmt.Errorf("%T has no object metadata", obj)
+		return nil, nil, fmt.Errorf("%T has no object metadata", obj)
 	}
-	return m, nil
-}
-
-func namespaceOf(obj runtime.Object) (string, error) {
-	m, err := accessor(obj)
-	if err != nil {
-		return "", err
-	}
-	return m.GetNamespace(), nil
+	return verb(r).NamespaceIfScoped(m.GetNamespace(), namespaced).Resource(res), m, nil
 }
 
 // Informers makes the informers of one component on a Core client and runs them: each

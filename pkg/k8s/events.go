@@ -27,7 +27,6 @@ import (
 type Events struct {
 	client    *Core
 	component string
-	now       func() time.Time
 
 	mu     sync.Mutex
 	queue  chan *corev1.Event // nil before Start and after Shutdown
@@ -48,7 +47,7 @@ const (
 
 // NewEvents returns an Event recorder for component.
 func NewEvents(client *Core, component string) *Events {
-	return &Events{client: client, component: component, now: time.Now}
+	return &Events{client: client, component: component}
 }
 
 // Start begins delivering recorded Events to the API server.
@@ -91,7 +90,7 @@ func (e *Events) Event(obj runtime.Object, eventType, reason, message string) {
 	if len(message) > eventMessage {
 		message = message[:eventMessage-3] + "..."
 	}
-	now := metav1.NewTime(e.now())
+	now := metav1.NewTime(time.Now())
 	ns := ref.Namespace
 	if ns == "" {
 		ns = metav1.NamespaceDefault // cluster-scoped objects' Events, where kubectl looks for them
