@@ -280,7 +280,7 @@ func (c *controller) metric(t *testing.T, name string, labels map[string]string)
 var leakPkgs = []string{
 	"github.com/heraldlb/herald/pkg/controller.(*Controller)", "github.com/heraldlb/herald/pkg/k8s.",
 	"k8s.io/client-go/tools/cache.", "k8s.io/client-go/util/workqueue.",
-	"k8s.io/client-go/tools/record.", "k8s.io/apimachinery/pkg/watch.",
+	"k8s.io/apimachinery/pkg/watch.",
 }
 
 // Run returns only once every goroutine it started (workers, informers, the Event

@@ -365,7 +365,7 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 	})
 	stop()
 	leaktest.Check(t, "github.com/heraldlb/herald/pkg/speaker.(*Speaker)", "github.com/heraldlb/herald/pkg/runner.",
-		"github.com/heraldlb/herald/pkg/k8s.", "k8s.io/client-go/tools/cache.", "k8s.io/client-go/tools/record.", "k8s.io/apimachinery/pkg/watch.")
+		"github.com/heraldlb/herald/pkg/k8s.", "k8s.io/client-go/tools/cache.", "k8s.io/apimachinery/pkg/watch.")
 }
 
 // coreClient is the speaker's own API client, on the shared test API server.
