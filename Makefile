@@ -39,7 +39,7 @@ bench: control-plane ## the benchmarks quoted in the README
 	$(GO) test -run '^$$' -bench Services2000 -benchtime 1x ./pkg/controller
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/election
 	$(GO) test -run '^$$' -bench DetectHardFailure -benchtime 20x ./pkg/members
-	$(GO) test -run '^$$' -bench 'Failover|ThousandServicesMove|BGP' -benchtime 1x ./e2e
+	$(GO) test -run '^$$' -bench 'Failover|ThousandServicesMove|BGP|SpeakerMemory' -benchtime 1x ./e2e
 	$(GO) run ./hack/vm -bench . -timeout 20m ./pkg/forward/ipvs
 
 lint: ## formatting, vet, and the purity of the pure packages
