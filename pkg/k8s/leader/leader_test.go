@@ -14,6 +14,8 @@ import (
 	"github.com/heraldlb/herald/pkg/k8s/leader"
 )
 
+func TestMain(m *testing.M) { k8stest.Main(m) }
+
 // The leader's work runs under Run's supervision: it has ended when Run
 // returns, and the Lease is released only once it has, so a standby never starts while
 // the old leader still writes. Run it with -race: the old implementation shared a flag
