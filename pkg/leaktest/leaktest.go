@@ -1,6 +1,8 @@
 // Package leaktest checks that a component's Run has ended every goroutine it started by
 // the time it returns. Goroutines running Herald's own code must be gone at once (one
-// still ending after Run returned is exactly the defect); those of a library whose end
+// still waiting after Run returned is exactly the defect; one caught runnable, between
+// the wg.Done that let Run return and its own return, gets Exiting to finish); those of
+// a library whose end
 // Run cannot await (client-go's watch decoders and Event workers end a moment after
 // their stream closes or their context is cancelled) get a short, bounded grace.
 package leaktest
@@ -18,6 +20,9 @@ const own = "github.com/heraldlb/herald/"
 // Grace bounds how long a library goroutine may take to end after Run returned.
 const Grace = 2 * time.Second
 
+// Exiting bounds how long one of Herald's goroutines, found runnable, may take to end.
+const Exiting = 100 * time.Millisecond
+
 // Check fails t if a goroutine other than the caller's runs code whose package path
 // starts with one of pkgs (for example "github.com/heraldlb/herald/pkg/speaker."): right
 // now for Herald's packages, after Grace for the others.
@@ -31,18 +36,57 @@ func Check(t testing.TB, pkgs ...string) {
 			lenient = append(lenient, p)
 		}
 	}
+	exiting := map[string]bool{} // by goroutine ID
 	for _, s := range running(strict) {
-		t.Errorf("a goroutine outlives its component's Run:\n%s", s)
+		if runnable(s) {
+			exiting[id(s)] = true
+		} else {
+			t.Errorf("a goroutine outlives its component's Run:\n%s", s)
+		}
 	}
-	deadline := time.Now().Add(Grace)
-	left := running(lenient)
-	for len(left) > 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-		left = running(lenient)
+	for _, s := range settle(strict, Exiting, func(s string) bool { return exiting[id(s)] }) {
+		t.Errorf("a goroutine outlives its component's Run by more than %v:\n%s", Exiting, s)
 	}
-	for _, s := range left {
+	for _, s := range settle(lenient, Grace, func(string) bool { return true }) {
 		t.Errorf("a goroutine outlives its component's Run by more than %v:\n%s", Grace, s)
 	}
+}
+
+// settle waits up to limit for the goroutines of pkgs that match to end, and returns
+// those that did not.
+func settle(pkgs []string, limit time.Duration, match func(string) bool) []string {
+	left := filter(running(pkgs), match)
+	for deadline := time.Now().Add(limit); len(left) > 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		left = filter(running(pkgs), match)
+	}
+	return left
+}
+
+func filter(stacks []string, match func(string) bool) []string {
+	var out []string
+	for _, s := range stacks {
+		if match(s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// id is the goroutine ID of a stack ("goroutine 12 [running]:").
+func id(stack string) string {
+	f := strings.Fields(stack)
+	if len(f) < 2 {
+		return ""
+	}
+	return f[1]
+}
+
+// runnable says whether a goroutine's stack shows it running or ready to run, not
+// waiting.
+func runnable(stack string) bool {
+	header, _, _ := strings.Cut(stack, "\n")
+	return strings.Contains(header, "[runnable") || strings.Contains(header, "[running")
 }
 
 // running returns the stacks of the goroutines, other than the caller's and the test

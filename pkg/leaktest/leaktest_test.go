@@ -53,3 +53,26 @@ func TestCheckGivesLibrariesGrace(t *testing.T) {
 		t.Error("a goroutine staying past Grace went unnoticed")
 	}
 }
+
+func spin(d time.Duration) {
+	for end := time.Now().Add(d); time.Now().Before(end); {
+	}
+}
+
+// One of Herald's goroutines caught running gets Exiting to end, not more.
+func TestCheckLetsARunningGoroutineEnd(t *testing.T) {
+	go spin(30 * time.Millisecond)
+	time.Sleep(5 * time.Millisecond)
+	r := &recorder{TB: t}
+	Check(r, "github.com/heraldlb/herald/pkg/leaktest.spin")
+	if r.failed {
+		t.Error("a goroutine ending 30ms later was reported")
+	}
+	go spin(time.Second)
+	time.Sleep(5 * time.Millisecond)
+	r = &recorder{TB: t}
+	Check(r, "github.com/heraldlb/herald/pkg/leaktest.spin")
+	if !r.failed {
+		t.Error("a goroutine running on for a second went unnoticed")
+	}
+}
