@@ -33,7 +33,16 @@ type Events struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 
-	seen map[string]*corev1.Event // the worker's: what was written, by aggregation key
+	seen map[string]written // the worker's: what was written, by aggregation key
+}
+
+// written is what the worker keeps of an Event it wrote, to raise its count on a
+// repeat: not the Event the API server returned (its managedFields alone are half a
+// kilobyte, and a speaker remembers one per Service it announces).
+type written struct {
+	name  string // in the Event's namespace, which is part of the aggregation key
+	count int32
+	last  time.Time
 }
 
 const (
@@ -59,7 +68,7 @@ func (e *Events) Start() {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e.queue, e.cancel, e.done = make(chan *corev1.Event, eventQueue), cancel, make(chan struct{})
-	e.seen = map[string]*corev1.Event{}
+	e.seen = map[string]written{}
 	go e.deliver(ctx, e.queue, e.done)
 }
 
@@ -136,12 +145,13 @@ func aggregationKey(ev *corev1.Event) string {
 // write creates ev, or raises the count of the same Event written lately.
 func (e *Events) write(ctx context.Context, ev *corev1.Event) {
 	key := aggregationKey(ev)
-	if prior := e.seen[key]; prior != nil && ev.LastTimestamp.Sub(prior.LastTimestamp.Time) < eventAggregate {
-		patch, _ := json.Marshal(map[string]any{"count": prior.Count + 1, "lastTimestamp": ev.LastTimestamp})
-		out := prior.DeepCopy()
+	if prior, ok := e.seen[key]; ok && ev.LastTimestamp.Sub(prior.last) < eventAggregate {
+		count := prior.count + 1
+		patch, _ := json.Marshal(map[string]any{"count": count, "lastTimestamp": ev.LastTimestamp})
+		out := &corev1.Event{ObjectMeta: metav1.ObjectMeta{Name: prior.name, Namespace: ev.Namespace}}
 		err := e.retry(ctx, func(ctx context.Context) error { return e.client.Patch(ctx, out, types.MergePatchType, patch) })
 		if err == nil {
-			e.seen[key] = out
+			e.seen[key] = written{name: prior.name, count: count, last: ev.LastTimestamp.Time}
 			return
 		}
 		if !apierrors.IsNotFound(err) {
@@ -149,14 +159,13 @@ func (e *Events) write(ctx context.Context, ev *corev1.Event) {
 		}
 		// Deleted meanwhile (Events expire after an hour): a new one.
 	}
-	out := ev.DeepCopy()
-	if err := e.retry(ctx, func(ctx context.Context) error { return e.client.Create(ctx, out) }); err != nil {
+	if err := e.retry(ctx, func(ctx context.Context) error { return e.client.Create(ctx, ev.DeepCopy()) }); err != nil {
 		return
 	}
 	if len(e.seen) >= eventSeenLimit {
 		clear(e.seen)
 	}
-	e.seen[key] = out
+	e.seen[key] = written{name: ev.Name, count: ev.Count, last: ev.LastTimestamp.Time}
 }
 
 // retry calls f until it succeeds, fails for good (the API server refused the request
