@@ -8,7 +8,7 @@ BIN   := bin
 all: build
 
 build: ## the binaries, in bin/
-	$(GO) build -trimpath -o $(BIN)/ ./controller ./speaker ./kubectl-herald
+	$(GO) build -trimpath -o $(BIN)/ ./controller ./speaker ./speaker-bgp ./kubectl-herald
 
 image: ## the container image herald:dev, without Docker: an OCI layout in bin/herald-dev.tar
 	$(GO) run ./hack/image -o $(BIN)

@@ -28,7 +28,8 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	speakerBin, controllerBin = filepath.Join(dir, "speaker"), filepath.Join(dir, "controller")
-	for bin, pkg := range map[string]string{speakerBin: "../speaker", controllerBin: "../controller"} {
+	// The speaker runs speaker-bgp, beside it, while its node has BGP peers.
+	for bin, pkg := range map[string]string{speakerBin: "../speaker", filepath.Join(dir, "speaker-bgp"): "../speaker-bgp", controllerBin: "../controller"} {
 		args := []string{"build", "-o", bin}
 		if os.Getenv("HERALD_E2E_RACE") != "" {
 			// Binaries built with the race detector, exiting on the first race (set

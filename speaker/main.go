@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"syscall"
@@ -24,7 +25,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/heraldlb/herald/pkg/bgp"
-	"github.com/heraldlb/herald/pkg/bgp/gobgp"
+	"github.com/heraldlb/herald/pkg/bgp/process"
 	"github.com/heraldlb/herald/pkg/forward/ipvs"
 	"github.com/heraldlb/herald/pkg/k8s"
 	"github.com/heraldlb/herald/pkg/layer2/announce"
@@ -71,6 +72,7 @@ func run() error {
 		useBGP       = flag.Bool("bgp", true, "speak BGP to the peers in the configuration that select this node")
 		routerID     = flag.String("bgp-router-id", "", "BGP router ID (default: the node's IPv4 InternalIP)")
 		bgpPort      = flag.Int("bgp-listen-port", 0, "accept BGP connections on this port; 0: only dial out to the peers")
+		bgpBinary    = flag.String("bgp-binary", "", "the BGP process, run while this node has BGP peers (default: speaker-bgp beside this executable)")
 		qps          = flag.Float64("kube-api-qps", 0, "client-side limit on API requests per second; 0 leaves flow control to the API server")
 		logLevel     = flag.String("log-level", "info", "debug, info, warn or error")
 		logFormat    = flag.String("log-format", "json", "json or text")
@@ -108,6 +110,7 @@ func run() error {
 
 	var runBGP func(context.Context) error
 	reg := prometheus.NewRegistry()
+	gatherers := prometheus.Gatherers{reg} // and the BGP process's, when it runs
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	announcer := announce.New(announce.Options{Logger: logger.With("component", "layer2"), Registerer: reg})
 	opts := speaker.Options{
@@ -135,18 +138,31 @@ func run() error {
 			}
 		}
 		id, err := netip.ParseAddr(rid)
-		if err != nil {
+		if err != nil || !id.Is4() {
 			return fmt.Errorf("--bgp-router-id %q: not an IPv4 address", rid)
 		}
-		bgpServer, err := gobgp.New(gobgp.Options{
-			RouterID: id, ListenPort: int32(*bgpPort), Logger: logger.With("component", "bgp"), Registerer: reg,
+		path := *bgpBinary
+		if path == "" {
+			if path, err = beside("speaker-bgp"); err != nil {
+				return err
+			}
+		}
+		if _, err := os.Stat(path); err != nil {
+			return fmt.Errorf("the BGP process (--bgp-binary; --bgp=false runs without BGP): %w", err)
+		}
+		bgpProc, err := process.New(process.Options{
+			Path: path,
+			Args: []string{"--node-name", *nodeName, "--router-id", id.String(), "--listen-port", strconv.Itoa(*bgpPort),
+				"--log-level", *logLevel, "--log-format", *logFormat},
 			OnSession: func(e bgp.SessionEvent) { spk.SessionChanged(e) }, // sessions open only once spk runs
+			Logger:    logger.With("component", "bgp"),
 		})
 		if err != nil {
 			return err
 		}
-		opts.BGP = bgpServer
-		runBGP = bgpServer.Run
+		opts.BGP = bgpProc
+		runBGP = bgpProc.Run
+		gatherers = append(gatherers, bgpProc)
 	}
 	var ml *members.Members
 	var detector *liveness.Detector
@@ -230,7 +246,7 @@ func run() error {
 		if err != nil {
 			return fmt.Errorf("listen on --metrics-addr %q: %w", *metricsAddr, err)
 		}
-		srv := &metrics.Server{Gatherer: reg, Ready: spk.Ready}
+		srv := &metrics.Server{Gatherer: gatherers, Ready: spk.Ready}
 		g.Go(func() error { return srv.Serve(gctx, ln) })
 	}
 	if ml != nil {
@@ -267,6 +283,15 @@ func prepareForwarding(logger *slog.Logger) error {
 	}
 	logger.Info("forwarding sysctls set")
 	return nil
+}
+
+// beside returns the path of the executable name in this one's directory.
+func beside(name string) (string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("finding %s beside this executable (or set --bgp-binary): %w", name, err)
+	}
+	return filepath.Join(filepath.Dir(self), name), nil
 }
 
 // internalIP returns the node's InternalIP from its Node object (an IPv4 one when v4).

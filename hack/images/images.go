@@ -45,7 +45,7 @@ func Build(ctx context.Context, dir string) (map[string]string, error) {
 		return nil, err
 	}
 	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin+"/",
-		"./controller", "./speaker", "./kubectl-herald", "./hack/images/pause", "./hack/images/demo")
+		"./controller", "./speaker", "./speaker-bgp", "./kubectl-herald", "./hack/images/pause", "./hack/images/demo")
 	build.Dir = root
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
@@ -59,7 +59,7 @@ func Build(ctx context.Context, dir string) (map[string]string, error) {
 		return oci.File{Path: "/" + name, Mode: 0o755, Data: b}
 	}
 	imgs := []oci.Image{
-		{Name: "docker.io/library/" + Herald, Files: []oci.File{read("controller"), read("speaker"), read("kubectl-herald")},
+		{Name: "docker.io/library/" + Herald, Files: []oci.File{read("controller"), read("speaker"), read("speaker-bgp"), read("kubectl-herald")},
 			Config: oci.Config{Entrypoint: []string{"/controller"}, User: nonRoot}},
 		{Name: "docker.io/library/" + Pause, Files: []oci.File{read("pause")}, Config: oci.Config{Entrypoint: []string{"/pause"}}},
 		{Name: "docker.io/library/" + Demo, Files: []oci.File{read("demo")}, Config: oci.Config{Entrypoint: []string{"/demo"}}},

@@ -55,7 +55,7 @@ func TestHeraldImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	layer := readTarFrom(t, zr)
-	for _, name := range []string{"controller", "speaker", "kubectl-herald"} {
+	for _, name := range []string{"controller", "speaker", "speaker-bgp", "kubectl-herald"} {
 		b, ok := layer[name]
 		if !ok {
 			t.Errorf("/%s is not in the image", name)
