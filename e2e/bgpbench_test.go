@@ -35,7 +35,8 @@ func report(b *testing.B, name string, took []time.Duration) {
 // and, by bgpd's own log of the UPDATEs it receives (microsecond timestamps), the same
 // starts to the last of the three nodes' UPDATEs in (advertise-bgpd) and to the
 // withdrawal in (sigterm-bgpd): what Herald takes, without FRR's own processing (bgpd
-// holds its route-processing queue 50 ms before it runs, zebra 10 ms more).
+// holds its route-processing queue 50 ms before it runs, zebra 10 ms more). It also
+// reports a speaker's memory with its sessions up: its own RSS and its BGP process's.
 //
 // Run (root): go test ./e2e -run '^$' -bench 'BGP$' -benchtime 1x
 // HERALD_E2E_SPEAKER=PATH measures another speaker binary (an older Herald) the same way.
@@ -52,6 +53,13 @@ func BenchmarkBGP(b *testing.B) {
 		c.waitBFD(b, "up", c.Nodes, 30*time.Second)
 	}
 	for b.Loop() {
+		// Memory with BGP on: the speaker's, and its BGP process's (an older speaker that
+		// embeds GoBGP has none).
+		rss, _, _ := c.rss(c.Nodes[0])
+		b.ReportMetric(rss, "MiB-rss-speaker")
+		if bgpRSS := c.metric(c.Nodes[0], "herald_bgp_process_resident_memory_bytes"); bgpRSS > 0 {
+			b.ReportMetric(bgpRSS/(1<<20), "MiB-rss-bgp-process")
+		}
 		var advertise, sigterm, linkcut, advertiseBGPD, sigtermBGPD []time.Duration
 		for i := range runs {
 			name := fmt.Sprintf("web-%d", i)

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/heraldlb/herald/pkg/bfd/udp"
 	"github.com/heraldlb/herald/pkg/bgp/gobgp"
 	"github.com/heraldlb/herald/pkg/bgp/process"
 	"github.com/heraldlb/herald/pkg/logging"
@@ -42,7 +43,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	logger = logger.With("node", *nodeName, "component", "bgp")
+	logger = logger.With("node", *nodeName)
 	if _, set := os.LookupEnv("GOGC"); !set {
 		debug.SetGCPercent(50) // as the speaker: a small live heap
 	}
@@ -58,7 +59,8 @@ func run() error {
 	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{Namespace: "herald_bgp"}))
 	end := process.NewServer(os.Stdout)
 	srv, err := gobgp.New(gobgp.Options{
-		RouterID: id, ListenPort: int32(*listenPort), Logger: logger, Registerer: reg, OnSession: end.Session,
+		RouterID: id, ListenPort: int32(*listenPort), Registerer: reg, OnSession: end.Session,
+		Logger: logger.With("component", "bgp"), BFD: udp.Options{Logger: logger.With("component", "bfd")},
 	})
 	if err != nil {
 		return err

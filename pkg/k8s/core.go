@@ -47,6 +47,7 @@ const (
 // NewCore returns a Core client for the API server of cfg.
 func NewCore(cfg *rest.Config) (*Core, error) {
 	c := &Core{}
+	codecs := serializer.NewCodecFactory(scheme).WithoutConversion()
 	for _, g := range []struct {
 		dst  *rest.Interface
 		gv   schema.GroupVersion
@@ -54,7 +55,7 @@ func NewCore(cfg *rest.Config) (*Core, error) {
 	}{{&c.core, corev1.SchemeGroupVersion, "/api"}, {&c.discovery, discoveryv1.SchemeGroupVersion, "/apis"}} {
 		cc := rest.CopyConfig(cfg)
 		cc.GroupVersion, cc.APIPath = &g.gv, g.path
-		cc.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
+		cc.NegotiatedSerializer = codecs
 		cc.ContentType, cc.AcceptContentTypes = contentProtobuf, acceptProtobuf
 		if cc.UserAgent == "" {
 			cc.UserAgent = rest.DefaultKubernetesUserAgent()

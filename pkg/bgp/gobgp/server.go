@@ -36,8 +36,8 @@ type Options struct {
 	// BFD session beside one goes up or down (on a goroutine of the Server's; it must
 	// not block).
 	OnSession func(bgp.SessionEvent)
-	// BFD sets the BFD ports (tests); its OnChange, Logger and Registerer are the
-	// Server's.
+	// BFD sets the BFD ports (tests) and the BFD sessions' logger (default Logger); its
+	// OnChange and Registerer are the Server's.
 	BFD udp.Options
 }
 
@@ -98,7 +98,10 @@ func New(opts Options) (*Server, error) {
 		conf:  map[string]bgp.Peer{},
 	}
 	bo := opts.BFD
-	bo.OnChange, bo.Logger, bo.Registerer = s.onBFD, opts.Logger.With("component", "bfd"), opts.Registerer
+	bo.OnChange, bo.Registerer = s.onBFD, opts.Registerer
+	if bo.Logger == nil {
+		bo.Logger = opts.Logger
+	}
 	s.bfd = udp.NewManager(bo)
 	return s, nil
 }
