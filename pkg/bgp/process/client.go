@@ -1,7 +1,6 @@
 package process
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -12,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -76,8 +76,10 @@ type child struct {
 	started time.Time
 
 	// Guarded by Client.mu:
-	nextID             uint64
-	sentPeers, sentRts []byte // what it holds, encoded; nil: unknown
+	nextID                  uint64
+	sentPeers               []bgp.Peer // what it holds, when known
+	sentRts                 []bgp.Route
+	peersKnown, routesKnown bool
 }
 
 // New returns a Client of the BGP process at opts.Path.
@@ -158,27 +160,19 @@ func (c *Client) applyLocked(ctx context.Context) error {
 		}
 	}
 	ch := c.child
-	peers, err := json.Marshal(c.peers)
-	if err != nil {
-		return err
-	}
-	routes, err := json.Marshal(c.routes)
-	if err != nil {
-		return err
-	}
-	if !bytes.Equal(peers, ch.sentPeers) {
-		ch.sentPeers = nil
+	if !ch.peersKnown || !slices.Equal(c.peers, ch.sentPeers) {
+		ch.peersKnown = false
 		if _, err := c.callLocked(ctx, ch, request{Op: opPeers, Peers: c.peers}); err != nil {
 			return fmt.Errorf("BGP peers: %w", err)
 		}
-		ch.sentPeers = peers
+		ch.sentPeers, ch.peersKnown = slices.Clone(c.peers), true
 	}
-	if !bytes.Equal(routes, ch.sentRts) {
-		ch.sentRts = nil
+	if !ch.routesKnown || !slices.EqualFunc(c.routes, ch.sentRts, bgp.Route.Equal) {
+		ch.routesKnown = false
 		if _, err := c.callLocked(ctx, ch, request{Op: opRoutes, Routes: c.routes}); err != nil {
 			return fmt.Errorf("BGP routes: %w", err)
 		}
-		ch.sentRts = routes
+		ch.sentRts, ch.routesKnown = slices.Clone(c.routes), true
 	}
 	return nil
 }
