@@ -2,6 +2,7 @@ package netlab
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -22,8 +23,7 @@ type Prober struct {
 	Ifi *net.Interface
 	IP4 netip.Addr // the address it asks from
 	arp *packet.Conn
-	ndp *ndp.Conn        // reads advertisements
-	ns6 *ipv6.PacketConn // sends solicitations, by interface index (no zone names)
+	ns6 *ipv6.PacketConn // sends solicitations and reads advertisements, by interface index
 }
 
 var broadcast = net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
@@ -40,13 +40,10 @@ func NewProber(t TB, ns *NS, dev string, ip4 netip.Addr) *Prober {
 		if p.arp, err = packet.Listen(p.Ifi, packet.Raw, 0x0806, nil); err != nil {
 			return err
 		}
-		for range 100 { // the link-local address appears once the link is up
-			if p.ndp, _, err = ndp.Listen(p.Ifi, ndp.LinkLocal); err == nil {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		if err != nil {
+		// No socket here names an interface by its name as an IPv6 zone: Go resolves zone
+		// names through one process-wide cache, refreshed once a minute, which may hold
+		// another namespace's interfaces (bind then fails with "no such device").
+		if err := waitLinkLocal(p.Ifi); err != nil {
 			return err
 		}
 		c, err := net.ListenPacket("ip6:ipv6-icmp", "::")
@@ -54,13 +51,34 @@ func NewProber(t TB, ns *NS, dev string, ip4 netip.Addr) *Prober {
 			return err
 		}
 		p.ns6 = ipv6.NewPacketConn(c)
+		if err := p.ns6.SetControlMessage(ipv6.FlagInterface, true); err != nil {
+			return err
+		}
 		return p.ns6.SetMulticastHopLimit(255)
 	})
 	if err != nil {
 		t.Fatalf("prober on %s/%s: %v", ns.Name, dev, err)
 	}
-	t.Cleanup(func() { p.arp.Close(); p.ndp.Close(); p.ns6.Close() })
+	t.Cleanup(func() { p.arp.Close(); p.ns6.Close() })
 	return p
+}
+
+// waitLinkLocal waits up to 2 s for ifi's link-local address, which appears once the
+// link is up; solicitations go out from it.
+func waitLinkLocal(ifi *net.Interface) error {
+	for range 100 {
+		addrs, err := ifi.Addrs()
+		if err != nil {
+			return err
+		}
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok && n.IP.To4() == nil && n.IP.IsLinkLocalUnicast() {
+				return nil
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("%s: no IPv6 link-local address after 2s", ifi.Name)
 }
 
 // ReadARP returns the first ARP packet within limit that match accepts.
@@ -123,9 +141,10 @@ func (p *Prober) drainARP() {
 }
 
 func (p *Prober) drainNDP() {
+	buf := make([]byte, 1500)
 	for {
-		_ = p.ndp.SetReadDeadline(time.Now().Add(time.Millisecond))
-		if _, _, _, err := p.ndp.ReadFrom(); err != nil {
+		_ = p.ns6.SetReadDeadline(time.Now().Add(time.Millisecond))
+		if _, _, _, err := p.ns6.ReadFrom(buf); err != nil {
 			return
 		}
 	}
@@ -182,11 +201,19 @@ func (p *Prober) AskARP(ip netip.Addr, window time.Duration) ([]string, error) {
 // given solicited flag.
 func (p *Prober) ReadNA(limit time.Duration, target netip.Addr, solicited bool) (*ndp.NeighborAdvertisement, error) {
 	deadline := time.Now().Add(limit)
+	buf := make([]byte, 1500)
 	for time.Now().Before(deadline) {
-		_ = p.ndp.SetReadDeadline(deadline)
-		m, _, _, err := p.ndp.ReadFrom()
+		_ = p.ns6.SetReadDeadline(deadline)
+		n, cm, _, err := p.ns6.ReadFrom(buf)
 		if err != nil {
 			return nil, err
+		}
+		if cm == nil || cm.IfIndex != p.Ifi.Index {
+			continue
+		}
+		m, err := ndp.ParseMessage(buf[:n])
+		if err != nil {
+			continue
 		}
 		if na, ok := m.(*ndp.NeighborAdvertisement); ok && na.TargetAddress == target && na.Solicited == solicited {
 			return na, nil
