@@ -6,5 +6,5 @@
 // indirect; a suspect is declared dead after SuspicionMult × log10(N+1) × ProbeInterval
 // unless it refutes. The defaults (200 ms, 100 ms, ×2) detect a hard-killed speaker in
 // about a second in clusters of 3 to 50 nodes; a gracefully stopped speaker leaves at once.
-// Shorter settings detect faster but declare a busy node dead sooner: see the README.
+// Shorter settings detect faster but declare a busy node dead sooner: see docs/layer2.md.
 package members
