@@ -33,7 +33,7 @@ test: deps control-plane ## every test: unit, fuzz seeds, property, real API ser
 vm-test: deps control-plane ## only the tests that run inside the ip_vs VM
 	$(GO) run ./hack/vm -control-plane -run InVM -timeout 20m ./hack/vm ./pkg/forward/ipvs ./pkg/speaker
 
-bench: control-plane ## the benchmarks quoted in the README
+bench: control-plane ## the benchmarks quoted in docs/measured.md
 	$(GO) test -run '^$$' -bench Assign100k -benchmem -benchtime 5x ./pkg/ipam
 	$(GO) test -run '^$$' -bench AssignWith100kInUse -benchmem ./pkg/ipam
 	$(GO) test -run '^$$' -bench Services2000 -benchtime 1x ./pkg/controller
