@@ -117,6 +117,7 @@ type loop struct {
 	mu       sync.Mutex
 	ok, fail int
 	lastErr  error
+	last     time.Time // when the last failure was
 	done     chan struct{}
 }
 
@@ -141,6 +142,39 @@ func (c *Cluster) connectLoop(ip netip.Addr, stop <-chan struct{}) *loop {
 		}
 	}()
 	return l
+}
+
+// requestLoop asks ip every interval, each request with its own timeout, until stop is
+// closed: a client as a user runs one, counting failures and when the last one was.
+func (c *Cluster) requestLoop(ip netip.Addr, every, timeout time.Duration, stop <-chan struct{}) *loop {
+	l := &loop{done: make(chan struct{})}
+	go func() {
+		defer close(l.done)
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for n := 0; n < 100_000; n++ {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			_, err := c.Connect(ip, timeout)
+			l.mu.Lock()
+			if err != nil {
+				l.fail, l.lastErr, l.last = l.fail+1, err, time.Now()
+			} else {
+				l.ok++
+			}
+			l.mu.Unlock()
+		}
+	}()
+	return l
+}
+
+// lastFailure is when the last request failed (zero if none did).
+func (l *loop) lastFailure() time.Time {
+	<-l.done
+	return l.last
 }
 
 func (l *loop) result() (ok, fail int, lastErr error) {
@@ -414,6 +448,46 @@ spec:
 		t.Logf("%s's link cut: %s announced %s after %s; a pod answered (%s)", old.Name, to.Name, ip, took.Round(time.Millisecond), name)
 		old.NS.Run("ip", "link", "set", "eth0", "up")
 		c.waitNodesReady(t)
+	})
+
+	// What a non-owner's death costs, where Herald does not forward (forwarding: none):
+	// kube-proxy keeps the dead node's pods among a Cluster Service's endpoints until the
+	// node controller marks the node NotReady, while a Local Service's owner sends only to
+	// its own pods. Herald's part is asserted (the address answers, the owner stays); the
+	// failed share is a figure.
+	t.Run("a non-owner's link cut: the owner stays; what each traffic policy loses", func(t *testing.T) {
+		if out, err := c.Kubectl("scale", "deployment/local", "--replicas=3"); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		c.rollout(t, "default", "deployment/local")
+		for _, tc := range []struct{ policy, svc string }{{"Cluster", "nginx"}, {"Local", "local"}} {
+			addr := c.WaitAddresses("default", tc.svc)[0]
+			owner := c.settledOwner(t, addr)
+			cut := c.Nodes[(slices.Index(c.Nodes, owner)+1)%len(c.Nodes)]
+			stop := make(chan struct{})
+			l := c.requestLoop(addr, 20*time.Millisecond, 500*time.Millisecond, stop)
+			time.Sleep(time.Second)
+			cut.NS.Run("ip", "link", "set", "eth0", "down")
+			start := time.Now()
+			time.Sleep(10 * time.Second)
+			got := c.Owners(addr, 300*time.Millisecond)
+			close(stop)
+			ok, fail, lastErr := l.result()
+			cut.NS.Run("ip", "link", "set", "eth0", "up")
+			last := "none failed"
+			if fail > 0 {
+				last = fmt.Sprintf("the last %s after the cut (%v)", l.lastFailure().Sub(start).Round(time.Millisecond), lastErr)
+			}
+			t.Logf("externalTrafficPolicy %s: %s's link cut for 10 s (owner %s): %d of %d requests failed (%.1f%%); %s",
+				tc.policy, cut.Name, owner.Name, fail, ok+fail, 100*float64(fail)/float64(max(ok+fail, 1)), last)
+			if !slices.Equal(got, []string{owner.Name}) {
+				t.Errorf("%s answered by %v while %s's link was cut, want the owner %s alone", addr, got, cut.Name, owner.Name)
+			}
+			if ok == 0 {
+				t.Errorf("%s did not answer once while %s's link was cut", addr, cut.Name)
+			}
+			c.waitNodesReady(t)
+		}
 	})
 
 	t.Run("Events and no forbidden in any Herald log", func(t *testing.T) {
