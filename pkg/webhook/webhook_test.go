@@ -3,6 +3,7 @@ package webhook_test
 import (
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"net"
 	"net/netip"
@@ -10,8 +11,10 @@ import (
 	"testing"
 	"time"
 
+	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	clocktesting "k8s.io/utils/clock/testing"
 
@@ -145,5 +148,20 @@ func TestCertificateRenewal(t *testing.T) {
 	pool.AppendCertsFromPEM(renewed.Data["ca.crt"])
 	if _, err := leaf(renewed).Verify(x509.VerifyOptions{Roots: pool, DNSName: "herald-controller-webhook.herald-system.svc", CurrentTime: clock.Now()}); err != nil {
 		t.Errorf("the renewed certificate does not verify: %v", err)
+	}
+}
+
+// A configuration Herald accepts with warnings is allowed, and the warnings go back to
+// the client, which kubectl prints as "Warning: ...".
+func TestReviewWarns(t *testing.T) {
+	v := &webhook.Validator{Namespace: "herald-system", Name: "config", Key: "config"}
+	text := "bfd-profiles:\n- {name: fast, echo-mode: true}\n"
+	raw, _ := json.Marshal(&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "config", Namespace: "herald-system"}, Data: map[string]string{"config": text}})
+	resp := v.Review(&admissionv1.AdmissionRequest{
+		UID: "1", Kind: metav1.GroupVersionKind{Version: "v1", Kind: "ConfigMap"}, Namespace: "herald-system", Name: "config",
+		Operation: admissionv1.Update, Object: runtime.RawExtension{Raw: raw},
+	})
+	if !resp.Allowed || len(resp.Warnings) != 1 || !strings.HasPrefix(resp.Warnings[0], `Herald: bfd-profiles[0].echo-mode (line 2): `) {
+		t.Errorf("Review: allowed %v, warnings %q", resp.Allowed, resp.Warnings)
 	}
 }
