@@ -7,6 +7,9 @@ import (
 	"strings"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
 )
 
@@ -35,6 +38,7 @@ func TestManifests(t *testing.T) {
 			t.Errorf("the rendered manifests have no %s", kind)
 		}
 	}
+	checkPodSpecs(t, out)
 	cp := k8stest.Shared(t)
 	kc := cp.Kubeconfig
 	if out, err := kubectl(t, kc, "apply", "-f", "../config/namespace.yaml"); err != nil {
@@ -89,6 +93,52 @@ func TestManifests(t *testing.T) {
 		answer := lines[len(lines)-1]
 		if got := answer == "yes"; got != tc.want {
 			t.Errorf("can the %s %s? %q, want %v", tc.who, strings.Join(tc.args, " "), answer, tc.want)
+		}
+	}
+}
+
+// checkPodSpecs checks the rendered workloads' scheduling and confinement: the speaker
+// is node-critical (a node's announcements go with it), the controller cluster-critical,
+// and both run under the runtime's default seccomp profile.
+func checkPodSpecs(t *testing.T, rendered string) {
+	t.Helper()
+	specs := map[string]corev1.PodSpec{}
+	for _, doc := range strings.Split(rendered, "\n---\n") {
+		var obj struct {
+			Kind     string `json:"kind"`
+			Metadata struct {
+				Name string `json:"name"`
+			} `json:"metadata"`
+			Spec struct {
+				Template corev1.PodTemplateSpec `json:"template"`
+			} `json:"spec"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+			t.Fatalf("a rendered manifest does not decode: %v\n%s", err, doc)
+		}
+		if obj.Kind == "DaemonSet" || obj.Kind == "Deployment" {
+			specs[obj.Metadata.Name] = obj.Spec.Template.Spec
+		}
+	}
+	for name, priority := range map[string]string{"herald-speaker": "system-node-critical", "herald-controller": "system-cluster-critical"} {
+		spec, ok := specs[name]
+		if !ok {
+			t.Errorf("no workload %s in the rendered manifests", name)
+			continue
+		}
+		if spec.PriorityClassName != priority {
+			t.Errorf("%s: priorityClassName %q, want %q", name, spec.PriorityClassName, priority)
+		}
+		if sc := spec.SecurityContext; sc == nil || sc.SeccompProfile == nil || sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+			t.Errorf("%s: the pod's seccompProfile is not RuntimeDefault", name)
+		}
+		for _, c := range spec.Containers {
+			if sc := c.SecurityContext; sc != nil && sc.SeccompProfile != nil && sc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+				t.Errorf("%s: container %s overrides the seccomp profile with %s", name, c.Name, sc.SeccompProfile.Type)
+			}
+			if sc := c.SecurityContext; sc == nil || sc.Privileged != nil && *sc.Privileged {
+				t.Errorf("%s: container %s is privileged or has no securityContext", name, c.Name)
+			}
 		}
 	}
 }

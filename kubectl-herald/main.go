@@ -91,6 +91,7 @@ func run(args []string, out io.Writer) error {
 		return flag.ErrHelp
 	}
 	wouldRefuse := false
+	var warnings []config.Warning // validate: what the configuration asks that Herald does differently
 	if !slices.Contains([]string{"status", "pools", "explain", "validate"}, cmd) {
 		fs.Usage()
 		return fmt.Errorf("unknown command %q", cmd)
@@ -175,6 +176,9 @@ func run(args []string, out io.Writer) error {
 			return verdict
 		}
 		wouldRefuse = refused != nil
+		if cfg, err := inspect.ValidateFile(text, ref.Key); err == nil {
+			warnings = cfg.Warnings
+		}
 		v, header = ch, []string{"SERVICE", "IPS", "POOL NOW", "POOL AFTER", "OUTCOME", "WHY"}
 		rows = func() (r [][]string) {
 			for _, c := range ch {
@@ -188,6 +192,8 @@ func run(args []string, out io.Writer) error {
 		}
 	}
 	if *output == "json" {
+		// The JSON stays the table's rows; warnings go where kubectl prints its own.
+		printWarnings(os.Stderr, warnings)
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(v); err != nil {
@@ -209,6 +215,7 @@ func run(args []string, out io.Writer) error {
 	if _, err := fmt.Fprint(out, footer); err != nil {
 		return err
 	}
+	printWarnings(out, warnings)
 	if wouldRefuse {
 		return errRefused
 	}
@@ -228,7 +235,16 @@ func validateOffline(out io.Writer, path, key string) error {
 	_, err = fmt.Fprintf(out, "The configuration is valid: %d address pools, %d BGP peers.\n"+
 		"Whether any Service would lose its address needs a cluster: run it with a kubeconfig.\n",
 		len(cfg.Pools), len(cfg.Peers))
+	printWarnings(out, cfg.Warnings)
 	return err
+}
+
+// printWarnings writes each warning on a line of its own, as kubectl writes the API
+// server's: "Warning: ...".
+func printWarnings(w io.Writer, warnings []config.Warning) {
+	for _, x := range warnings {
+		fmt.Fprintln(w, "Warning:", x)
+	}
 }
 
 // configFooter says which configuration is in force, whether the admin's ConfigMap is,

@@ -168,10 +168,13 @@ peers:
 	if !strings.Contains(onlyNS(out), ns.Name+"/web 192.168.10.90 default loses") || !strings.Contains(out, "would refuse") {
 		t.Errorf("validate shrunk:\n%s", out)
 	}
-	renamed := write("renamed.yaml", "address-pools:\n- {name: lan, protocol: layer2, addresses: [192.168.10.0/24]}\n- {name: bgp, protocol: bgp, addresses: [198.51.100.0/24]}\n")
+	renamed := write("renamed.yaml", "address-pools:\n- {name: lan, protocol: layer2, addresses: [192.168.10.0/24]}\n- {name: bgp, protocol: bgp, addresses: [198.51.100.0/24]}\nbfd-profiles:\n- {name: fast, echo-mode: true}\n")
 	out = herald("validate", renamed)
 	if !strings.Contains(onlyNS(out), ns.Name+"/web 192.168.10.90 default lan moves-pool") || !strings.Contains(out, "no Service loses") {
 		t.Errorf("validate renamed:\n%s", out)
+	}
+	if !strings.Contains(out, "\nWarning: bfd-profiles[0].echo-mode (line 5): is ignored") {
+		t.Errorf("validate renamed does not warn of echo-mode:\n%s", out)
 	}
 	var errOut bytes.Buffer
 	bad := write("bad.yaml", "address-pools:\n- {name: x, protocol: layer3, addresses: [10.0.0.0/24]}\n")
@@ -200,6 +203,13 @@ func TestWithoutCluster(t *testing.T) {
 	var out bytes.Buffer
 	if err := run([]string{"validate", good}, &out); err != nil || !strings.Contains(out.String(), "valid: 1 address pools") || !strings.Contains(out.String(), "needs a cluster") {
 		t.Errorf("offline validate of a good file: %v\n%s", err, out.String())
+	}
+	echo := filepath.Join(dir, "echo.yaml")
+	_ = os.WriteFile(echo, []byte("bfd-profiles:\n- {name: fast, echo-mode: true}\naddress-pools:\n- {name: a, protocol: layer2, addresses: [10.0.0.0/24]}\n"), 0o644)
+	out.Reset()
+	if err := run([]string{"validate", echo}, &out); err != nil || !strings.Contains(out.String(), "valid: 1 address pools") ||
+		!strings.Contains(out.String(), "\nWarning: bfd-profiles[0].echo-mode (line 2): is ignored: Herald runs BFD in asynchronous mode only") {
+		t.Errorf("offline validate of a file with echo-mode: %v\n%s", err, out.String())
 	}
 	bad := filepath.Join(dir, "bad.yaml")
 	_ = os.WriteFile(bad, []byte("address-pools:\n- {name: a, protocol: layer3, addresses: [10.0.0.0/24]}\n"), 0o644)

@@ -2,8 +2,9 @@
 // session per BGP peer that has a BFD profile, so that when a node's link is cut the
 // router drops its paths within detect-multiplier × interval instead of the BGP hold
 // time, and so that Herald resets a BGP session whose path is gone. GoBGP v3, Herald's
-// BGP engine, has no BFD. Echo mode and authentication are not implemented (the
-// configuration refuses echo-mode).
+// BGP engine, has no BFD. Echo mode and authentication are not implemented: a profile's
+// echo-mode is accepted with a warning, as MetalLB 0.12 configurations use it, and
+// sessions send Required Min Echo RX Interval 0, so that the peer sends no echo packets.
 //
 // The package is pure: Packet (the wire format, fuzzed), Session (the state machine of
 // RFC 5880 §6.8, given the time by its caller, table-tested) and Change (which falls are

@@ -42,6 +42,9 @@ type Config struct {
 	// Pools in the order the document lists them: the order in which they are tried.
 	Pools       []Pool
 	BFDProfiles []BFDProfile
+	// Warnings are the parts of the document Herald accepts but does not do as written,
+	// in document order; they do not change the model above.
+	Warnings []Warning
 }
 
 // Pool returns the pool with the given name.
@@ -274,8 +277,9 @@ func (c *Config) BFDProfile(name string) (BFDProfile, bool) {
 }
 
 // BFDProfile is a named set of BFD session parameters that peers refer to: every peer
-// naming one gets a BFD session (pkg/bfd) with them. Zero means "unset"; echo mode is
-// refused, so EchoMode is always false and EchoInterval unused.
+// naming one gets a BFD session (pkg/bfd) with them. Zero means "unset". EchoMode and
+// EchoInterval are kept as written (MetalLB 0.12 accepts them) but not used: Herald's
+// BFD runs in asynchronous mode only, and Parse warns when echo-mode is true.
 type BFDProfile struct {
 	Name             string
 	ReceiveInterval  uint32 // ms

@@ -8,6 +8,11 @@
 // and the offending value. Marshal writes a Config back in the same format, so that
 // Parse(Marshal(c)) gives c again.
 //
+// What Herald accepts but does not do as written (BFD echo mode) is not an error: Parse
+// returns it in Config.Warnings, located like an error, for the controller's Event and
+// `kubectl herald validate` to show. The test table in metallb_test.go holds MetalLB
+// 0.12.1's own configuration cases, which Herald must decide alike.
+//
 // Herald adds keys to the format but never changes the meaning of one: `interfaces` on a
 // pool and `large-communities` on a BGP advertisement are Herald's.
 package config

@@ -24,16 +24,22 @@ func Parse(text []byte) (*Config, error) {
 	if len(v.errs) > 0 {
 		return nil, v.errs
 	}
+	cfg.Warnings = v.warns
 	return cfg, nil
 }
 
 type validator struct {
-	d    *decoder
-	errs Errors
+	d     *decoder
+	errs  Errors
+	warns []Warning
 }
 
 func (v *validator) fail(path, value, format string, args ...any) {
 	v.errs = append(v.errs, &FieldError{Path: path, Line: v.d.line(path), Value: value, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (v *validator) warn(path, value, format string, args ...any) {
+	v.warns = append(v.warns, Warning{Path: path, Line: v.d.line(path), Value: value, Msg: fmt.Sprintf(format, args...)})
 }
 
 func (v *validator) config(raw *rawConfig) *Config {
@@ -108,7 +114,8 @@ func (v *validator) bfdProfile(path string, rp rawBFDProfile, seen map[string]bo
 	p.EchoInterval = bounded("echo-interval", rp.EchoInterval, 10, 60000)
 	p.MinimumTTL = bounded("minimum-ttl", rp.MinimumTTL, 1, 254)
 	if rp.EchoMode {
-		v.fail(path+".echo-mode", "true", "is not supported: Herald's BFD runs in asynchronous mode only (RFC 5880 §6.1); remove echo-mode or set it to false")
+		// MetalLB 0.12 accepts echo mode, so Herald does too, and says what it does instead.
+		v.warn(path+".echo-mode", "true", "is ignored: Herald runs BFD in asynchronous mode only (RFC 5880 §6.1), without echo; sessions using this profile still detect failures with the receive and transmit intervals")
 	}
 	return p
 }
@@ -284,8 +291,22 @@ func (v *validator) pool(path string, rp rawPool, aliases map[string]Community, 
 	if len(advs) == 0 {
 		advs = []rawAdvertisement{{}}
 	}
+	// As in MetalLB, two advertisements written alike are a mistake, not a no-op.
+	for i := range advs {
+		for j := range i {
+			if reflect.DeepEqual(advs[i], advs[j]) {
+				v.fail(fmt.Sprintf("%s.bgp-advertisements[%d]", path, i), "", "is the same advertisement as bgp-advertisements[%d]", j)
+				break
+			}
+		}
+	}
 	for i, ra := range advs {
-		p.Advertisements = append(p.Advertisements, v.advertisement(fmt.Sprintf("%s.bgp-advertisements[%d]", path, i), ra, p.Addresses, aliases))
+		a := v.advertisement(fmt.Sprintf("%s.bgp-advertisements[%d]", path, i), ra, p.Addresses, aliases)
+		// Written differently but meaning the same ({} and {aggregation-length: 32}):
+		// accepted, as by MetalLB, and kept once.
+		if !slices.ContainsFunc(p.Advertisements, func(b Advertisement) bool { return reflect.DeepEqual(a, b) }) {
+			p.Advertisements = append(p.Advertisements, a)
+		}
 	}
 	return p
 }
@@ -329,6 +350,12 @@ func (v *validator) advertisement(path string, ra rawAdvertisement, ranges []Add
 	a.AggregationLengthV6 = aggregation("aggregation-length-v6", ra.AggregationLengthV6, false, 128)
 
 	for i, s := range ra.Communities {
+		// As in MetalLB, a community listed twice as written is refused (an alias and
+		// its value spelled out are two entries that name one community: accepted).
+		if j := slices.Index(ra.Communities[:i], s); j >= 0 {
+			v.fail(fmt.Sprintf("%s.communities[%d]", path, i), s, "is listed twice (also communities[%d])", j)
+			continue
+		}
 		c, ok := aliases[s]
 		if !ok {
 			c, ok = parseCommunity(s)
@@ -343,6 +370,10 @@ func (v *validator) advertisement(path string, ra rawAdvertisement, ranges []Add
 	a.Communities = slices.Compact(a.Communities)
 
 	for i, s := range ra.LargeCommunities {
+		if j := slices.Index(ra.LargeCommunities[:i], s); j >= 0 {
+			v.fail(fmt.Sprintf("%s.large-communities[%d]", path, i), s, "is listed twice (also large-communities[%d])", j)
+			continue
+		}
 		c, ok := parseLargeCommunity(s)
 		if !ok {
 			v.fail(fmt.Sprintf("%s.large-communities[%d]", path, i), s, "must be \"global:local1:local2\" with numbers from 0 to 4294967295")

@@ -61,7 +61,7 @@ address-pools:
   - aggregation-length: 32
     aggregation-length-v6: 128
     localpref: 100
-    communities: [no-export, 64512:100, 64512:100]
+    communities: [no-export, 64512:100, 65535:65281]
   - aggregation-length: 24
     aggregation-length-v6: 64
     large-communities: ["64512:1:2"]
@@ -214,7 +214,9 @@ func TestParseErrors(t *testing.T) {
 		{"bad operator", "peers:\n- peer-address: 10.0.0.1\n  peer-asn: 1\n  my-asn: 1\n  node-selectors:\n  - match-expressions: [{key: a, operator: Gt, values: ['1']}]\n", "peers[0].node-selectors[0].match-expressions[0].operator", "line 6", "Gt"},
 		{"unknown bfd profile", "peers:\n- {peer-address: 10.0.0.1, peer-asn: 1, my-asn: 1, bfd-profile: slow}\n", "peers[0].bfd-profile", "", "slow"},
 		{"bfd out of range", "bfd-profiles:\n- {name: a, detect-multiplier: 1}\n", "bfd-profiles[0].detect-multiplier", "", "1"},
-		{"bfd echo mode", "bfd-profiles:\n- {name: a, echo-mode: true}\n", "bfd-profiles[0].echo-mode", "", "true"},
+		{"duplicate advertisement", "address-pools:\n- name: p\n  protocol: bgp\n  addresses: [10.0.0.0/24]\n  bgp-advertisements:\n  - {localpref: 1}\n  - {localpref: 1}\n", "address-pools[0].bgp-advertisements[1]", "line 7", ""},
+		{"duplicate community", "address-pools:\n- name: p\n  protocol: bgp\n  addresses: [10.0.0.0/24]\n  bgp-advertisements:\n  - communities: ['1:2', '1:2']\n", "address-pools[0].bgp-advertisements[0].communities[1]", "line 6", "1:2"},
+		{"duplicate large community", "address-pools:\n- name: p\n  protocol: bgp\n  addresses: [10.0.0.0/24]\n  bgp-advertisements:\n  - large-communities: ['1:2:3', '1:2:3']\n", "address-pools[0].bgp-advertisements[0].large-communities[1]", "line 6", "1:2:3"},
 		{"bad forwarding", "forwarding: kube-proxy\n", "forwarding", "line 1", "kube-proxy"},
 		{"bad pool forwarding", pool("  forwarding: yes\n"), "address-pools[0].forwarding", "line 5", "yes"},
 		{"duplicate key", "address-pools: []\naddress-pools: []\n", "address-pools", "line 2", ""},

@@ -9,9 +9,11 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
@@ -285,6 +287,15 @@ func (c *Controller) syncConfig(ctx context.Context) error {
 	msg := fmt.Sprintf("configuration loaded: %d address pools, %d BGP peers (%s)", len(cfg.Pools), len(cfg.Peers), config.Hash([]byte(text)))
 	c.events.Event(cm, corev1.EventTypeNormal, "ConfigLoaded", msg)
 	c.log.Info("configuration loaded", "configMap", c.opts.Config.String(), "pools", len(cfg.Pools), "peers", len(cfg.Peers), "hash", config.Hash([]byte(text)))
+	if len(cfg.Warnings) > 0 {
+		// Accepted and in force, but not everything is done as written: say what.
+		ws := make([]string, len(cfg.Warnings))
+		for i, w := range cfg.Warnings {
+			ws[i] = w.String()
+		}
+		c.events.Event(cm, corev1.EventTypeWarning, "ConfigWarning", truncate("configuration loaded with warnings: "+strings.Join(ws, "; "), 1024))
+		c.log.Warn("configuration loaded with warnings", "configMap", c.opts.Config.String(), "warnings", ws)
+	}
 	// Pools may have grown or changed: every Service is looked at again.
 	svcs, _ := c.svcLister.List(labels.Everything())
 	for _, svc := range svcs {
@@ -339,11 +350,16 @@ func (c *Controller) refuse(cm *corev1.ConfigMap, result, reason string, err err
 	c.log.Error("configuration refused", "configMap", cm.Namespace+"/"+cm.Name, "reason", reason, "err", err)
 }
 
+// truncate cuts s to at most n bytes, ending in "...", on a character boundary.
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	return s[:n-3] + "..."
+	cut := n - 3
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
 }
 
 func ptr[T any](v T) *T { return &v }

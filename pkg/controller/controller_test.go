@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -236,6 +238,29 @@ func TestBadConfigKeepsTheLastGood(t *testing.T) {
 	}
 	e.create("d", withAnnotation(k8s.AnnotationAddressPool, "extra"))
 	e.waitIPs("d", "10.20.0.0")
+}
+
+// A MetalLB 0.12 configuration with BFD echo mode is put in force, as MetalLB would, and
+// a Warning Event on the ConfigMap says that Herald runs BFD without echo.
+func TestConfigWarning(t *testing.T) {
+	e := newEnv(t)
+	e.applyConfig(issueConfig + "bfd-profiles:\n- {name: fast, receive-interval: 100, echo-mode: true}\n")
+	e.start(e.options())
+	e.waitEvent("ConfigMap", "config", "ConfigLoaded", "1 address pools")
+	ev := e.waitEvent("ConfigMap", "config", "ConfigWarning", `bfd-profiles[0].echo-mode (line`)
+	if ev.Type != corev1.EventTypeWarning || !strings.Contains(ev.Message, "asynchronous") {
+		t.Errorf("ConfigWarning Event %s: %q", ev.Type, ev.Message)
+	}
+	e.create("a")
+	e.waitIPs("a", "192.168.10.90")
+}
+
+func TestTruncateOnCharacterBoundary(t *testing.T) {
+	s := strings.Repeat("é", 600) // 1200 bytes
+	got := truncate(s, 1024)
+	if len(got) > 1024 || !utf8.ValidString(got) || !strings.HasSuffix(got, "...") {
+		t.Errorf("truncate: %d bytes, valid UTF-8 %v, ends %q", len(got), utf8.ValidString(got), got[len(got)-5:])
+	}
 }
 
 func TestNoConfigYet(t *testing.T) {

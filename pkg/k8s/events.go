@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -13,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/reference"
+	"k8s.io/utils/clock"
 )
 
 // Events records Kubernetes Events as one component, as client-go's record package does
@@ -22,16 +24,24 @@ import (
 // client-go's recorder links the strategic-merge-patch machinery and OpenAPI models
 // into every speaker for that one count.
 //
+// Like client-go's recorder it also has a spam filter: each object has a budget of
+// eventBurst Events, refilled at one per eventRefill; an Event over budget is dropped,
+// so that one object in a loop cannot flood the API server or crowd out the others.
+//
 // Nothing runs, and nothing is recorded, between NewEvents and Start; Shutdown ends
 // what Start began.
 type Events struct {
+	// Clock stamps Events and refills budgets; nil is the real clock. Set it before Start.
+	Clock clock.PassiveClock
+
 	client    *Core
 	component string
 
-	mu     sync.Mutex
-	queue  chan *corev1.Event // nil before Start and after Shutdown
-	cancel context.CancelFunc
-	done   chan struct{}
+	mu      sync.Mutex
+	queue   chan *corev1.Event // nil before Start and after Shutdown
+	cancel  context.CancelFunc
+	done    chan struct{}
+	budgets map[string]budget // by object (eventObjectKey)
 
 	seen map[string]written // the worker's: what was written, by aggregation key
 }
@@ -45,7 +55,15 @@ type written struct {
 	last  time.Time
 }
 
+// budget is what an object may still record: tokens, as of last.
+type budget struct {
+	tokens float64
+	last   time.Time
+}
+
 const (
+	eventBurst     = 25               // Events an object may record at once, as client-go's spam filter allows
+	eventRefill    = 5 * time.Minute  // then one more per this
 	eventQueue     = 1000             // Events waiting beyond this are dropped, as client-go's recorder drops them
 	eventSeenLimit = 4096             // aggregation keys remembered; beyond, forgotten all at once
 	eventAggregate = 10 * time.Minute // a repeat within this raises the count
@@ -69,7 +87,68 @@ func (e *Events) Start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	e.queue, e.cancel, e.done = make(chan *corev1.Event, eventQueue), cancel, make(chan struct{})
 	e.seen = map[string]written{}
+	e.budgets = map[string]budget{}
 	go e.deliver(ctx, e.queue, e.done)
+}
+
+func (e *Events) now() time.Time {
+	if e.Clock == nil {
+		return time.Now()
+	}
+	return e.Clock.Now()
+}
+
+// allowLocked spends one of the object's Events, refilling its budget for the time
+// passed; false when none is left.
+func (e *Events) allowLocked(key string, now time.Time) bool {
+	b, ok := e.budgets[key]
+	if !ok {
+		if len(e.budgets) >= eventSeenLimit {
+			e.forgetFullLocked(now)
+		}
+		b = budget{tokens: eventBurst, last: now}
+	}
+	if elapsed := now.Sub(b.last); elapsed > 0 {
+		b.tokens = min(eventBurst, b.tokens+float64(elapsed)/float64(eventRefill))
+		b.last = now
+	}
+	if b.tokens < 1 {
+		e.budgets[key] = b
+		return false
+	}
+	b.tokens--
+	e.budgets[key] = b
+	return true
+}
+
+// forgetFullLocked makes room among the budgets: first those refilled to the full
+// burst by now (forgetting them changes nothing), then, if that is not enough, all.
+func (e *Events) forgetFullLocked(now time.Time) {
+	for k, b := range e.budgets {
+		if b.tokens+float64(now.Sub(b.last))/float64(eventRefill) >= eventBurst {
+			delete(e.budgets, k)
+		}
+	}
+	if len(e.budgets) >= eventSeenLimit {
+		clear(e.budgets)
+	}
+}
+
+// eventObjectKey is what shares one budget: the component and the object.
+func eventObjectKey(component string, o *corev1.ObjectReference) string {
+	return fmt.Sprintf("%s\x00%s\x00%s\x00%s\x00%s\x00%s", component, o.APIVersion, o.Kind, o.Namespace, o.Name, o.UID)
+}
+
+// truncateMessage cuts message to the API server's limit, on a character boundary.
+func truncateMessage(message string) string {
+	if len(message) <= eventMessage {
+		return message
+	}
+	cut := eventMessage - len("...")
+	for cut > 0 && !utf8.RuneStart(message[cut]) {
+		cut--
+	}
+	return message[:cut] + "..."
 }
 
 // Shutdown stops recording, lets what was recorded so far go out (for up to two
@@ -96,10 +175,8 @@ func (e *Events) Event(obj runtime.Object, eventType, reason, message string) {
 	if err != nil {
 		return // not an object of the two groups: nothing to record it on
 	}
-	if len(message) > eventMessage {
-		message = message[:eventMessage-3] + "..."
-	}
-	now := metav1.NewTime(time.Now())
+	message = truncateMessage(message)
+	now := metav1.NewTime(e.now())
 	ns := ref.Namespace
 	if ns == "" {
 		ns = metav1.NamespaceDefault // cluster-scoped objects' Events, where kubectl looks for them
@@ -113,7 +190,7 @@ func (e *Events) Event(obj runtime.Object, eventType, reason, message string) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.queue == nil {
+	if e.queue == nil || !e.allowLocked(eventObjectKey(e.component, ref), now.Time) {
 		return
 	}
 	select {

@@ -34,10 +34,13 @@ const (
 
 // Validity of what the controller makes: a long-lived authority that goes into the
 // webhook configuration, and a serving certificate it signs, replaced once a third of
-// its life is left.
+// its life is left. The authority is replaced (and the serving certificate with it)
+// once it has less than caRenewBefore left, so that it outlives every certificate it
+// signs.
 const (
-	caValidity   = 10 * 365 * 24 * time.Hour
-	certValidity = 365 * 24 * time.Hour
+	caValidity    = 10 * 365 * 24 * time.Hour
+	certValidity  = 365 * 24 * time.Hour
+	caRenewBefore = certValidity
 )
 
 // Certs keeps the webhook's serving certificate in a Secret: every replica serves what
@@ -128,7 +131,7 @@ func (c *Certs) due(s *corev1.Secret) bool {
 		return true
 	}
 	ca, err := parseCert(s.Data[keyCACert])
-	if err != nil || cert.CheckSignatureFrom(ca) != nil {
+	if err != nil || cert.CheckSignatureFrom(ca) != nil || c.caDue(ca) {
 		return true
 	}
 	if c.now().After(cert.NotAfter.Add(-certValidity / 3)) {
@@ -147,6 +150,14 @@ func (c *Certs) due(s *corev1.Secret) bool {
 	return false
 }
 
+// caDue reports whether the authority must be replaced: it has expired, is not yet
+// valid, or has less than caRenewBefore left.
+func (c *Certs) caDue(ca *x509.Certificate) bool {
+	now := c.now()
+	return now.Before(ca.NotBefore) || now.After(ca.NotAfter.Add(-caRenewBefore))
+}
+
+// parseCert parses the first certificate of p (the current one, in a bundle).
 func parseCert(p []byte) (*x509.Certificate, error) {
 	b, _ := pem.Decode(p)
 	if b == nil {
@@ -160,6 +171,9 @@ func parseCert(p []byte) (*x509.Certificate, error) {
 func (c *Certs) issue(old map[string][]byte) (map[string][]byte, error) {
 	now := c.now()
 	caCert, caKey, err := loadCA(old)
+	if err == nil && c.caDue(caCert) {
+		err = errors.New("the authority expires")
+	}
 	data := map[string][]byte{}
 	if err != nil {
 		caKey, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -182,10 +196,13 @@ func (c *Certs) issue(old map[string][]byte) (map[string][]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		data[keyCACert] = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+		// The bundle keeps the earlier authorities that are still valid: replicas serve
+		// the certificate they signed until they load the new one (Server.Reload), and
+		// the API server must trust both meanwhile.
+		data[keyCACert] = append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), stillValid(old[keyCACert], now)...)
 		data[keyCAKey] = pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
 	} else {
-		data[keyCACert], data[keyCAKey] = old[keyCACert], old[keyCAKey]
+		data[keyCACert], data[keyCAKey] = stillValid(old[keyCACert], now), old[keyCAKey]
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -208,6 +225,23 @@ func (c *Certs) issue(old map[string][]byte) (map[string][]byte, error) {
 	data[keyTLSCert] = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 	data[keyTLSKey] = pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
 	return data, nil
+}
+
+// stillValid returns the certificates of the PEM bundle p that are valid at now.
+func stillValid(p []byte, now time.Time) []byte {
+	var out []byte
+	for {
+		var b *pem.Block
+		b, p = pem.Decode(p)
+		if b == nil {
+			return out
+		}
+		cert, err := x509.ParseCertificate(b.Bytes)
+		if err != nil || now.Before(cert.NotBefore) || now.After(cert.NotAfter) {
+			continue
+		}
+		out = append(out, pem.EncodeToMemory(b)...)
+	}
 }
 
 func loadCA(d map[string][]byte) (*x509.Certificate, *ecdsa.PrivateKey, error) {

@@ -21,6 +21,51 @@ type Server struct {
 	Log       *slog.Logger
 	// Reload is how often the Secret is read again for a renewed certificate; default 30s.
 	Reload time.Duration
+	// Timeouts bound what one connection may hold the server for; zero fields take
+	// DefaultTimeouts'.
+	Timeouts Timeouts
+}
+
+// Timeouts bound a connection to the webhook, so that a client that sends slowly or
+// not at all (slow loris) cannot hold connections open.
+type Timeouts struct {
+	ReadHeader time.Duration // TLS handshake and request headers
+	Read       time.Duration // the whole request, body included
+	Write      time.Duration // from the end of the request headers to the end of the answer
+	Idle       time.Duration // a kept-alive connection between requests
+}
+
+// DefaultTimeouts suit the API server, the webhook's one client: it sends an
+// AdmissionReview (at most a few MiB) at once over a kept-alive connection and waits
+// at most 30 seconds (timeoutSeconds, 5 in config/controller.yaml) for the answer.
+var DefaultTimeouts = Timeouts{ReadHeader: 5 * time.Second, Read: 15 * time.Second, Write: 20 * time.Second, Idle: 90 * time.Second}
+
+func (t Timeouts) orDefault() Timeouts {
+	pick := func(v, def time.Duration) time.Duration {
+		if v > 0 {
+			return v
+		}
+		return def
+	}
+	d := DefaultTimeouts
+	return Timeouts{pick(t.ReadHeader, d.ReadHeader), pick(t.Read, d.Read), pick(t.Write, d.Write), pick(t.Idle, d.Idle)}
+}
+
+// httpServer is the HTTPS server of the webhook, without its listener.
+func (s *Server) httpServer(log *slog.Logger) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle(Path, s.Validator)
+	t := s.Timeouts.orDefault()
+	return &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: t.ReadHeader,
+		ReadTimeout:       t.Read,
+		WriteTimeout:      t.Write,
+		IdleTimeout:       t.Idle,
+		MaxHeaderBytes:    64 << 10, // an AdmissionReview's headers are a few hundred bytes
+		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: s.Certs.GetCertificate},
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
 }
 
 // Serve answers on ln until ctx ends. It serves once the Secret holds a certificate
@@ -31,14 +76,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if reload == 0 {
 		reload = 30 * time.Second
 	}
-	mux := http.NewServeMux()
-	mux.Handle(Path, s.Validator)
-	srv := &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: s.Certs.GetCertificate},
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}
+	srv := s.httpServer(log)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
 	t := time.NewTicker(reload)

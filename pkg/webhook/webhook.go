@@ -85,12 +85,17 @@ func (v *Validator) Review(req *admissionv1.AdmissionRequest) *admissionv1.Admis
 	if v.Held != nil {
 		held = v.Held()
 	}
-	if _, err := config.Admit([]byte(text), held); err != nil {
+	cfg, err := config.Admit([]byte(text), held)
+	if err != nil {
 		var r *config.Refused
 		if errors.As(err, &r) {
 			return deny(req, "Herald refuses this configuration: "+err.Error())
 		}
 		return deny(req, "Herald's configuration is invalid: "+err.Error())
+	}
+	// What Herald accepts but does differently, kubectl prints as "Warning: ...".
+	for _, w := range cfg.Warnings {
+		allow.Warnings = append(allow.Warnings, "Herald: "+w.String())
 	}
 	return allow
 }

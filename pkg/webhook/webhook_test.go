@@ -3,6 +3,7 @@ package webhook_test
 import (
 	"context"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"net"
 	"net/netip"
@@ -10,8 +11,10 @@ import (
 	"testing"
 	"time"
 
+	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	clocktesting "k8s.io/utils/clock/testing"
 
@@ -146,4 +149,126 @@ func TestCertificateRenewal(t *testing.T) {
 	if _, err := leaf(renewed).Verify(x509.VerifyOptions{Roots: pool, DNSName: "herald-controller-webhook.herald-system.svc", CurrentTime: clock.Now()}); err != nil {
 		t.Errorf("the renewed certificate does not verify: %v", err)
 	}
+}
+
+// A configuration Herald accepts with warnings is allowed, and the warnings go back to
+// the client, which kubectl prints as "Warning: ...".
+func TestReviewWarns(t *testing.T) {
+	v := &webhook.Validator{Namespace: "herald-system", Name: "config", Key: "config"}
+	text := "bfd-profiles:\n- {name: fast, echo-mode: true}\n"
+	raw, _ := json.Marshal(&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "config", Namespace: "herald-system"}, Data: map[string]string{"config": text}})
+	resp := v.Review(&admissionv1.AdmissionRequest{
+		UID: "1", Kind: metav1.GroupVersionKind{Version: "v1", Kind: "ConfigMap"}, Namespace: "herald-system", Name: "config",
+		Operation: admissionv1.Update, Object: runtime.RawExtension{Raw: raw},
+	})
+	if !resp.Allowed || len(resp.Warnings) != 1 || !strings.HasPrefix(resp.Warnings[0], `Herald: bfd-profiles[0].echo-mode (line 2): `) {
+		t.Errorf("Review: allowed %v, warnings %q", resp.Allowed, resp.Warnings)
+	}
+}
+
+// An authority that nears its end, or has passed it, is replaced: a new authority, a
+// serving certificate it signs, and the caBundle rewritten. While an earlier authority
+// is still valid the bundle keeps it, for the replicas still serving what it signed.
+func TestAuthorityRotation(t *testing.T) {
+	cp := k8stest.Shared(t)
+	c := kubernetes.NewForConfigOrDie(cp.Config)
+	ns := newNamespace(t, c)
+	ctx := context.Background()
+	clock := clocktesting.NewFakeClock(time.Now())
+	const host = "herald-controller-webhook.herald-system.svc"
+	certs := &webhook.Certs{Client: c, Namespace: ns, Secret: "cert", DNSNames: []string{host}, Clock: clock}
+	vwc := ns + "-herald-config"
+	if _, err := c.AdmissionregistrationV1().ValidatingWebhookConfigurations().Create(ctx, webhook.Registration(vwc, ns, "https://127.0.0.1:1/validate-config"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = c.AdmissionregistrationV1().ValidatingWebhookConfigurations().Delete(context.Background(), vwc, metav1.DeleteOptions{})
+	})
+	bundle := func(s *corev1.Secret) []*x509.Certificate {
+		var out []*x509.Certificate
+		for rest := s.Data["ca.crt"]; ; {
+			var b *pem.Block
+			if b, rest = pem.Decode(rest); b == nil {
+				return out
+			}
+			cert, err := x509.ParseCertificate(b.Bytes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, cert)
+		}
+	}
+	// check verifies s's serving certificate against s's authority and that the
+	// webhook configuration carries s's bundle.
+	check := func(s *corev1.Secret) {
+		t.Helper()
+		b, _ := pem.Decode(s.Data[corev1.TLSCertKey])
+		leaf, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots := x509.NewCertPool()
+		roots.AddCert(bundle(s)[0])
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, DNSName: host, CurrentTime: clock.Now()}); err != nil {
+			t.Errorf("the serving certificate does not verify with the current authority: %v", err)
+		}
+		if _, err := webhook.PublishCA(ctx, c, vwc, s); err != nil {
+			t.Fatal(err)
+		}
+		got, err := c.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, vwc, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(got.Webhooks[0].ClientConfig.CABundle) != string(s.Data["ca.crt"]) {
+			t.Error("the caBundle is not the Secret's")
+		}
+	}
+
+	first, _, err := certs.Ensure(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check(first)
+	ca1 := bundle(first)[0]
+
+	// The serving certificate, long expired, is renewed by the same authority while the
+	// authority has more than a year left...
+	clock.SetTime(ca1.NotAfter.Add(-465 * 24 * time.Hour))
+	renewedLeaf, renewed, err := certs.Ensure(ctx)
+	if err != nil || !renewed {
+		t.Fatalf("Ensure with the serving certificate expired = %v, %v; want renewed", renewed, err)
+	}
+	if b := bundle(renewedLeaf); len(b) != 1 || !b[0].Equal(ca1) {
+		t.Fatalf("the authority changed with more than a year left")
+	}
+	check(renewedLeaf)
+	// ...and once it enters its last year, it is replaced though the serving
+	// certificate is fresh (101 days old), the old authority kept in the bundle.
+	clock.Step(101 * 24 * time.Hour)
+	second, renewed, err := certs.Ensure(ctx)
+	if err != nil || !renewed {
+		t.Fatalf("Ensure within the authority's last year = %v, %v; want renewed", renewed, err)
+	}
+	b := bundle(second)
+	if len(b) != 2 || b[0].Equal(ca1) || !b[1].Equal(ca1) {
+		t.Fatalf("bundle after rotation holds %d certificates (new first: %v), want the new authority then the old", len(b), len(b) > 0 && !b[0].Equal(ca1))
+	}
+	if !b[0].NotAfter.After(clock.Now().Add(9 * 365 * 24 * time.Hour)) {
+		t.Errorf("the new authority ends %s", b[0].NotAfter)
+	}
+	check(second)
+	if _, again, err := certs.Ensure(ctx); err != nil || again {
+		t.Fatalf("Ensure right after rotation = %v, %v; want left alone", again, err)
+	}
+
+	// Past the end of every authority so far: replaced, and the expired ones dropped.
+	clock.SetTime(bundle(second)[0].NotAfter.Add(time.Hour))
+	third, renewed, err := certs.Ensure(ctx)
+	if err != nil || !renewed {
+		t.Fatalf("Ensure past the authority's end = %v, %v; want renewed", renewed, err)
+	}
+	if b := bundle(third); len(b) != 1 || b[0].Equal(bundle(second)[0]) {
+		t.Fatalf("bundle after an expired authority holds %d certificates, want one new", len(b))
+	}
+	check(third)
 }
