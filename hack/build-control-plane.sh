@@ -17,6 +17,10 @@ K8S_CMDS=(kube-apiserver kubectl kube-controller-manager kube-scheduler kubelet 
 cache=${HERALD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/herald}
 bin="$cache/control-plane/k8s-$K8S_VERSION-etcd-$ETCD_VERSION"
 mkdir -p "$bin"
+# One build at a time: two runs at once (tests started side by side) would write the same
+# temporary files.
+exec 9>"$bin/.lock"
+flock 9
 
 log() { echo "build-control-plane: $*" >&2; }
 
