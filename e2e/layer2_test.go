@@ -15,6 +15,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/heraldlb/herald/hack/netlab"
 	"github.com/heraldlb/herald/pkg/inspect"
 	"github.com/heraldlb/herald/pkg/k8s"
 )
@@ -294,4 +295,56 @@ func TestLayer2FailoverWithoutAPIServer(t *testing.T) {
 		t.Fatalf("after the failover, %s answered by %v", ips[0], got)
 	}
 	resume()
+}
+
+// A node that briefly believed it owned an address (its gratuitous ARP and unsolicited
+// advertisement heard by every neighbour, the client's kernel moved to it) does not keep
+// the client: the owner, whose view of the cluster never changed, hears the claim and
+// announces the address again, and the client's neighbour entry is back on the owner.
+func TestLayer2OwnerAnswersAnotherNodesClaim(t *testing.T) {
+	c := start(t, Options{})
+	ips := c.CreateService("web", func(s *corev1.Service) {
+		p := corev1.IPFamilyPolicyRequireDualStack
+		s.Spec.IPFamilyPolicy, s.Spec.IPFamilies = &p, []corev1.IPFamily{corev1.IPv4Protocol, corev1.IPv6Protocol}
+	})
+	for _, ip := range ips {
+		o := c.owner(t, ip, 10*time.Second)
+		if name, err := c.Connect(ip, 2*time.Second); err != nil || name != o.Name {
+			t.Fatalf("TCP to %s reached %q (%v), want the owner %s", ip, name, err, o.Name)
+		}
+		var other *Node
+		for _, n := range c.Nodes {
+			if n != o {
+				other = n
+				break
+			}
+		}
+		usurper := netlab.NewProber(t, other.NS, "eth0", netip.MustParseAddr(other.IP4))
+		claim := usurper.ClaimARP
+		if ip.Is6() {
+			claim = usurper.ClaimNDP
+		}
+		if err := claim(ip); err != nil {
+			t.Fatal(err)
+		}
+		var neigh string
+		for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if neigh = c.Client.Run("ip", "neigh", "show", ip.String(), "dev", "eth0"); strings.Contains(neigh, o.MAC) {
+				break
+			}
+		}
+		if !strings.Contains(neigh, o.MAC) {
+			t.Fatalf("after %s claimed %s, the client's neighbour entry is %q, want the owner %s's MAC %s", other.Name, ip, neigh, o.Name, o.MAC)
+		}
+		if name, err := c.Connect(ip, 2*time.Second); err != nil || name != o.Name {
+			t.Errorf("after %s claimed %s, TCP reached %q (%v), want the owner %s", other.Name, ip, name, err, o.Name)
+		}
+		family := "IPv4"
+		if ip.Is6() {
+			family = "IPv6"
+		}
+		if got := c.metricWith(o, "herald_layer2_conflicts_total", `family="`+family+`"`); got < 1 {
+			t.Errorf("%s's herald_layer2_conflicts_total{family=%q} = %v, want at least 1", o.Name, family, got)
+		}
+	}
 }

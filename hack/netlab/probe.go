@@ -269,3 +269,34 @@ func TargetLLA(na *ndp.NeighborAdvertisement) string {
 	}
 	return ""
 }
+
+// ClaimARP broadcasts a gratuitous ARP request saying that ip is at the prober's
+// interface, as a node taking ip over does.
+func (p *Prober) ClaimARP(ip netip.Addr) error {
+	a, err := arp.NewPacket(arp.OperationRequest, p.Ifi.HardwareAddr, ip, net.HardwareAddr{0, 0, 0, 0, 0, 0}, ip)
+	if err != nil {
+		return err
+	}
+	pb, err := a.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	b, err := (&ethernet.Frame{Destination: broadcast, Source: p.Ifi.HardwareAddr, EtherType: ethernet.EtherTypeARP, Payload: pb}).MarshalBinary()
+	if err != nil {
+		return err
+	}
+	_, err = p.arp.WriteTo(b, &packet.Addr{HardwareAddr: broadcast})
+	return err
+}
+
+// ClaimNDP sends all nodes an unsolicited Neighbor Advertisement with the override flag
+// saying that ip is at the prober's interface, as a node taking ip over does.
+func (p *Prober) ClaimNDP(ip netip.Addr) error {
+	b, err := ndp.MarshalMessage(&ndp.NeighborAdvertisement{Override: true, TargetAddress: ip,
+		Options: []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Target, Addr: p.Ifi.HardwareAddr}}})
+	if err != nil {
+		return err
+	}
+	_, err = p.ns6.WriteTo(b, &ipv6.ControlMessage{IfIndex: p.Ifi.Index, HopLimit: 255}, &net.IPAddr{IP: net.IPv6linklocalallnodes})
+	return err
+}

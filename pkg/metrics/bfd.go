@@ -8,8 +8,9 @@ type BFD struct {
 	Up *prometheus.GaugeVec
 	// Changes counts state changes by peer and the state entered.
 	Changes *prometheus.CounterVec
-	// Dropped counts received packets dropped, by reason: malformed, unsupported, ttl,
-	// no_session.
+	// Dropped counts received packets dropped, by reason: malformed, unsupported, ttl
+	// (below the session's minimum), no_ttl (the kernel did not report it: it cannot be
+	// checked), no_session.
 	Dropped *prometheus.CounterVec
 }
 
@@ -26,7 +27,7 @@ func NewBFD(reg prometheus.Registerer) *BFD {
 		}, []string{"peer", "state"}),
 		Dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_bfd_dropped_packets_total",
-			Help: "Received BFD packets dropped, by reason: malformed, unsupported, ttl, no_session.",
+			Help: "Received BFD packets dropped, by reason: malformed, unsupported, ttl, no_ttl, no_session.",
 		}, []string{"reason"}),
 	}
 	reg.MustRegister(m.Up, m.Changes, m.Dropped)

@@ -1,5 +1,8 @@
 // Package udp runs BFD sessions (pkg/bfd's state machine) on real sockets: RFC 5881
-// single-hop on UDP port 3784 and RFC 5883 multi-hop on 4784, TTL 255 out and checked in.
+// single-hop on UDP port 3784 and RFC 5883 multi-hop on 4784, TTL 255 out and checked in
+// (a packet whose TTL the kernel did not report is dropped). The sessions' owner is told
+// of changes off the goroutine that runs them, so that a slow owner (a BGP session reset
+// waiting for a lock) never delays a session's packets or timers.
 package udp
 
 import (
@@ -31,7 +34,11 @@ type Peer struct {
 
 // Options configure a Manager.
 type Options struct {
-	// OnChange is told every change of a session's state, on the Manager's goroutine.
+	// OnChange is told every change of a session's state: each peer's changes in order,
+	// on a goroutine of that peer's own, never on the one that sends and times the
+	// sessions; a slow OnChange only delays its peer's later changes (past a few
+	// queued, they coalesce to the first failure and the last change). It must return:
+	// Run waits for it.
 	OnChange   func(bfd.Change)
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
@@ -50,6 +57,7 @@ type Manager struct {
 	log     *slog.Logger
 	metrics *metrics.BFD
 	wake    chan struct{}
+	notify  *notifier // Run's
 
 	mu       sync.Mutex
 	sessions map[netip.Addr]*managed
@@ -203,6 +211,8 @@ func (c *connected) WriteTo(b []byte, _ net.Addr) (int, error) { return c.Packet
 
 // Run receives and sends until ctx ends, then shuts every session down.
 func (m *Manager) Run(ctx context.Context) error {
+	m.notify = newNotifier(ctx, m.opts.OnChange)
+	defer m.notify.wait()
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	recv := make(chan received, 64)
@@ -229,10 +239,18 @@ func (m *Manager) Run(ctx context.Context) error {
 				return fmt.Errorf("BFD: listen on UDP port %d: %w", l.port, err)
 			}
 			conns = append(conns, c)
+			r, err := newTTLReader(c, family == "udp6")
+			if err != nil {
+				for _, c := range conns {
+					_ = c.Close()
+				}
+				wg.Wait()
+				return fmt.Errorf("BFD: UDP port %d: %w", l.port, err)
+			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				m.read(ctx, c, family == "udp6", l.multihop, recv)
+				m.read(ctx, r, l.multihop, recv)
 			}()
 		}
 	}
@@ -273,35 +291,54 @@ type received struct {
 	at   time.Time
 }
 
-// read reads packets on c until it is closed, checking the TTL (hop limit).
-func (m *Manager) read(ctx context.Context, c net.PacketConn, v6, multihop bool, out chan<- received) {
-	buf := make([]byte, 128)
-	var p4 *ipv4.PacketConn
-	var p6 *ipv6.PacketConn
-	if v6 {
-		p6 = ipv6.NewPacketConn(c)
-		_ = p6.SetControlMessage(ipv6.FlagHopLimit, true)
-	} else {
-		p4 = ipv4.NewPacketConn(c)
-		_ = p4.SetControlMessage(ipv4.FlagTTL, true)
+// ttlReader reads datagrams with the TTL (hop limit) they arrived with.
+type ttlReader interface {
+	// readFrom reads one datagram; ttl is 0 when the kernel did not report it.
+	readFrom(buf []byte) (n, ttl int, src net.Addr, err error)
+}
+
+type ttl4 struct{ c *ipv4.PacketConn }
+
+func (r ttl4) readFrom(buf []byte) (int, int, net.Addr, error) {
+	n, cm, src, err := r.c.ReadFrom(buf)
+	if cm == nil {
+		return n, 0, src, err
 	}
-	for {
-		var n, ttl int
-		var src net.Addr
-		var err error
-		if v6 {
-			var cm *ipv6.ControlMessage
-			n, cm, src, err = p6.ReadFrom(buf)
-			if cm != nil {
-				ttl = cm.HopLimit
-			}
-		} else {
-			var cm *ipv4.ControlMessage
-			n, cm, src, err = p4.ReadFrom(buf)
-			if cm != nil {
-				ttl = cm.TTL
-			}
+	return n, cm.TTL, src, err
+}
+
+type ttl6 struct{ c *ipv6.PacketConn }
+
+func (r ttl6) readFrom(buf []byte) (int, int, net.Addr, error) {
+	n, cm, src, err := r.c.ReadFrom(buf)
+	if cm == nil {
+		return n, 0, src, err
+	}
+	return n, cm.HopLimit, src, err
+}
+
+// newTTLReader asks the kernel to report the TTL (hop limit) of every datagram c reads.
+func newTTLReader(c net.PacketConn, v6 bool) (ttlReader, error) {
+	if v6 {
+		p := ipv6.NewPacketConn(c)
+		if err := p.SetControlMessage(ipv6.FlagHopLimit, true); err != nil {
+			return nil, fmt.Errorf("ask for the hop limit of received packets: %w", err)
 		}
+		return ttl6{p}, nil
+	}
+	p := ipv4.NewPacketConn(c)
+	if err := p.SetControlMessage(ipv4.FlagTTL, true); err != nil {
+		return nil, fmt.Errorf("ask for the TTL of received packets: %w", err)
+	}
+	return ttl4{p}, nil
+}
+
+// read reads packets from r until it fails (its socket closed), checking the TTL (hop
+// limit): one the kernel did not report cannot be checked, and is dropped.
+func (m *Manager) read(ctx context.Context, r ttlReader, multihop bool, out chan<- received) {
+	buf := make([]byte, 128)
+	for {
+		n, ttl, src, err := r.readFrom(buf)
 		if err != nil {
 			return
 		}
@@ -325,7 +362,11 @@ func (m *Manager) read(ctx context.Context, c net.PacketConn, v6, multihop bool,
 			m.metrics.Dropped.WithLabelValues("no_session").Inc()
 			continue
 		}
-		if ttl != 0 && ttl < int(ms.peer.Config.MinTTL) {
+		if ttl <= 0 {
+			m.metrics.Dropped.WithLabelValues("no_ttl").Inc()
+			continue
+		}
+		if ttl < int(ms.peer.Config.MinTTL) {
 			m.metrics.Dropped.WithLabelValues("ttl").Inc()
 			continue
 		}
@@ -397,7 +438,5 @@ func (m *Manager) changed(c bfd.Change) {
 	m.metrics.Up.WithLabelValues(c.Peer.String()).Set(up)
 	m.metrics.Changes.WithLabelValues(c.Peer.String(), c.To.String()).Inc()
 	m.log.Info("BFD session state", "peer", c.Peer, "from", c.From.String(), "state", c.To.String(), "diag", c.Diag.String(), "failed", c.Failed(), "peerDiag", c.PeerDiag.String(), "peerAdminDown", c.PeerAdminDown)
-	if m.opts.OnChange != nil {
-		m.opts.OnChange(c)
-	}
+	m.notify.push(c)
 }

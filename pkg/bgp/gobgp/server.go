@@ -55,6 +55,9 @@ type Server struct {
 	stateMu sync.Mutex
 	state   map[string]api.PeerState_SessionState // last state seen, by peer address
 	conf    map[string]bgp.Peer                   // what was configured, by peer address
+	// resets is the instance holding each peer's session, for BFD to reset it without
+	// s.mu, which SetRoutes holds across thousands of paths; emptied when Run stops.
+	resets map[netip.Addr]*instance
 
 	mu        sync.Mutex
 	stopped   bool
@@ -94,8 +97,9 @@ func New(opts Options) (*Server, error) {
 		opts: opts, log: opts.Logger, metrics: metrics.NewBGP(opts.Registerer),
 		serving:   make(chan struct{}),
 		instances: map[netip.Addr]*instance{}, peers: map[netip.Addr]bgp.Peer{},
-		state: map[string]api.PeerState_SessionState{},
-		conf:  map[string]bgp.Peer{},
+		state:  map[string]api.PeerState_SessionState{},
+		conf:   map[string]bgp.Peer{},
+		resets: map[netip.Addr]*instance{},
 	}
 	bo := opts.BFD
 	bo.OnChange, bo.Registerer = s.onBFD, opts.Registerer
@@ -124,6 +128,9 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	s.stopped = true
+	s.stateMu.Lock()
+	clear(s.resets)
+	s.stateMu.Unlock()
 	sent := s.sentLocked()
 	withdrawn := false
 	for _, in := range s.instances {
@@ -301,6 +308,10 @@ func (s *Server) onPeerEvent(r *api.WatchEventResponse) {
 // (the path is gone; the hold timer would take seconds), which the router's own BFD has
 // done on its side already. A peer's AdminDown is not a failure (RFC 5882 §3.2): the
 // router re-creating its session says it, and BGP stays up.
+//
+// It runs on the BFD manager's worker for the peer, never on the goroutine that runs
+// the BFD sessions, and takes no lock that SetRoutes or SetPeers hold across GoBGP calls:
+// the reset waits, at most, for GoBGP to finish the call in progress.
 func (s *Server) onBFD(c bfd.Change) {
 	switch {
 	case c.To == bfd.Up:
@@ -308,12 +319,9 @@ func (s *Server) onBFD(c bfd.Change) {
 			s.opts.OnSession(bgp.SessionEvent{Peer: c.Peer, State: bgp.BFDUp})
 		}
 	case c.Failed():
-		s.mu.Lock()
-		var in *instance
-		if p, ok := s.peers[c.Peer]; ok && !s.stopped {
-			in = s.instances[s.routerID(p)]
-		}
-		s.mu.Unlock()
+		s.stateMu.Lock()
+		in := s.resets[c.Peer]
+		s.stateMu.Unlock()
 		if in == nil {
 			return
 		}
@@ -377,6 +385,9 @@ func (s *Server) SetPeers(ctx context.Context, peers []bgp.Peer) error {
 		}
 		delete(s.peers, addr)
 		delete(in.peers, addr)
+		s.stateMu.Lock()
+		delete(s.resets, addr)
+		s.stateMu.Unlock()
 		s.metrics.SessionUp.DeleteLabelValues(addr.String())
 		s.log.Info("BGP peer removed", "peer", addr)
 	}
@@ -410,6 +421,7 @@ func (s *Server) SetPeers(ctx context.Context, peers []bgp.Peer) error {
 		in.peers[p.Address] = true
 		s.stateMu.Lock()
 		s.conf[p.Address.String()] = p
+		s.resets[p.Address] = in
 		s.stateMu.Unlock()
 		s.metrics.SessionUp.WithLabelValues(p.Address.String()).Set(0)
 		s.log.Info("BGP peer added", "peer", p.Address, "peerASN", p.ASN, "myASN", p.MyASN, "routerID", in.id, "md5", p.Password != "", "bfd", p.BFD != bfd.Config{})

@@ -324,8 +324,15 @@ func TestWithdrawBeforeCease(t *testing.T) {
 }
 
 // A BFD session that falls from Up resets its BGP session at once, and says so (a
-// SessionEvent, a metric); the BGP session then comes back on its own.
+// SessionEvent, a metric); the BGP session then comes back on its own. It does so also
+// while the server is busy with routes (SetRoutes holds its lock across every path).
 func TestBFDDownResetsTheSession(t *testing.T) {
+	for _, busy := range []bool{false, true} {
+		t.Run(map[bool]string{false: "idle", true: "busy with routes"}[busy], func(t *testing.T) { testBFDDownResets(t, busy) })
+	}
+}
+
+func testBFDDownResets(t *testing.T, busy bool) {
 	ctx := context.Background()
 	router := newRouter(t, "127.0.0.1")
 	events := make(chan bgp.SessionEvent, 20)
@@ -386,9 +393,15 @@ func TestBFDDownResetsTheSession(t *testing.T) {
 	}
 	want(bgp.Established, 1)
 	want(bgp.BFDUp, 1)
+	if busy {
+		s.mu.Lock() // as SetRoutes does, adding thousands of paths
+	}
 	close(silent)
 	want(bgp.BFDDown, 1)
 	want(bgp.Down, 1)
+	if busy {
+		s.mu.Unlock()
+	}
 	want(bgp.Established, 2)
 	if got := testutil.ToFloat64(s.metrics.Resets.WithLabelValues("127.0.0.1", "bfd_down")); got != 1 {
 		t.Errorf("herald_bgp_session_resets_total = %v", got)

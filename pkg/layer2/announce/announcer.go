@@ -16,7 +16,6 @@ import (
 	"github.com/mdlayher/packet"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/net/ipv6"
 
 	"github.com/heraldlb/herald/pkg/layer2"
 	"github.com/heraldlb/herald/pkg/logging"
@@ -35,7 +34,19 @@ type Options struct {
 	// Rescan is how often interfaces are listed again besides on netlink notifications;
 	// default 10s.
 	Rescan time.Duration
+	// ConflictInterval is the least time between two announcements of one address in
+	// answer to other nodes claiming it; default DefaultConflictInterval.
+	ConflictInterval time.Duration
 }
+
+// DefaultConflictInterval is the least time between two announcements of one address in
+// answer to other nodes claiming it: two nodes that both believe they own an address
+// (for as long as their views of the cluster differ) each announce it at most this often.
+const DefaultConflictInterval = 200 * time.Millisecond
+
+// conflictQuiet is how long after the last claim from another node a conflict is over:
+// the next claim is logged again.
+const conflictQuiet = 30 * time.Second
 
 // Announcer answers ARP and NDP for the owned addresses on this node's interfaces.
 type Announcer struct {
@@ -43,6 +54,7 @@ type Announcer struct {
 	metrics *metrics.Layer2
 	burst   []time.Duration
 	every   time.Duration
+	defend  time.Duration // Options.ConflictInterval
 	poke    chan struct{}
 
 	wg        sync.WaitGroup // every reader and burst Run started
@@ -59,10 +71,21 @@ type link struct {
 	ifi      net.Interface
 	prefixes []netip.Prefix
 	arp      *packet.Conn
-	ndp      *ndp.Conn
+	ndp      *icmp6
 	serves   map[netip.Addr]bool // guarded by Announcer.mu
 	groups   map[netip.Addr]bool // solicited-node groups joined
 	done     chan struct{}       // closed with the link: its readers return
+	// conflicts are the owned addresses other nodes claimed lately, guarded by
+	// Announcer.mu.
+	conflicts map[netip.Addr]*dispute
+}
+
+// dispute is another node's claim on an address a link serves, and our answer to it.
+type dispute struct {
+	other   net.HardwareAddr // who claims it
+	last    time.Time        // the last claim
+	sent    time.Time        // our last announcement in answer
+	pending bool             // an announcement in answer is scheduled
 }
 
 // New returns an Announcer; it answers nothing before Run.
@@ -75,8 +98,11 @@ func New(opts Options) *Announcer {
 	if opts.Rescan == 0 {
 		opts.Rescan = 10 * time.Second
 	}
+	if opts.ConflictInterval <= 0 {
+		opts.ConflictInterval = DefaultConflictInterval
+	}
 	return &Announcer{
-		log: opts.Logger, metrics: metrics.NewLayer2(opts.Registerer), burst: opts.Burst, every: opts.Rescan,
+		log: opts.Logger, metrics: metrics.NewLayer2(opts.Registerer), burst: opts.Burst, every: opts.Rescan, defend: opts.ConflictInterval,
 		poke: make(chan struct{}, 1), owned: map[netip.Addr]layer2.Address{}, links: map[int]*link{},
 	}
 }
@@ -248,7 +274,7 @@ func (a *Announcer) rescan() {
 			if l != nil {
 				l.close()
 			}
-			l = &link{ifi: ifi, serves: map[netip.Addr]bool{}, groups: map[netip.Addr]bool{}, done: make(chan struct{})}
+			l = &link{ifi: ifi, serves: map[netip.Addr]bool{}, groups: map[netip.Addr]bool{}, conflicts: map[netip.Addr]*dispute{}, done: make(chan struct{})}
 			a.links[ifi.Index] = l
 		}
 		l.prefixes = prefixes
@@ -282,16 +308,10 @@ func (a *Announcer) openLocked(l *link) {
 		}
 	}
 	if l.ndp == nil && slices.ContainsFunc(l.prefixes, func(p netip.Prefix) bool { return p.Addr().Is6() && p.Addr().IsLinkLocalUnicast() }) {
-		c, _, err := ndp.Listen(&l.ifi, ndp.LinkLocal)
+		c, err := listenICMP6(l.ifi)
 		if err != nil {
 			a.log.Debug("cannot answer NDP yet", "interface", l.ifi.Name, "err", err)
 			return
-		}
-		var f ipv6.ICMPFilter
-		f.SetAll(true)
-		f.Accept(ipv6.ICMPTypeNeighborSolicitation)
-		if err := c.SetICMPFilter(&f); err != nil {
-			a.log.Warn("set ICMPv6 filter", "interface", l.ifi.Name, "err", err)
 		}
 		l.ndp = c
 		l.groups = map[netip.Addr]bool{}
@@ -323,6 +343,11 @@ func (a *Announcer) reconcileLocked() {
 				a.log.Info("no longer announcing", "ip", ip, "interface", l.ifi.Name)
 			}
 		}
+		for ip := range l.conflicts {
+			if !want[ip] {
+				delete(l.conflicts, ip)
+			}
+		}
 		l.serves = want
 		if l.ndp != nil {
 			groups := map[netip.Addr]bool{}
@@ -335,7 +360,7 @@ func (a *Announcer) reconcileLocked() {
 			}
 			for g := range groups {
 				if !l.groups[g] {
-					if err := l.ndp.JoinGroup(g); err != nil {
+					if err := l.ndp.join(g); err != nil {
 						a.log.Warn("join solicited-node group", "interface", l.ifi.Name, "group", g, "err", err)
 						delete(groups, g)
 					}
@@ -343,7 +368,7 @@ func (a *Announcer) reconcileLocked() {
 			}
 			for g := range l.groups {
 				if !groups[g] {
-					_ = l.ndp.LeaveGroup(g)
+					_ = l.ndp.leave(g)
 				}
 			}
 			l.groups = groups
@@ -405,28 +430,34 @@ func (a *Announcer) serveARP(l *link, c *packet.Conn) {
 			}
 			continue
 		}
-		reply, dst, v := arpReply(buf[:n], l.ifi.HardwareAddr, owned)
-		if v == answered {
+		reply, dst, cl, v := arpReply(buf[:n], l.ifi.HardwareAddr, owned)
+		switch v {
+		case answered:
 			_, err = c.WriteTo(reply, &packet.Addr{HardwareAddr: dst})
+		case conflict:
+			a.claimed(l, cl)
 		}
 		a.count(l, "IPv4", v, err)
 	}
 }
 
-func (a *Announcer) serveNDP(l *link, c *ndp.Conn) {
+func (a *Announcer) serveNDP(l *link, c *icmp6) {
 	buf := make([]byte, 1500)
 	owned := a.serving(l)
 	for {
-		n, _, src, err := c.ReadRaw(buf)
+		n, src, hopLimit, err := c.read(buf)
 		if err != nil {
 			if l.readFailed(a.log, "NDP", err) {
 				return
 			}
 			continue
 		}
-		r, v := ndpReply(buf[:n], src, l.ifi.HardwareAddr, owned)
-		if v == answered {
+		r, cl, v := ndpReply(buf[:n], src, hopLimit, l.ifi.HardwareAddr, owned)
+		switch v {
+		case answered:
 			err = a.sendNA(l, c, r)
+		case conflict:
+			a.claimed(l, cl)
 		}
 		a.count(l, "IPv6", v, err)
 	}
@@ -435,12 +466,12 @@ func (a *Announcer) serveNDP(l *link, c *ndp.Conn) {
 // sendNA sends an advertisement as Linux does, from the target address, as a whole
 // frame through the link's packet socket; without the solicitor's hardware address (or
 // the packet socket), the kernel sends it through c from the link-local address.
-func (a *Announcer) sendNA(l *link, c *ndp.Conn, r reply) error {
+func (a *Announcer) sendNA(l *link, c *icmp6, r reply) error {
 	a.mu.Lock()
 	raw := l.arp
 	a.mu.Unlock()
 	if r.dstMAC == nil || raw == nil {
-		return c.WriteTo(r.na, nil, r.dst)
+		return c.writeTo(r.na, r.dst)
 	}
 	f, err := r.frame(l.ifi.HardwareAddr)
 	if err != nil {
@@ -457,6 +488,8 @@ func (a *Announcer) count(l *link, family string, v verdict, sendErr error) {
 		a.log.Warn("send answer", "interface", l.ifi.Name, "family", family, "err", sendErr)
 	case v == answered:
 		a.metrics.Answered.WithLabelValues(family).Inc()
+	case v == conflict:
+		// counted by claimed
 	case v != ownPacket:
 		a.metrics.Dropped.WithLabelValues(family, v.String()).Inc()
 	}
@@ -478,29 +511,92 @@ func (a *Announcer) announce(ctx context.Context, l *link, ip netip.Addr) {
 		if !owned(ip) {
 			return
 		}
-		a.mu.Lock()
-		arpc, ndpc := l.arp, l.ndp
-		a.mu.Unlock()
-		if ip.Is4() && arpc != nil {
-			frames, err := gratuitousARP(ip, l.ifi.HardwareAddr)
-			if err != nil {
-				a.log.Warn("build gratuitous ARP", "ip", ip, "err", err)
-				return
-			}
-			for _, f := range frames {
-				if _, err := arpc.WriteTo(f, &packet.Addr{HardwareAddr: broadcast}); err != nil {
-					a.log.Warn("send gratuitous ARP", "ip", ip, "interface", l.ifi.Name, "err", err)
-					continue
-				}
-				a.metrics.Gratuitous.WithLabelValues(family(ip)).Inc()
-			}
+		a.gratuitous(l, ip)
+	}
+}
+
+// gratuitous announces once that ip is at l: a gratuitous ARP in both forms, or an
+// unsolicited override Neighbor Advertisement.
+func (a *Announcer) gratuitous(l *link, ip netip.Addr) {
+	a.mu.Lock()
+	arpc, ndpc := l.arp, l.ndp
+	a.mu.Unlock()
+	if ip.Is4() && arpc != nil {
+		frames, err := gratuitousARP(ip, l.ifi.HardwareAddr)
+		if err != nil {
+			a.log.Warn("build gratuitous ARP", "ip", ip, "err", err)
+			return
 		}
-		if ip.Is6() && ndpc != nil {
-			if err := a.sendNA(l, ndpc, unsolicitedNA(ip, l.ifi.HardwareAddr)); err != nil {
-				a.log.Warn("send unsolicited Neighbor Advertisement", "ip", ip, "interface", l.ifi.Name, "err", err)
+		for _, f := range frames {
+			if _, err := arpc.WriteTo(f, &packet.Addr{HardwareAddr: broadcast}); err != nil {
+				a.log.Warn("send gratuitous ARP", "ip", ip, "interface", l.ifi.Name, "err", err)
 				continue
 			}
 			a.metrics.Gratuitous.WithLabelValues(family(ip)).Inc()
 		}
 	}
+	if ip.Is6() && ndpc != nil {
+		if err := a.sendNA(l, ndpc, unsolicitedNA(ip, l.ifi.HardwareAddr)); err != nil {
+			a.log.Warn("send unsolicited Neighbor Advertisement", "ip", ip, "interface", l.ifi.Name, "err", err)
+			return
+		}
+		a.metrics.Gratuitous.WithLabelValues(family(ip)).Inc()
+	}
+}
+
+// claimed answers another node's claim on an address l serves by announcing the
+// address again: at once, or, within ConflictInterval of the last such announcement,
+// once at its end, so that the last word is this node's however many claims arrive. The
+// first claim of a conflict is logged, with who claims; the conflict is over once the
+// address goes conflictQuiet without claims, or is no longer served.
+func (a *Announcer) claimed(l *link, cl claim) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.ctx == nil || !l.serves[cl.ip] {
+		return
+	}
+	for _, o := range a.links {
+		if string(o.ifi.HardwareAddr) == string(cl.mac) {
+			return // this node's own announcement, heard on another of its interfaces
+		}
+	}
+	a.metrics.Conflicts.WithLabelValues(family(cl.ip)).Inc()
+	now := time.Now()
+	c := l.conflicts[cl.ip]
+	if c == nil || now.Sub(c.last) > conflictQuiet || string(c.other) != string(cl.mac) {
+		a.log.Warn("another node claims an address this node announces: announcing it again",
+			"ip", cl.ip, "interface", l.ifi.Name, "mac", cl.mac.String())
+		if c == nil {
+			c = &dispute{}
+			l.conflicts[cl.ip] = c
+		}
+		c.other = slices.Clone(cl.mac)
+	}
+	c.last = now
+	if c.pending {
+		return
+	}
+	c.pending = true
+	wait := max(c.sent.Add(a.defend).Sub(now), 0)
+	ctx := a.ctx
+	a.spawn(func() {
+		if wait > 0 {
+			t := time.NewTimer(wait)
+			defer t.Stop()
+			select {
+			case <-ctx.Done():
+				return
+			case <-l.done:
+				return
+			case <-t.C:
+			}
+		}
+		a.mu.Lock()
+		c.pending, c.sent = false, time.Now()
+		serves := l.serves[cl.ip]
+		a.mu.Unlock()
+		if serves {
+			a.gratuitous(l, cl.ip)
+		}
+	})
 }

@@ -17,43 +17,60 @@ const (
 	notRequest
 	notOwned
 	ownPacket
+	// conflict: another hardware address claims an owned address.
+	conflict
+	// badHopLimit: an NDP message whose hop limit is not 255 (or unknown), which may
+	// come from off the link (RFC 4861 7.1).
+	badHopLimit
 )
 
 func (v verdict) String() string {
-	return [...]string{"answered", "malformed", "not_request", "not_owned", "own"}[v]
+	return [...]string{"answered", "malformed", "not_request", "not_owned", "own", "conflict", "hop_limit"}[v]
+}
+
+// claim is another node's claim on an owned address: a packet says ip is at mac.
+type claim struct {
+	ip  netip.Addr
+	mac net.HardwareAddr
 }
 
 var broadcast = net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
 
 // arpReply decides what to do with one received Ethernet frame on a link with hardware
-// address mac: the frame to send back and where to, or why nothing is sent.
-func arpReply(frame []byte, mac net.HardwareAddr, owned func(netip.Addr) bool) ([]byte, net.HardwareAddr, verdict) {
+// address mac: the frame to send back and where to, or why nothing is sent. A packet of
+// another hardware address whose sender address is owned (a gratuitous ARP request or
+// reply, any reply, a request asked from that address) is a conflict: the claim says who
+// claims what; the neighbours that heard it must be told again.
+func arpReply(frame []byte, mac net.HardwareAddr, owned func(netip.Addr) bool) ([]byte, net.HardwareAddr, claim, verdict) {
 	var f ethernet.Frame
 	if err := f.UnmarshalBinary(frame); err != nil || f.EtherType != ethernet.EtherTypeARP {
-		return nil, nil, malformed
+		return nil, nil, claim{}, malformed
 	}
 	var p arp.Packet
 	if err := p.UnmarshalBinary(f.Payload); err != nil {
-		return nil, nil, malformed
-	}
-	if p.Operation != arp.OperationRequest {
-		return nil, nil, notRequest
+		return nil, nil, claim{}, malformed
 	}
 	if string(p.SenderHardwareAddr) == string(mac) {
-		return nil, nil, ownPacket
+		return nil, nil, claim{}, ownPacket
+	}
+	if p.SenderIP.Is4() && !p.SenderIP.IsUnspecified() && owned(p.SenderIP) {
+		return nil, nil, claim{ip: p.SenderIP, mac: p.SenderHardwareAddr}, conflict
+	}
+	if p.Operation != arp.OperationRequest {
+		return nil, nil, claim{}, notRequest
 	}
 	if !p.TargetIP.Is4() || !owned(p.TargetIP) {
-		return nil, nil, notOwned
+		return nil, nil, claim{}, notOwned
 	}
 	reply, err := arp.NewPacket(arp.OperationReply, mac, p.TargetIP, p.SenderHardwareAddr, p.SenderIP)
 	if err != nil {
-		return nil, nil, malformed
+		return nil, nil, claim{}, malformed
 	}
 	b, err := marshalFrame(p.SenderHardwareAddr, mac, reply)
 	if err != nil {
-		return nil, nil, malformed
+		return nil, nil, claim{}, malformed
 	}
-	return b, p.SenderHardwareAddr, answered
+	return b, p.SenderHardwareAddr, claim{}, answered
 }
 
 // gratuitousARP returns the two gratuitous announcements of ip from mac, both broadcast:

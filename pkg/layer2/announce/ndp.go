@@ -25,28 +25,63 @@ type reply struct {
 	dstMAC net.HardwareAddr
 }
 
-// ndpReply decides what to do with one received ICMPv6 message from src on a link with
-// hardware address mac: the advertisement to send and where to, or why nothing is sent.
-func ndpReply(msg []byte, src netip.Addr, mac net.HardwareAddr, owned func(netip.Addr) bool) (reply, verdict) {
+// ndpReply decides what to do with one received ICMPv6 message from src, which arrived
+// with the given hop limit (-1: unknown), on a link with hardware address mac: the
+// advertisement to send and where to, or why nothing is sent. A solicitation or
+// advertisement of another hardware address that claims an owned address (an
+// advertisement for it, a solicitation sent from it) is a conflict: the claim says who
+// claims what.
+func ndpReply(msg []byte, src netip.Addr, hopLimit int, mac net.HardwareAddr, owned func(netip.Addr) bool) (reply, claim, verdict) {
 	m, err := ndp.ParseMessage(msg)
 	if err != nil {
-		return reply{}, malformed
+		return reply{}, claim{}, malformed
 	}
-	ns, ok := m.(*ndp.NeighborSolicitation)
-	if !ok {
-		return reply{}, notRequest
-	}
-	var from net.HardwareAddr
-	for _, o := range ns.Options {
-		if lla, ok := o.(*ndp.LinkLayerAddress); ok && lla.Direction == ndp.Source {
-			if string(lla.Addr) == string(mac) {
-				return reply{}, ownPacket
-			}
-			from = lla.Addr
+	switch m := m.(type) {
+	case *ndp.NeighborSolicitation:
+		if hopLimit != 255 {
+			return reply{}, claim{}, badHopLimit
+		}
+		return solicited(m, src, mac, owned)
+	case *ndp.NeighborAdvertisement:
+		if hopLimit != 255 {
+			return reply{}, claim{}, badHopLimit
+		}
+		lla := linkLayer(m.Options, ndp.Target)
+		switch {
+		case lla == nil:
+			return reply{}, claim{}, notRequest // changes no neighbour's entry
+		case string(lla) == string(mac):
+			return reply{}, claim{}, ownPacket
+		case owned(m.TargetAddress):
+			return reply{}, claim{ip: m.TargetAddress, mac: lla}, conflict
 		}
 	}
+	return reply{}, claim{}, notRequest
+}
+
+// linkLayer returns the link-layer address option of the given direction, nil if none.
+func linkLayer(opts []ndp.Option, dir ndp.Direction) net.HardwareAddr {
+	var out net.HardwareAddr
+	for _, o := range opts {
+		if lla, ok := o.(*ndp.LinkLayerAddress); ok && lla.Direction == dir {
+			out = lla.Addr
+		}
+	}
+	return out
+}
+
+func solicited(ns *ndp.NeighborSolicitation, src netip.Addr, mac net.HardwareAddr, owned func(netip.Addr) bool) (reply, claim, verdict) {
+	from := linkLayer(ns.Options, ndp.Source)
+	if from != nil && string(from) == string(mac) {
+		return reply{}, claim{}, ownPacket
+	}
+	if from != nil && src.IsValid() && !src.IsUnspecified() && owned(src) {
+		// Asked from an owned address: every neighbour that hears it learns that the
+		// address is at from.
+		return reply{}, claim{ip: src, mac: from}, conflict
+	}
 	if !owned(ns.TargetAddress) {
-		return reply{}, notOwned
+		return reply{}, claim{}, notOwned
 	}
 	r := reply{
 		na: &ndp.NeighborAdvertisement{
@@ -61,7 +96,7 @@ func ndpReply(msg []byte, src netip.Addr, mac net.HardwareAddr, owned func(netip
 		// Duplicate address detection: answer to all nodes, unsolicited (RFC 4861 7.2.4).
 		r.na.Solicited, r.dst, r.dstMAC = false, allNodes, allNodesMAC
 	}
-	return r, answered
+	return r, claim{}, answered
 }
 
 // unsolicitedNA is the announcement that ip now lives at mac, to all nodes.

@@ -55,6 +55,12 @@ func TestARPReply(t *testing.T) {
 		{"not owned", req, owns(), notOwned},
 		{"a reply", arpFrame(t, arp.OperationReply, clientMAC, clientIP, vip), owns(vip), notRequest},
 		{"our own", arpFrame(t, arp.OperationRequest, ourMAC, vip, vip), owns(vip), ownPacket},
+		{"gratuitous request from another node", arpFrame(t, arp.OperationRequest, clientMAC, vip, vip), owns(vip), conflict},
+		{"gratuitous reply from another node", arpFrame(t, arp.OperationReply, clientMAC, vip, vip), owns(vip), conflict},
+		{"reply from another node", arpFrame(t, arp.OperationReply, clientMAC, vip, clientIP), owns(vip), conflict},
+		{"request asked from an owned address", arpFrame(t, arp.OperationRequest, clientMAC, vip, clientIP), owns(vip), conflict},
+		{"gratuitous for an address not owned", arpFrame(t, arp.OperationRequest, clientMAC, clientIP, clientIP), owns(vip), notOwned},
+		{"probe for an owned address", arpFrame(t, arp.OperationRequest, clientMAC, netip.IPv4Unspecified(), vip), owns(vip, netip.IPv4Unspecified()), answered},
 		{"truncated", req[:20], owns(vip), malformed},
 		{"empty", nil, owns(vip), malformed},
 		{"not ARP", append(append([]byte{}, req[:12]...), append([]byte{0x08, 0x00}, req[14:]...)...), owns(vip), malformed},
@@ -62,9 +68,12 @@ func TestARPReply(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			b, dst, v := arpReply(tt.frame, ourMAC, tt.owned)
+			b, dst, cl, v := arpReply(tt.frame, ourMAC, tt.owned)
 			if v != tt.want {
 				t.Fatalf("verdict %v, want %v", v, tt.want)
+			}
+			if v == conflict && (cl.ip != vip || cl.mac.String() != clientMAC.String()) {
+				t.Errorf("claim %s at %s, want %s at %s", cl.ip, cl.mac, vip, clientMAC)
 			}
 			if v != answered {
 				return
@@ -76,6 +85,9 @@ func TestARPReply(t *testing.T) {
 			}
 			if err := p.UnmarshalBinary(f.Payload); err != nil {
 				t.Fatal(err)
+			}
+			if p.TargetIP != vip && tt.name == "probe for an owned address" {
+				return
 			}
 			if dst.String() != clientMAC.String() || f.Destination.String() != clientMAC.String() || f.Source.String() != ourMAC.String() {
 				t.Errorf("frame %s -> %s (sent to %s), want %s -> %s", f.Source, f.Destination, dst, ourMAC, clientMAC)
@@ -121,31 +133,59 @@ func nsBytes(t testing.TB, target netip.Addr, src net.HardwareAddr) []byte {
 	return b
 }
 
+func naBytes(t testing.TB, target netip.Addr, mac net.HardwareAddr) []byte {
+	t.Helper()
+	na := &ndp.NeighborAdvertisement{Override: true, TargetAddress: target}
+	if mac != nil {
+		na.Options = []ndp.Option{&ndp.LinkLayerAddress{Direction: ndp.Target, Addr: mac}}
+	}
+	b, err := ndp.MarshalMessage(na)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
 func TestNDPReply(t *testing.T) {
 	ra, _ := ndp.MarshalMessage(&ndp.RouterSolicitation{})
 	tests := []struct {
-		name    string
-		msg     []byte
-		src     netip.Addr
-		owned   func(netip.Addr) bool
-		want    verdict
-		wantDst netip.Addr
-		solicit bool
-		wantMAC net.HardwareAddr // where the frame goes; nil: left to the kernel
+		name     string
+		msg      []byte
+		src      netip.Addr
+		hopLimit int
+		owned    func(netip.Addr) bool
+		want     verdict
+		wantDst  netip.Addr
+		solicit  bool
+		wantMAC  net.HardwareAddr // where the frame goes; nil: left to the kernel
 	}{
-		{"owned", nsBytes(t, vip6, clientMAC), client6, owns(vip6), answered, client6, true, clientMAC},
-		{"no source link-layer address", nsNoLLA(t, vip6), client6, owns(vip6), answered, client6, true, nil},
-		{"duplicate address detection", nsBytes(t, vip6, clientMAC), netip.IPv6Unspecified(), owns(vip6), answered, allNodes, false, allNodesMAC},
-		{"not owned", nsBytes(t, vip6, clientMAC), client6, owns(), notOwned, netip.Addr{}, false, nil},
-		{"our own", nsBytes(t, vip6, ourMAC), client6, owns(vip6), ownPacket, netip.Addr{}, false, nil},
-		{"not a solicitation", ra, client6, owns(vip6), notRequest, netip.Addr{}, false, nil},
-		{"garbage", []byte{135, 0, 0}, client6, owns(vip6), malformed, netip.Addr{}, false, nil},
+		{"owned", nsBytes(t, vip6, clientMAC), client6, 255, owns(vip6), answered, client6, true, clientMAC},
+		{"no source link-layer address", nsNoLLA(t, vip6), client6, 255, owns(vip6), answered, client6, true, nil},
+		{"duplicate address detection", nsBytes(t, vip6, clientMAC), netip.IPv6Unspecified(), 255, owns(vip6), answered, allNodes, false, allNodesMAC},
+		{"not owned", nsBytes(t, vip6, clientMAC), client6, 255, owns(), notOwned, netip.Addr{}, false, nil},
+		{"our own", nsBytes(t, vip6, ourMAC), client6, 255, owns(vip6), ownPacket, netip.Addr{}, false, nil},
+		{"not a solicitation", ra, client6, 255, owns(vip6), notRequest, netip.Addr{}, false, nil},
+		{"garbage", []byte{135, 0, 0}, client6, 255, owns(vip6), malformed, netip.Addr{}, false, nil},
+		// RFC 4861 7.1.1: a solicitation whose hop limit is not 255 may come from off the link.
+		{"solicitation with hop limit 254", nsBytes(t, vip6, clientMAC), client6, 254, owns(vip6), badHopLimit, netip.Addr{}, false, nil},
+		{"solicitation with hop limit 1", nsBytes(t, vip6, clientMAC), client6, 1, owns(vip6), badHopLimit, netip.Addr{}, false, nil},
+		{"solicitation with hop limit unknown", nsBytes(t, vip6, clientMAC), client6, -1, owns(vip6), badHopLimit, netip.Addr{}, false, nil},
+		{"advertisement with hop limit 64", naBytes(t, vip6, clientMAC), vip6, 64, owns(vip6), badHopLimit, netip.Addr{}, false, nil},
+		// Other nodes' claims on an owned address.
+		{"advertisement from another node", naBytes(t, vip6, clientMAC), vip6, 255, owns(vip6), conflict, netip.Addr{}, false, nil},
+		{"solicitation asked from an owned address", nsBytes(t, client6, clientMAC), vip6, 255, owns(vip6), conflict, netip.Addr{}, false, nil},
+		{"our own advertisement", naBytes(t, vip6, ourMAC), vip6, 255, owns(vip6), ownPacket, netip.Addr{}, false, nil},
+		{"advertisement for an address not owned", naBytes(t, client6, clientMAC), client6, 255, owns(vip6), notRequest, netip.Addr{}, false, nil},
+		{"advertisement without a link-layer address", naBytes(t, vip6, nil), vip6, 255, owns(vip6), notRequest, netip.Addr{}, false, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r, v := ndpReply(tt.msg, tt.src, ourMAC, tt.owned)
+			r, cl, v := ndpReply(tt.msg, tt.src, tt.hopLimit, ourMAC, tt.owned)
 			if v != tt.want {
 				t.Fatalf("verdict %v, want %v", v, tt.want)
+			}
+			if v == conflict && (cl.ip != vip6 || cl.mac.String() != clientMAC.String()) {
+				t.Errorf("claim %s at %s, want %s at %s", cl.ip, cl.mac, vip6, clientMAC)
 			}
 			if v != answered {
 				return
@@ -214,22 +254,34 @@ func checkNAFrame(t *testing.T, r reply, wantMAC net.HardwareAddr) {
 
 func FuzzARPReply(f *testing.F) {
 	f.Add(arpFrame(f, arp.OperationRequest, clientMAC, clientIP, vip))
+	f.Add(arpFrame(f, arp.OperationReply, clientMAC, vip, vip))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		reply, _, v := arpReply(b, ourMAC, owns(vip))
+		reply, _, cl, v := arpReply(b, ourMAC, owns(vip))
 		if (v == answered) != (reply != nil) {
 			t.Fatalf("verdict %v with reply %x", v, reply)
+		}
+		if (v == conflict) != (cl.ip == vip && len(cl.mac) > 0 && cl.mac.String() != ourMAC.String()) {
+			t.Fatalf("verdict %v with claim %s at %s", v, cl.ip, cl.mac)
 		}
 	})
 }
 
 func FuzzNDPReply(f *testing.F) {
-	f.Add(nsBytes(f, vip6, clientMAC))
-	f.Add([]byte{135})
-	f.Fuzz(func(t *testing.T, b []byte) {
-		r, v := ndpReply(b, client6, ourMAC, owns(vip6))
+	f.Add(nsBytes(f, vip6, clientMAC), 255)
+	f.Add(naBytes(f, vip6, clientMAC), 255)
+	f.Add([]byte{135}, 255)
+	f.Add(nsBytes(f, vip6, clientMAC), 64)
+	f.Fuzz(func(t *testing.T, b []byte, hopLimit int) {
+		r, cl, v := ndpReply(b, client6, hopLimit, ourMAC, owns(vip6))
 		if (v == answered) != (r.na != nil) {
 			t.Fatalf("verdict %v with advertisement %v", v, r.na)
+		}
+		if hopLimit != 255 && (v == answered || v == conflict) {
+			t.Fatalf("verdict %v with hop limit %d", v, hopLimit)
+		}
+		if (v == conflict) != (cl.ip == vip6 && len(cl.mac) > 0 && cl.mac.String() != ourMAC.String()) {
+			t.Fatalf("verdict %v with claim %s at %s", v, cl.ip, cl.mac)
 		}
 	})
 }
