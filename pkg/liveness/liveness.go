@@ -155,7 +155,8 @@ type Detector struct {
 	localErr, linkUp time.Time
 	redial           chan struct{}
 	connected        bool // a peer connected once
-
+	// dialFn, when set (by tests), dials instead of a net.Dialer.
+	dialFn func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 type peer struct {
@@ -537,6 +538,12 @@ func (d *Detector) spawnDial(ctx context.Context, p *peer, jitter bool) {
 func (d *Detector) dialWithin(ctx context.Context, addr string, timeout time.Duration) (net.Conn, error) {
 	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	d.mu.Lock()
+	dial := d.dialFn
+	d.mu.Unlock()
+	if dial != nil {
+		return dial(dctx, addr)
+	}
 	return (&net.Dialer{}).DialContext(dctx, "tcp", addr)
 }
 

@@ -29,6 +29,8 @@ type mesh struct {
 	done    map[string]chan struct{}
 	// tweak, when set, changes each detector's Config (a ring: Mesh, Monitors).
 	tweak func(*Config)
+	// prepare, when set, changes each detector before it runs.
+	prepare func(name string, d *Detector)
 	// running are the detectors that receive what others broadcast or send (memberlist's
 	// part, in this process).
 	running map[string]*Detector
@@ -104,6 +106,9 @@ func (m *mesh) start(name string, k []byte) *Detector {
 		d, err := New(cfg)
 		if err != nil {
 			m.t.Fatal(err)
+		}
+		if m.prepare != nil {
+			m.prepare(name, d)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
