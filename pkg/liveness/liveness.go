@@ -506,11 +506,16 @@ func (d *Detector) spawnDial(ctx context.Context, p *peer, jitter bool) {
 	addr := p.addr
 	d.mu.Unlock()
 	d.spawn(func() {
-		defer func() {
-			d.mu.Lock()
-			delete(d.dialing, p.name)
-			d.mu.Unlock()
-		}()
+		dialled := false
+		done := func() {
+			if !dialled {
+				dialled = true
+				d.mu.Lock()
+				delete(d.dialing, p.name)
+				d.mu.Unlock()
+			}
+		}
+		defer done()
 		if jitter {
 			select {
 			case <-ctx.Done():
@@ -525,12 +530,23 @@ func (d *Detector) spawnDial(ctx context.Context, p *peer, jitter bool) {
 			}
 			return
 		}
-		sess, err := d.dialHandshake(conn, p.name)
+		// Dialling everyone again (cut off), a handshake that does not complete within a
+		// couple of heartbeats gives way to the next try rather than hold up the heal.
+		within := d.cfg.Timeout
+		if jitter {
+			within = 2 * d.cfg.Interval
+		}
+		sess, err := d.dialHandshakeWithin(conn, p.name, within)
 		if err != nil {
-			d.log.Warn("speaker refused on the liveness channel", "member", p.name, "err", err)
+			if dropReason(err) != 0 {
+				d.log.Warn("speaker refused on the liveness channel", "member", p.name, "err", err)
+			} else {
+				d.log.Debug("liveness handshake failed", "member", p.name, "err", err)
+			}
 			_ = conn.Close()
 			return
 		}
+		done() // the dial is over; the connection lives on (and may be replaced)
 		d.adopt(ctx, p.name, conn, sess)
 	})
 }
@@ -550,7 +566,11 @@ func (d *Detector) dialWithin(ctx context.Context, addr string, timeout time.Dur
 // dialHandshake authenticates a connection this speaker made to name; a refusal is
 // counted.
 func (d *Detector) dialHandshake(conn net.Conn, name string) (*session, error) {
-	sess, err := dialHandshake(conn, d.cfg.Key, d.cfg.Name, name, d.cfg.Timeout)
+	return d.dialHandshakeWithin(conn, name, d.cfg.Timeout)
+}
+
+func (d *Detector) dialHandshakeWithin(conn net.Conn, name string, timeout time.Duration) (*session, error) {
+	sess, err := dialHandshake(conn, d.cfg.Key, d.cfg.Name, name, timeout)
 	if err != nil && dropReason(err) != 0 {
 		d.dropped(err, name)
 	}
