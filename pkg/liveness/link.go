@@ -7,6 +7,7 @@ import (
 	"net"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/heraldlb/herald/pkg/logging"
@@ -19,6 +20,8 @@ import (
 type LinkWatcher struct {
 	Up     func()
 	Logger *slog.Logger
+	// Namespace, when set, is the network namespace watched; nil: the process's own.
+	Namespace *netns.NsHandle
 }
 
 // Run subscribes to the kernel's link changes until ctx ends.
@@ -30,6 +33,7 @@ func (w *LinkWatcher) Run(ctx context.Context) error {
 	failed := make(chan error, 1)
 	err := netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{
 		ListExisting: true,
+		Namespace:    w.Namespace,
 		ErrorCallback: func(err error) {
 			select {
 			case failed <- err:
