@@ -116,6 +116,11 @@ var ErrNoKey = errors.New("liveness: no key (the memberlist Secret's): the failu
 // recheck is how often a speaker asks a peer dead beyond its ring whether it is back.
 const recheck = time.Second
 
+// forgetIsolated is how long a speaker that hears from no one keeps dialling the peers
+// memberlist no longer lists (its view is as cut off as the speaker) before it takes
+// memberlist's word: they may have left for good.
+const forgetIsolated = 2 * time.Minute
+
 // Detector watches the other speakers over its own connections.
 type Detector struct {
 	cfg     Config
@@ -154,7 +159,8 @@ type Detector struct {
 	// this node last came up. Both make it dial all its neighbours for a while.
 	localErr, linkUp time.Time
 	redial           chan struct{}
-	connected        bool // a peer connected once
+	connected        bool      // a peer connected once
+	isolatedSince    time.Time // since when it hears from no one (zero: it does)
 	// dialFn, when set (by tests), dials instead of a net.Dialer.
 	dialFn func(ctx context.Context, addr string) (net.Conn, error)
 }
@@ -383,15 +389,27 @@ func (d *Detector) tick(ctx context.Context, now time.Time) {
 	// the peers it must find again once the partition heals.
 	// (Not before it heard from anyone: at the start, the lower names dial.)
 	isolated := !heardAny && d.connected && len(d.peers) > 0
-	if changed {
+	if !isolated {
+		d.isolatedSince = time.Time{}
+	} else if d.isolatedSince.IsZero() {
+		d.isolatedSince = now
+	}
+	switch {
+	case changed && (!isolated || now.Sub(d.isolatedSince) > forgetIsolated):
 		for name, p := range d.peers {
-			if _, ok := want[name]; !ok && p.conn == nil && !isolated {
+			if _, ok := want[name]; !ok && p.conn == nil {
 				delete(d.peers, name) // gone from the membership: memberlist's word stands
 				delete(d.dead, name)
 			}
 		}
 		d.watched = ring(d.cfg.Name, slices.Collect(maps.Keys(want)), d.cfg.Mesh, d.cfg.Monitors)
 		d.ringLen = len(want)
+		for name, p := range d.peers {
+			p.neighbour = d.watched == nil || d.watched[name]
+		}
+	case changed:
+		// Cut off, the ring stays as it was (memberlist's shrunken view would make every
+		// peer a neighbour to dial).
 		for name, p := range d.peers {
 			p.neighbour = d.watched == nil || d.watched[name]
 		}

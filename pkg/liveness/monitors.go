@@ -20,7 +20,7 @@ import (
 // is gone) or one that cannot be made at all (its node is gone) makes it dead there.
 //
 // The switch sits at 50 by default: up to there a full mesh costs each speaker at most 49
-// connections and about 1,000 one-byte heartbeats a second each way, and every death is
+// connections and about 1,000 heartbeats (27-byte authenticated frames) a second each way, and every death is
 // known first-hand within a round trip; past it, the mesh grows as N² across the cluster
 // (about 125,000 connections at 500 speakers) while the ring stays at 2 × Monitors per speaker,
 // for one more hop (the report) and one dial (the check) on every death.
