@@ -364,9 +364,9 @@ func (d *Detector) closeAll() {
 }
 
 // tick sends heartbeats, dials the peers this speaker dials that have no connection, and
-// declares dead those silent too long. A speaker that hears from no one, whose own dial
-// failed locally or whose link just came up dials every neighbour not heard from lately,
-// whichever of the two normally dials.
+// declares dead those silent too long. A speaker that hears from no one, or whose link
+// just came up, dials every neighbour not heard from lately, whichever of the two
+// normally dials.
 func (d *Detector) tick(ctx context.Context, now time.Time) {
 	want := d.cfg.Peers()
 	d.mu.Lock()
@@ -417,7 +417,7 @@ func (d *Detector) tick(ctx context.Context, now time.Time) {
 	// A dial that failed on this node says nothing of the peers: their silence is not
 	// judged while it lasts.
 	localTrouble := now.Sub(d.localErr) < patience
-	redialAll := isolated || localTrouble || now.Sub(d.linkUp) < d.cfg.Timeout
+	redialAll := isolated || now.Sub(d.linkUp) < d.cfg.Timeout
 	var beat, dial, bye []*peer
 	for _, p := range d.peers {
 		if p.conn == nil && !p.lost && !p.neighbour {
@@ -484,7 +484,7 @@ func (d *Detector) tick(ctx context.Context, now time.Time) {
 }
 
 // Redial has the detector dial every neighbour at once and for a timeout after: this
-// node's link came back up (WatchLinks), and its connections may be stale.
+// node's link came back up (LinkWatcher), and its connections may be stale.
 func (d *Detector) Redial() {
 	select {
 	case d.redial <- struct{}{}:
@@ -611,11 +611,18 @@ func (d *Detector) dropped(err error, from string) {
 func (d *Detector) accept(ctx context.Context, ln net.Listener) {
 	for {
 		conn, err := ln.Accept()
-		if err != nil {
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				continue
-			}
+		if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 			return // closed by closeAll
+		}
+		if err != nil {
+			// Out of descriptors or memory, for a moment: try again after a heartbeat.
+			d.log.Debug("liveness accept", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(d.cfg.Interval):
+			}
+			continue
 		}
 		d.mu.Lock()
 		over := d.inbound >= d.cfg.MaxInbound || d.handshakes >= d.cfg.MaxHandshakes
