@@ -58,12 +58,12 @@ func run() error {
 		useML        = flag.Bool("memberlist", true, "find the other speakers with memberlist; false: a node's Ready condition stands in for its speaker")
 		mlAddr       = flag.String("memberlist-bind-addr", "", "address memberlist binds and advertises (default: the node's InternalIP)")
 		mlPort       = flag.Int("memberlist-port", 7946, "memberlist port, the same on every node")
-		mlSecret     = flag.String("memberlist-secret", "memberlist", "Secret (in --config-namespace) whose key secretkey encrypts gossip; empty gossips in the clear")
+		mlSecret     = flag.String("memberlist-secret", "memberlist", "Secret (in --config-namespace) whose key secretkey encrypts gossip and authenticates the failure detector; empty gossips in the clear and turns the failure detector off")
 		probe        = flag.Duration("memberlist-probe-interval", members.DefaultProbeInterval, "how often each speaker probes a random peer")
 		probeTO      = flag.Duration("memberlist-probe-timeout", members.DefaultProbeTimeout, "how long a probe waits for an answer")
 		suspicion    = flag.Int("memberlist-suspicion-mult", members.DefaultSuspicionMult, "suspicion timeout multiplier: higher is slower to declare a speaker dead, and safer on busy nodes")
 		joinWait     = flag.Duration("memberlist-join-wait", 5*time.Second, "announce nothing after start until memberlist has joined another speaker, or this long has passed (alone, a speaker claims every address)")
-		livePort     = flag.Int("liveness-port", 7947, "TCP port of the failure detector's mesh, the same on every node (0 turns it off: memberlist alone detects deaths)")
+		livePort     = flag.Int("liveness-port", 7947, "TCP port of the failure detector's mesh, the same on every node (0 turns it off: memberlist alone detects deaths; it is off too without a gossip key)")
 		liveInterval = flag.Duration("liveness-interval", liveness.DefaultInterval, "heartbeat interval of the failure detector: a crash is known within a round trip, a silent node after --liveness-timeout")
 		liveTimeout  = flag.Duration("liveness-timeout", liveness.DefaultTimeout, "silence after which a peer is dead (longer is slower to fail over from a dead node, and safer on loaded or lossy networks)")
 		liveMesh     = flag.Int("liveness-mesh", liveness.DefaultMesh, "up to this many peers every speaker watches every other (a full mesh); beyond, each watches --liveness-monitors neighbours on each side of a ring and reports deaths to the others through memberlist, which check before they believe")
@@ -210,7 +210,15 @@ func run() error {
 			return err
 		}
 		opts.Members = ml
-		if *livePort != 0 {
+		liveOn := metrics.NewLivenessEnabled(reg)
+		switch {
+		case *livePort == 0:
+			logger.Info("failure detector off (--liveness-port=0): memberlist alone detects deaths")
+		case len(key) == 0:
+			// Unauthenticated, anyone reaching the port could make a speaker leave or keep
+			// a dead one alive: memberlist alone, and said so.
+			logger.Warn("failure detector off: no gossip key (--memberlist-secret is empty), and it does not run unauthenticated; memberlist alone detects deaths, in seconds rather than milliseconds")
+		default:
 			if detector, err = liveness.New(liveness.Config{
 				Name: *nodeName, Listen: net.JoinHostPort(bind, strconv.Itoa(*livePort)), Key: key,
 				Interval: *liveInterval, Timeout: *liveTimeout, Logger: logger.With("component", "liveness"), Registerer: reg,
@@ -228,6 +236,7 @@ func run() error {
 			}
 			opts.Liveness = detector
 			deliver = func(msg []byte) { detector.Deliver(ctx, msg) }
+			liveOn.Set(1)
 		}
 	}
 	if spk, err = speaker.New(opts); err != nil {
@@ -254,6 +263,14 @@ func run() error {
 	}
 	if detector != nil {
 		g.Go(func() error { return detector.Run(gctx) })
+		g.Go(func() error {
+			// This node's link back up: dial the peers at once, not at TCP's pace.
+			w := &liveness.LinkWatcher{Up: detector.Redial, Logger: logger.With("component", "liveness")}
+			if err := w.Run(gctx); err != nil {
+				logger.Warn("link changes not watched; the detector redials on its own", "err", err)
+			}
+			return nil
+		})
 	}
 	g.Go(func() error { return announcer.Run(gctx) })
 	if runBGP != nil {

@@ -1,18 +1,25 @@
 // Package liveness tells a speaker, from its own connections, which other speakers are
 // dead, much sooner than gossip can: every speaker holds a TCP connection to every other
-// (a full mesh, authenticated with the gossip key) and sends a heartbeat on it every
-// Interval. Beyond Config.Mesh peers it holds connections to its ring neighbours only,
+// (a full mesh) and sends a heartbeat on it every Interval. Every connection and every
+// frame on it is authenticated with keys derived from the gossip key, and replay-proof
+// (frame.go); without a key there is no detector. Beyond Config.Mesh peers it holds connections to its ring neighbours only,
 // and deaths are reported to the others, which check for themselves (monitors.go).
 //
 //   - A crash is a kernel fact: when a process dies its kernel closes its sockets at once,
 //     so the peer's read ends within a round trip; a new connection to its port, refused
-//     while its node lives, confirms the death (Closed).
+//     while its node lives, confirms the death (Closed). Only a refusal does: a dial that
+//     fails on this node (no descriptors, its own link down) says nothing of the peer, and
+//     one unanswered is tried again until silence decides.
 //   - A node that dies or whose link is cut sends nothing more: a peer silent for Timeout
 //     is dead (Silent), unless this speaker is itself unwell — its own timers ran late, or
 //     it hears from no one at all — in which case it waits longer rather than accuse
 //     (Lifeguard's local health).
 //   - A speaker that stops says so first (Left), and waits until every peer has applied
 //     what follows (Acks), so that the next owners announce before it stops answering.
+//
+// A speaker that hears from no one (cut off, or its link just came back) dials every
+// neighbour again at heartbeat pace, whichever of the two normally dials, so that a healed
+// partition is known on both sides within a heartbeat or so.
 //
 // Each speaker acts on what it observed itself; nothing it is told by one peer about
 // another is trusted without a check of its own. memberlist stays the source of membership; this package only says,
@@ -23,19 +30,17 @@ import (
 	"bufio"
 	"cmp"
 	"context"
-	"crypto/hmac"
-	"crypto/rand"
+	"crypto/hkdf"
 	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"maps"
+	"math/rand/v2"
 	"net"
 	"slices"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -76,7 +81,8 @@ const (
 type Config struct {
 	Name   string // this speaker's name (its node's)
 	Listen string // host:port it accepts peers on
-	// Key authenticates the peers (the gossip key); empty accepts any peer.
+	// Key authenticates the peers and every message (the gossip key, at least
+	// MinKeyLen bytes). Required: without one, run no detector (memberlist alone).
 	Key []byte
 	// Peers returns the other speakers to watch: name → host:port.
 	Peers    func() map[string]string
@@ -95,18 +101,25 @@ type Config struct {
 	Logger    *slog.Logger
 	// Registerer takes the metrics (herald_liveness_*); nil registers nowhere.
 	Registerer prometheus.Registerer
+	// MaxInbound bounds the accepted connections held at once, MaxHandshakes those not
+	// yet authenticated among them; beyond, a new one is closed at once. Defaults
+	// Mesh+2×Monitors+16 and 16.
+	MaxInbound, MaxHandshakes int
 }
+
+// MinKeyLen is the shortest key accepted (memberlist's keys are 16, 24 or 32 bytes).
+const MinKeyLen = 16
+
+// ErrNoKey is returned by New without a key: the detector does not run unauthenticated.
+var ErrNoKey = errors.New("liveness: no key (the memberlist Secret's): the failure detector does not run unauthenticated")
 
 // recheck is how often a speaker asks a peer dead beyond its ring whether it is back.
 const recheck = time.Second
 
-// Frame types on a connection.
-const (
-	frameBeat  = 1
-	frameLeave = 2
-	frameAck   = 3
-	frameBye   = 4 // the connection closes, and that is no death (no longer neighbours)
-)
+// forgetIsolated is how long a speaker that hears from no one keeps dialling the peers
+// memberlist no longer lists (its view is as cut off as the speaker) before it takes
+// memberlist's word: they may have left for good.
+const forgetIsolated = 2 * time.Minute
 
 // Detector watches the other speakers over its own connections.
 type Detector struct {
@@ -135,6 +148,21 @@ type Detector struct {
 	reports   chan report
 	running   bool // between Run's start and its end: goroutines may be spawned
 	wg        sync.WaitGroup
+
+	msgKey []byte             // authenticates the messages through memberlist
+	fresh  map[freshKey]int64 // the newest time taken per sender, kind and subject
+	sent   int64              // the time of the last message this speaker sent
+	// inbound and handshakes count the accepted connections held and those not yet
+	// authenticated.
+	inbound, handshakes int
+	// localErr is when a dial last failed on this node itself; linkUp when a link of
+	// this node last came up. Both make it dial all its neighbours for a while.
+	localErr, linkUp time.Time
+	redial           chan struct{}
+	connected        bool      // a peer connected once
+	isolatedSince    time.Time // since when it hears from no one (zero: it does)
+	// dialFn, when set (by tests), dials instead of a net.Dialer.
+	dialFn func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 type peer struct {
@@ -142,6 +170,7 @@ type peer struct {
 	addr  string
 	lost  bool       // its connection ended and nothing answered since: silence decides
 	conn  net.Conn   // written holding the Detector's lock and wmu
+	sess  *session   // conn's keys; its sealer is used holding wmu
 	wmu   sync.Mutex // serialises writes on conn
 	heard time.Time  // last frame read
 	since time.Time  // when the connection was made
@@ -166,7 +195,20 @@ func New(cfg Config) (*Detector, error) {
 	if cfg.Timeout < 2*cfg.Interval {
 		return nil, fmt.Errorf("liveness: a timeout of %s is under two heartbeat intervals (%s)", cfg.Timeout, cfg.Interval)
 	}
+	if len(cfg.Key) == 0 {
+		return nil, ErrNoKey
+	}
+	if len(cfg.Key) < MinKeyLen {
+		return nil, fmt.Errorf("liveness: a key of %d bytes; at least %d", len(cfg.Key), MinKeyLen)
+	}
+	cfg.MaxInbound = cmp.Or(cfg.MaxInbound, cfg.Mesh+2*cfg.Monitors+16)
+	cfg.MaxHandshakes = cmp.Or(cfg.MaxHandshakes, 16)
+	msgKey, err := hkdf.Key(sha256.New, cfg.Key, nil, "herald-liveness-memberlist-2", keyLen)
+	if err != nil {
+		return nil, err
+	}
 	return &Detector{
+		msgKey: msgKey, fresh: map[freshKey]int64{}, redial: make(chan struct{}, 1),
 		cfg: cfg, log: logging.OrDiscard(cfg.Logger), changed: make(chan struct{}, 1),
 		metrics: metrics.NewLiveness(metrics.OrPrivate(cfg.Registerer)),
 		peers:   map[string]*peer{}, dead: map[string]Reason{}, leavers: map[string]uint64{},
@@ -208,7 +250,7 @@ func (d *Detector) Applied(gen uint64) {
 	}
 	if d.cfg.Send != nil {
 		for _, name := range tell {
-			d.cfg.Send(name, encodeMsg(msgAck, d.cfg.Name, name))
+			d.cfg.Send(name, d.seal(msgAck, name))
 		}
 	}
 }
@@ -275,7 +317,12 @@ func (d *Detector) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case r := <-d.reports:
-			d.cfg.Broadcast(encodeMsg(r.kind, d.cfg.Name, r.name))
+			d.cfg.Broadcast(d.seal(r.kind, r.name))
+		case <-d.redial:
+			d.mu.Lock()
+			d.linkUp = time.Now()
+			d.mu.Unlock()
+			d.tick(ctx, time.Now())
 		case now := <-t.C:
 			// Local health: a tick that came late means this process is starved, and what
 			// looks like a peer's silence may be its own.
@@ -317,7 +364,9 @@ func (d *Detector) closeAll() {
 }
 
 // tick sends heartbeats, dials the peers this speaker dials that have no connection, and
-// declares dead those silent too long.
+// declares dead those silent too long. A speaker that hears from no one, or whose link
+// just came up, dials every neighbour not heard from lately, whichever of the two
+// normally dials.
 func (d *Detector) tick(ctx context.Context, now time.Time) {
 	want := d.cfg.Peers()
 	d.mu.Lock()
@@ -334,7 +383,19 @@ func (d *Detector) tick(ctx context.Context, now time.Time) {
 		}
 		p.addr = addr
 	}
-	if changed {
+	patience := d.cfg.Timeout << d.health
+	heardAny := d.heardAnyLocked(now)
+	// Cut off: this speaker's memberlist is as cut off as it is, and would have it forget
+	// the peers it must find again once the partition heals.
+	// (Not before it heard from anyone: at the start, the lower names dial.)
+	isolated := !heardAny && d.connected && len(d.peers) > 0
+	if !isolated {
+		d.isolatedSince = time.Time{}
+	} else if d.isolatedSince.IsZero() {
+		d.isolatedSince = now
+	}
+	switch {
+	case changed && (!isolated || now.Sub(d.isolatedSince) > forgetIsolated):
 		for name, p := range d.peers {
 			if _, ok := want[name]; !ok && p.conn == nil {
 				delete(d.peers, name) // gone from the membership: memberlist's word stands
@@ -346,9 +407,17 @@ func (d *Detector) tick(ctx context.Context, now time.Time) {
 		for name, p := range d.peers {
 			p.neighbour = d.watched == nil || d.watched[name]
 		}
+	case changed:
+		// Cut off, the ring stays as it was (memberlist's shrunken view would make every
+		// peer a neighbour to dial).
+		for name, p := range d.peers {
+			p.neighbour = d.watched == nil || d.watched[name]
+		}
 	}
-	patience := d.cfg.Timeout << d.health
-	heardAny := d.heardAnyLocked(now)
+	// A dial that failed on this node says nothing of the peers: their silence is not
+	// judged while it lasts.
+	localTrouble := now.Sub(d.localErr) < patience
+	redialAll := isolated || now.Sub(d.linkUp) < d.cfg.Timeout
 	var beat, dial, bye []*peer
 	for _, p := range d.peers {
 		if p.conn == nil && !p.lost && !p.neighbour {
@@ -362,7 +431,7 @@ func (d *Detector) tick(ctx context.Context, now time.Time) {
 			beat = append(beat, p)
 		}
 		if p.conn != nil || p.lost {
-			if silent := now.Sub(p.heard); silent > patience && (heardAny || len(d.peers) == 1) {
+			if silent := now.Sub(p.heard); silent > patience && (heardAny || len(d.peers) == 1) && !(p.conn == nil && localTrouble) {
 				if _, known := d.dead[p.name]; !known {
 					d.markDeadLocked(p.name, Silent, silent)
 					if p.conn != nil {
@@ -372,8 +441,14 @@ func (d *Detector) tick(ctx context.Context, now time.Time) {
 				}
 			}
 		}
-		// Neighbours are dialled by the lower name of the two.
-		if p.conn == nil && !d.leaving && p.neighbour && d.cfg.Name < p.name {
+		if d.leaving || !p.neighbour {
+			continue
+		}
+		// Neighbours are dialled by the lower name of the two; by both while a speaker
+		// may be cut off.
+		if p.conn == nil && d.cfg.Name < p.name {
+			dial = append(dial, p)
+		} else if redialAll && (p.conn == nil || now.Sub(p.heard) > 2*d.cfg.Interval) {
 			dial = append(dial, p)
 		}
 	}
@@ -401,11 +476,28 @@ func (d *Detector) tick(ctx context.Context, now time.Time) {
 		_ = p.send(frameBeat, d.cfg.Interval)
 	}
 	for _, p := range dial {
-		d.spawnDial(ctx, p)
+		d.spawnDial(ctx, p, redialAll)
 	}
 	for _, name := range back {
 		d.check(ctx, name)
 	}
+}
+
+// Redial has the detector dial every neighbour at once and for a timeout after: this
+// node's link came back up (LinkWatcher), and its connections may be stale.
+func (d *Detector) Redial() {
+	select {
+	case d.redial <- struct{}{}:
+	default:
+	}
+}
+
+// noteLocal records a dial that failed on this node itself.
+func (d *Detector) noteLocal(addr, name string) {
+	d.mu.Lock()
+	d.localErr = time.Now()
+	d.mu.Unlock()
+	d.log.Debug("dial failed on this node; not held against the peer", "member", name, "addr", addr)
 }
 
 // heardAnyLocked says whether any connected peer was heard within the patience of this
@@ -420,59 +512,163 @@ func (d *Detector) heardAnyLocked(now time.Time) bool {
 	return false
 }
 
-func (d *Detector) spawnDial(ctx context.Context, p *peer) {
+// spawnDial dials p unless a dial is under way; jitter delays it up to half an interval
+// (many speakers cut off together do not dial in step).
+func (d *Detector) spawnDial(ctx context.Context, p *peer, jitter bool) {
 	d.mu.Lock()
 	if d.dialing[p.name] {
 		d.mu.Unlock()
 		return // a slow dial is not started twice
 	}
 	d.dialing[p.name] = true
+	addr := p.addr
 	d.mu.Unlock()
 	d.spawn(func() {
-		defer func() {
-			d.mu.Lock()
-			delete(d.dialing, p.name)
-			d.mu.Unlock()
-		}()
-		conn, err := d.dial(ctx, p.addr)
+		dialled := false
+		done := func() {
+			if !dialled {
+				dialled = true
+				d.mu.Lock()
+				delete(d.dialing, p.name)
+				d.mu.Unlock()
+			}
+		}
+		defer done()
+		if jitter {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(rand.N(d.cfg.Interval/2 + 1)):
+			}
+		}
+		conn, err := d.dialWithin(ctx, addr, 2*d.cfg.Interval)
 		if err != nil {
+			if judgeDial(err) == local && ctx.Err() == nil {
+				d.noteLocal(addr, p.name)
+			}
 			return
 		}
-		if err := d.handshake(conn, p.name); err != nil {
-			d.log.Warn("speaker refused on the liveness channel", "member", p.name, "err", err)
+		// Dialling everyone again (cut off), a handshake that does not complete within a
+		// couple of heartbeats gives way to the next try rather than hold up the heal.
+		within := d.cfg.Timeout
+		if jitter {
+			within = 2 * d.cfg.Interval
+		}
+		sess, err := d.dialHandshakeWithin(conn, p.name, within)
+		if err != nil {
+			if dropReason(err) != 0 {
+				d.log.Warn("speaker refused on the liveness channel", "member", p.name, "err", err)
+			} else {
+				d.log.Debug("liveness handshake failed", "member", p.name, "err", err)
+			}
 			_ = conn.Close()
 			return
 		}
-		d.adopt(ctx, p.name, conn)
+		done() // the dial is over; the connection lives on (and may be replaced)
+		d.adopt(ctx, p.name, conn, sess)
 	})
 }
 
-func (d *Detector) dial(ctx context.Context, addr string) (net.Conn, error) {
-	dctx, cancel := context.WithTimeout(ctx, 2*d.cfg.Interval)
+func (d *Detector) dialWithin(ctx context.Context, addr string, timeout time.Duration) (net.Conn, error) {
+	dctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	d.mu.Lock()
+	dial := d.dialFn
+	d.mu.Unlock()
+	if dial != nil {
+		return dial(dctx, addr)
+	}
 	return (&net.Dialer{}).DialContext(dctx, "tcp", addr)
 }
 
+// dialHandshake authenticates a connection this speaker made to name; a refusal is
+// counted.
+func (d *Detector) dialHandshake(conn net.Conn, name string) (*session, error) {
+	return d.dialHandshakeWithin(conn, name, d.cfg.Timeout)
+}
+
+func (d *Detector) dialHandshakeWithin(conn net.Conn, name string, timeout time.Duration) (*session, error) {
+	sess, err := dialHandshake(conn, d.cfg.Key, d.cfg.Name, name, timeout)
+	if err != nil && dropReason(err) != 0 {
+		d.dropped(err, name)
+	}
+	return sess, err
+}
+
+// dropped counts and logs a refused message or connection.
+func (d *Detector) dropped(err error, from string) {
+	why := dropReason(err)
+	if why == 0 {
+		return
+	}
+	d.metrics.Dropped.WithLabelValues(why.String()).Inc()
+	d.log.Debug("liveness message refused", "peer", from, "reason", why.String(), "err", err)
+}
+
+// accept takes connections within the limits: beyond MaxInbound held or MaxHandshakes
+// unauthenticated, a new one is closed at once (and counted); each has Timeout to prove
+// the key.
 func (d *Detector) accept(ctx context.Context, ln net.Listener) {
 	for {
 		conn, err := ln.Accept()
-		if err != nil {
+		if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 			return // closed by closeAll
 		}
+		if err != nil {
+			// Out of descriptors or memory, for a moment: try again after a heartbeat.
+			d.log.Debug("liveness accept", "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(d.cfg.Interval):
+			}
+			continue
+		}
+		d.mu.Lock()
+		over := d.inbound >= d.cfg.MaxInbound || d.handshakes >= d.cfg.MaxHandshakes
+		leaving := d.leaving
+		if !over && !leaving {
+			d.inbound++
+			d.handshakes++
+		}
+		d.mu.Unlock()
+		if over || leaving {
+			if over {
+				d.dropped(drop(DropLimit, "%d inbound connections, %d unauthenticated", d.cfg.MaxInbound, d.cfg.MaxHandshakes), conn.RemoteAddr().String())
+			}
+			_ = conn.Close() // leaving: no new connection (it would prove this speaker back)
+			continue
+		}
 		d.spawn(func() {
-			name, err := d.answer(conn)
+			defer func() {
+				d.mu.Lock()
+				d.inbound--
+				d.mu.Unlock()
+			}()
+			name, sess, err := answerHandshake(conn, d.cfg.Key, d.cfg.Name, d.cfg.Timeout)
+			d.mu.Lock()
+			d.handshakes--
+			d.mu.Unlock()
 			if err != nil {
-				d.log.Debug("liveness connection refused", "remote", conn.RemoteAddr().String(), "err", err)
+				if errors.Is(err, io.EOF) {
+					_ = conn.Close() // opened and closed: a check that it listens
+					return
+				}
+				if dropReason(err) == 0 {
+					err = drop(DropHandshake, "%v", err) // it did not finish: cut short or too slow
+				}
+				d.dropped(err, conn.RemoteAddr().String())
 				_ = conn.Close()
 				return
 			}
-			d.adopt(ctx, name, conn)
+			d.adopt(ctx, name, conn, sess)
 		})
 	}
 }
 
-// adopt makes conn the connection to name and reads it until it fails.
-func (d *Detector) adopt(ctx context.Context, name string, conn net.Conn) {
+// adopt makes conn the connection to name and reads it until it fails. When both ends
+// dialled at once, both keep the connection the lower name dialled.
+func (d *Detector) adopt(ctx context.Context, name string, conn net.Conn, sess *session) {
 	d.mu.Lock()
 	if d.leaving || !d.running {
 		d.mu.Unlock()
@@ -484,26 +680,41 @@ func (d *Detector) adopt(ctx context.Context, name string, conn net.Conn) {
 		p = &peer{name: name, neighbour: d.watched == nil || d.watched[name]}
 		d.peers[name] = p
 	}
-	old := p.conn
 	now := time.Now()
-	p.setConn(conn)
+	low := min(d.cfg.Name, name)
+	if p.conn != nil && p.sess.dialler == low && sess.dialler != low && now.Sub(p.since) < d.cfg.Timeout && now.Sub(p.heard) < d.cfg.Timeout {
+		d.mu.Unlock()
+		_ = conn.Close() // the other of two made at once
+		return
+	}
+	old := p.conn
+	wasAlive := old != nil && now.Sub(p.heard) < d.cfg.Timeout
+	p.setConn(conn, sess)
 	p.heard, p.since, p.lost, p.bye = now, now, false, false
-	d.aliveLocked(name)
+	d.connected = true
+	if _, dead := d.dead[name]; dead {
+		d.aliveLocked(name)
+	} else if !wasAlive {
+		d.notify() // it joins Alive: heard again before memberlist knows
+	}
 	d.mu.Unlock()
 	if old != nil {
 		_ = old.Close()
 	}
-	d.read(ctx, p, conn)
+	d.read(ctx, p, conn, sess)
 }
 
-// read handles conn's frames until it fails, then finds out whether the peer died.
-func (d *Detector) read(ctx context.Context, p *peer, conn net.Conn) {
+// read handles conn's frames until it fails, then finds out whether the peer died. A
+// frame refused (forged, replayed, cut short, too long, of an unknown type) is counted
+// and ends the connection: the peer, if alive, connects again.
+func (d *Detector) read(ctx context.Context, p *peer, conn net.Conn, sess *session) {
 	r := bufio.NewReader(conn)
 	var readErr error
 	for {
-		typ, err := readFrame(r)
+		typ, _, err := sess.in.read(r)
 		if err != nil {
 			readErr = err
+			d.dropped(err, p.name)
 			break
 		}
 		d.mu.Lock()
@@ -536,7 +747,7 @@ func (d *Detector) read(ctx context.Context, p *peer, conn net.Conn) {
 	current := p.conn == conn
 	bye := current && p.bye
 	if current {
-		p.setConn(nil)
+		p.setConn(nil, nil)
 		p.bye = false
 	}
 	leaving, silent := d.leaving, time.Since(p.heard)
@@ -549,24 +760,30 @@ func (d *Detector) read(ctx context.Context, p *peer, conn net.Conn) {
 	// The connection ended: the process behind it may be gone. Ask its kernel: a new
 	// connection is refused once the process is gone. One made meanwhile proves nothing
 	// until it completes the handshake: a dying process's listening socket may still
-	// complete a connection for a moment before the kernel closes it.
+	// complete a connection for a moment before the kernel closes it. A dial unanswered
+	// is tried again (a new SYN); one that fails on this node says nothing.
 	start := time.Now()
 	for try := 0; ctx.Err() == nil && time.Since(start) < d.cfg.Timeout; try++ {
-		probe, err := d.dial(ctx, addr)
-		if errors.Is(err, syscall.ECONNREFUSED) {
-			d.mu.Lock()
-			if p.conn == nil {
-				d.markDeadLocked(p.name, Closed, time.Since(start)+min(silent, d.cfg.Interval))
-			}
-			d.mu.Unlock()
-			return
-		}
+		probe, err := d.dialWithin(ctx, addr, min(2*d.cfg.Interval, max(d.cfg.Timeout-time.Since(start), time.Millisecond)))
 		if err != nil {
-			break // a timeout: the node may be gone; its silence decides
+			v := judgeDial(err)
+			if v == refused {
+				d.mu.Lock()
+				if p.conn == nil {
+					d.markDeadLocked(p.name, Closed, time.Since(start)+min(silent, d.cfg.Interval))
+				}
+				d.mu.Unlock()
+				return
+			}
+			if v == local {
+				d.noteLocal(addr, p.name)
+				break
+			}
+			continue // unanswered: a new SYN, until the timeout
 		}
-		if herr := d.handshake(probe, p.name); herr == nil {
+		if psess, herr := d.dialHandshake(probe, p.name); herr == nil {
 			if d.cfg.Name < p.name {
-				d.adopt(ctx, p.name, probe) // it lives (it restarted): the new connection
+				d.adopt(ctx, p.name, probe, psess) // it lives (it restarted): the new connection
 			} else {
 				_ = probe.Close() // it lives, and dials this speaker again
 			}
@@ -605,7 +822,7 @@ func (d *Detector) Leave(ctx context.Context) {
 		_ = p.send(frameLeave, d.cfg.Interval)
 	}
 	if len(told) > 0 && d.cfg.Broadcast != nil {
-		d.cfg.Broadcast(encodeMsg(msgLeaving, d.cfg.Name, d.cfg.Name))
+		d.cfg.Broadcast(d.seal(msgLeaving, d.cfg.Name))
 	} else {
 		told = nil
 	}
@@ -637,12 +854,13 @@ func (d *Detector) Leave(ctx context.Context) {
 
 // setConn changes the peer's connection; the caller holds the Detector's lock, and send
 // reads it under wmu alone.
-func (p *peer) setConn(c net.Conn) {
+func (p *peer) setConn(c net.Conn, sess *session) {
 	p.wmu.Lock()
-	p.conn = c
+	p.conn, p.sess = c, sess
 	p.wmu.Unlock()
 }
 
+// send writes one authenticated frame of type typ on the peer's connection.
 func (p *peer) send(typ byte, timeout time.Duration) error {
 	p.wmu.Lock()
 	defer p.wmu.Unlock()
@@ -651,114 +869,8 @@ func (p *peer) send(typ byte, timeout time.Duration) error {
 		return net.ErrClosed
 	}
 	_ = c.SetWriteDeadline(time.Now().Add(timeout))
-	_, err := c.Write([]byte{typ})
+	_, err := c.Write(p.sess.out.seal(typ, nil))
 	return err
-}
-
-func readFrame(r *bufio.Reader) (byte, error) {
-	b, err := r.ReadByte()
-	if err != nil {
-		return 0, err
-	}
-	if b < frameBeat || b > frameBye {
-		return 0, fmt.Errorf("unknown frame %d", b)
-	}
-	return b, nil
-}
-
-// The handshake: the dialler sends its name and a nonce; the listener answers with its
-// name, a nonce and a MAC over the dialler's nonce; the dialler answers with a MAC over
-// the listener's. A MAC is HMAC-SHA256 under the gossip key of role, nonce and name.
-const nonceLen = 16
-
-func (d *Detector) mac(role byte, nonce []byte, name string) []byte {
-	h := hmac.New(sha256.New, d.cfg.Key)
-	h.Write([]byte{role})
-	h.Write(nonce)
-	h.Write([]byte(name))
-	return h.Sum(nil)
-}
-
-func writeMsg(w io.Writer, parts ...[]byte) error {
-	var b []byte
-	for _, p := range parts {
-		b = binary.BigEndian.AppendUint16(b, uint16(len(p)))
-		b = append(b, p...)
-	}
-	_, err := w.Write(b)
-	return err
-}
-
-func readMsg(r io.Reader, n int) ([][]byte, error) {
-	out := make([][]byte, n)
-	for i := range out {
-		var l [2]byte
-		if _, err := io.ReadFull(r, l[:]); err != nil {
-			return nil, err
-		}
-		size := binary.BigEndian.Uint16(l[:])
-		if size > 256 {
-			return nil, fmt.Errorf("handshake field of %d bytes", size)
-		}
-		out[i] = make([]byte, size)
-		if _, err := io.ReadFull(r, out[i]); err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
-}
-
-func nonce() []byte {
-	b := make([]byte, nonceLen)
-	_, _ = rand.Read(b)
-	return b
-}
-
-// handshake runs the dialler's side with the peer expected to be name.
-func (d *Detector) handshake(conn net.Conn, name string) error {
-	_ = conn.SetDeadline(time.Now().Add(d.cfg.Timeout))
-	defer conn.SetDeadline(time.Time{})
-	mine := nonce()
-	if err := writeMsg(conn, []byte(d.cfg.Name), mine); err != nil {
-		return err
-	}
-	m, err := readMsg(conn, 3)
-	if err != nil {
-		return err
-	}
-	if string(m[0]) != name {
-		return fmt.Errorf("%s answers as %q", name, m[0])
-	}
-	if !hmac.Equal(m[2], d.mac('L', mine, name)) {
-		return errors.New("it does not hold the gossip key")
-	}
-	return writeMsg(conn, d.mac('D', m[1], d.cfg.Name))
-}
-
-// answer runs the listener's side and returns the dialler's name once proven.
-func (d *Detector) answer(conn net.Conn) (string, error) {
-	_ = conn.SetDeadline(time.Now().Add(d.cfg.Timeout))
-	defer conn.SetDeadline(time.Time{})
-	m, err := readMsg(conn, 2)
-	if err != nil {
-		return "", err
-	}
-	name, theirs := string(m[0]), m[1]
-	mine := nonce()
-	if err := writeMsg(conn, []byte(d.cfg.Name), mine, d.mac('L', theirs, d.cfg.Name)); err != nil {
-		return "", err
-	}
-	proof, err := readMsg(conn, 1)
-	if err != nil {
-		return "", err
-	}
-	if !hmac.Equal(proof[0], d.mac('D', mine, name)) {
-		return "", fmt.Errorf("%q does not hold the gossip key", name)
-	}
-	if name == d.cfg.Name || name == "" {
-		return "", fmt.Errorf("a peer named %q", name)
-	}
-	return name, nil
 }
 
 // Observe is told the live members memberlist reports; a member it drops that this

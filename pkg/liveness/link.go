@@ -1,0 +1,78 @@
+package liveness
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/heraldlb/herald/pkg/logging"
+)
+
+// LinkWatcher calls Up whenever a link of this network namespace comes up (it is up and
+// its carrier is on), after being down: the node's connections may be stale, and the
+// detector should dial its peers at once (Detector.Redial) rather than wait for TCP's
+// retransmissions.
+type LinkWatcher struct {
+	Up     func()
+	Logger *slog.Logger
+	// Namespace, when set, is the network namespace watched; nil: the process's own.
+	Namespace *netns.NsHandle
+}
+
+// Run subscribes to the kernel's link changes until ctx ends.
+func (w *LinkWatcher) Run(ctx context.Context) error {
+	log := logging.OrDiscard(w.Logger)
+	ch := make(chan netlink.LinkUpdate, 64)
+	done := make(chan struct{})
+	defer close(done)
+	failed := make(chan error, 1)
+	err := netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{
+		ListExisting: true,
+		Namespace:    w.Namespace,
+		ErrorCallback: func(err error) {
+			select {
+			case failed <- err:
+			default:
+			}
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("liveness: subscribe to link changes: %w", err)
+	}
+	running := map[int32]bool{}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-failed:
+			// The subscription may have lost messages (a full socket buffer): not fatal,
+			// the detector's own redialling remains.
+			log.Warn("link subscription", "err", err)
+		case u, ok := <-ch:
+			if !ok {
+				return fmt.Errorf("liveness: link subscription ended")
+			}
+			idx := u.Index
+			attrs := u.Link.Attrs()
+			if attrs == nil || attrs.Flags&net.FlagLoopback != 0 {
+				continue
+			}
+			up := attrs.Flags&net.FlagUp != 0 && attrs.RawFlags&unix.IFF_RUNNING != 0 // carrier on
+			if u.Header.Type == unix.RTM_DELLINK {
+				delete(running, idx)
+				continue
+			}
+			was, known := running[idx]
+			running[idx] = up
+			if up && known && !was {
+				log.Info("link up: dialling the peers", "interface", attrs.Name)
+				w.Up()
+			}
+		}
+	}
+}
