@@ -95,17 +95,34 @@ func run() error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if *mlSecret != "" {
-		created, err := k8s.EnsureGossipKey(ctx, k8s.CoreOf(client.CoreV1().RESTClient(), client.DiscoveryV1().RESTClient()), *cmNamespace, *mlSecret)
-		if err != nil {
-			return fmt.Errorf("the speakers' gossip key: %w", err)
-		}
-		if created {
-			logger.Info("created the speakers' gossip key", "secret", *cmNamespace+"/"+*mlSecret)
-		}
-	}
 	g, ctx := errgroup.WithContext(ctx)
 	var leading atomic.Bool
+	// Until the gossip key is known to exist, the controller waits for the API server
+	// (logged once, then at most every minute) and says so on /readyz; it never exits on
+	// it. Nothing else waits for the key: the informers and the Lease retry on their own.
+	var waiting atomic.Pointer[error]
+	if *mlSecret != "" {
+		waiting.Store(ptr(errors.New("the speakers' gossip key not ensured yet")))
+		core := k8s.CoreOf(client.CoreV1().RESTClient(), client.DiscoveryV1().RESTClient())
+		w := k8s.Waiter{What: "the speakers' gossip key", Logger: logger, Waiting: func(err error) {
+			if err != nil {
+				waiting.Store(&err)
+			}
+		}}
+		g.Go(func() error {
+			err := w.Do(ctx, func(ctx context.Context) error {
+				created, err := k8s.EnsureGossipKey(ctx, core, *cmNamespace, *mlSecret)
+				if created {
+					logger.Info("created the speakers' gossip key", "secret", *cmNamespace+"/"+*mlSecret)
+				}
+				return err
+			})
+			if err == nil {
+				waiting.Store(nil)
+			}
+			return nil // ended with ctx: so does everything else
+		})
+	}
 	var certs *webhook.Certs
 	if *whAddr != "" {
 		if certs, err = serveWebhook(ctx, g, client, k8s.ConfigRef{Namespace: *cmNamespace, Name: *cmName, Key: *cmKey}, *class,
@@ -119,6 +136,9 @@ func run() error {
 			return fmt.Errorf("listen on --metrics-addr %q: %w", *metricsAddr, err)
 		}
 		srv := &metrics.Server{Gatherer: reg, Ready: func() error {
+			if err := waiting.Load(); err != nil {
+				return *err
+			}
 			if *leaderElect && !leading.Load() {
 				return nil // a standby replica is ready to take over
 			}
@@ -157,6 +177,8 @@ func run() error {
 	logger.Info("controller stopped")
 	return err
 }
+
+func ptr[T any](v T) *T { return &v }
 
 func identity() (string, error) {
 	host, err := os.Hostname()

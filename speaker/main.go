@@ -16,11 +16,13 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 
@@ -108,17 +110,66 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	var runBGP func(context.Context) error
+	// The components run in g; /metrics, /healthz and /readyz first, so that a speaker
+	// that waits for the API server says why it is not ready. The speaker stops first
+	// (handing its addresses over while it still answers); the components under it stop
+	// after it, or when one of them fails.
+	components, stopComponents := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopComponents()
+	g, gctx := errgroup.WithContext(components)
+	var spk *speaker.Speaker
+	var started atomic.Pointer[speaker.Speaker] // spk, once made
+	var waiting atomic.Pointer[error]           // why start-up waits, while it does
+	waiting.Store(ptr(errors.New("starting")))
 	reg := prometheus.NewRegistry()
-	gatherers := prometheus.Gatherers{reg} // and the BGP process's, when it runs
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var bgpMetrics atomic.Pointer[metrics.Bounded] // the BGP process's, once it is made
+	gatherer := prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
+		gs := prometheus.Gatherers{reg}
+		if b := bgpMetrics.Load(); b != nil {
+			gs = append(gs, b) // bounded: a hung BGP process does not hold the scrape
+		}
+		return gs.Gather()
+	})
+	if *metricsAddr != "" {
+		ln, err := net.Listen("tcp", *metricsAddr)
+		if err != nil {
+			return fmt.Errorf("listen on --metrics-addr %q: %w", *metricsAddr, err)
+		}
+		srv := &metrics.Server{Gatherer: gatherer, Ready: func() error {
+			if s := started.Load(); s != nil {
+				return s.Ready()
+			}
+			if err := waiting.Load(); err != nil {
+				return *err
+			}
+			return errors.New("starting")
+		}}
+		g.Go(func() error { return srv.Serve(gctx, ln) })
+	}
+	// A start-up step that needs the API server waits for it (logged once, then at most
+	// every minute), and never ends the process: the speaker is not ready meanwhile.
+	apiWait := func(what string) k8s.Waiter {
+		return k8s.Waiter{What: what, Logger: logger, Waiting: func(err error) {
+			if err != nil {
+				waiting.Store(&err)
+			}
+		}}
+	}
+	stopped := func() error { // ended while waiting: no error
+		stopComponents()
+		_ = g.Wait()
+		logger.Info("speaker stopped")
+		return nil
+	}
+
+	var runBGP func(context.Context) error
 	announcer := announce.New(announce.Options{Logger: logger.With("component", "layer2"), Registerer: reg})
 	opts := speaker.Options{
 		Client: client, NodeName: *nodeName, Config: k8s.ConfigRef{Namespace: *cmNamespace, Name: *cmName, Key: *cmKey},
 		LoadBalancerClass: *class, Layer2: announcer, Logger: logger, Registerer: reg,
 		JoinWait: *joinWait, HandoverTimeout: *handover,
 	}
-	var spk *speaker.Speaker
 	if kernel, err := ipvs.OpenLinux(); err != nil {
 		opts.ForwardErr = err // the speaker says so: log, metric, Event on the Node
 	} else {
@@ -133,8 +184,8 @@ func run() error {
 	if *useBGP {
 		rid := *routerID
 		if rid == "" {
-			if rid, err = internalIP(ctx, client, *nodeName, true); err != nil {
-				return err
+			if rid, err = internalIP(ctx, client, *nodeName, true, apiWait("the node's address (for the BGP router ID)")); err != nil {
+				return stopped()
 			}
 		}
 		id, err := netip.ParseAddr(rid)
@@ -162,26 +213,23 @@ func run() error {
 		}
 		opts.BGP = bgpProc
 		runBGP = bgpProc.Run
-		gatherers = append(gatherers, bgpProc)
+		bgpMetrics.Store(&metrics.Bounded{Gatherer: bgpProc, Timeout: time.Second})
 	}
 	var ml *members.Members
 	var detector *liveness.Detector
 	if *useML {
 		bind := *mlAddr
 		if bind == "" {
-			if bind, err = internalIP(ctx, client, *nodeName, false); err != nil {
-				return err
+			if bind, err = internalIP(ctx, client, *nodeName, false, apiWait("the node's address (for memberlist)")); err != nil {
+				return stopped()
 			}
 		}
 		var key []byte
 		if *mlSecret == "" {
 			logger.Warn("memberlist gossip is not encrypted (--memberlist-secret is empty)")
 		} else {
-			wait, cancel := context.WithTimeout(ctx, 5*time.Minute)
-			key, err = k8s.WaitGossipKey(wait, client, *cmNamespace, *mlSecret)
-			cancel()
-			if err != nil {
-				return err
+			if key, err = k8s.WaitGossipKey(ctx, client, *cmNamespace, *mlSecret, apiWait("the memberlist key")); err != nil {
+				return stopped()
 			}
 		}
 		var deliver func([]byte) // the failure detector's, once made
@@ -243,21 +291,9 @@ func run() error {
 		return err
 	}
 
-	// The speaker stops first (handing its addresses over while it still answers); the
-	// components under it stop after it, or when one of them fails.
-	components, stopComponents := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopComponents()
-	g, gctx := errgroup.WithContext(components)
+	started.Store(spk)
 	spkCtx, stopSpeaker := context.WithCancel(ctx)
 	defer context.AfterFunc(gctx, stopSpeaker)()
-	if *metricsAddr != "" {
-		ln, err := net.Listen("tcp", *metricsAddr)
-		if err != nil {
-			return fmt.Errorf("listen on --metrics-addr %q: %w", *metricsAddr, err)
-		}
-		srv := &metrics.Server{Gatherer: gatherers, Ready: spk.Ready}
-		g.Go(func() error { return srv.Serve(gctx, ln) })
-	}
 	if ml != nil {
 		g.Go(func() error { return ml.Run(gctx) })
 	}
@@ -311,18 +347,27 @@ func beside(name string) (string, error) {
 	return filepath.Join(filepath.Dir(self), name), nil
 }
 
-// internalIP returns the node's InternalIP from its Node object (an IPv4 one when v4).
-func internalIP(ctx context.Context, client *k8s.Core, node string, v4 bool) (string, error) {
-	n := &corev1.Node{}
-	if err := client.Get(ctx, "", node, n); err != nil {
-		return "", fmt.Errorf("read Node %s for its address (or set --memberlist-bind-addr): %w", node, err)
-	}
-	for _, a := range n.Status.Addresses {
-		if a.Type == corev1.NodeInternalIP {
-			if ip, err := netip.ParseAddr(a.Address); err == nil && (!v4 || ip.Is4()) {
-				return a.Address, nil
+// internalIP returns the node's InternalIP from its Node object (an IPv4 one when v4),
+// waiting with w while the API server does not answer or the Node has none yet; it
+// fails only when ctx ends.
+func internalIP(ctx context.Context, client *k8s.Core, node string, v4 bool, w k8s.Waiter) (string, error) {
+	var out string
+	err := w.Do(ctx, func(ctx context.Context) error {
+		n := &corev1.Node{}
+		if err := client.Get(ctx, "", node, n); err != nil {
+			return fmt.Errorf("read Node %s for its address (or set --memberlist-bind-addr): %w", node, err)
+		}
+		for _, a := range n.Status.Addresses {
+			if a.Type == corev1.NodeInternalIP {
+				if ip, err := netip.ParseAddr(a.Address); err == nil && (!v4 || ip.Is4()) {
+					out = a.Address
+					return nil
+				}
 			}
 		}
-	}
-	return "", fmt.Errorf("node %s has no suitable InternalIP; set --memberlist-bind-addr or --bgp-router-id", node)
+		return fmt.Errorf("node %s has no suitable InternalIP; set --memberlist-bind-addr or --bgp-router-id", node)
+	})
+	return out, err
 }
+
+func ptr[T any](v T) *T { return &v }

@@ -1,10 +1,11 @@
 package k8s
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -39,26 +40,40 @@ func EnsureGossipKey(ctx context.Context, client *Core, namespace, name string) 
 	return true, nil
 }
 
-// WaitGossipKey reads the gossip key from the Secret, waiting (up to ctx) while the
-// Secret does not exist yet: the controller creates it on first start.
-func WaitGossipKey(ctx context.Context, client *Core, namespace, name string) ([]byte, error) {
-	for {
-		s := &corev1.Secret{}
-		err := client.Get(ctx, namespace, name, s)
-		if err == nil {
-			key, ok := s.Data[GossipKeyField]
-			if !ok {
-				return nil, fmt.Errorf("memberlist key: Secret %s/%s has no key %s", namespace, name, GossipKeyField)
-			}
-			return key, nil
-		}
-		if !apierrors.IsNotFound(err) {
-			return nil, fmt.Errorf("memberlist key: Secret %s/%s: %w", namespace, name, err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("memberlist key: Secret %s/%s does not exist (the controller creates it; or pass --memberlist-secret='' to gossip in the clear)", namespace, name)
-		case <-time.After(2 * time.Second):
-		}
+// ErrNoGossipKey means the memberlist Secret does not exist yet: the controller creates
+// it on first start.
+var ErrNoGossipKey = errors.New("does not exist yet (the controller creates it; or pass --memberlist-secret='' to gossip in the clear)")
+
+// GossipKey reads the gossip key from the Secret namespace/name, once.
+func GossipKey(ctx context.Context, client *Core, namespace, name string) ([]byte, error) {
+	s := &corev1.Secret{}
+	err := client.Get(ctx, namespace, name, s)
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, fmt.Errorf("memberlist key: Secret %s/%s %w", namespace, name, ErrNoGossipKey)
+	case err != nil:
+		return nil, fmt.Errorf("memberlist key: Secret %s/%s: %w", namespace, name, err)
 	}
+	key, ok := s.Data[GossipKeyField]
+	if !ok {
+		return nil, fmt.Errorf("memberlist key: Secret %s/%s has no key %s", namespace, name, GossipKeyField)
+	}
+	return key, nil
+}
+
+// WaitGossipKey reads the gossip key from the Secret, waiting (up to ctx) with w's
+// backoff while it cannot: the Secret does not exist yet, or the API server does not
+// answer. It fails only when ctx ends.
+func WaitGossipKey(ctx context.Context, client *Core, namespace, name string, w Waiter) ([]byte, error) {
+	var key []byte
+	w.What = cmp.Or(w.What, "the memberlist key")
+	err := w.Do(ctx, func(ctx context.Context) error {
+		var err error
+		key, err = GossipKey(ctx, client, namespace, name)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("memberlist key: Secret %s/%s: %w", namespace, name, err)
+	}
+	return key, nil
 }

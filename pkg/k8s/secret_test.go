@@ -41,7 +41,7 @@ func TestGossipKey(t *testing.T) {
 	go func() {
 		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 		defer cancel()
-		key, err := k8s.WaitGossipKey(wctx, core, ns.Name, "memberlist")
+		key, err := k8s.WaitGossipKey(wctx, core, ns.Name, "memberlist", k8s.Waiter{Backoff: 100 * time.Millisecond})
 		if err != nil {
 			t.Error(err)
 		}

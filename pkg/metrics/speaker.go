@@ -4,13 +4,16 @@ import "github.com/prometheus/client_golang/prometheus"
 
 // Speaker is the speaker loop's metrics.
 type Speaker struct {
-	SyncSeconds      prometheus.Histogram // one computation and application of the desired state
+	SyncSeconds      prometheus.Histogram // one computation of the desired state
 	OwnershipChanges prometheus.Counter   // Service addresses started or stopped being announced
 	Members          prometheus.Gauge     // live speakers seen, this one included
 	ConfigStale      prometheus.Gauge     // 1 while the newest configuration does not parse
 	// CanForward is 1 when this node's kernel can do IPVS, so that the node may announce
 	// addresses of pools that forward.
 	CanForward prometheus.Gauge
+	// PartFailing is 1, by part (plan, layer2, forwarding, bgp, status), while that
+	// part's last attempt to apply the plan failed; each part retries on its own.
+	PartFailing *prometheus.GaugeVec
 	*InForce
 }
 
@@ -19,7 +22,7 @@ func NewSpeaker(reg prometheus.Registerer) *Speaker {
 	m := &Speaker{
 		SyncSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "herald_speaker_sync_duration_seconds",
-			Help:    "Time to compute and apply the desired state once.",
+			Help:    "Time to compute the desired state once (each part applies it on its own).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
 		}),
 		OwnershipChanges: prometheus.NewCounter(prometheus.CounterOpts{
@@ -38,8 +41,12 @@ func NewSpeaker(reg prometheus.Registerer) *Speaker {
 			Name: "herald_speaker_can_forward",
 			Help: "1 when this node's kernel can do IPVS; 0 makes the node ineligible for pools that forward.",
 		}),
+		PartFailing: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "herald_speaker_part_failing",
+			Help: "1 while this part of the speaker (layer2, forwarding, bgp, status) fails to apply the plan; the other parts go on.",
+		}, []string{"part"}),
 	}
-	reg.MustRegister(m.SyncSeconds, m.OwnershipChanges, m.Members, m.ConfigStale, m.CanForward)
+	reg.MustRegister(m.SyncSeconds, m.OwnershipChanges, m.Members, m.ConfigStale, m.CanForward, m.PartFailing)
 	m.InForce = newInForce(reg)
 	return m
 }

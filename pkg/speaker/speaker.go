@@ -5,12 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
-	"maps"
 	"net/netip"
-	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,7 +23,6 @@ import (
 	"github.com/heraldlb/herald/pkg/bgp"
 	"github.com/heraldlb/herald/pkg/config"
 	"github.com/heraldlb/herald/pkg/forward"
-	"github.com/heraldlb/herald/pkg/forward/ipvs"
 	"github.com/heraldlb/herald/pkg/k8s"
 	"github.com/heraldlb/herald/pkg/layer2"
 	"github.com/heraldlb/herald/pkg/liveness"
@@ -115,20 +110,24 @@ type Options struct {
 	// another speaker yet announces nothing (default 5s): alone, it would claim every
 	// address, and a client would follow whichever node spoke last.
 	JoinWait time.Duration
-	// Backoff and MaxBackoff bound the retries of a failing sync; defaults 1s and 30s.
+	// ForwardWait bounds how long layer 2 waits, before it answers for a new set of
+	// addresses, for the forwarder to have tried the matching forwarding state; default
+	// DefaultForwardWait. See doc.go for the trade.
+	ForwardWait time.Duration
+	// Backoff and MaxBackoff bound the retries of each part that fails, on its own;
+	// defaults 1s and 30s.
 	Backoff, MaxBackoff time.Duration
 	Clock               clock.WithDelayedExecution // default the real clock
 	Logger              *slog.Logger
 	Registerer          prometheus.Registerer
 }
 
-// Speaker runs the per-node loop.
+// Speaker runs the per-node loop: a planner and one runner per part (see doc.go).
 type Speaker struct {
 	opts    Options
 	log     *slog.Logger
 	events  *k8s.Events
 	metrics *metrics.Speaker
-	runner  *runner.Runner
 
 	informers *k8s.Informers
 	svcs      corelisters.ServiceLister
@@ -137,17 +136,17 @@ type Speaker struct {
 	configs   *k8s.ConfigSource
 	synced    []cache.InformerSynced
 
-	// Touched only by sync (the runner's goroutine):
-	seenConfig  string
-	cfg         *config.Config
-	announced   map[string]bool // "service ip" -> this node announces it
-	noForwarder map[string]bool // Services told that no node can forward their pool
-	members     []string        // the live members of the last sync
-	forward     Forwarder       // nil once the node cannot forward
-	forwardErr  error
+	// The planner computes snapshots and publishes the newest in latest; every part
+	// takes the newest when its runner next syncs.
+	planner *runner.Runner
+	latest  atomic.Pointer[snapshot]
+	plan    planState
+	layer2  layer2Part
+	forward forwardPart
+	bgp     bgpPart
+	status  reportPart
 
-	started time.Time // when Run began following the cluster
-	gen     uint64    // the generation of the liveness view of the last input
+	started time.Time // when Run began following the cluster; set before the runners start
 	ready   atomic.Bool
 	leaving atomic.Bool // Run's context ended: routes are withdrawn first
 	ownsMu  sync.Mutex
@@ -164,6 +163,7 @@ func New(opts Options) (*Speaker, error) {
 	opts.ResyncPeriod = cmp.Or(opts.ResyncPeriod, 30*time.Second)
 	opts.JoinWait = cmp.Or(opts.JoinWait, 5*time.Second)
 	opts.HandoverTimeout = cmp.Or(opts.HandoverTimeout, time.Second)
+	opts.ForwardWait = cmp.Or(opts.ForwardWait, DefaultForwardWait)
 	if opts.Clock == nil {
 		opts.Clock = clock.RealClock{}
 	}
@@ -171,21 +171,16 @@ func New(opts Options) (*Speaker, error) {
 	opts.Registerer = metrics.OrPrivate(opts.Registerer)
 	s := &Speaker{
 		opts: opts, log: opts.Logger,
-		events:    k8s.NewEvents(opts.Client, k8s.ComponentSpeaker),
-		metrics:   metrics.NewSpeaker(opts.Registerer),
-		announced: map[string]bool{}, noForwarder: map[string]bool{},
-		forward: opts.Forward, forwardErr: opts.ForwardErr,
+		events:  k8s.NewEvents(opts.Client, k8s.ComponentSpeaker),
+		metrics: metrics.NewSpeaker(opts.Registerer),
 	}
-	if s.forward == nil && s.forwardErr == nil {
-		s.forwardErr = errors.New("no forwarder")
-	}
-	s.runner = runner.New(runner.Options{
-		Sync: s.sync, ResyncPeriod: opts.ResyncPeriod, Backoff: opts.Backoff, MaxBackoff: opts.MaxBackoff, Clock: opts.Clock,
-		OnFailure: func(err error, in time.Duration) {
-			s.log.Warn("desired state not fully applied; retrying in full", "err", err, "retryIn", in)
-		},
-		OnRecovery: func(n int) { s.log.Info("desired state applied after failures", "failures", n) },
-	})
+	s.forward.init(opts.Forward, opts.ForwardErr)
+	s.status.init()
+	s.planner = s.newRunner("plan", s.syncPlan)
+	s.layer2.runner = s.newRunner("layer2", s.syncLayer2)
+	s.forward.runner = s.newRunner("forwarding", s.syncForward)
+	s.bgp.runner = s.newRunner("bgp", s.syncBGP)
+	s.status.runner = s.newRunner("status", s.syncReport)
 	// Only what the plan reads is kept of each object (k8s.Strip), and an update that
 	// changes none of it (a node's heartbeat) does not wake the loop.
 	s.informers = k8s.NewInformers(opts.Client, 0, k8s.Strip)
@@ -199,18 +194,40 @@ func New(opts Options) (*Speaker, error) {
 	for _, inf := range []cache.SharedIndexInformer{svcInf, sliceInf, nodeInf, s.configs.Informer} {
 		s.synced = append(s.synced, inf.HasSynced)
 		if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc: func(any) { s.runner.Poke() },
+			AddFunc: func(any) { s.planner.Poke() },
 			UpdateFunc: func(old, cur any) {
 				if k8s.Changed(old, cur) {
-					s.runner.Poke()
+					s.planner.Poke()
 				}
 			},
-			DeleteFunc: func(any) { s.runner.Poke() },
+			DeleteFunc: func(any) { s.planner.Poke() },
 		}); err != nil {
 			return nil, err
 		}
 	}
 	return s, nil
+}
+
+// newRunner returns the runner of one part, retrying it on its own backoff and saying
+// which part fails.
+func (s *Speaker) newRunner(part string, sync func(context.Context, bool) error) *runner.Runner {
+	failing := s.metrics.PartFailing.WithLabelValues(part)
+	return runner.New(runner.Options{
+		Sync: sync, ResyncPeriod: s.opts.ResyncPeriod, Backoff: s.opts.Backoff, MaxBackoff: s.opts.MaxBackoff, Clock: s.opts.Clock,
+		OnFailure: func(err error, in time.Duration) {
+			failing.Set(1)
+			s.log.Warn("part of the desired state not applied; retrying that part in full", "part", part, "err", err, "retryIn", in)
+		},
+		OnRecovery: func(n int) {
+			failing.Set(0)
+			s.log.Info("part of the desired state applied after failures", "part", part, "failures", n)
+		},
+	})
+}
+
+// parts are the runners that apply the plan, each on its own.
+func (s *Speaker) parts() []*runner.Runner {
+	return []*runner.Runner{s.layer2.runner, s.forward.runner, s.bgp.runner, s.status.runner}
 }
 
 // NodeAddresses returns the InternalIP of every known node (for finding the other
@@ -224,8 +241,8 @@ func (s *Speaker) NodeAddresses() []netip.Addr {
 	return out
 }
 
-// Ready says whether the speaker is serving: caches synced, a configuration loaded, and
-// memberlist started (when on).
+// Ready says whether the speaker is serving: caches synced, a configuration loaded and
+// applied to layer 2, and memberlist started (when on).
 func (s *Speaker) Ready() error {
 	if !s.ready.Load() {
 		return errors.New("caches not synced or no configuration in force yet")
@@ -252,7 +269,7 @@ func (s *Speaker) Run(ctx context.Context) error {
 		return nil
 	}
 	s.reportForwarding()
-	s.log.Info("speaker running", "canForward", s.forward != nil)
+	s.log.Info("speaker running", "canForward", s.forward.can.Load())
 	var changed, died <-chan struct{}
 	if s.opts.Members != nil {
 		changed = s.opts.Members.Changed()
@@ -261,54 +278,63 @@ func (s *Speaker) Run(ctx context.Context) error {
 		died = s.opts.Liveness.Changed()
 	}
 	s.started = s.opts.Clock.Now()
-	joinWait := s.opts.Clock.AfterFunc(s.opts.JoinWait, s.runner.Poke)
+	joinWait := s.opts.Clock.AfterFunc(s.opts.JoinWait, s.planner.Poke)
 	defer joinWait.Stop()
 	loop, stopLoop := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopLoop()
-	done := make(chan error, 1)
-	go func() { done <- s.runner.Run(loop) }()
+	var wg sync.WaitGroup
+	for _, r := range append(s.parts(), s.planner) {
+		wg.Go(func() { _ = r.Run(loop) }) // Run returns nil once loop ends
+	}
 	for running := true; running; {
 		select {
 		case <-ctx.Done():
 			running = false
 		case <-changed:
-			s.runner.Poke()
+			s.planner.Poke()
 		case <-died:
-			s.runner.Poke()
+			s.planner.Poke()
 		}
 	}
 	// BGP routes go first: every router holds the other nodes' paths, so withdrawing
 	// ours moves the flows at once while this node still forwards what is in flight.
 	s.leaving.Store(true)
-	s.runner.Poke()
+	s.planner.Poke()
 	if s.opts.Liveness != nil {
 		// Make before break: the next owners announce before this node stops answering.
-		// The loop keeps running meanwhile, so this node also acknowledges others.
+		// The runners keep running meanwhile, so this node also acknowledges others.
 		hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.HandoverTimeout)
 		s.opts.Liveness.Leave(hctx)
 		cancel()
 	}
 	stopLoop()
-	<-done
+	wg.Wait()
 	s.shutdown()
 	return nil
 }
 
-// shutdown withdraws, on the way out, the forwarding state (the other nodes have taken
-// over by now) and says what this node no longer announces.
+// shutdown withdraws, on the way out, the BGP routes, then the forwarding state (the
+// other nodes have taken over by now), and says what this node no longer announces. The
+// runners have stopped: nothing else touches the parts now. Each step is bounded, so a
+// hung BGP process does not keep the forwarding state in place.
 func (s *Speaker) shutdown() {
 	if s.opts.BGP != nil {
-		if err := s.opts.BGP.SetRoutes(context.Background(), nil); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+		if err := s.opts.BGP.SetRoutes(ctx, nil); err != nil {
 			s.log.Warn("withdrawing the BGP routes on shutdown", "err", err)
 		}
+		cancel()
 	}
-	if s.forward != nil && s.cfg != nil {
-		if err := s.forward.Set(nil); err != nil {
+	if s.forward.fwd != nil && s.plan.cfg != nil {
+		if err := s.forward.fwd.Set(nil); err != nil {
 			s.log.Warn("removing the forwarding state on shutdown", "err", err)
 		}
 	}
 	s.report(plan.Desired{}, plan.Input{})
 }
+
+// shutdownTimeout bounds the withdrawal of the BGP routes on the way out.
+const shutdownTimeout = 5 * time.Second
 
 // SessionChanged records a BGP or BFD session going up or down as an Event on this
 // node (the log line and the metric are the BGP speaker's). Sessions closing because
@@ -333,156 +359,6 @@ func (s *Speaker) SessionChanged(e bgp.SessionEvent) {
 	}
 }
 
-// reportForwarding says once whether this node can forward: a metric, and when it
-// cannot, a log line and an Event on its Node.
-func (s *Speaker) reportForwarding() {
-	if s.forward != nil {
-		s.metrics.CanForward.Set(1)
-		return
-	}
-	s.metrics.CanForward.Set(0)
-	s.log.Error("this node cannot forward with IPVS, so it announces no address of a pool that forwards", "err", s.forwardErr)
-	if node, err := s.nodeList.Get(s.opts.NodeName); err == nil {
-		s.events.Eventf(node, corev1.EventTypeWarning, k8s.ReasonIPVSUnavailable,
-			"node %s cannot forward with IPVS, so it announces no address of a pool that forwards: %v", s.opts.NodeName, s.forwardErr)
-	}
-	if s.opts.Members != nil {
-		if err := s.opts.Members.SetMeta(MemberMeta{IPVS: false}.Encode()); err != nil {
-			s.log.Warn("telling the other speakers", "err", err)
-		}
-	}
-}
-
-// sync computes the desired state from the caches and applies it: layer 2, BGP,
-// forwarding. full asks the adapters to compare with the world, not with what they last
-// applied.
-func (s *Speaker) sync(ctx context.Context, full bool) error {
-	start := time.Now()
-	defer func() { s.metrics.SyncSeconds.Observe(time.Since(start).Seconds()) }()
-	s.loadConfig()
-	in := s.input()
-	d := s.compute(in)
-
-	// Forwarding first: an address must be ready to take traffic before this node draws
-	// it with a gratuitous ARP or a route (a SYN dropped meanwhile costs the client a
-	// one-second retransmission).
-	fwdErr := s.applyForwarding(d.Forward, full)
-	if errors.Is(fwdErr, ipvs.ErrUnsupported) {
-		s.forward, s.forwardErr, fwdErr = nil, fwdErr, nil
-		s.reportForwarding()
-		in = s.input()
-		d = s.compute(in)
-	}
-	s.opts.Layer2.Set(d.Layer2)
-	if s.members != nil && !slices.Equal(in.Members, s.members) {
-		// Neighbours may have followed another node's announcement while the membership
-		// changed: every owner says again what it keeps.
-		s.opts.Layer2.Reannounce()
-	}
-	s.members = slices.Clip(append([]string{}, in.Members...))
-	var errs []error
-	if fwdErr != nil {
-		errs = append(errs, fmt.Errorf("forwarding: %w", fwdErr))
-	}
-	if s.opts.BGP != nil {
-		if err := s.opts.BGP.SetPeers(ctx, d.BGPPeers); err != nil {
-			errs = append(errs, fmt.Errorf("BGP peers: %w", err))
-		}
-		if err := s.opts.BGP.SetRoutes(ctx, d.BGPRoutes); err != nil {
-			errs = append(errs, fmt.Errorf("BGP routes: %w", err))
-		}
-	}
-	s.report(d, in)
-	if s.opts.Liveness != nil {
-		s.opts.Liveness.Applied(s.gen) // what the view of gen asked is in force now
-	}
-	if s.cfg != nil {
-		s.ready.Store(true)
-	}
-	s.metrics.Members.Set(float64(len(in.Members)))
-	return errors.Join(errs...)
-}
-
-// compute is plan.Compute, except that a speaker that has not heard from any other yet
-// (and has not waited JoinWait) announces nothing: alone, it would elect itself for every
-// address and draw clients that the real owner then has to win back.
-func (s *Speaker) compute(in plan.Input) plan.Desired {
-	d := plan.Compute(in)
-	if s.leaving.Load() {
-		d.BGPRoutes = nil
-	}
-	if !in.UseMembers || len(in.Members) > 1 || s.opts.Clock.Since(s.started) >= s.opts.JoinWait || !s.othersExist(in.Nodes) {
-		return d
-	}
-	return plan.Desired{BGPPeers: d.BGPPeers}
-}
-
-// othersExist reports whether another Ready node could run a speaker to join.
-func (s *Speaker) othersExist(nodes []plan.Node) bool {
-	return slices.ContainsFunc(nodes, func(n plan.Node) bool { return n.Name != s.opts.NodeName && n.Ready })
-}
-
-func (s *Speaker) input() plan.Input {
-	in := plan.Input{Config: s.cfg, Self: s.opts.NodeName}
-	if s.opts.Members != nil {
-		in.UseMembers, in.Members = true, s.opts.Members.Alive()
-		if s.opts.Liveness != nil {
-			// Alive: what memberlist says, and every peer heard on its own connection (a
-			// healed partition, before memberlist merges again), less those this
-			// speaker found dead itself.
-			s.opts.Liveness.Observe(in.Members)
-			var dead map[string]liveness.Reason
-			dead, s.gen = s.opts.Liveness.Dead()
-			for _, m := range s.opts.Liveness.Alive() {
-				if !slices.Contains(in.Members, m) {
-					in.Members = append(in.Members, m)
-				}
-			}
-			in.Members = slices.DeleteFunc(in.Members, func(m string) bool { _, d := dead[m]; return d && m != s.opts.NodeName })
-			slices.Sort(in.Members)
-		}
-	}
-	in.Nodes = s.nodes()
-	in.Services = s.services()
-	in.Forwarders = s.forwarders(in.Nodes)
-	return in
-}
-
-// loadConfig takes the configuration in force when it changed and parses; otherwise the
-// last good one stays.
-func (s *Speaker) loadConfig() {
-	_, text, err := s.configs.Get()
-	if err != nil || text == s.seenConfig {
-		return // missing: keep what is in force
-	}
-	s.seenConfig = text
-	cfg, err := config.Parse([]byte(text))
-	if err != nil {
-		s.metrics.ConfigStale.Set(1)
-		s.log.Error("the configuration in force does not parse; the last good one stays", "configMap", s.opts.Config.InForce().String(), "err", err)
-		return
-	}
-	s.cfg = cfg
-	s.ownsMu.Lock()
-	s.ownsCfg = cfg
-	s.ownsMu.Unlock()
-	s.metrics.ConfigStale.Set(0)
-	hash := config.Hash([]byte(text))
-	s.metrics.InForce.Set(hash)
-	s.log.Info("configuration loaded", "pools", len(cfg.Pools), "hash", hash)
-}
-
-// applyForwarding hands the forwarder the whole desired set.
-func (s *Speaker) applyForwarding(fwd []forward.Service, full bool) error {
-	if s.forward == nil || s.cfg == nil {
-		return nil
-	}
-	if full {
-		s.forward.Resync()
-	}
-	return s.forward.Set(fwd)
-}
-
 // Owns reports whether addr is in a pool of the configuration in force: the only
 // addresses the forwarder may touch.
 func (s *Speaker) Owns(addr netip.Addr) bool {
@@ -490,123 +366,6 @@ func (s *Speaker) Owns(addr netip.Addr) bool {
 	defer s.ownsMu.Unlock()
 	_, ok := s.ownsCfg.PoolOf(addr)
 	return ok
-}
-
-// forwarders are the nodes that can forward: from memberlist's metadata (this node's
-// own included: it changes its metadata when it finds it cannot forward); without
-// memberlist nothing tells what the other nodes' kernels can do, so they are taken to
-// be able, and this node says for itself.
-func (s *Speaker) forwarders(nodes []plan.Node) map[string]bool {
-	out := map[string]bool{}
-	if s.opts.Members != nil {
-		for name, raw := range s.opts.Members.AliveMeta() {
-			var m MemberMeta
-			if json.Unmarshal(raw, &m) == nil && m.IPVS {
-				out[name] = true
-			}
-		}
-		// This node too, as the others see it, so that every speaker elects alike.
-		return out
-	}
-	for _, n := range nodes {
-		out[n.Name] = true
-	}
-	out[s.opts.NodeName] = s.forward != nil
-	return out
-}
-
-func (s *Speaker) nodes() []plan.Node {
-	list, _ := s.nodeList.List(labels.Everything())
-	out := make([]plan.Node, 0, len(list))
-	for _, n := range list {
-		out = append(out, k8s.PlanNode(n))
-	}
-	return out
-}
-
-func (s *Speaker) services() []plan.Service {
-	svcs, _ := s.svcs.List(labels.Everything())
-	slices.SortFunc(svcs, func(a, b *corev1.Service) int { return cmp.Compare(k8s.Key(a), k8s.Key(b)) })
-	slicesLister := s.slices
-	var out []plan.Service
-	for _, svc := range svcs {
-		ips := k8s.IngressIPs(svc)
-		if !k8s.Manages(svc, s.opts.LoadBalancerClass) || len(ips) == 0 {
-			continue
-		}
-		eps, _ := slicesLister.EndpointSlices(svc.Namespace).List(labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: svc.Name}))
-		out = append(out, k8s.PlanService(svc, ips, eps))
-	}
-	return out
-}
-
-// report records, on change only, which Service addresses this node took or gave up,
-// and, from one speaker only (the first live one by name), the Services whose pool
-// forwards while no live node can.
-func (s *Speaker) report(d plan.Desired, in plan.Input) {
-	now := map[string]bool{}
-	svcLister := s.svcs
-	say := func(svcKey string, a k8s.Announcement) {
-		s.metrics.OwnershipChanges.Inc()
-		if a.Announcing {
-			s.log.Info("announcing", "service", svcKey, "ip", a.IP, "mode", a.Mode)
-		} else {
-			s.log.Info("stopped announcing", "service", svcKey, "ip", a.IP)
-		}
-		if svc := getService(svcLister, svcKey); svc != nil {
-			s.events.Event(svc, corev1.EventTypeNormal, a.Reason(), a.Message())
-		}
-	}
-	for _, dec := range d.Decisions {
-		if !dec.Announce {
-			continue
-		}
-		key := dec.Service + " " + dec.IP.String()
-		now[key] = true
-		if !s.announced[key] {
-			say(dec.Service, k8s.Announcement{Node: s.opts.NodeName, IP: dec.IP, Mode: dec.Protocol.String(), Announcing: true})
-		}
-	}
-	for _, key := range slices.Sorted(maps.Keys(s.announced)) {
-		if !now[key] {
-			svcKey, ip, _ := strings.Cut(key, " ")
-			say(svcKey, k8s.Announcement{Node: s.opts.NodeName, IP: netip.MustParseAddr(ip)})
-		}
-	}
-	s.announced = now
-	s.reportNoForwarder(d, in)
-}
-
-// reportNoForwarder warns on each Service of a pool that forwards, once for as long as
-// no live node can forward (recorded by the first live speaker by name, so once).
-func (s *Speaker) reportNoForwarder(d plan.Desired, in plan.Input) {
-	if in.Config == nil || len(in.Members) == 0 || in.Members[0] != s.opts.NodeName {
-		return
-	}
-	anyForwarder := false
-	for _, m := range in.Members {
-		anyForwarder = anyForwarder || in.Forwarders[m]
-	}
-	now := map[string]bool{}
-	if !anyForwarder {
-		svcLister := s.svcs
-		for _, dec := range d.Decisions {
-			pool, ok := in.Config.Pool(dec.Pool)
-			if !ok || !pool.Forward || now[dec.Service] {
-				continue
-			}
-			now[dec.Service] = true
-			if s.noForwarder[dec.Service] {
-				continue
-			}
-			if svc := getService(svcLister, dec.Service); svc != nil {
-				s.events.Eventf(svc, corev1.EventTypeWarning, k8s.ReasonNoNodeCanForward,
-					"no node can forward with IPVS, so nobody announces %s: pool %q forwards (forwarding: ipvs); load ip_vs on the nodes or set forwarding: none", dec.IP, pool.Name)
-			}
-			s.log.Warn("no node can forward: the Service's address is not announced", "service", dec.Service, "ip", dec.IP, "pool", pool.Name)
-		}
-	}
-	s.noForwarder = now
 }
 
 func getService(l corelisters.ServiceLister, key string) *corev1.Service {
