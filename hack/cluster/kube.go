@@ -19,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/heraldlb/herald/hack/helm"
 	"github.com/heraldlb/herald/hack/images"
 	"github.com/heraldlb/herald/hack/netlab"
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
@@ -325,6 +326,20 @@ func (c *Cluster) Kubectl(args ...string) (string, error) {
 		return "", err
 	}
 	out, err := c.Client.Command(append([]string{filepath.Join(bin, "kubectl"), "--kubeconfig", c.CP.Kubeconfig}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// Helm runs helm (Herald's, hack/build-helm.sh) against the cluster from the client
+// namespace, as an admin would, with helm's cache and configuration in the cluster's
+// directory.
+func (c *Cluster) Helm(args ...string) (string, error) {
+	bin, err := helm.Binary(context.Background())
+	if err != nil {
+		return "", err
+	}
+	cmd := c.Client.Command(append([]string{bin, "--kubeconfig", c.CP.Kubeconfig}, args...)...)
+	cmd.Env = append(os.Environ(), helm.Env(filepath.Join(c.logDir, "helm"))...)
+	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
 

@@ -53,12 +53,11 @@ func Env(home string) []string {
 	}
 }
 
-// InstallArgs are helm's arguments (after the command's path) that install or upgrade
-// Herald's chart at chart with kubeconfig, the release recorded in namespace default (the
-// chart makes and owns herald-system itself, labelled for Pod Security), with the
-// values files given.
-func InstallArgs(kubeconfig, chart string, valuesFiles ...string) []string {
-	args := []string{"upgrade", "--install", Release, chart, "--kubeconfig", kubeconfig, "--namespace", "default"}
+// InstallArgs are helm's arguments that install or upgrade Herald's chart at chart, the
+// release recorded in namespace default (the chart makes and owns herald-system itself,
+// labelled for Pod Security), with the values files given.
+func InstallArgs(chart string, valuesFiles ...string) []string {
+	args := []string{"upgrade", "--install", Release, chart, "--namespace", "default"}
 	for _, f := range valuesFiles {
 		args = append(args, "--values", f)
 	}
@@ -68,6 +67,6 @@ func InstallArgs(kubeconfig, chart string, valuesFiles ...string) []string {
 // UninstallArgs are helm's arguments that remove Herald's release, waiting until every
 // object of it is gone (the namespace herald-system too, with what the controller made
 // in it).
-func UninstallArgs(kubeconfig string) []string {
-	return []string{"uninstall", Release, "--kubeconfig", kubeconfig, "--namespace", "default", "--wait", "--cascade", "foreground", "--timeout", "3m"}
+func UninstallArgs() []string {
+	return []string{"uninstall", Release, "--namespace", "default", "--wait", "--cascade", "foreground", "--timeout", "3m"}
 }
