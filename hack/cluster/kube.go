@@ -158,9 +158,8 @@ func (c *Cluster) startKubeNode(i int, n *Node, bin string, tars map[string]stri
 		return fmt.Errorf("%s: containerd: %w", n.Name, err)
 	}
 	for _, name := range slices.Sorted(maps.Keys(tars)) {
-		out, err := exec.Command("ctr", "--address", sock, "-n", "k8s.io", "images", "import", "--no-unpack", tars[name]).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("%s: import %s: %v\n%s", n.Name, name, err, out)
+		if err := images.Import(context.Background(), sock, tars[name]); err != nil {
+			return fmt.Errorf("%s: import %s: %w", n.Name, name, err)
 		}
 	}
 	if err := createCgroups(k.cgrp); err != nil {
