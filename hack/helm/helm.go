@@ -64,9 +64,9 @@ func InstallArgs(chart string, valuesFiles ...string) []string {
 	return args
 }
 
-// UninstallArgs are helm's arguments that remove Herald's release, waiting until every
-// object of it is gone (the namespace herald-system too, with what the controller made
-// in it).
+// UninstallArgs are helm's arguments that remove Herald's release. It returns once the
+// deletions are requested; the namespace herald-system then goes, with what the
+// controller made in it, as soon as the cluster's namespace controller has emptied it.
 func UninstallArgs() []string {
-	return []string{"uninstall", Release, "--namespace", "default", "--wait", "--cascade", "foreground", "--timeout", "3m"}
+	return []string{"uninstall", Release, "--namespace", "default"}
 }
