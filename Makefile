@@ -2,15 +2,17 @@
 SHELL := /bin/bash
 GO    ?= go
 BIN   := bin
+# How make lab installs Herald: kustomize (kubectl apply -k config/) or helm (charts/herald).
+INSTALL ?= kustomize
 
-.PHONY: all build image image-docker test vm-test bench lint fuzz deps control-plane lab lab-down lab-status clean
+.PHONY: all build image image-docker test vm-test bench lint fuzz deps control-plane helm lab lab-down lab-status clean
 
 all: build
 
 build: ## the binaries, in bin/
 	$(GO) build -trimpath -o $(BIN)/ ./controller ./speaker ./speaker-bgp ./kubectl-herald
 
-image: ## the container image herald:dev, without Docker: an OCI layout in bin/herald-dev.tar
+image: ## the container image herald:dev for linux/amd64 and linux/arm64, without Docker: an OCI layout (an image index) in bin/herald:dev.tar
 	$(GO) run ./hack/image -o $(BIN)
 
 image-docker: ## the same image with a Docker engine (the Dockerfile)
@@ -19,10 +21,13 @@ image-docker: ## the same image with a Docker engine (the Dockerfile)
 deps: ## Debian packages the tests and the lab need (installs only what is missing)
 	hack/install-deps.sh
 
+helm: ## the helm command (Helm v4), built once from its Go module into the cache, for the chart's tests and make lab INSTALL=helm
+	hack/build-helm.sh >/dev/null
+
 control-plane: ## etcd and the Kubernetes binaries (apiserver, controller manager, scheduler, kubelet, kube-proxy, kubectl), built once from their Go modules
 	hack/build-control-plane.sh >/dev/null
 
-test: deps control-plane ## every test: unit, fuzz seeds, property, real API server, namespaces (root)
+test: deps control-plane helm ## every test: unit, fuzz seeds, property, real API server, namespaces (root)
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v /e2e)
 	@# Tests that need ip_vs, inside a VM booted from Debian's cloud kernel (qemu, no KVM).
@@ -50,8 +55,8 @@ lint: ## formatting, vet, and the purity of the pure packages
 fuzz: ## a minute of fuzzing per parser
 	$(GO) test ./pkg/config -run '^$$' -fuzz FuzzParse -fuzztime 60s
 
-lab: deps control-plane ## bring up the lab and show Herald working
-	$(GO) run ./hack/lab up
+lab: deps control-plane $(if $(filter helm,$(INSTALL)),helm) ## bring up the lab and show Herald working (INSTALL=helm: with the Helm chart)
+	$(GO) run ./hack/lab -install $(INSTALL) up
 
 lab-status: ## what the lab runs now
 	$(GO) run ./hack/lab status

@@ -15,8 +15,11 @@ import (
 
 	"github.com/mdlayher/arp"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
 
+	"github.com/heraldlb/herald/hack/helm"
 	"github.com/heraldlb/herald/hack/netlab"
 	"github.com/heraldlb/herald/pkg/inspect"
 	"github.com/heraldlb/herald/pkg/k8s"
@@ -44,19 +47,46 @@ address-pools:
 // kube brings up a real cluster (kubelets, containerd, kube-proxy, FRR) and installs
 // Herald the way an admin does: kubectl apply -k of config/ through the lab's overlay,
 // then the configuration and the demo application.
-func kube(t testing.TB) *Cluster {
+func kube(t testing.TB) *Cluster { return kubeWith(t, installKustomize) }
+
+// How a test installs Herald into the real cluster.
+type install int
+
+const (
+	installKustomize install = iota // kubectl apply -k hack/lab/overlay, then the ConfigMap
+	installHelm                     // helm install charts/herald, the configuration as a value
+)
+
+func kubeWith(t testing.TB, how install) *Cluster {
 	t.Helper()
 	netlab.Require(t)
 	c := Start(t, "", Options{Kubelets: true, Router: func(nodes []*Node) string { return FRRConfig(nodes) }})
-	for _, args := range [][]string{
-		{"apply", "-k", "../hack/lab/overlay"},
-		{"apply", "-f", "../hack/lab/demo.yaml", "-f", "../config/samples/service.yaml"},
-	} {
-		if out, err := c.Kubectl(args...); err != nil {
-			t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+	switch how {
+	case installHelm:
+		d, err := os.MkdirTemp("", "herald-values-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(d) })
+		values := filepath.Join(d, "values.yaml")
+		text, _ := yaml.Marshal(map[string]string{"config": kubeConfig})
+		if err := os.WriteFile(values, text, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := c.Helm(helm.InstallArgs("../charts/herald", values)...); err != nil {
+			t.Fatalf("helm install: %v\n%s", err, out)
+		}
+	default:
+		if out, err := c.Kubectl("apply", "-k", "../hack/lab/overlay"); err != nil {
+			t.Fatalf("kubectl apply -k: %v\n%s", err, out)
 		}
 	}
-	c.SetConfig(kubeConfig)
+	if out, err := c.Kubectl("apply", "-f", "../hack/lab/demo.yaml", "-f", "../config/samples/service.yaml"); err != nil {
+		t.Fatalf("kubectl apply the demo: %v\n%s", err, out)
+	}
+	if how == installKustomize {
+		c.SetConfig(kubeConfig)
+	}
 	c.rollout(t, "herald-system", "deployment/herald-controller", "daemonset/herald-speaker")
 	c.rollout(t, "default", "deployment/nginx")
 	return c
@@ -222,8 +252,69 @@ func (c *Cluster) settledOwner(t testing.TB, ip netip.Addr) *Node {
 
 // TestRealCluster runs Herald as pods in a cluster of real kubelets and checks what a user
 // sees, in steps that share the cluster.
-func TestRealCluster(t *testing.T) {
-	c := kube(t)
+func TestRealCluster(t *testing.T) { realCluster(t, kube(t)) }
+
+// TestRealClusterHelm installs Herald with its Helm chart, as an admin who uses Helm
+// does, runs the checks of TestRealCluster, and uninstalls it: helm uninstall leaves
+// nothing of Herald in the cluster.
+func TestRealClusterHelm(t *testing.T) {
+	c := kubeWith(t, installHelm)
+	if out, err := c.Helm("list", "--namespace", "default", "--short"); err != nil || strings.TrimSpace(out) != helm.Release {
+		t.Fatalf("helm list: %q (%v), want the release %s", out, err, helm.Release)
+	}
+	realCluster(t, c)
+	t.Run("helm uninstall removes every object of Herald", func(t *testing.T) {
+		if out, err := c.Helm(helm.UninstallArgs()...); err != nil {
+			t.Fatalf("helm uninstall: %v\n%s", err, out)
+		}
+		ctx := context.Background()
+		var left []string
+		for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(time.Second) {
+			left = c.heraldObjects(t, ctx)
+			if len(left) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("3 minutes after helm uninstall, the cluster still holds %v", left)
+			}
+		}
+		if out, err := c.Helm("list", "--all-namespaces", "--deployed", "--failed", "--pending", "--uninstalling", "--short"); err != nil || strings.TrimSpace(out) != "" {
+			t.Errorf("helm list after uninstall: %q (%v)", out, err)
+		}
+		// The Services keep their addresses in their status, but no node answers for them.
+		ip := c.WaitAddresses("default", "nginx")[0]
+		if got := c.Owners(ip, time.Second); len(got) != 0 {
+			t.Errorf("%s is still answered by %v after Herald was uninstalled", ip, got)
+		}
+	})
+}
+
+// heraldObjects lists what of Herald the cluster holds: its namespace (and so everything
+// the controller made in it), its cluster-wide RBAC objects and its webhook.
+func (c *Cluster) heraldObjects(t *testing.T, ctx context.Context) []string {
+	t.Helper()
+	var left []string
+	if _, err := c.Kube.CoreV1().Namespaces().Get(ctx, "herald-system", metav1.GetOptions{}); err == nil {
+		left = append(left, "Namespace herald-system")
+	} else if !apierrors.IsNotFound(err) {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"herald-controller", "herald-speaker"} {
+		if _, err := c.Kube.RbacV1().ClusterRoles().Get(ctx, name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			left = append(left, "ClusterRole "+name)
+		}
+		if _, err := c.Kube.RbacV1().ClusterRoleBindings().Get(ctx, name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			left = append(left, "ClusterRoleBinding "+name)
+		}
+	}
+	if _, err := c.Kube.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, "herald-config", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		left = append(left, "ValidatingWebhookConfiguration herald-config")
+	}
+	return left
+}
+
+// realCluster checks what a user sees of Herald installed in the real cluster c.
+func realCluster(t *testing.T, c *Cluster) {
 	ctx := context.Background()
 	ip := c.WaitAddresses("default", "nginx")[0]
 

@@ -3,7 +3,8 @@
 set -euo pipefail
 pkgs=(iproute2 procps ca-certificates iputils-arping ndisc6 stress-ng curl frr bird2
 	containerd runc containernetworking-plugins nftables conntrack util-linux # the cluster: a containerd per node, CNI, kube-proxy (nftables)
-	qemu-system-x86 busybox-static cpio xz-utils kmod) # the last line: the ip_vs VM (hack/vm)
+	qemu-system-x86 busybox-static cpio xz-utils kmod # the ip_vs VM (hack/vm)
+	qemu-user-static) # runs the arm64 image's speaker (hack/images)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -19,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/heraldlb/herald/hack/helm"
 	"github.com/heraldlb/herald/hack/images"
 	"github.com/heraldlb/herald/hack/netlab"
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
@@ -157,9 +158,8 @@ func (c *Cluster) startKubeNode(i int, n *Node, bin string, tars map[string]stri
 		return fmt.Errorf("%s: containerd: %w", n.Name, err)
 	}
 	for _, name := range slices.Sorted(maps.Keys(tars)) {
-		out, err := exec.Command("ctr", "--address", sock, "-n", "k8s.io", "images", "import", "--no-unpack", tars[name]).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("%s: import %s: %v\n%s", n.Name, name, err, out)
+		if err := images.Import(context.Background(), sock, tars[name]); err != nil {
+			return fmt.Errorf("%s: import %s: %w", n.Name, name, err)
 		}
 	}
 	if err := createCgroups(k.cgrp); err != nil {
@@ -325,6 +325,20 @@ func (c *Cluster) Kubectl(args ...string) (string, error) {
 		return "", err
 	}
 	out, err := c.Client.Command(append([]string{filepath.Join(bin, "kubectl"), "--kubeconfig", c.CP.Kubeconfig}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// Helm runs helm (Herald's, hack/build-helm.sh) against the cluster from the client
+// namespace, as an admin would, with helm's cache and configuration in the cluster's
+// directory.
+func (c *Cluster) Helm(args ...string) (string, error) {
+	bin, err := helm.Binary(context.Background())
+	if err != nil {
+		return "", err
+	}
+	cmd := c.Client.Command(append([]string{bin, "--kubeconfig", c.CP.Kubeconfig}, args...)...)
+	cmd.Env = append(os.Environ(), helm.Env(filepath.Join(c.logDir, "helm"))...)
+	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
 

@@ -1,15 +1,17 @@
 // Command lab brings up Herald's lab on this machine and tears it down.
 //
-//	go run ./hack/lab up      # start (or show, when already running); safe to repeat
-//	go run ./hack/lab status  # what runs, and the Services
-//	go run ./hack/lab down    # stop everything and remove what the lab made
+//	go run ./hack/lab up                # start (or show, when already running); safe to repeat
+//	go run ./hack/lab -install helm up  # the same, Herald installed with its Helm chart
+//	go run ./hack/lab status            # what runs, and the Services
+//	go run ./hack/lab down              # stop everything and remove what the lab made
 //
 // The lab is a real Kubernetes cluster in network namespaces on one bridge: a control
 // plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, built from their
 // Go modules), three nodes each running containerd, a kubelet and kube-proxy, an FRR
 // router and a client. Herald runs in it as pods from the image built here, installed the
 // way a cluster admin installs it (kubectl apply -k of config/, through the overlay
-// hack/lab/overlay), in front of a Deployment of three real pods. Everything lives in
+// hack/lab/overlay; or, with -install helm, helm install of charts/herald with the
+// configuration as a value), in front of a Deployment of three real pods. Everything lives in
 // namespaces named herald-lab-* and in /var/lib/herald-lab (kubeconfig, the logs of every
 // component); nothing is added to this machine's own network namespace. It needs root.
 package main
@@ -17,6 +19,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"net/netip"
 	"os"
@@ -25,7 +28,10 @@ import (
 	"strings"
 	"time"
 
+	"sigs.k8s.io/yaml"
+
 	"github.com/heraldlb/herald/hack/cluster"
+	"github.com/heraldlb/herald/hack/helm"
 	"github.com/heraldlb/herald/hack/images"
 	"github.com/heraldlb/herald/hack/netlab"
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
@@ -40,13 +46,20 @@ const dir = "/var/lib/herald-lab"
 var roles = []string{"sw", "cp", "client", "router", "node1", "node2", "node3"}
 
 func main() {
-	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: lab up|status|down")
+	install := flag.String("install", "kustomize", "how up installs Herald: kustomize (kubectl apply -k, through hack/lab/overlay) or helm (helm install charts/herald)")
+	flag.Usage = func() {
+		fmt.Fprintln(os.Stderr, "usage: lab [-install kustomize|helm] up|status|down")
+		flag.PrintDefaults()
+	}
+	flag.Parse()
+	if flag.NArg() != 1 || (*install != "kustomize" && *install != "helm") {
+		flag.Usage()
 		os.Exit(2)
 	}
 	l, err := newLab()
 	if err == nil {
-		switch os.Args[1] {
+		l.install = *install
+		switch flag.Arg(0) {
 		case "up":
 			err = l.up()
 		case "status":
@@ -54,7 +67,7 @@ func main() {
 		case "down":
 			err = l.down()
 		default:
-			err = fmt.Errorf("unknown command %q: want up, status or down", os.Args[1])
+			err = fmt.Errorf("unknown command %q: want up, status or down", flag.Arg(0))
 		}
 	}
 	if err != nil {
@@ -65,6 +78,7 @@ func main() {
 
 type lab struct {
 	root, kubectl string
+	install       string // "kustomize" or "helm"
 }
 
 func newLab() (*lab, error) {
@@ -129,6 +143,12 @@ func (l *lab) up() (err error) {
 			err = fmt.Errorf("%s (logs in %s; make lab-down removes what started)", f.msg, dir)
 		}
 	}()
+	if l.install == "helm" {
+		step("the helm command (Helm v4, built once into the cache by hack/build-helm.sh)")
+		if _, err := helm.Binary(context.Background()); err != nil {
+			return err
+		}
+	}
 	step("building Herald's image, the pause image and the demo application (no Docker: hack/images)")
 	tars, err := images.Build(context.Background(), filepath.Join(dir, "images"))
 	if err != nil {
@@ -141,11 +161,8 @@ func (l *lab) up() (err error) {
 	})
 	fmt.Printf("    nodes Ready after %.0fs\n", time.Since(start).Seconds())
 	kc := []string{l.kubectl, "--kubeconfig", l.kubeconfig()}
-	step("installing Herald as a cluster admin does: kubectl apply -k hack/lab/overlay (config/ with the image built here)")
-	if err := l.inClient(os.Stdout, append(kc, "apply", "-k", filepath.Join(l.root, "hack/lab/overlay"))...); err != nil {
-		return err
-	}
-	step("applying config/samples: the address pools (with forwarding: none: this kernel has no ip_vs, so kube-proxy delivers), the demo Deployment and two Services")
+	// The lab's configuration: config/samples' pools, with forwarding: none (this kernel
+	// has no ip_vs, so kube-proxy delivers).
 	sample, err := os.ReadFile(filepath.Join(l.root, "config/samples/configmap.yaml"))
 	if err != nil {
 		return err
@@ -155,8 +172,34 @@ func (l *lab) up() (err error) {
 	if err := os.WriteFile(cm, []byte(text), 0o644); err != nil {
 		return err
 	}
-	if err := l.inClient(os.Stdout, append(kc, "apply", "-f", cm, "-f", filepath.Join(l.root, "hack/lab/demo.yaml"),
-		"-f", filepath.Join(l.root, "config/samples/service.yaml"), "-f", filepath.Join(l.root, "config/samples/service-bgp.yaml"))...); err != nil {
+	manifests := []string{"-f", filepath.Join(l.root, "hack/lab/demo.yaml"),
+		"-f", filepath.Join(l.root, "config/samples/service.yaml"), "-f", filepath.Join(l.root, "config/samples/service-bgp.yaml")}
+	switch l.install {
+	case "helm":
+		step("installing Herald as a cluster admin does with Helm: helm install herald charts/herald, the configuration as the value config")
+		values, err := helmValues(text)
+		if err != nil {
+			return err
+		}
+		vf := filepath.Join(dir, "values.yaml")
+		if err := os.WriteFile(vf, values, 0o644); err != nil {
+			return err
+		}
+		out, err := c.Helm(helm.InstallArgs(helm.Chart(l.root), vf)...)
+		fmt.Print(out)
+		if err != nil {
+			return fmt.Errorf("helm install: %w", err)
+		}
+		step("applying the demo Deployment and two Services")
+	default:
+		step("installing Herald as a cluster admin does: kubectl apply -k hack/lab/overlay (config/ with the image built here)")
+		if err := l.inClient(os.Stdout, append(kc, "apply", "-k", filepath.Join(l.root, "hack/lab/overlay"))...); err != nil {
+			return err
+		}
+		step("applying config/samples: the address pools (with forwarding: none: this kernel has no ip_vs, so kube-proxy delivers), the demo Deployment and two Services")
+		manifests = append([]string{"-f", cm}, manifests...)
+	}
+	if err := l.inClient(os.Stdout, append(append(kc, "apply"), manifests...)...); err != nil {
 		return err
 	}
 	step("waiting for Herald's pods and the demo's to be Ready")
@@ -184,6 +227,21 @@ func (l *lab) up() (err error) {
 	c.Client.Run("ip", "route", "replace", "198.51.100.0/24", "via", cluster.RouterIP4)
 	fmt.Printf("\nThe lab is up (%.0fs).\n", time.Since(start).Seconds())
 	return l.show()
+}
+
+// helmValues returns the chart's values for the lab: the configuration from the text of
+// a ConfigMap manifest. The image is the chart's default, herald:dev, which the lab built.
+func helmValues(configMap string) ([]byte, error) {
+	var cm struct {
+		Data map[string]string `json:"data"`
+	}
+	if err := yaml.Unmarshal([]byte(configMap), &cm); err != nil {
+		return nil, fmt.Errorf("the lab's ConfigMap: %w", err)
+	}
+	if cm.Data["config"] == "" {
+		return nil, errors.New("the lab's ConfigMap has no key config")
+	}
+	return yaml.Marshal(map[string]any{"config": cm.Data["config"]})
 }
 
 // inClient runs a command in the client namespace, where the lab's network is reachable.

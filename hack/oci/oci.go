@@ -1,5 +1,6 @@
 // Package oci writes container images as OCI image layouts in a tar file, without a
-// container engine: one layer of the given files, and a config saying how the image runs.
+// container engine: one layer of the given files, and a config saying how the image runs;
+// for several platforms, an image index with one such image per platform.
 // containerd imports the result (ctr images import); the lab and `make image` use it for
 // Herald's image, the pause image and the demo application.
 package oci
@@ -37,13 +38,31 @@ type Config struct {
 	WorkingDir string
 }
 
+// Platform is what an image's binaries run on, as an image index names it.
+type Platform struct {
+	OS           string // "linux"
+	Architecture string // GOARCH: "amd64", "arm64"
+}
+
+// String is the platform as ctr and docker spell it: linux/arm64.
+func (p Platform) String() string { return p.OS + "/" + p.Architecture }
+
 // Image is a one-layer image with a name.
 type Image struct {
 	// Name is the image's full reference, docker.io/library/herald:dev; kubelets look up
 	// "herald:dev" under it.
-	Name   string
-	Files  []File
-	Config Config
+	Name  string
+	Files []File
+	// Platform is what Files run on; linux/amd64 when empty.
+	Platform Platform
+	Config   Config
+}
+
+// Index is one image for several platforms: an OCI image index with a manifest per
+// platform, under one name. A container runtime takes the manifest of its own platform.
+type Index struct {
+	Name   string  // as Image.Name
+	Images []Image // one per platform; their Names are not used
 }
 
 // Write writes img as an OCI image layout in a tar file at path.
@@ -55,15 +74,105 @@ func Write(path string, img Image) error {
 	return os.WriteFile(path, b, 0o644)
 }
 
-// Tar returns img as an OCI image layout in a tar file. The same image gives the same
-// bytes: times are fixed, entries sorted.
+// WriteIndex writes idx as an OCI image layout in a tar file at path.
+func WriteIndex(path string, idx Index) error {
+	b, err := idx.Tar()
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o644)
+}
+
+// Tar returns img as an OCI image layout in a tar file: index.json names the image's
+// manifest. The same image gives the same bytes: times are fixed, entries sorted.
 func (img Image) Tar() ([]byte, error) {
-	layer, diffID, err := img.layer()
+	blobs, manifest, err := img.blobs()
 	if err != nil {
 		return nil, err
 	}
+	index, err := json.Marshal(map[string]any{
+		"schemaVersion": 2,
+		"mediaType":     mediaIndex,
+		"manifests":     []any{descriptor(mediaManifest, manifest, nameAnnotations(img.Name))},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return layout(append(blobs, manifest), index)
+}
+
+// Tar returns idx as an OCI image layout in a tar file: index.json names an image index,
+// which lists each platform's manifest. The same index gives the same bytes.
+func (idx Index) Tar() ([]byte, error) {
+	if len(idx.Images) == 0 {
+		return nil, fmt.Errorf("image %s: no platform", idx.Name)
+	}
+	var all [][]byte
+	var manifests []any
+	seen := map[Platform]bool{}
+	for _, img := range idx.Images {
+		img.Name = idx.Name
+		p := img.platform()
+		if seen[p] {
+			return nil, fmt.Errorf("image %s: platform %s twice", idx.Name, p)
+		}
+		seen[p] = true
+		blobs, manifest, err := img.blobs()
+		if err != nil {
+			return nil, err
+		}
+		all = append(append(all, blobs...), manifest)
+		d := descriptor(mediaManifest, manifest, nil)
+		d["platform"] = map[string]string{"os": p.OS, "architecture": p.Architecture}
+		manifests = append(manifests, d)
+	}
+	inner, err := json.Marshal(map[string]any{"schemaVersion": 2, "mediaType": mediaIndex, "manifests": manifests})
+	if err != nil {
+		return nil, err
+	}
+	index, err := json.Marshal(map[string]any{
+		"schemaVersion": 2,
+		"mediaType":     mediaIndex,
+		"manifests":     []any{descriptor(mediaIndex, inner, nameAnnotations(idx.Name))},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return layout(append(all, inner), index)
+}
+
+// Media types of the OCI image specification.
+const (
+	mediaIndex    = "application/vnd.oci.image.index.v1+json"
+	mediaManifest = "application/vnd.oci.image.manifest.v1+json"
+	mediaConfig   = "application/vnd.oci.image.config.v1+json"
+	mediaLayer    = "application/vnd.oci.image.layer.v1.tar+gzip"
+)
+
+func (img Image) platform() Platform {
+	if img.Platform == (Platform{}) {
+		return Platform{OS: "linux", Architecture: "amd64"}
+	}
+	return img.Platform
+}
+
+// nameAnnotations name an image in index.json: containerd imports it under the full name.
+func nameAnnotations(name string) map[string]string {
+	return map[string]string{
+		"io.containerd.image.name":          name,
+		"org.opencontainers.image.ref.name": name[strings.LastIndex(name, ":")+1:],
+	}
+}
+
+// blobs returns the image's layer and config, and its manifest.
+func (img Image) blobs() (blobs [][]byte, manifest []byte, err error) {
+	layer, diffID, err := img.layer()
+	if err != nil {
+		return nil, nil, err
+	}
+	p := img.platform()
 	cfg := map[string]any{
-		"architecture": "amd64", "os": "linux",
+		"architecture": p.Architecture, "os": p.OS,
 		"config": map[string]any{
 			"Entrypoint": img.Config.Entrypoint, "Cmd": img.Config.Cmd, "User": img.Config.User,
 			"Env": append([]string{"PATH=/usr/local/bin:/usr/bin:/bin:/"}, img.Config.Env...), "WorkingDir": img.Config.WorkingDir,
@@ -74,29 +183,22 @@ func (img Image) Tar() ([]byte, error) {
 	}
 	cfgJSON, err := json.Marshal(cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	manifest, err := json.Marshal(map[string]any{
+	manifest, err = json.Marshal(map[string]any{
 		"schemaVersion": 2,
-		"mediaType":     "application/vnd.oci.image.manifest.v1+json",
-		"config":        descriptor("application/vnd.oci.image.config.v1+json", cfgJSON, nil),
-		"layers":        []any{descriptor("application/vnd.oci.image.layer.v1.tar+gzip", layer, nil)},
+		"mediaType":     mediaManifest,
+		"config":        descriptor(mediaConfig, cfgJSON, nil),
+		"layers":        []any{descriptor(mediaLayer, layer, nil)},
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	tag := img.Name[strings.LastIndex(img.Name, ":")+1:]
-	index, err := json.Marshal(map[string]any{
-		"schemaVersion": 2,
-		"mediaType":     "application/vnd.oci.image.index.v1+json",
-		"manifests": []any{descriptor("application/vnd.oci.image.manifest.v1+json", manifest, map[string]string{
-			"io.containerd.image.name":          img.Name,
-			"org.opencontainers.image.ref.name": tag,
-		})},
-	})
-	if err != nil {
-		return nil, err
-	}
+	return [][]byte{layer, cfgJSON}, manifest, nil
+}
+
+// layout returns an OCI image layout in a tar file holding blobs and index.json.
+func layout(blobs [][]byte, index []byte) ([]byte, error) {
 	var out bytes.Buffer
 	tw := tar.NewWriter(&out)
 	add := func(name string, data []byte) error {
@@ -111,8 +213,14 @@ func (img Image) Tar() ([]byte, error) {
 			return nil, err
 		}
 	}
-	for _, blob := range [][]byte{layer, cfgJSON, manifest} {
-		if err := add("blobs/sha256/"+hexDigest(blob), blob); err != nil {
+	written := map[string]bool{}
+	for _, blob := range blobs {
+		name := "blobs/sha256/" + hexDigest(blob)
+		if written[name] { // two platforms may share a blob
+			continue
+		}
+		written[name] = true
+		if err := add(name, blob); err != nil {
 			return nil, err
 		}
 	}
