@@ -142,6 +142,8 @@ type Speaker struct {
 	cfg         *config.Config
 	announced   map[string]bool // "service ip" -> this node announces it
 	noForwarder map[string]bool // Services told that no node can forward their pool
+	refused     map[string]bool // "service ip" -> this node refuses its traffic (nowhere to send it)
+	silent      map[string]bool // nodes whose speaker went silent, until heard again
 	members     []string        // the live members of the last sync
 	forward     Forwarder       // nil once the node cannot forward
 	forwardErr  error
@@ -173,7 +175,7 @@ func New(opts Options) (*Speaker, error) {
 		opts: opts, log: opts.Logger,
 		events:    k8s.NewEvents(opts.Client, k8s.ComponentSpeaker),
 		metrics:   metrics.NewSpeaker(opts.Registerer),
-		announced: map[string]bool{}, noForwarder: map[string]bool{},
+		announced: map[string]bool{}, noForwarder: map[string]bool{}, refused: map[string]bool{}, silent: map[string]bool{},
 		forward: opts.Forward, forwardErr: opts.ForwardErr,
 	}
 	if s.forward == nil && s.forwardErr == nil {
@@ -440,12 +442,35 @@ func (s *Speaker) input() plan.Input {
 			}
 			in.Members = slices.DeleteFunc(in.Members, func(m string) bool { _, d := dead[m]; return d && m != s.opts.NodeName })
 			slices.Sort(in.Members)
+			in.Silent = s.silentNodes(dead, in.Members)
 		}
 	}
 	in.Nodes = s.nodes()
 	in.Services = s.services()
 	in.Forwarders = s.forwarders(in.Nodes)
 	return in
+}
+
+// silentNodes returns the nodes whose speaker went silent (plan.Input.Silent), from the
+// failure detector's dead members and the live ones: a member found dead for its silence
+// (a dead or cut-off node) counts, and stays counted after memberlist drops it (the
+// detector then forgets it) until it is alive again. A speaker that crashed (its
+// connection closed, its port refused) or left runs on a node that still forwards: it
+// never counts. Without the detector there are none: memberlist alone cannot tell a
+// crashed speaker from a dead node.
+func (s *Speaker) silentNodes(dead map[string]liveness.Reason, alive []string) map[string]bool {
+	for name, why := range dead {
+		if why == liveness.Silent {
+			s.silent[name] = true
+		} else {
+			delete(s.silent, name)
+		}
+	}
+	for _, m := range alive {
+		delete(s.silent, m)
+	}
+	delete(s.silent, s.opts.NodeName)
+	return maps.Clone(s.silent)
 }
 
 // loadConfig takes the configuration in force when it changed and parses; otherwise the
@@ -574,7 +599,42 @@ func (s *Speaker) report(d plan.Desired, in plan.Input) {
 		}
 	}
 	s.announced = now
+	s.reportRefused(d, in)
 	s.reportNoForwarder(d, in)
+}
+
+// reportRefused warns, once for as long as it lasts, on each Service address whose
+// traffic this node refuses because it has nowhere to send it.
+func (s *Speaker) reportRefused(d plan.Desired, in plan.Input) {
+	now := map[string]bool{}
+	svcLister := s.svcs
+	for _, dec := range d.Decisions {
+		if !dec.Refused {
+			continue
+		}
+		key := dec.Service + " " + dec.IP.String()
+		now[key] = true
+		if s.refused[key] {
+			continue
+		}
+		mode := config.ForwardingIPVS
+		if pool, ok := in.Config.Pool(dec.Pool); ok {
+			mode = pool.Forwarding()
+		}
+		s.log.Warn("no ready endpoint on a live node: the Service's traffic is refused", "service", dec.Service, "ip", dec.IP, "pool", dec.Pool)
+		if svc := getService(svcLister, dec.Service); svc != nil {
+			s.events.Eventf(svc, corev1.EventTypeWarning, k8s.ReasonNoLiveEndpoints,
+				"node %s refuses traffic to %s (TCP reset, ICMP port unreachable): the Service has no ready endpoint on a live node to send it to (pool %q, forwarding: %s)",
+				s.opts.NodeName, dec.IP, dec.Pool, mode)
+		}
+	}
+	for key := range s.refused {
+		if !now[key] {
+			svcKey, ip, _ := strings.Cut(key, " ")
+			s.log.Info("the Service's traffic is no longer refused", "service", svcKey, "ip", ip)
+		}
+	}
+	s.refused = now
 }
 
 // reportNoForwarder warns on each Service of a pool that forwards, once for as long as
@@ -601,7 +661,7 @@ func (s *Speaker) reportNoForwarder(d plan.Desired, in plan.Input) {
 			}
 			if svc := getService(svcLister, dec.Service); svc != nil {
 				s.events.Eventf(svc, corev1.EventTypeWarning, k8s.ReasonNoNodeCanForward,
-					"no node can forward with IPVS, so nobody announces %s: pool %q forwards (forwarding: ipvs); load ip_vs on the nodes or set forwarding: none", dec.IP, pool.Name)
+					"no node can forward with IPVS, so nobody announces %s: pool %q forwards (forwarding: %s); load ip_vs on the nodes or set forwarding: none", dec.IP, pool.Name, pool.Forwarding())
 			}
 			s.log.Warn("no node can forward: the Service's address is not announced", "service", dec.Service, "ip", dec.IP, "pool", pool.Name)
 		}
