@@ -282,6 +282,13 @@ func decide(in Input, nodes []node, a *address, pool *config.Pool) Decision {
 		// advertise it.
 		en[i].Selected = pool.Protocol != config.BGP || n.peered[family(a.ip)]
 	}
+	if svc.Local && svc.Forward && !slices.ContainsFunc(en, func(n election.Node) bool { ok, _ := election.Eligible(n, svc); return ok }) {
+		// No node with a ready endpoint can take the traffic of this Local Service: it is
+		// elected as a Cluster one, so that a node announces it and refuses its traffic
+		// at once (it has no endpoint of its own to send it to) rather than nobody
+		// answering and the clients waiting.
+		svc.Local = false
+	}
 	if pool.Protocol == config.Layer2 {
 		dec.Owner, _ = election.Owner(a.ip, en, svc)
 		dec.Announce, dec.Reason = election.Layer2(in.Self, a.ip, en, svc)

@@ -496,6 +496,22 @@ address-pools:
 		t.Errorf("not refused: %+v", d.Decisions[i])
 	}
 
+	// A Local Service with no ready endpoint on a node that could take it: a node
+	// announces it and refuses its traffic, rather than nobody answering.
+	in.Services = []Service{{Key: "ns/lonely", IPs: []netip.Addr{ip("192.168.10.3")}, Local: true, Ports: []Port{http},
+		Endpoints: eps[1:], EndpointNodes: map[string]bool{"n3": true}}}
+	d = Compute(in)
+	if len(d.Decisions) != 1 || !d.Decisions[0].Announce || !d.Decisions[0].Refused || len(d.Forward) != 1 || len(d.Forward[0].RealServers) != 0 || d.Forward[0].Masquerade {
+		t.Errorf("Local Service without a live endpoint: %+v, forwarding %+v", d.Decisions, d.Forward)
+	}
+	// Once a node that can forward has an endpoint, it is that node's again.
+	in.Services[0].Endpoints, in.Services[0].EndpointNodes = eps[:1], map[string]bool{"n1": true}
+	d = Compute(in)
+	if !d.Decisions[0].Announce || d.Decisions[0].Refused || len(d.Forward[0].RealServers) != 1 {
+		t.Errorf("Local Service with an endpoint on n1: %+v, forwarding %+v", d.Decisions, d.Forward)
+	}
+	in.Services = svcs
+
 	// Nodes that cannot forward never win a pool that forwards to endpoints.
 	for _, self := range []string{"n2", "n3"} {
 		in.Self = self
