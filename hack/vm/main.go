@@ -34,7 +34,7 @@ import (
 // modules the tests need; their dependencies are added from modules.dep.
 // Each IPVS scheduler Herald offers is a module of its own.
 var modules = append([]string{
-	"ip_vs", "nf_conntrack", "nf_defrag_ipv4", "nf_defrag_ipv6", "veth", "dummy", "bridge", "nf_tables", "nft_chain_nat", "nft_masq", "nft_ct",
+	"ip_vs", "nf_conntrack", "nf_defrag_ipv4", "nf_defrag_ipv6", "veth", "dummy", "bridge", "nf_tables", "nft_chain_nat", "nft_masq", "nft_ct", "nft_reject_inet",
 }, schedulerModules()...)
 
 func schedulerModules() []string {

@@ -83,17 +83,32 @@ type Pool struct {
 	// Interfaces limits layer-2 announcements to these interface names (Herald extension).
 	Interfaces []string
 	// Forward says the speakers forward the pool's traffic with IPVS (Herald extension,
-	// default true): the announcing node spreads it over the Service's NodePorts or
-	// endpoints, and Services get ipMode Proxy. False leaves the data path to kube-proxy
-	// (ipMode VIP), as MetalLB did.
+	// default true; forwarding ipvs or endpoints): the announcing node spreads it over the
+	// Service's NodePorts or endpoints, and Services get ipMode Proxy. False (forwarding
+	// none) leaves the data path to kube-proxy (ipMode VIP), as MetalLB did.
 	Forward bool
+	// ToEndpoints (forwarding endpoints; only with Forward) sends the traffic straight to
+	// the Service's ready endpoints on live nodes, never through a NodePort.
+	ToEndpoints bool
 }
 
 // Forwarding values, for the top-level and per-pool key "forwarding".
 const (
-	ForwardingIPVS = "ipvs"
-	ForwardingNone = "none"
+	ForwardingIPVS      = "ipvs"
+	ForwardingEndpoints = "endpoints"
+	ForwardingNone      = "none"
 )
+
+// Forwarding returns the pool's "forwarding" value: ipvs, endpoints or none.
+func (p *Pool) Forwarding() string {
+	switch {
+	case !p.Forward:
+		return ForwardingNone
+	case p.ToEndpoints:
+		return ForwardingEndpoints
+	}
+	return ForwardingIPVS
+}
 
 // Contains reports whether the pool holds addr.
 func (p *Pool) Contains(addr netip.Addr) bool {

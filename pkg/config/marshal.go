@@ -43,10 +43,7 @@ func Marshal(c *Config) ([]byte, error) {
 	for _, p := range c.Pools {
 		rp := rawPool{
 			Name: p.Name, Protocol: p.Protocol.String(), AvoidBuggyIPs: p.AvoidBuggyIPs,
-			AutoAssign: ptr(p.AutoAssign), Interfaces: p.Interfaces, Forwarding: ForwardingNone,
-		}
-		if p.Forward {
-			rp.Forwarding = ForwardingIPVS
+			AutoAssign: ptr(p.AutoAssign), Interfaces: p.Interfaces, Forwarding: p.Forwarding(),
 		}
 		for _, r := range p.Addresses {
 			rp.Addresses = append(rp.Addresses, r.String())

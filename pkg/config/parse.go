@@ -73,7 +73,7 @@ func (v *validator) config(raw *rawConfig) *Config {
 		cfg.Peers = append(cfg.Peers, p)
 	}
 
-	forward := v.forwarding("forwarding", raw.Forwarding, true)
+	forward := v.forwarding("forwarding", raw.Forwarding, ForwardingIPVS)
 	names := map[string]int{}
 	for i, rp := range raw.AddressPools {
 		path := fmt.Sprintf("address-pools[%d]", i)
@@ -229,27 +229,27 @@ func (v *validator) nodeSelector(path string, rs rawNodeSelector) NodeSelector {
 	return s
 }
 
-// forwarding reads a "forwarding" key: ipvs or none; def when absent.
-func (v *validator) forwarding(path, s string, def bool) bool {
+// forwarding reads a "forwarding" key: ipvs, endpoints or none; def when absent.
+func (v *validator) forwarding(path, s, def string) string {
 	switch s {
 	case "":
 		return def
-	case ForwardingIPVS:
-		return true
-	case ForwardingNone:
-		return false
+	case ForwardingIPVS, ForwardingEndpoints, ForwardingNone:
+		return s
 	}
-	v.fail(path, s, "must be %s or %s", ForwardingIPVS, ForwardingNone)
+	v.fail(path, s, "must be %s, %s or %s", ForwardingIPVS, ForwardingEndpoints, ForwardingNone)
 	return def
 }
 
-func (v *validator) pool(path string, rp rawPool, aliases map[string]Community, forward bool) Pool {
+func (v *validator) pool(path string, rp rawPool, aliases map[string]Community, forward string) Pool {
+	forward = v.forwarding(path+".forwarding", rp.Forwarding, forward)
 	p := Pool{
 		Name:          rp.Name,
 		AutoAssign:    rp.AutoAssign == nil || *rp.AutoAssign,
 		AvoidBuggyIPs: rp.AvoidBuggyIPs,
 		Interfaces:    rp.Interfaces,
-		Forward:       v.forwarding(path+".forwarding", rp.Forwarding, forward),
+		Forward:       forward != ForwardingNone,
+		ToEndpoints:   forward == ForwardingEndpoints,
 	}
 	if rp.Name == "" {
 		v.fail(path+".name", "", "is required")

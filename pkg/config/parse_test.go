@@ -138,27 +138,47 @@ func TestParseForwarding(t *testing.T) {
 	pools := "address-pools:\n" +
 		"- {name: a, protocol: layer2, addresses: [10.0.0.0/30]}\n" +
 		"- {name: b, protocol: layer2, addresses: [10.0.1.0/30], forwarding: ipvs}\n" +
-		"- {name: c, protocol: layer2, addresses: [10.0.2.0/30], forwarding: none}\n"
+		"- {name: c, protocol: layer2, addresses: [10.0.2.0/30], forwarding: none}\n" +
+		"- {name: d, protocol: layer2, addresses: [10.0.3.0/30], forwarding: endpoints}\n"
 	for _, tt := range []struct {
 		top  string
-		want []bool // a, b, c
+		want []string // a, b, c, d
 	}{
-		{"", []bool{true, true, false}},
-		{"forwarding: ipvs\n", []bool{true, true, false}},
-		{"forwarding: none\n", []bool{false, true, false}},
+		{"", []string{"ipvs", "ipvs", "none", "endpoints"}},
+		{"forwarding: ipvs\n", []string{"ipvs", "ipvs", "none", "endpoints"}},
+		{"forwarding: none\n", []string{"none", "ipvs", "none", "endpoints"}},
+		{"forwarding: endpoints\n", []string{"endpoints", "ipvs", "none", "endpoints"}},
 	} {
 		cfg, err := Parse([]byte(tt.top + pools))
 		if err != nil {
 			t.Fatalf("%q: %v", tt.top, err)
 		}
-		var got []bool
+		var got []string
 		for _, p := range cfg.Pools {
-			got = append(got, p.Forward)
+			got = append(got, p.Forwarding())
+			// Every pool that forwards, endpoints ones included, counts as forwarding
+			// wherever Forward is asked (election, ipMode, the no-forwarder warning).
+			if p.Forward != (p.Forwarding() != ForwardingNone) || p.ToEndpoints != (p.Forwarding() == ForwardingEndpoints) {
+				t.Errorf("top %q: pool %s Forward %v ToEndpoints %v", tt.top, p.Name, p.Forward, p.ToEndpoints)
+			}
 		}
 		if !slices.Equal(got, tt.want) {
 			t.Errorf("top %q: pools forward %v, want %v", tt.top, got, tt.want)
 		}
+		back, err := Parse(mustMarshal(t, cfg))
+		if err != nil || !slices.EqualFunc(back.Pools, cfg.Pools, func(a, b Pool) bool { return a.Forwarding() == b.Forwarding() }) {
+			t.Errorf("top %q: Marshal does not round-trip forwarding: %v", tt.top, err)
+		}
 	}
+}
+
+func mustMarshal(t *testing.T, c *Config) []byte {
+	t.Helper()
+	b, err := Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func TestParseEmpty(t *testing.T) {
@@ -219,6 +239,8 @@ func TestParseErrors(t *testing.T) {
 		{"duplicate large community", "address-pools:\n- name: p\n  protocol: bgp\n  addresses: [10.0.0.0/24]\n  bgp-advertisements:\n  - large-communities: ['1:2:3', '1:2:3']\n", "address-pools[0].bgp-advertisements[0].large-communities[1]", "line 6", "1:2:3"},
 		{"bad forwarding", "forwarding: kube-proxy\n", "forwarding", "line 1", "kube-proxy"},
 		{"bad pool forwarding", pool("  forwarding: yes\n"), "address-pools[0].forwarding", "line 5", "yes"},
+		{"forwarding misspelt", "forwarding: endpoint\n", "forwarding", "line 1", "endpoint"},
+		{"pool forwarding in capitals", pool("  forwarding: Endpoints\n"), "address-pools[0].forwarding", "line 5", "Endpoints"},
 		{"duplicate key", "address-pools: []\naddress-pools: []\n", "address-pools", "line 2", ""},
 	}
 	for _, tt := range tests {

@@ -23,6 +23,9 @@ const (
 	ReasonAnnouncing        = "Announcing"
 	ReasonStoppedAnnouncing = "StoppedAnnouncing"
 	ReasonNoNodeCanForward  = "NoNodeCanForward"
+	// ReasonNoLiveEndpoints: the node that forwards an address refuses its traffic, having
+	// no ready endpoint on a live node (or no live node) to send it to.
+	ReasonNoLiveEndpoints = "NoLiveEndpoints"
 	// On Nodes, from the speakers.
 	ReasonIPVSUnavailable = "IPVSUnavailable"
 	ReasonBGPSessionUp    = "BGPSessionUp"

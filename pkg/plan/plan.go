@@ -68,7 +68,12 @@ type Input struct {
 	// Forwarders are the nodes whose speaker can program IPVS: only they may announce
 	// addresses of pools that forward.
 	Forwarders map[string]bool
-	Self       string
+	// Silent are the nodes whose speaker went silent (the failure detector heard nothing
+	// from it: the node is dead or cut off), as opposed to one that crashed or left on a
+	// node that still runs. Traffic this node forwards goes to none of them: neither
+	// their NodePorts nor the endpoints on them, until they are heard again.
+	Silent map[string]bool
+	Self   string
 }
 
 // Desired is what this speaker should do.
@@ -98,6 +103,10 @@ type Decision struct {
 	Announcers []string
 	Announce   bool            // this node announces it
 	Reason     election.Reason // why (0 when the address is in no pool)
+	// Refused says this node forwards the address but has nowhere to send some port of
+	// the Service (no ready endpoint on a live node, or no live node): the traffic is
+	// refused at once (TCP reset, ICMP port unreachable) rather than dropped.
+	Refused bool
 }
 
 // Compute returns the desired state for in.Self.
@@ -123,14 +132,14 @@ func Compute(in Input) Desired {
 					}
 				}
 			}
-			if pool.Forward {
-				for _, svc := range a.svcs {
-					d.Forward = append(d.Forward, forwards(a.ip, svc, in)...)
-				}
-			}
 		}
 		for _, svc := range a.svcs {
-			dec.Service = svc.Key
+			dec.Service, dec.Refused = svc.Key, false
+			if dec.Announce && pool.Forward {
+				fwd := forwards(a.ip, svc, in, pool.ToEndpoints)
+				dec.Refused = slices.ContainsFunc(fwd, func(f forward.Service) bool { return len(f.RealServers) == 0 })
+				d.Forward = append(d.Forward, fwd...)
+			}
 			d.Decisions = append(d.Decisions, dec)
 		}
 	}
@@ -273,6 +282,13 @@ func decide(in Input, nodes []node, a *address, pool *config.Pool) Decision {
 		// advertise it.
 		en[i].Selected = pool.Protocol != config.BGP || n.peered[family(a.ip)]
 	}
+	if svc.Local && svc.Forward && !slices.ContainsFunc(en, func(n election.Node) bool { ok, _ := election.Eligible(n, svc); return ok }) {
+		// No node with a ready endpoint can take the traffic of this Local Service: it is
+		// elected as a Cluster one, so that a node announces it and refuses its traffic
+		// at once (it has no endpoint of its own to send it to) rather than nobody
+		// answering and the clients waiting.
+		svc.Local = false
+	}
 	if pool.Protocol == config.Layer2 {
 		dec.Owner, _ = election.Owner(a.ip, en, svc)
 		dec.Announce, dec.Reason = election.Layer2(in.Self, a.ip, en, svc)
@@ -294,50 +310,60 @@ func decide(in Input, nodes []node, a *address, pool *config.Pool) Decision {
 	return dec
 }
 
-// forwards returns the virtual services for one address of svc: for Local, this node's
-// endpoints at their target ports; for Cluster, every Ready node's NodePort, or when the
-// Service has no NodePorts, all of its endpoints. Real servers are of the VIP's family.
-func forwards(vip netip.Addr, svc *Service, in Input) []forward.Service {
+// forwards returns the virtual services for one address of svc, one per port, with
+// the real servers RealServers picks.
+func forwards(vip netip.Addr, svc *Service, in Input, toEndpoints bool) []forward.Service {
 	var out []forward.Service
 	for _, p := range svc.Ports {
 		f := forward.Service{
 			VIP: vip, Port: p.Port, Proto: p.Proto, Scheduler: svc.Scheduler,
 			Persistence: svc.Persistence, Masquerade: !svc.Local,
+			RealServers: RealServers(vip, svc, p, in, toEndpoints),
 		}
 		for _, r := range svc.SourceRanges {
 			if r.Addr().Is4() == vip.Is4() {
 				f.SourceRanges = append(f.SourceRanges, r)
 			}
 		}
-		if !svc.Local && p.NodePort != 0 {
-			f.RealServers = nodePorts(vip, p.NodePort, in.Nodes)
-		} else {
-			for _, e := range svc.Endpoints {
-				port, ok := e.Ports[p.Name]
-				if ok && e.Addr.Is4() == vip.Is4() && (!svc.Local || e.Node == in.Self) {
-					f.RealServers = append(f.RealServers, forward.RealServer{Addr: e.Addr, Port: port})
-				}
-			}
-		}
-		slices.SortFunc(f.RealServers, forward.RealServer.Compare)
-		f.RealServers = slices.Compact(f.RealServers)
 		out = append(out, f)
 	}
 	return out
 }
 
-// nodePorts returns port on the first InternalIP of vip's family of every Ready node.
-func nodePorts(vip netip.Addr, port uint16, nodes []Node) []forward.RealServer {
+// RealServers returns, sorted, where in.Self sends the traffic for vip and port p of svc:
+//
+//   - Local: this node's ready endpoints, at their target ports (the client's address is
+//     kept, so the replies must leave from this node);
+//   - Cluster, in a pool that forwards to endpoints (toEndpoints) or for a Service
+//     without NodePorts: every ready endpoint, wherever it runs;
+//   - Cluster otherwise: the NodePort on every Ready node, kube-proxy's second hop.
+//
+// Whatever the case, nothing on a node in in.Silent: a node whose speaker went silent
+// is taken to be dead or cut off, from the moment the failure detector says so rather
+// than when the node controller marks it NotReady. Real servers are of vip's family.
+// Empty means the traffic has nowhere to go.
+func RealServers(vip netip.Addr, svc *Service, p Port, in Input, toEndpoints bool) []forward.RealServer {
 	var out []forward.RealServer
-	for _, n := range nodes {
-		if !n.Ready {
-			continue
+	if !svc.Local && !toEndpoints && p.NodePort != 0 {
+		for _, n := range in.Nodes {
+			if !n.Ready || in.Silent[n.Name] {
+				continue
+			}
+			if i := slices.IndexFunc(n.Addresses, func(a netip.Addr) bool { return a.Is4() == vip.Is4() }); i >= 0 {
+				out = append(out, forward.RealServer{Addr: n.Addresses[i], Port: p.NodePort})
+			}
 		}
-		if i := slices.IndexFunc(n.Addresses, func(a netip.Addr) bool { return a.Is4() == vip.Is4() }); i >= 0 {
-			out = append(out, forward.RealServer{Addr: n.Addresses[i], Port: port})
+	} else {
+		for _, e := range svc.Endpoints {
+			port, ok := e.Ports[p.Name]
+			if !ok || e.Addr.Is4() != vip.Is4() || in.Silent[e.Node] || (svc.Local && e.Node != in.Self) {
+				continue
+			}
+			out = append(out, forward.RealServer{Addr: e.Addr, Port: port})
 		}
 	}
-	return out
+	slices.SortFunc(out, forward.RealServer.Compare)
+	return slices.Compact(out)
 }
 
 // advertise turns an address into the routes its pool's advertisements ask for. Two

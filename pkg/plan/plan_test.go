@@ -333,3 +333,196 @@ bfd-profiles:
 		t.Errorf("router IDs %v and %v", d.BGPPeers[0].RouterID, d.BGPPeers[1].RouterID)
 	}
 }
+
+// The failure detector drives the data path: a node whose speaker went silent leaves
+// every virtual service at once, its NodePort and every endpoint on it, in every mode.
+func TestRealServers(t *testing.T) {
+	nodes := []Node{
+		{Name: "n1", Ready: true, Addresses: []netip.Addr{ip("10.0.0.1"), ip("fd00::1")}},
+		{Name: "n2", Ready: true, Addresses: []netip.Addr{ip("10.0.0.2"), ip("fd00::2")}},
+		{Name: "n3", Ready: true, Addresses: []netip.Addr{ip("10.0.0.3")}},
+		{Name: "n4", Addresses: []netip.Addr{ip("10.0.0.4")}}, // NotReady
+	}
+	eps := []Endpoint{
+		{Addr: ip("10.244.1.5"), Node: "n1", Ports: map[string]uint16{"http": 8080}},
+		{Addr: ip("10.244.2.5"), Node: "n2", Ports: map[string]uint16{"http": 8080}},
+		{Addr: ip("10.244.2.6"), Node: "n2", Ports: map[string]uint16{"http": 8080}},
+		{Addr: ip("10.244.3.5"), Node: "n3", Ports: map[string]uint16{"http": 8081}},
+		{Addr: ip("10.244.3.9"), Node: "n3", Ports: map[string]uint16{"metrics": 9090}}, // another port only
+		{Addr: ip("fd44::5"), Node: "n1", Ports: map[string]uint16{"http": 8080}},
+	}
+	http := Port{Name: "http", Proto: transport.TCP, Port: 80, NodePort: 30080}
+	direct := Port{Name: "http", Proto: transport.TCP, Port: 80} // no NodePort
+	rs := func(addrPorts ...string) []forward.RealServer {
+		var out []forward.RealServer
+		for _, s := range addrPorts {
+			ap := netip.MustParseAddrPort(s)
+			out = append(out, forward.RealServer{Addr: ap.Addr(), Port: ap.Port()})
+		}
+		return out
+	}
+	silent := func(names ...string) map[string]bool {
+		out := map[string]bool{}
+		for _, n := range names {
+			out[n] = true
+		}
+		return out
+	}
+	for _, tt := range []struct {
+		name        string
+		vip         string
+		local       bool
+		port        Port
+		toEndpoints bool
+		silent      map[string]bool
+		want        []forward.RealServer
+	}{
+		{"nodeports: every Ready node", "192.168.10.1", false, http, false, nil,
+			rs("10.0.0.1:30080", "10.0.0.2:30080", "10.0.0.3:30080")},
+		{"nodeports: a silent node leaves", "192.168.10.1", false, http, false, silent("n2"),
+			rs("10.0.0.1:30080", "10.0.0.3:30080")},
+		{"nodeports: IPv6, a silent node leaves", "fd10::1", false, http, false, silent("n1"),
+			rs("[fd00::2]:30080")},
+		{"nodeports: every node silent", "192.168.10.1", false, http, false, silent("n1", "n2", "n3"), nil},
+		{"nodeports: a silent name that is no node changes nothing", "192.168.10.1", false, http, false, silent("n9"),
+			rs("10.0.0.1:30080", "10.0.0.2:30080", "10.0.0.3:30080")},
+		{"endpoints: every ready endpoint, at its target port", "192.168.10.1", false, http, true, nil,
+			rs("10.244.1.5:8080", "10.244.2.5:8080", "10.244.2.6:8080", "10.244.3.5:8081")},
+		{"endpoints: none on a silent node", "192.168.10.1", false, http, true, silent("n2"),
+			rs("10.244.1.5:8080", "10.244.3.5:8081")},
+		{"endpoints: IPv6", "fd10::1", false, http, true, nil, rs("[fd44::5]:8080")},
+		{"endpoints: the only ones are on silent nodes", "fd10::1", false, http, true, silent("n1"), nil},
+		{"no NodePort: endpoints, none on a silent node", "192.168.10.1", false, direct, false, silent("n3"),
+			rs("10.244.1.5:8080", "10.244.2.5:8080", "10.244.2.6:8080")},
+		{"local: this node's endpoints", "192.168.10.1", true, http, false, nil, rs("10.244.2.5:8080", "10.244.2.6:8080")},
+		{"local, endpoints pool: this node's endpoints", "192.168.10.1", true, http, true, silent("n1"), rs("10.244.2.5:8080", "10.244.2.6:8080")},
+		{"a port no endpoint has", "192.168.10.1", false, Port{Name: "grpc", Proto: transport.TCP, Port: 81}, true, nil, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			svc := &Service{Key: "ns/s", Local: tt.local, Ports: []Port{tt.port}, Endpoints: eps}
+			in := Input{Nodes: nodes, Silent: tt.silent, Self: "n2"}
+			got := RealServers(ip(tt.vip), svc, tt.port, in, tt.toEndpoints)
+			if diff := cmp.Diff(tt.want, got, cmpopts.EquateComparable(netip.Addr{})); diff != "" {
+				t.Errorf("real servers (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// forwarding: endpoints sends the traffic straight to the endpoints, with everything
+// else as for ipvs; a Service with nowhere to go is refused, and says so; a node that
+// cannot forward never wins the pool.
+func TestForwardEndpoints(t *testing.T) {
+	c, err := config.Parse([]byte(`
+forwarding: endpoints
+peers:
+- {peer-address: 10.0.0.254, peer-asn: 64500, my-asn: 64501}
+address-pools:
+- {name: direct, protocol: layer2, addresses: [192.168.10.0/24]}
+- {name: routed, protocol: bgp, addresses: [198.51.100.0/24]}
+- {name: nodeports, protocol: layer2, forwarding: ipvs, addresses: [192.168.20.0/24]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := []Node{
+		{Name: "n1", Ready: true, Addresses: []netip.Addr{ip("10.0.0.1")}},
+		{Name: "n2", Ready: true, Addresses: []netip.Addr{ip("10.0.0.2")}},
+		{Name: "n3", Ready: true, Addresses: []netip.Addr{ip("10.0.0.3")}},
+	}
+	eps := []Endpoint{
+		{Addr: ip("10.244.1.5"), Node: "n1", Ports: map[string]uint16{"http": 8080}},
+		{Addr: ip("10.244.3.5"), Node: "n3", Ports: map[string]uint16{"http": 8080}},
+	}
+	http := Port{Name: "http", Proto: transport.TCP, Port: 80, NodePort: 30080}
+	svcs := []Service{
+		{Key: "ns/cluster", IPs: []netip.Addr{ip("192.168.10.1")}, Ports: []Port{http}, Endpoints: eps,
+			EndpointNodes: map[string]bool{"n1": true, "n3": true}, Scheduler: "lc", Persistence: time.Hour,
+			SourceRanges: []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")}},
+		{Key: "ns/local", IPs: []netip.Addr{ip("198.51.100.2")}, Local: true, Ports: []Port{http}, Endpoints: eps,
+			EndpointNodes: map[string]bool{"n1": true, "n3": true}},
+		{Key: "ns/empty", IPs: []netip.Addr{ip("192.168.10.2")}, Ports: []Port{http}},
+		{Key: "ns/nodeports", IPs: []netip.Addr{ip("192.168.20.1")}, Ports: []Port{http}, Endpoints: eps},
+	}
+	// n1 is the only forwarder: it owns every address of the pools that forward.
+	in := Input{Config: c, Services: svcs, Nodes: nodes, Members: []string{"n1", "n2", "n3"}, UseMembers: true,
+		Self: "n1", Forwarders: map[string]bool{"n1": true}}
+	rs := func(addrPorts ...string) []forward.RealServer {
+		var out []forward.RealServer
+		for _, s := range addrPorts {
+			ap := netip.MustParseAddrPort(s)
+			out = append(out, forward.RealServer{Addr: ap.Addr(), Port: ap.Port()})
+		}
+		return out
+	}
+	opts := cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{})
+	want := []forward.Service{
+		{VIP: ip("192.168.10.1"), Port: 80, Proto: transport.TCP, Scheduler: "lc", Persistence: time.Hour,
+			SourceRanges: []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")}, Masquerade: true, RealServers: rs("10.244.1.5:8080", "10.244.3.5:8080")},
+		{VIP: ip("192.168.10.2"), Port: 80, Proto: transport.TCP, Masquerade: true},
+		{VIP: ip("192.168.20.1"), Port: 80, Proto: transport.TCP, Masquerade: true, RealServers: rs("10.0.0.1:30080", "10.0.0.2:30080", "10.0.0.3:30080")},
+		{VIP: ip("198.51.100.2"), Port: 80, Proto: transport.TCP, RealServers: rs("10.244.1.5:8080")},
+	}
+	d := Compute(in)
+	if diff := cmp.Diff(want, d.Forward, opts); diff != "" {
+		t.Errorf("n1 forwards (-want +got):\n%s", diff)
+	}
+	refused := map[string]bool{}
+	for _, dec := range d.Decisions {
+		if !dec.Announce {
+			t.Errorf("n1, the only forwarder, does not announce: %+v", dec)
+		}
+		refused[dec.Service] = dec.Refused
+	}
+	if diff := cmp.Diff(map[string]bool{"ns/cluster": false, "ns/local": false, "ns/empty": true, "ns/nodeports": false}, refused); diff != "" {
+		t.Errorf("refused (-want +got):\n%s", diff)
+	}
+
+	// n3 goes silent: its endpoint and NodePort leave at once, though its Node is Ready.
+	in.Members, in.Silent = []string{"n1", "n2"}, map[string]bool{"n3": true}
+	d = Compute(in)
+	want[0].RealServers = rs("10.244.1.5:8080")
+	want[2].RealServers = rs("10.0.0.1:30080", "10.0.0.2:30080")
+	if diff := cmp.Diff(want, d.Forward, opts); diff != "" {
+		t.Errorf("n1 forwards with n3 silent (-want +got):\n%s", diff)
+	}
+	// n1's endpoint goes too (it is not ready any more): the cluster Service is refused.
+	in.Services[0].Endpoints = eps[1:]
+	d = Compute(in)
+	if d.Forward[0].VIP != ip("192.168.10.1") || len(d.Forward[0].RealServers) != 0 {
+		t.Errorf("cluster Service with its only endpoint on a silent node: %+v", d.Forward[0])
+	}
+	if i := slices.IndexFunc(d.Decisions, func(dec Decision) bool { return dec.Service == "ns/cluster" }); !d.Decisions[i].Refused {
+		t.Errorf("not refused: %+v", d.Decisions[i])
+	}
+
+	// A Local Service with no ready endpoint on a node that could take it: a node
+	// announces it and refuses its traffic, rather than nobody answering.
+	in.Services = []Service{{Key: "ns/lonely", IPs: []netip.Addr{ip("192.168.10.3")}, Local: true, Ports: []Port{http},
+		Endpoints: eps[1:], EndpointNodes: map[string]bool{"n3": true}}}
+	d = Compute(in)
+	if len(d.Decisions) != 1 || !d.Decisions[0].Announce || !d.Decisions[0].Refused || len(d.Forward) != 1 || len(d.Forward[0].RealServers) != 0 || d.Forward[0].Masquerade {
+		t.Errorf("Local Service without a live endpoint: %+v, forwarding %+v", d.Decisions, d.Forward)
+	}
+	// Once a node that can forward has an endpoint, it is that node's again.
+	in.Services[0].Endpoints, in.Services[0].EndpointNodes = eps[:1], map[string]bool{"n1": true}
+	d = Compute(in)
+	if !d.Decisions[0].Announce || d.Decisions[0].Refused || len(d.Forward[0].RealServers) != 1 {
+		t.Errorf("Local Service with an endpoint on n1: %+v, forwarding %+v", d.Decisions, d.Forward)
+	}
+	in.Services = svcs
+
+	// Nodes that cannot forward never win a pool that forwards to endpoints.
+	for _, self := range []string{"n2", "n3"} {
+		in.Self = self
+		d = Compute(in)
+		if len(d.Forward) != 0 {
+			t.Errorf("%s without IPVS forwards %v", self, d.Forward)
+		}
+		for _, dec := range d.Decisions {
+			if dec.Announce || dec.Refused || (dec.Reason != election.CannotForward && dec.Reason != election.SpeakerDown) {
+				t.Errorf("%s without IPVS: %+v", self, dec)
+			}
+		}
+	}
+}

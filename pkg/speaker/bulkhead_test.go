@@ -109,6 +109,17 @@ func (l *fakeLiveness) kill(name string, why liveness.Reason) {
 	}
 }
 
+// set replaces every finding at once: the members found dead, and how.
+func (l *fakeLiveness) set(dead map[string]liveness.Reason) {
+	l.mu.Lock()
+	l.dead, l.gen = maps.Clone(dead), l.gen+1
+	l.mu.Unlock()
+	select {
+	case l.changed <- struct{}{}:
+	default:
+	}
+}
+
 func (l *fakeLiveness) appliedGen() uint64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -2,11 +2,14 @@ package speaker
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,6 +23,7 @@ import (
 	fipvs "github.com/heraldlb/herald/pkg/forward/ipvs"
 	"github.com/heraldlb/herald/pkg/k8s"
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
+	"github.com/heraldlb/herald/pkg/liveness"
 )
 
 // TestSpeakerForwardsInVM runs the speaker with the real forwarder on Debian's kernel, with
@@ -151,4 +155,116 @@ func TestSpeakerForwardsInVM(t *testing.T) {
 	if got := kernelState(); got != want {
 		t.Errorf("after a restart IPVS holds %q, want %q", got, want)
 	}
+}
+
+// TestSpeakerForwardsToEndpointsInVM runs the speaker of a pool with forwarding:
+// endpoints and the real forwarder: the client's connections reach the pods themselves
+// (addresses behind nodes p2 and p3, reached through this node's routes); when the
+// failure detector finds p3's speaker silent its pod gets nothing more, though its Node
+// is Ready; with no ready endpoint on a live node, connections are refused at once.
+func TestSpeakerForwardsToEndpointsInVM(t *testing.T) {
+	netlab.RequireVM(t)
+	cp := k8stest.Shared(t)
+	c := kubernetes.NewForConfigOrDie(cp.Config)
+	ns := inForce(t, c, "forwarding: endpoints\naddress-pools:\n- {name: lan, protocol: layer2, addresses: [192.168.10.90-192.168.10.99]}\n")
+	client := netlab.LinkedHost(t, 14)
+	if err := netlab.InNamespace(client, func() error {
+		return netlink.RouteAdd(&netlink.Route{Dst: &net.IPNet{IP: net.IPv4(192, 168, 10, 0), Mask: net.CIDRMask(24, 32)}, Gw: net.IPv4(10, 14, 0, 1)})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	createNode(t, c, "p1", "10.14.0.1", true)
+	eps := map[string]string{}
+	for _, n := range []int{15, 16} {
+		h := netlab.LinkedHost(t, n)
+		pod := fmt.Sprintf("10.244.%d.5", n)
+		if err := netlab.InNamespace(h, func() error {
+			lo, err := netlink.LinkByName("lo")
+			if err != nil {
+				return err
+			}
+			return netlink.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP(pod), Mask: net.CIDRMask(32, 32)}})
+		}); err != nil {
+			t.Fatal(err)
+		}
+		route := &netlink.Route{Dst: &net.IPNet{IP: net.IPv4(10, 244, byte(n), 0), Mask: net.CIDRMask(24, 32)}, Gw: net.IPv4(10, byte(n), 0, 2)}
+		if err := netlink.RouteAdd(route); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = netlink.RouteDel(route) })
+		node := fmt.Sprintf("p%d", n-13)
+		createNode(t, c, node, fmt.Sprintf("10.%d.0.2", n), true)
+		netlab.ServeName(t, h, pod+":8080", node)
+		eps[pod] = node
+	}
+	createService(t, c, ns, "web", "192.168.10.90", nil)
+	createEndpoints(t, c, ns, "web", eps)
+
+	members := &fakeMembers{meta: map[string][]byte{}, changed: make(chan struct{}, 1)}
+	members.set("p1", true) // only p1 can forward, so it owns the address
+	members.set("p2", false)
+	members.set("p3", false)
+	live := &fakeLiveness{changed: make(chan struct{}, 1)}
+	kernel, err := fipvs.OpenLinux()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(kernel.Close)
+	var spk *Speaker
+	fwd, err := fipvs.New(kernel, fipvs.Options{Owns: func(a netip.Addr) bool { return spk.Owns(a) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spk, err = New(Options{Client: coreClient(t), NodeName: "p1", Config: k8s.ConfigRef{Namespace: ns}, Layer2: &layer2Rec{},
+		Members: members, Liveness: live, Forward: fwd, ResyncPeriod: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, spk)
+
+	answers := func() ([]string, error) {
+		seen := map[string]bool{}
+		var last error
+		for range 10 {
+			who, _, err := netlab.Ask(client, "192.168.10.90:80", 2*time.Second)
+			if err != nil {
+				last = err
+				continue
+			}
+			seen[who] = true
+		}
+		return slices.Sorted(maps.Keys(seen)), last
+	}
+	waitAnswers := func(want ...string) {
+		t.Helper()
+		var got []string
+		var err error
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if got, err = answers(); slices.Equal(got, want) && err == nil {
+				return
+			}
+		}
+		t.Fatalf("answered by %v (last error %v), want %v", got, err, want)
+	}
+	waitAnswers("p2", "p3")
+
+	// p3's speaker goes silent: its pod gets nothing more.
+	live.set(map[string]liveness.Reason{"p3": liveness.Silent})
+	waitAnswers("p2")
+	// p2's speaker goes silent too: no ready endpoint on a live node; refused at once.
+	live.set(map[string]liveness.Reason{"p2": liveness.Silent, "p3": liveness.Silent})
+	var err2 error
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		start := time.Now()
+		_, _, err2 = netlab.Ask(client, "192.168.10.90:80", 2*time.Second)
+		if errors.Is(err2, syscall.ECONNREFUSED) && time.Since(start) < time.Second {
+			break
+		}
+	}
+	if !errors.Is(err2, syscall.ECONNREFUSED) {
+		t.Fatalf("with every endpoint's node silent: %v, want connection refused", err2)
+	}
+	// Heard again: back.
+	live.set(nil)
+	waitAnswers("p2", "p3")
 }

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"maps"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -15,6 +16,7 @@ import (
 	"github.com/heraldlb/herald/pkg/config"
 	"github.com/heraldlb/herald/pkg/forward"
 	"github.com/heraldlb/herald/pkg/k8s"
+	"github.com/heraldlb/herald/pkg/liveness"
 	"github.com/heraldlb/herald/pkg/plan"
 	"github.com/heraldlb/herald/pkg/transport"
 )
@@ -37,6 +39,7 @@ type planState struct {
 	seq        uint64
 	seenConfig string
 	cfg        *config.Config
+	silent     map[string]bool // nodes whose speaker went silent, until heard again
 }
 
 // syncPlan computes the desired state from the caches and the membership, publishes it,
@@ -121,14 +124,40 @@ func (s *Speaker) input() (plan.Input, View, uint64) {
 			sight.Heard = s.opts.Liveness.Alive()
 		}
 		view = Merge(sight)
-		// Here, once the plan takes them, go the nodes found dead by silence
-		// (view.Dead() by liveness.Silent): their forwarding, not only their addresses.
 		in.UseMembers, in.Members = true, view.Alive()
+		if s.opts.Liveness != nil {
+			in.Silent = s.silentNodes(view.Dead(), in.Members)
+		}
 	}
 	in.Nodes = s.nodes()
 	in.Services = s.services()
 	in.Forwarders = s.forwarders(in.Nodes)
 	return in, view, gen
+}
+
+// silentNodes returns the nodes whose speaker went silent (plan.Input.Silent), from the
+// failure detector's dead members and the live ones: a member found dead for its silence
+// (a dead or cut-off node) counts, and stays counted after memberlist drops it (the
+// detector then forgets it) until it is alive again. A speaker that crashed (its
+// connection closed, its port refused) or left runs on a node that still forwards: it
+// never counts. Without the detector there are none: memberlist alone cannot tell a
+// crashed speaker from a dead node.
+func (s *Speaker) silentNodes(dead map[string]liveness.Reason, alive []string) map[string]bool {
+	if s.plan.silent == nil {
+		s.plan.silent = map[string]bool{}
+	}
+	for name, why := range dead {
+		if why == liveness.Silent {
+			s.plan.silent[name] = true
+		} else {
+			delete(s.plan.silent, name)
+		}
+	}
+	for _, m := range alive {
+		delete(s.plan.silent, m)
+	}
+	delete(s.plan.silent, s.opts.NodeName)
+	return maps.Clone(s.plan.silent)
 }
 
 // loadConfig takes the configuration in force when it changed and parses; otherwise the

@@ -9,6 +9,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
+	"github.com/heraldlb/herald/pkg/config"
 	"github.com/heraldlb/herald/pkg/k8s"
 	"github.com/heraldlb/herald/pkg/plan"
 	"github.com/heraldlb/herald/pkg/runner"
@@ -23,9 +24,12 @@ type reportPart struct {
 	seq         uint64
 	announced   map[string]bool // "service ip" -> this node announces it
 	noForwarder map[string]bool // Services told that no node can forward their pool
+	refused     map[string]bool // "service ip" -> this node refuses its traffic (nowhere to send it)
 }
 
-func (r *reportPart) init() { r.announced, r.noForwarder = map[string]bool{}, map[string]bool{} }
+func (r *reportPart) init() {
+	r.announced, r.noForwarder, r.refused = map[string]bool{}, map[string]bool{}, map[string]bool{}
+}
 
 func (s *Speaker) syncReport(_ context.Context, full bool) error {
 	snap := s.latest.Load()
@@ -71,7 +75,42 @@ func (s *Speaker) report(d plan.Desired, in plan.Input) {
 		}
 	}
 	s.status.announced = now
+	s.reportRefused(d, in)
 	s.reportNoForwarder(d, in)
+}
+
+// reportRefused warns, once for as long as it lasts, on each Service address whose
+// traffic this node refuses because it has nowhere to send it.
+func (s *Speaker) reportRefused(d plan.Desired, in plan.Input) {
+	now := map[string]bool{}
+	svcLister := s.svcs
+	for _, dec := range d.Decisions {
+		if !dec.Refused {
+			continue
+		}
+		key := dec.Service + " " + dec.IP.String()
+		now[key] = true
+		if s.status.refused[key] {
+			continue
+		}
+		mode := config.ForwardingIPVS
+		if pool, ok := in.Config.Pool(dec.Pool); ok {
+			mode = pool.Forwarding()
+		}
+		s.log.Warn("no ready endpoint on a live node: the Service's traffic is refused", "service", dec.Service, "ip", dec.IP, "pool", dec.Pool)
+		if svc := getService(svcLister, dec.Service); svc != nil {
+			s.events.Eventf(svc, corev1.EventTypeWarning, k8s.ReasonNoLiveEndpoints,
+				"node %s refuses traffic to %s (TCP reset, ICMP port unreachable): the Service has no ready endpoint on a live node to send it to (pool %q, forwarding: %s)",
+				s.opts.NodeName, dec.IP, dec.Pool, mode)
+		}
+	}
+	for key := range s.status.refused {
+		if !now[key] {
+			svcKey, ip, _ := strings.Cut(key, " ")
+			s.log.Info("the Service's traffic is no longer refused", "service", svcKey, "ip", ip)
+		}
+	}
+	s.status.refused = now
 }
 
 // reportNoForwarder warns on each Service of a pool that forwards, once for as long as

@@ -25,6 +25,7 @@ import (
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
 	"github.com/heraldlb/herald/pkg/layer2"
 	"github.com/heraldlb/herald/pkg/leaktest"
+	"github.com/heraldlb/herald/pkg/liveness"
 	"github.com/heraldlb/herald/pkg/transport"
 )
 
@@ -376,4 +377,72 @@ func coreClient(t *testing.T) *k8s.Core {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// TestForwardingEndpoints runs a speaker of a pool with forwarding: endpoints against the
+// real API server: the forwarder gets the pods themselves; a node whose speaker goes
+// silent leaves at once (its Node still Ready, memberlist still listing it), one whose
+// speaker crashed stays; a Service with nowhere to go is refused, with an Event.
+func TestForwardingEndpoints(t *testing.T) {
+	cp := k8stest.Shared(t)
+	c := kubernetes.NewForConfigOrDie(cp.Config)
+	ns := inForce(t, c, `
+forwarding: endpoints
+address-pools:
+- {name: direct, protocol: layer2, addresses: [192.168.10.90-192.168.10.99]}
+`)
+	createNode(t, c, "e1", "10.0.1.1", true)
+	createNode(t, c, "e2", "10.0.1.2", true)
+	createNode(t, c, "e3", "10.0.1.3", true)
+	members := &fakeMembers{meta: map[string][]byte{}, changed: make(chan struct{}, 1)}
+	members.set("e1", true)
+	members.set("e2", false)
+	members.set("e3", false)
+	live := &fakeLiveness{changed: make(chan struct{}, 1)}
+	fwd := &forwardRec{}
+	s, err := New(Options{Client: coreClient(t), NodeName: "e1", Config: k8s.ConfigRef{Namespace: ns}, Layer2: &layer2Rec{},
+		Members: members, Liveness: live, Forward: fwd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, s)
+	createService(t, c, ns, "web", "192.168.10.90", nil)
+	createEndpoints(t, c, ns, "web", map[string]string{"10.244.1.5": "e1", "10.244.2.5": "e2", "10.244.3.5": "e3"})
+	createService(t, c, ns, "empty", "192.168.10.91", nil)
+
+	addr := netip.MustParseAddr
+	web := forward.Service{VIP: addr("192.168.10.90"), Port: 80, Proto: transport.TCP, Scheduler: "rr", Masquerade: true,
+		RealServers: rs("10.244.1.5:8080", "10.244.2.5:8080", "10.244.3.5:8080")}
+	empty := forward.Service{VIP: addr("192.168.10.91"), Port: 80, Proto: transport.TCP, Scheduler: "rr", Masquerade: true}
+	wantSet := func(want []forward.Service) func() (bool, string) {
+		return func() (bool, string) {
+			got, _ := fwd.state()
+			diff := cmp.Diff(want, got, cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{}), cmpopts.EquateEmpty())
+			return diff == "", "forwarder's state (-want +got):\n" + diff
+		}
+	}
+	eventually(t, wantSet([]forward.Service{web, empty}))
+	eventually(t, func() (bool, string) {
+		evs, err := c.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{FieldSelector: "involvedObject.name=empty,reason=" + k8s.ReasonNoLiveEndpoints})
+		if err != nil {
+			return false, err.Error()
+		}
+		return len(evs.Items) > 0 && evs.Items[0].Type == corev1.EventTypeWarning, fmt.Sprintf("%d NoLiveEndpoints Events on Service empty", len(evs.Items))
+	})
+
+	// e3 goes silent, e2's speaker crashes: e3's pod leaves, e2's stays.
+	live.set(map[string]liveness.Reason{"e2": liveness.Closed, "e3": liveness.Silent})
+	web.RealServers = rs("10.244.1.5:8080", "10.244.2.5:8080")
+	eventually(t, wantSet([]forward.Service{web, empty}))
+	// memberlist drops both and the detector forgets them: e3 stays out until heard.
+	members.mu.Lock()
+	delete(members.meta, "e2")
+	delete(members.meta, "e3")
+	members.mu.Unlock()
+	live.set(nil)
+	time.Sleep(200 * time.Millisecond)
+	eventually(t, wantSet([]forward.Service{web, empty}))
+	members.set("e3", false)
+	web.RealServers = rs("10.244.1.5:8080", "10.244.2.5:8080", "10.244.3.5:8080")
+	eventually(t, wantSet([]forward.Service{web, empty}))
 }

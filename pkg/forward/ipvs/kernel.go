@@ -68,6 +68,10 @@ type Tables struct {
 	// Masquerade are the addresses whose traffic leaves for the real servers with this
 	// node's address as its source.
 	Masquerade []netip.Addr
+	// Reject are the virtual services with no real server: their traffic is refused at
+	// once (a TCP reset, an ICMP port unreachable), as kube-proxy does for a Service
+	// without endpoints, rather than left to time out.
+	Reject []forward.Key
 }
 
 // SourceRule admits only Allowed sources to one virtual service.
@@ -78,12 +82,12 @@ type SourceRule struct {
 
 // Empty reports whether the tables hold nothing.
 func (t Tables) Empty() bool {
-	return len(t.Silence) == 0 && len(t.Sources) == 0 && len(t.Masquerade) == 0
+	return len(t.Silence) == 0 && len(t.Sources) == 0 && len(t.Masquerade) == 0 && len(t.Reject) == 0
 }
 
 // Equal reports whether two table contents are the same.
 func (t Tables) Equal(o Tables) bool {
-	return slices.Equal(t.Silence, o.Silence) && slices.Equal(t.Masquerade, o.Masquerade) &&
+	return slices.Equal(t.Silence, o.Silence) && slices.Equal(t.Masquerade, o.Masquerade) && slices.Equal(t.Reject, o.Reject) &&
 		slices.EqualFunc(t.Sources, o.Sources, func(a, b SourceRule) bool { return a.Key == b.Key && slices.Equal(a.Allowed, b.Allowed) })
 }
 
@@ -98,6 +102,9 @@ func tablesFor(services []forward.Service) Tables {
 		if s.Masquerade {
 			masq[s.VIP] = true
 		}
+		if len(s.RealServers) == 0 {
+			t.Reject = append(t.Reject, s.Key())
+		}
 		var allowed []netip.Prefix
 		for _, p := range s.SourceRanges {
 			if p.Addr().Is4() == s.VIP.Is4() {
@@ -111,6 +118,7 @@ func tablesFor(services []forward.Service) Tables {
 	t.Silence = sortedAddrs(silence)
 	t.Masquerade = sortedAddrs(masq)
 	slices.SortFunc(t.Sources, func(a, b SourceRule) int { return a.Key.Compare(b.Key) })
+	slices.SortFunc(t.Reject, forward.Key.Compare)
 	return t
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/google/nftables/expr"
 	lvs "github.com/moby/ipvs"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/heraldlb/herald/pkg/forward"
 	"github.com/heraldlb/herald/pkg/transport"
@@ -316,8 +317,10 @@ func deleteOurs(c *nftables.Conn) error {
 //   - arp herald: drop ARP requests for t.Silence before the kernel answers them. The
 //     speaker's own answers are unaffected: its packet socket sees the requests first.
 //   - inet herald: traffic to a virtual service from outside its source ranges is dropped
-//     before IPVS sees it (input, filter priority; IPVS takes local traffic at 98), and
-//     traffic to t.Masquerade is marked in prerouting and masqueraded in postrouting.
+//     before IPVS sees it (input, filter priority; IPVS takes local traffic at 98),
+//     traffic to a virtual service in t.Reject is refused next (input, just after the
+//     source ranges: a source they drop is not answered), and traffic to t.Masquerade is
+//     marked in prerouting and masqueraded in postrouting.
 func (l *Linux) SetTables(t Tables) error {
 	c, err := nftables.New()
 	if err != nil {
@@ -369,6 +372,16 @@ func filterAndMasquerade(c *nftables.Conn, t Tables) error {
 	sources := c.AddChain(&nftables.Chain{Name: "sources", Table: tb, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityFilter})
 	mark := c.AddChain(&nftables.Chain{Name: "mark", Table: tb, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle})
 	masq := c.AddChain(&nftables.Chain{Name: "masquerade", Table: tb, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
+	// A chain of its own: an accept in sources ends only that chain.
+	refuse := c.AddChain(&nftables.Chain{Name: "refuse", Table: tb, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityRef(*nftables.ChainPriorityFilter + 1)})
+	for _, k := range t.Reject {
+		// TCP gets a reset; UDP and SCTP an ICMP (ICMPv6) port unreachable.
+		reject := &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH}
+		if k.Proto == transport.TCP {
+			reject = &expr.Reject{Type: unix.NFT_REJECT_TCP_RST}
+		}
+		c.AddRule(&nftables.Rule{Table: tb, Chain: refuse, Exprs: append(match(k, false), reject)})
+	}
 	for _, r := range t.Sources {
 		// One accept per allowed prefix (source & mask == network), then drop the rest.
 		// Accepting ends only this chain: IPVS still takes the packet after it.

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/heraldlb/herald/hack/netlab"
@@ -218,14 +220,15 @@ func TestSetNothingTouchesNothing(t *testing.T) {
 	}
 }
 
-// The tables follow the services (source ranges, masquerade, ARP silence) and are
-// rebuilt only when what they hold changes.
+// The tables follow the services (source ranges, masquerade, ARP silence, refusal) and
+// are rebuilt only when what they hold changes.
 func TestSetTables(t *testing.T) {
 	k := forwardtest.New()
 	f := newForwarder(t, k, owns)
 	web := forward.Service{VIP: addr("192.168.10.90"), Port: 80, Proto: transport.TCP, Masquerade: true,
-		SourceRanges: []netip.Prefix{netip.MustParsePrefix("10.9.1.2/16"), netip.MustParsePrefix("fd00::/8")}}
-	local := forward.Service{VIP: addr("fd10::5"), Port: 80, Proto: transport.TCP}
+		SourceRanges: []netip.Prefix{netip.MustParsePrefix("10.9.1.2/16"), netip.MustParsePrefix("fd00::/8")},
+		RealServers:  []forward.RealServer{rs("10.244.1.5", 8080, 1)}}
+	local := forward.Service{VIP: addr("fd10::5"), Port: 80, Proto: transport.TCP, RealServers: []forward.RealServer{rs("fd44::1", 8080, 1)}}
 	if err := f.Set([]forward.Service{web, local}); err != nil {
 		t.Fatal(err)
 	}
@@ -239,12 +242,60 @@ func TestSetTables(t *testing.T) {
 		t.Fatalf("tables %+v, want %+v", got, want)
 	}
 	writes := k.Writes()
-	local.RealServers = []forward.RealServer{rs("fd44::1", 8080, 1)}
+	local.RealServers = append(local.RealServers, rs("fd44::2", 8080, 1))
 	if err := f.Set([]forward.Service{web, local}); err != nil {
 		t.Fatal(err)
 	}
 	if w := k.Writes() - writes; w != 1 { // the one real server, nothing else
 		t.Errorf("%d writes for one added real server, want 1", w)
+	}
+}
+
+// A virtual service with no real server (a Service with no ready endpoint on a live
+// node) refuses its traffic at once; it stays in IPVS, so the first real server to come
+// back takes the traffic as soon as the refusal goes.
+func TestSetRefusesWithoutRealServers(t *testing.T) {
+	k := forwardtest.New()
+	f := newForwarder(t, k, owns)
+	web := forward.Service{VIP: addr("192.168.10.90"), Port: 80, Proto: transport.TCP, Masquerade: true,
+		RealServers: []forward.RealServer{rs("10.244.1.5", 8080, 1)}}
+	dns := forward.Service{VIP: addr("fd10::53"), Port: 53, Proto: transport.UDP}
+	dnsTCP := forward.Service{VIP: addr("fd10::53"), Port: 53, Proto: transport.TCP}
+	if err := f.Set([]forward.Service{web, dns, dnsTCP}); err != nil {
+		t.Fatal(err)
+	}
+	tables := func() []forward.Key {
+		t.Helper()
+		got, ok := k.Tables()
+		if !ok {
+			t.Fatal("no tables")
+		}
+		return got.Reject
+	}
+	if diff := cmp.Diff([]forward.Key{dnsTCP.Key(), dns.Key()}, tables(), cmpopts.EquateComparable(netip.Addr{})); diff != "" {
+		t.Errorf("refused (-want +got):\n%s", diff)
+	}
+	if dump, _ := forwardtest.Dump(k); len(dump) != 3 {
+		t.Errorf("IPVS holds %v; want the refused services too", dump)
+	}
+	// The web Service loses its last endpoint; the DNS one gains one.
+	web.RealServers, dns.RealServers = nil, []forward.RealServer{rs("fd44::5", 5353, 1)}
+	if err := f.Set([]forward.Service{web, dns, dnsTCP}); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]forward.Key{web.Key(), dnsTCP.Key()}, tables(), cmpopts.EquateComparable(netip.Addr{})); diff != "" {
+		t.Errorf("refused (-want +got):\n%s", diff)
+	}
+	writes := k.Writes()
+	if err := f.Set([]forward.Service{web, dns, dnsTCP}); err != nil || k.Writes() != writes {
+		t.Errorf("the same set again: %v, %d writes", err, k.Writes()-writes)
+	}
+	// Gone from the plan: no refusal left behind.
+	if err := f.Set([]forward.Service{dns}); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := k.Tables(); ok && len(got.Reject) != 0 {
+		t.Errorf("refusals of services no longer wanted: %v", got.Reject)
 	}
 }
 
