@@ -32,14 +32,20 @@ func manyServices(n int) []forward.Service {
 // emulation, so slower than hardware): programming 1,000 addresses × 2 ports × 10 real
 // servers from empty, then one incremental change (a real server leaves one service)
 // with all of it in place, then the full comparison with the kernel that the speaker
-// makes every resync period (nothing to change). Run:
-// go run ./hack/vm -bench Program ./pkg/forward
+// makes every resync period (nothing to change). It runs twice: through Linux
+// ("netlink": many requests to a system call), and through moby/ipvs and one address at
+// a time ("moby-ipvs": one round trip per change, as Herald did before). Run:
+// go run ./hack/vm -bench Program -count 3 ./pkg/forward/ipvs
 func BenchmarkProgram(b *testing.B) {
 	if testing.Short() {
 		b.Skip()
 	}
+	b.Run("netlink", func(b *testing.B) { program(b, linux(b)) })
+	b.Run("moby-ipvs", func(b *testing.B) { program(b, newMoby(b)) })
+}
+
+func program(b *testing.B, k ipvs.Kernel) {
 	wide := func(a netip.Addr) bool { return a.Is4() && a.As4()[0] == 192 && a.As4()[1] == 168 }
-	k := linux(b)
 	f, err := ipvs.New(k, ipvs.Options{Owns: wide})
 	if err != nil {
 		b.Fatal(err)
