@@ -174,51 +174,80 @@ func appendDump(b []byte, family uint16, seq uint32, k forward.Key) []byte {
 
 func appendService(b []byte, v VirtualService, full bool) []byte {
 	nest := len(b)
-	b = appendAttr(b, attrService, nil)
+	b = appendAttr(b, attrService, 0)
 	af := uint16(syscall.AF_INET)
 	if v.Key.VIP.Is6() {
 		af = syscall.AF_INET6
 	}
-	b = appendAttr(b, svcAF, binary.NativeEndian.AppendUint16(nil, af))
-	b = appendAttr(b, svcProtocol, binary.NativeEndian.AppendUint16(nil, uint16(v.Key.Proto)))
-	b = appendAttr(b, svcAddr, v.Key.VIP.AsSlice())
-	b = appendAttr(b, svcPort, binary.BigEndian.AppendUint16(nil, v.Key.Port))
+	b = appendU16(b, svcAF, af)
+	b = appendU16(b, svcProtocol, uint16(v.Key.Proto))
+	b = appendAddr(b, svcAddr, v.Key.VIP)
+	b = appendPort(b, svcPort, v.Key.Port)
 	if full {
-		b = appendAttr(b, svcSchedName, append([]byte(v.Scheduler), 0))
+		b = appendString(b, svcSchedName, v.Scheduler)
 		var flags, timeout uint32
 		if v.Persistence > 0 {
 			flags, timeout = persistentFlag, uint32(v.Persistence/time.Second)
 		}
-		b = appendAttr(b, svcFlags, binary.NativeEndian.AppendUint32(binary.NativeEndian.AppendUint32(nil, flags), 0xffffffff))
-		b = appendAttr(b, svcTimeout, binary.NativeEndian.AppendUint32(nil, timeout))
+		b = appendAttr(b, svcFlags, 8)
+		b = binary.NativeEndian.AppendUint32(binary.NativeEndian.AppendUint32(b, flags), 0xffffffff)
+		b = appendU32(b, svcTimeout, timeout)
 		mask := uint32(0xffffffff)
 		if v.Key.VIP.Is6() {
 			mask = 128 // a prefix length for IPv6
 		}
-		b = appendAttr(b, svcNetmask, binary.NativeEndian.AppendUint32(nil, mask))
+		b = appendU32(b, svcNetmask, mask)
 	}
 	return endNest(b, nest)
 }
 
 func appendDest(b []byte, d Destination, full bool) []byte {
 	nest := len(b)
-	b = appendAttr(b, attrDest, nil)
-	b = appendAttr(b, destAddr, d.Addr.AsSlice())
-	b = appendAttr(b, destPort, binary.BigEndian.AppendUint16(nil, d.Port))
+	b = appendAttr(b, attrDest, 0)
+	b = appendAddr(b, destAddr, d.Addr)
+	b = appendPort(b, destPort, d.Port)
 	if full {
-		b = appendAttr(b, destFwdMethod, binary.NativeEndian.AppendUint32(nil, fwdMasq))
-		b = appendAttr(b, destWeight, binary.NativeEndian.AppendUint32(nil, uint32(max(d.Weight, 1))))
-		b = appendAttr(b, destUThresh, binary.NativeEndian.AppendUint32(nil, 0))
-		b = appendAttr(b, destLThresh, binary.NativeEndian.AppendUint32(nil, 0))
+		b = appendU32(b, destFwdMethod, fwdMasq)
+		b = appendU32(b, destWeight, uint32(max(d.Weight, 1)))
+		b = appendU32(b, destUThresh, 0)
+		b = appendU32(b, destLThresh, 0)
 	}
 	return endNest(b, nest)
 }
 
-// appendAttr appends one attribute, padded to 4 bytes.
-func appendAttr(b []byte, typ uint16, v []byte) []byte {
-	b = binary.NativeEndian.AppendUint16(b, uint16(attrHdrLen+len(v)))
-	b = binary.NativeEndian.AppendUint16(b, typ)
-	b = append(b, v...)
+// appendAttr appends the header of an attribute whose value of n bytes the caller
+// appends next; a nested attribute's length is set by endNest.
+func appendAttr(b []byte, typ uint16, n int) []byte {
+	b = binary.NativeEndian.AppendUint16(b, uint16(attrHdrLen+n))
+	return binary.NativeEndian.AppendUint16(b, typ)
+}
+
+func appendU16(b []byte, typ, v uint16) []byte {
+	return append(binary.NativeEndian.AppendUint16(appendAttr(b, typ, 2), v), 0, 0)
+}
+
+func appendU32(b []byte, typ uint16, v uint32) []byte {
+	return binary.NativeEndian.AppendUint32(appendAttr(b, typ, 4), v)
+}
+
+// appendPort appends a port in network byte order.
+func appendPort(b []byte, typ, port uint16) []byte {
+	return append(binary.BigEndian.AppendUint16(appendAttr(b, typ, 2), port), 0, 0)
+}
+
+// appendAddr appends an address's 4 or 16 bytes.
+func appendAddr(b []byte, typ uint16, a netip.Addr) []byte {
+	if a.Is4() {
+		v := a.As4()
+		return append(appendAttr(b, typ, 4), v[:]...)
+	}
+	v := a.As16()
+	return append(appendAttr(b, typ, 16), v[:]...)
+}
+
+// appendString appends s with its terminating NUL, padded to 4 bytes.
+func appendString(b []byte, typ uint16, s string) []byte {
+	b = append(append(appendAttr(b, typ, len(s)+1), s...), 0)
 	for len(b)%4 != 0 {
 		b = append(b, 0)
 	}
@@ -411,8 +440,8 @@ func appendAddrRequest(b []byte, typ, flags uint16, seq uint32, index int, a net
 	}
 	b = append(b, family, byte(a.BitLen()), ifaFlags, 0) // scope: universe
 	b = binary.NativeEndian.AppendUint32(b, uint32(index))
-	b = appendAttr(b, syscall.IFA_LOCAL, a.AsSlice())
-	b = appendAttr(b, syscall.IFA_ADDRESS, a.AsSlice())
+	b = appendAddr(b, syscall.IFA_LOCAL, a)
+	b = appendAddr(b, syscall.IFA_ADDRESS, a)
 	binary.NativeEndian.PutUint32(b[start:], uint32(len(b)-start))
 	return b
 }
