@@ -224,10 +224,8 @@ func (f *Forwarder) setFull(want map[forward.Key]forward.Service) error {
 	if err != nil {
 		return err
 	}
-	var (
-		errs    []error
-		changes []Change
-	)
+	var errs []error
+	changes := make([]Change, 0, sizeHint(want))
 	seen := map[forward.Key]bool{}
 	for _, hs := range have {
 		if hs.Foreign || !f.mine(hs.Key.VIP) {
@@ -265,6 +263,9 @@ func (f *Forwarder) setIncremental(want map[forward.Key]forward.Service) error {
 		errs    []error
 		changes []Change
 	)
+	if len(f.applied) == 0 {
+		changes = make([]Change, 0, sizeHint(want))
+	}
 	for _, k := range slices.SortedFunc(maps.Keys(f.applied), forward.Key.Compare) {
 		if _, ok := want[k]; !ok {
 			changes = append(changes, Change{Op: OpDelService, Service: VirtualService{Key: k}})
@@ -334,6 +335,15 @@ func virtual(s forward.Service) VirtualService {
 
 func keyString(k forward.Key) string {
 	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(k.VIP, k.Port), k.Proto)
+}
+
+// sizeHint is the number of changes that add want from nothing.
+func sizeHint(want map[forward.Key]forward.Service) int {
+	n := len(want)
+	for _, s := range want {
+		n += len(s.RealServers)
+	}
+	return n
 }
 
 // addChanges appends the changes that add s and its real servers.
