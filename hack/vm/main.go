@@ -1,7 +1,7 @@
 // Command vm runs a package's tests inside a virtual machine booted from Debian's cloud
 // kernel, whose modules include ip_vs (this machine's kernel has none).
 //
-//	go run ./hack/vm [-run REGEXP | -bench REGEXP [-count N] [-cpuprofile FILE]] [-timeout 5m] [-control-plane] PACKAGE...
+//	go run ./hack/vm [-run REGEXP | -bench REGEXP [-count N] [-cpuprofile FILE] [-icount]] [-timeout 5m] [-control-plane] PACKAGE...
 //
 // It downloads linux-image-cloud-amd64 with apt-get download (once, cached in
 // ~/.cache/herald/vm), builds each package's test binary statically, packs them with
@@ -52,6 +52,7 @@ func main() {
 	timeout := flag.Duration("timeout", 10*time.Minute, "limit for the whole VM run")
 	count := flag.Int("count", 1, "with -bench: run each benchmark this many times (-test.count)")
 	profile := flag.String("cpuprofile", "", "with -bench and one package: write the benchmarks' CPU profile, taken inside the VM, to this file")
+	icount := flag.Bool("icount", false, "run the guest on instruction-counted time (qemu -icount shift=0,sleep=off): one nanosecond per instruction, whatever the load on this machine, so benchmark figures can be compared across runs")
 	cp := flag.Bool("control-plane", false, "put etcd and kube-apiserver (hack/build-control-plane.sh) in the VM for the tests")
 	flag.Parse()
 	if flag.NArg() == 0 || (*profile != "" && (*bench == "" || flag.NArg() != 1)) || *count < 1 {
@@ -65,7 +66,7 @@ func main() {
 			args += " -test.cpuprofile " + vmProfile
 		}
 	}
-	code, err := vm(flag.Args(), args, *timeout, *cp, *profile)
+	code, err := vm(flag.Args(), args, *timeout, *cp, *profile, *icount)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "vm:", err)
 		os.Exit(2)
@@ -81,7 +82,7 @@ const (
 	profileEnd   = "HERALD-VM-PROFILE-END"
 )
 
-func vm(pkgs []string, testArgs string, timeout time.Duration, controlPlane bool, profile string) (int, error) {
+func vm(pkgs []string, testArgs string, timeout time.Duration, controlPlane bool, profile string, icount bool) (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	kernel, modDir, err := fetchKernel(ctx)
@@ -148,9 +149,13 @@ func vm(pkgs []string, testArgs string, timeout time.Duration, controlPlane bool
 	if out, err := pack.CombinedOutput(); err != nil {
 		return 0, fmt.Errorf("pack the initramfs: %v\n%s", err, out)
 	}
-	qemu := exec.CommandContext(ctx, "qemu-system-x86_64", "-accel", "tcg", "-m", memory, "-smp", "1",
+	qemuArgs := []string{"-accel", "tcg", "-m", memory, "-smp", "1",
 		"-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio",
-		"-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet")
+		"-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet"}
+	if icount {
+		qemuArgs = append(qemuArgs, "-icount", "shift=0,sleep=off")
+	}
+	qemu := exec.CommandContext(ctx, "qemu-system-x86_64", qemuArgs...)
 	out, err := qemu.StdoutPipe()
 	if err != nil {
 		return 0, err
