@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"syscall"
 	"time"
@@ -89,6 +90,9 @@ func (c *conn) do(n int, build request) []error {
 		first uint32
 	)
 	for i := 0; i < n; {
+		if c.seq > math.MaxUint32-batchBytes {
+			c.seq = 0 // a batch's numbers never wrap
+		}
 		b, index, first = b[:0], index[:0], c.seq+1
 		last := 0 // offset of the last request in b
 		for ; i < n && len(b) < batchBytes; i++ {
