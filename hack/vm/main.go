@@ -1,7 +1,7 @@
 // Command vm runs a package's tests inside a virtual machine booted from Debian's cloud
 // kernel, whose modules include ip_vs (this machine's kernel has none).
 //
-//	go run ./hack/vm [-run REGEXP | -bench REGEXP] [-timeout 5m] [-control-plane] PACKAGE...
+//	go run ./hack/vm [-run REGEXP | -bench REGEXP [-count N] [-cpuprofile FILE] [-icount]] [-timeout 5m] [-control-plane] PACKAGE...
 //
 // It downloads linux-image-cloud-amd64 with apt-get download (once, cached in
 // ~/.cache/herald/vm), builds each package's test binary statically, packs them with
@@ -15,6 +15,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -49,17 +50,23 @@ func main() {
 	run := flag.String("run", ".", "tests to run (-test.run)")
 	bench := flag.String("bench", "", "benchmarks to run instead of the tests (-test.bench, once each)")
 	timeout := flag.Duration("timeout", 10*time.Minute, "limit for the whole VM run")
+	count := flag.Int("count", 1, "with -bench: run each benchmark this many times (-test.count)")
+	profile := flag.String("cpuprofile", "", "with -bench and one package: write the benchmarks' CPU profile, taken inside the VM, to this file")
+	icount := flag.Bool("icount", false, "run the guest on instruction-counted time (qemu -icount shift=0,sleep=off): one nanosecond per instruction, whatever the load on this machine, so benchmark figures can be compared across runs")
 	cp := flag.Bool("control-plane", false, "put etcd and kube-apiserver (hack/build-control-plane.sh) in the VM for the tests")
 	flag.Parse()
-	if flag.NArg() == 0 {
-		fmt.Fprintln(os.Stderr, "usage: vm [-run REGEXP] [-timeout D] PACKAGE...")
+	if flag.NArg() == 0 || (*profile != "" && (*bench == "" || flag.NArg() != 1)) || *count < 1 {
+		fmt.Fprintln(os.Stderr, "usage: vm [-run REGEXP | -bench REGEXP [-count N] [-cpuprofile FILE]] [-timeout D] PACKAGE...")
 		os.Exit(2)
 	}
 	args := "-test.v -test.run '" + strings.ReplaceAll(*run, "'", "") + "'"
 	if *bench != "" {
-		args = "-test.run '^$' -test.benchtime 1x -test.bench '" + strings.ReplaceAll(*bench, "'", "") + "'"
+		args = "-test.run '^$' -test.benchtime 1x -test.count " + strconv.Itoa(*count) + " -test.bench '" + strings.ReplaceAll(*bench, "'", "") + "'"
+		if *profile != "" {
+			args += " -test.cpuprofile " + vmProfile
+		}
 	}
-	code, err := vm(flag.Args(), args, *timeout, *cp)
+	code, err := vm(flag.Args(), args, *timeout, *cp, *profile, *icount)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "vm:", err)
 		os.Exit(2)
@@ -67,7 +74,15 @@ func main() {
 	os.Exit(code)
 }
 
-func vm(pkgs []string, testArgs string, timeout time.Duration, controlPlane bool) (int, error) {
+// vmProfile is where a CPU profile is written inside the VM; the console carries it out
+// in base64 between profileBegin and profileEnd.
+const (
+	vmProfile    = "/tmp/cpu.prof"
+	profileBegin = "HERALD-VM-PROFILE-BEGIN"
+	profileEnd   = "HERALD-VM-PROFILE-END"
+)
+
+func vm(pkgs []string, testArgs string, timeout time.Duration, controlPlane bool, profile string, icount bool) (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	kernel, modDir, err := fetchKernel(ctx)
@@ -121,7 +136,11 @@ func vm(pkgs []string, testArgs string, timeout time.Duration, controlPlane bool
 	}
 	init += "ip link set lo up\ncd /tmp\nrc=0\nfor t in /tests/*; do\n  echo \"== $t\"\n" +
 		"  " + env + " $t " + testArgs + " || rc=1\ndone\n" +
-		"echo \"HERALD-VM-RESULT $rc\"\npoweroff -f\n"
+		"echo \"HERALD-VM-RESULT $rc\"\n"
+	if profile != "" {
+		init += "if [ -f " + vmProfile + " ]; then echo " + profileBegin + "; base64 " + vmProfile + "; echo " + profileEnd + "; fi\n"
+	}
+	init += "poweroff -f\n"
 	if err := os.WriteFile(filepath.Join(root, "init"), []byte(init), 0o755); err != nil {
 		return 0, err
 	}
@@ -130,9 +149,13 @@ func vm(pkgs []string, testArgs string, timeout time.Duration, controlPlane bool
 	if out, err := pack.CombinedOutput(); err != nil {
 		return 0, fmt.Errorf("pack the initramfs: %v\n%s", err, out)
 	}
-	qemu := exec.CommandContext(ctx, "qemu-system-x86_64", "-accel", "tcg", "-m", memory, "-smp", "1",
+	qemuArgs := []string{"-accel", "tcg", "-m", memory, "-smp", "1",
 		"-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio",
-		"-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet")
+		"-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet"}
+	if icount {
+		qemuArgs = append(qemuArgs, "-icount", "shift=0,sleep=off")
+	}
+	qemu := exec.CommandContext(ctx, "qemu-system-x86_64", qemuArgs...)
 	out, err := qemu.StdoutPipe()
 	if err != nil {
 		return 0, err
@@ -145,8 +168,27 @@ func vm(pkgs []string, testArgs string, timeout time.Duration, controlPlane bool
 	re := regexp.MustCompile(`HERALD-VM-RESULT (\d+)`)
 	sc := bufio.NewScanner(out)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	var prof *strings.Builder // the profile's base64 lines while they pass
 	for sc.Scan() {
 		line := strings.TrimRight(sc.Text(), "\r")
+		switch {
+		case line == profileBegin:
+			prof = &strings.Builder{}
+			continue
+		case line == profileEnd && prof != nil:
+			b, err := base64.StdEncoding.DecodeString(prof.String())
+			if err == nil {
+				err = os.WriteFile(profile, b, 0o644)
+			}
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "vm: the CPU profile:", err)
+			}
+			prof = nil
+			continue
+		case prof != nil:
+			prof.WriteString(strings.TrimSpace(line))
+			continue
+		}
 		fmt.Println(line)
 		if m := re.FindStringSubmatch(line); m != nil {
 			result, _ = strconv.Atoi(m[1])

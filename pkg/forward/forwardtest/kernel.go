@@ -185,6 +185,37 @@ func (k *Kernel) DelDestination(key forward.Key, d ipvs.Destination) error {
 	return nil
 }
 
+// Apply makes the changes one by one with the verbs above.
+func (k *Kernel) Apply(changes []ipvs.Change) []error {
+	var errs []error
+	for i, c := range changes {
+		var err error
+		switch c.Op {
+		case ipvs.OpAddService:
+			err = k.AddService(c.Service)
+		case ipvs.OpUpdateService:
+			err = k.UpdateService(c.Service)
+		case ipvs.OpDelService:
+			err = k.DelService(c.Service.Key)
+		case ipvs.OpAddDestination:
+			err = k.AddDestination(c.Service.Key, c.Dest)
+		case ipvs.OpUpdateDestination:
+			err = k.UpdateDestination(c.Service.Key, c.Dest)
+		case ipvs.OpDelDestination:
+			err = k.DelDestination(c.Service.Key, c.Dest)
+		default:
+			err = fmt.Errorf("unknown change %v", c.Op)
+		}
+		if err != nil {
+			if errs == nil {
+				errs = make([]error, len(changes))
+			}
+			errs[i] = err
+		}
+	}
+	return errs
+}
+
 // LinkAddrs returns the addresses on herald0, sorted; none without the link.
 func (k *Kernel) LinkAddrs() ([]netip.Addr, error) {
 	k.mu.Lock()
@@ -232,6 +263,24 @@ func (k *Kernel) DelAddr(a netip.Addr) error {
 	}
 	delete(k.addrs, a)
 	return nil
+}
+
+// AddAddrs puts addresses on herald0 one by one.
+func (k *Kernel) AddAddrs(addrs []netip.Addr) error {
+	var errs []error
+	for _, a := range addrs {
+		errs = append(errs, k.AddAddr(a))
+	}
+	return errors.Join(errs...)
+}
+
+// DelAddrs removes addresses from herald0 one by one.
+func (k *Kernel) DelAddrs(addrs []netip.Addr) error {
+	var errs []error
+	for _, a := range addrs {
+		errs = append(errs, k.DelAddr(a))
+	}
+	return errors.Join(errs...)
 }
 
 // HasTables reports whether Herald's tables exist.

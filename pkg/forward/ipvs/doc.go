@@ -11,7 +11,11 @@
 // Herald's pools or sit on herald0 (kube-proxy's IPVS services are left alone), the first
 // Set and every Set after Resync compare with the kernel in full and put back what someone
 // else deleted, and with nothing to forward it writes nothing at all. It drives the kernel
-// through the Kernel interface: Linux is the real one (moby/ipvs, netlink, nftables), and
-// forwardtest.Kernel a stateful fake, so the same test table runs on any machine and in
-// the ip_vs VM. Probe says, without changing anything, whether this kernel can forward.
+// through the Kernel interface: Linux is the real one, and forwardtest.Kernel a stateful
+// fake, so the same test table runs on any machine and in the ip_vs VM. A Set hands the
+// kernel all its IPVS changes at once (Kernel.Apply): Linux speaks the IPVS
+// generic-netlink family itself and sends them, and herald0's addresses over rtnetlink,
+// many requests to a system call (moby/ipvs, one round trip per change, remains the tests'
+// independent reader); nftables goes through google/nftables. Probe says, without
+// changing anything, whether this kernel can forward.
 package ipvs

@@ -189,11 +189,15 @@ func (f *Forwarder) applyAddresses(want map[netip.Addr]bool) error {
 	}
 	var errs []error
 	held := map[netip.Addr]bool{}
+	var gone []netip.Addr
 	for _, a := range have {
 		held[a] = true
 		if !want[a] && f.mine(a) {
-			errs = append(errs, f.k.DelAddr(a))
+			gone = append(gone, a)
 		}
+	}
+	if len(gone) > 0 {
+		errs = append(errs, f.k.DelAddrs(gone))
 	}
 	if len(want) == 0 {
 		return errors.Join(errs...)
@@ -201,10 +205,14 @@ func (f *Forwarder) applyAddresses(want map[netip.Addr]bool) error {
 	if err := f.k.EnsureLink(); err != nil {
 		return errors.Join(append(errs, err)...)
 	}
+	var add []netip.Addr
 	for _, a := range slices.SortedFunc(maps.Keys(want), netip.Addr.Compare) {
 		if !held[a] {
-			errs = append(errs, f.k.AddAddr(a))
+			add = append(add, a)
 		}
+	}
+	if len(add) > 0 {
+		errs = append(errs, f.k.AddAddrs(add))
 	}
 	return errors.Join(errs...)
 }
@@ -217,6 +225,7 @@ func (f *Forwarder) setFull(want map[forward.Key]forward.Service) error {
 		return err
 	}
 	var errs []error
+	changes := make([]Change, 0, sizeHint(want))
 	seen := map[forward.Key]bool{}
 	for _, hs := range have {
 		if hs.Foreign || !f.mine(hs.Key.VIP) {
@@ -225,19 +234,16 @@ func (f *Forwarder) setFull(want map[forward.Key]forward.Service) error {
 		seen[hs.Key] = true
 		ws, wanted := want[hs.Key]
 		if !wanted {
-			if err := f.k.DelService(hs.Key); err != nil {
-				errs = append(errs, fmt.Errorf("remove %s: %w", keyString(hs.Key), err))
-			} else {
-				f.log.Info("IPVS service removed", "ip", hs.Key.VIP, "port", hs.Key.Port, "protocol", hs.Key.Proto.String())
-			}
+			changes = append(changes, Change{Op: OpDelService, Service: VirtualService{Key: hs.Key}})
 			continue
 		}
 		if hs.Scheduler != ws.Scheduler || hs.Persistence != persistence(ws) {
-			if err := f.k.UpdateService(virtual(ws)); err != nil {
-				errs = append(errs, fmt.Errorf("update %s: %w", keyString(hs.Key), err))
-			}
+			changes = append(changes, Change{Op: OpUpdateService, Service: virtual(ws)})
 		}
-		errs = append(errs, f.setDestinations(ws, true))
+		var err error
+		if changes, err = f.destinationChanges(changes, ws, true); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	for _, k := range slices.SortedFunc(maps.Keys(want), forward.Key.Compare) {
 		if seen[k] {
@@ -246,19 +252,23 @@ func (f *Forwarder) setFull(want map[forward.Key]forward.Service) error {
 		if _, had := f.applied[k]; had {
 			f.restored("virtual_service", k, netip.AddrPort{})
 		}
-		errs = append(errs, f.add(want[k]))
+		changes = addChanges(changes, want[k])
 	}
-	return errors.Join(errs...)
+	return errors.Join(append(errs, f.apply(changes, want))...)
 }
 
 // setIncremental applies the difference between want and what was last applied.
 func (f *Forwarder) setIncremental(want map[forward.Key]forward.Service) error {
-	var errs []error
-	for k := range f.applied {
+	var (
+		errs    []error
+		changes []Change
+	)
+	if len(f.applied) == 0 {
+		changes = make([]Change, 0, sizeHint(want))
+	}
+	for _, k := range slices.SortedFunc(maps.Keys(f.applied), forward.Key.Compare) {
 		if _, ok := want[k]; !ok {
-			if err := f.k.DelService(k); err != nil {
-				errs = append(errs, fmt.Errorf("remove %s: %w", keyString(k), err))
-			}
+			changes = append(changes, Change{Op: OpDelService, Service: VirtualService{Key: k}})
 		}
 	}
 	for _, k := range slices.SortedFunc(maps.Keys(want), forward.Key.Compare) {
@@ -266,14 +276,47 @@ func (f *Forwarder) setIncremental(want map[forward.Key]forward.Service) error {
 		old, ok := f.applied[k]
 		switch {
 		case !ok:
-			errs = append(errs, f.add(s))
+			changes = addChanges(changes, s)
 		case old.Scheduler != s.Scheduler || old.Persistence != s.Persistence:
-			if err := f.k.UpdateService(virtual(s)); err != nil {
-				errs = append(errs, fmt.Errorf("update %s: %w", keyString(k), err))
-			}
+			changes = append(changes, Change{Op: OpUpdateService, Service: virtual(s)})
 			fallthrough
 		case !slices.Equal(old.RealServers, s.RealServers):
-			errs = append(errs, f.setDestinations(s, false))
+			var err error
+			if changes, err = f.destinationChanges(changes, s, false); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(append(errs, f.apply(changes, want))...)
+}
+
+// apply hands the kernel changes in one go and reports each failure, naming the
+// change; a real server of a service that could not be added is not reported again.
+func (f *Forwarder) apply(changes []Change, want map[forward.Key]forward.Service) error {
+	if len(changes) == 0 {
+		return nil
+	}
+	results := f.k.Apply(changes)
+	var errs []error
+	failed := map[forward.Key]bool{} // services not added
+	for i, c := range changes {
+		var err error
+		if results != nil {
+			err = results[i]
+		}
+		k := c.Service.Key
+		switch {
+		case err != nil && c.Op == OpAddService:
+			failed[k] = true
+			errs = append(errs, fmt.Errorf("%s: %w", c, err))
+		case err != nil && !failed[k]:
+			errs = append(errs, fmt.Errorf("%s: %w", c, err))
+		case err != nil:
+		case c.Op == OpAddService:
+			s := want[k]
+			f.log.Info("IPVS service added", "ip", k.VIP, "port", k.Port, "protocol", k.Proto.String(), "scheduler", s.Scheduler, "realServers", len(s.RealServers))
+		case c.Op == OpDelService:
+			f.log.Info("IPVS service removed", "ip", k.VIP, "port", k.Port, "protocol", k.Proto.String())
 		}
 	}
 	return errors.Join(errs...)
@@ -294,50 +337,50 @@ func keyString(k forward.Key) string {
 	return fmt.Sprintf("%s/%s", netip.AddrPortFrom(k.VIP, k.Port), k.Proto)
 }
 
-func (f *Forwarder) add(s forward.Service) error {
-	if err := f.k.AddService(virtual(s)); err != nil {
-		return fmt.Errorf("add %s: %w", keyString(s.Key()), err)
+// sizeHint is the number of changes that add want from nothing.
+func sizeHint(want map[forward.Key]forward.Service) int {
+	n := len(want)
+	for _, s := range want {
+		n += len(s.RealServers)
 	}
-	f.log.Info("IPVS service added", "ip", s.VIP, "port", s.Port, "protocol", s.Proto.String(), "scheduler", s.Scheduler, "realServers", len(s.RealServers))
-	var errs []error
+	return n
+}
+
+// addChanges appends the changes that add s and its real servers.
+func addChanges(changes []Change, s forward.Service) []Change {
+	changes = append(changes, Change{Op: OpAddService, Service: virtual(s)})
 	for _, r := range s.RealServers {
-		if err := f.k.AddDestination(s.Key(), dest(r)); err != nil {
-			errs = append(errs, fmt.Errorf("add real server %s to %s: %w", netip.AddrPortFrom(r.Addr, r.Port), keyString(s.Key()), err))
-		}
+		changes = append(changes, Change{Op: OpAddDestination, Service: VirtualService{Key: s.Key()}, Dest: dest(r)})
 	}
-	return errors.Join(errs...)
+	return changes
 }
 
 func dest(r forward.RealServer) Destination {
 	return Destination{Addr: r.Addr, Port: r.Port, Weight: max(r.Weight, 1)}
 }
 
-// setDestinations brings the real servers of an existing virtual service in line with
-// s; in a full reconciliation, one missing that was applied before is counted as
-// restored.
-func (f *Forwarder) setDestinations(s forward.Service, full bool) error {
+// destinationChanges appends the changes that bring the real servers of an existing
+// virtual service in line with s; in a full reconciliation, one missing that was
+// applied before is counted as restored.
+func (f *Forwarder) destinationChanges(changes []Change, s forward.Service, full bool) ([]Change, error) {
 	k := s.Key()
 	have, err := f.k.Destinations(k)
 	if err != nil {
-		return fmt.Errorf("list real servers of %s: %w", keyString(k), err)
+		return changes, fmt.Errorf("list real servers of %s: %w", keyString(k), err)
 	}
-	want := map[netip.AddrPort]forward.RealServer{}
+	want := make(map[netip.AddrPort]forward.RealServer, len(s.RealServers))
 	for _, r := range s.RealServers {
 		want[netip.AddrPortFrom(r.Addr, r.Port)] = r
 	}
-	var errs []error
+	svc := VirtualService{Key: k}
 	for _, d := range have {
 		ap := netip.AddrPortFrom(d.Addr, d.Port)
 		r, ok := want[ap]
 		switch {
 		case !ok:
-			if err := f.k.DelDestination(k, d); err != nil {
-				errs = append(errs, fmt.Errorf("remove real server %s of %s: %w", ap, keyString(k), err))
-			}
+			changes = append(changes, Change{Op: OpDelDestination, Service: svc, Dest: d})
 		case d.Weight != max(r.Weight, 1):
-			if err := f.k.UpdateDestination(k, dest(r)); err != nil {
-				errs = append(errs, fmt.Errorf("reweigh real server %s of %s: %w", ap, keyString(k), err))
-			}
+			changes = append(changes, Change{Op: OpUpdateDestination, Service: svc, Dest: dest(r)})
 		}
 		delete(want, ap)
 	}
@@ -346,11 +389,9 @@ func (f *Forwarder) setDestinations(s forward.Service, full bool) error {
 		if full && slices.ContainsFunc(had, func(h forward.RealServer) bool { return netip.AddrPortFrom(h.Addr, h.Port) == ap }) {
 			f.restored("real_server", k, ap)
 		}
-		if err := f.k.AddDestination(k, dest(want[ap])); err != nil {
-			errs = append(errs, fmt.Errorf("add real server %s to %s: %w", ap, keyString(k), err))
-		}
+		changes = append(changes, Change{Op: OpAddDestination, Service: svc, Dest: dest(want[ap])})
 	}
-	return errors.Join(errs...)
+	return changes, nil
 }
 
 // restored says that state Herald had programmed was found gone and put back.

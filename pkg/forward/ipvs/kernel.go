@@ -23,6 +23,10 @@ type Kernel interface {
 	AddDestination(forward.Key, Destination) error
 	UpdateDestination(forward.Key, Destination) error
 	DelDestination(forward.Key, Destination) error
+	// Apply makes changes in order, each as its verb above would, and returns the error
+	// of each (nil where it succeeded), or nil when all succeeded. Linux sends them many
+	// to a system call.
+	Apply([]Change) []error
 
 	// LinkAddrs returns the addresses on herald0 (link-local ones left out); none when
 	// the link does not exist.
@@ -31,6 +35,10 @@ type Kernel interface {
 	EnsureLink() error
 	AddAddr(netip.Addr) error
 	DelAddr(netip.Addr) error
+	// AddAddrs and DelAddrs do the same for many addresses, as few system calls as they
+	// can; an error names each address that failed.
+	AddAddrs([]netip.Addr) error
+	DelAddrs([]netip.Addr) error
 
 	// HasTables reports whether Herald's nftables tables exist.
 	HasTables() (bool, error)

@@ -7,18 +7,16 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
-	lvs "github.com/moby/ipvs"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/heraldlb/herald/pkg/forward"
-	"github.com/heraldlb/herald/pkg/transport"
 )
 
 // LinkName is the dummy link that holds the announced addresses.
@@ -39,16 +37,20 @@ var nfARPIn = nftables.ChainHookRef(0)
 // ErrUnsupported wraps what this kernel lacks that forwarding needs.
 var ErrUnsupported = errors.New("the kernel cannot forward with IPVS")
 
-// Linux is the Kernel of the current network namespace.
+// Linux is the Kernel of the network namespace it was opened in. It speaks the
+// kernel's IPVS generic-netlink interface itself, on one socket, many requests to a
+// system call: programming thousands of real servers takes a few dozen round trips to
+// the kernel rather than one each.
 type Linux struct {
-	h *lvs.Handle
+	ipvs   *conn
+	family uint16 // the IPVS generic-netlink family's id
+	route  *conn  // rtnetlink, for the addresses on herald0
 }
 
 var _ Kernel = (*Linux)(nil)
 
 // Probe checks, without changing anything, that this kernel has what forwarding needs:
-// the IPVS generic-netlink family (moby/ipvs opens a handle and lists services without
-// an error even where it is missing) and nftables. The error wraps ErrUnsupported.
+// the IPVS generic-netlink family and nftables. The error wraps ErrUnsupported.
 func Probe() error {
 	if _, err := netlink.GenlFamilyGet("IPVS"); err != nil {
 		return fmt.Errorf("%w: no IPVS generic-netlink family (is the ip_vs module loaded?): %v", ErrUnsupported, err)
@@ -63,121 +65,145 @@ func Probe() error {
 	return nil
 }
 
-// OpenLinux probes the kernel and opens the IPVS netlink socket.
+// OpenLinux probes the kernel and opens the netlink sockets, in the calling thread's
+// network namespace.
 func OpenLinux() (*Linux, error) {
 	if err := Probe(); err != nil {
 		return nil, err
 	}
-	h, err := lvs.New("")
+	fam, err := netlink.GenlFamilyGet("IPVS")
+	if err != nil {
+		return nil, fmt.Errorf("%w: IPVS generic-netlink family: %v", ErrUnsupported, err)
+	}
+	c, err := dial(unix.NETLINK_GENERIC)
 	if err != nil {
 		return nil, fmt.Errorf("%w: open IPVS netlink: %v", ErrUnsupported, err)
 	}
-	return &Linux{h: h}, nil
+	r, err := dial(unix.NETLINK_ROUTE)
+	if err != nil {
+		c.close()
+		return nil, fmt.Errorf("open rtnetlink: %w", err)
+	}
+	return &Linux{ipvs: c, family: fam.ID, route: r}, nil
 }
 
-// Close releases the netlink socket; the kernel state stays.
-func (l *Linux) Close() { l.h.Close() }
-
-func lvsService(k forward.Key) *lvs.Service {
-	s := &lvs.Service{Address: net.IP(k.VIP.AsSlice()), Protocol: uint16(k.Proto), Port: k.Port,
-		AddressFamily: syscall.AF_INET, Netmask: 0xffffffff}
-	if k.VIP.Is6() {
-		s.AddressFamily, s.Netmask = syscall.AF_INET6, 128
-	}
-	return s
-}
-
-func lvsFull(v VirtualService) *lvs.Service {
-	s := lvsService(v.Key)
-	s.SchedName = v.Scheduler
-	if v.Persistence > 0 {
-		s.Flags, s.Timeout = persistentFlag, uint32(v.Persistence.Seconds())
-	}
-	return s
-}
-
-func lvsDest(d Destination) *lvs.Destination {
-	out := &lvs.Destination{Address: net.IP(d.Addr.AsSlice()), Port: d.Port, Weight: max(d.Weight, 1),
-		ConnectionFlags: lvs.ConnectionFlagMasq, AddressFamily: syscall.AF_INET}
-	if d.Addr.Is6() {
-		out.AddressFamily = syscall.AF_INET6
-	}
-	return out
+// Close releases the netlink sockets; the kernel state stays.
+func (l *Linux) Close() {
+	l.ipvs.close()
+	l.route.close()
 }
 
 // Services lists every virtual service.
 func (l *Linux) Services() ([]VirtualService, error) {
-	have, err := l.h.GetServices()
+	var out []VirtualService
+	err := l.ipvs.dump(func(seq uint32) []byte { return appendDump(nil, l.family, seq, forward.Key{}) }, func(payload []byte) error {
+		v, err := parseService(payload)
+		out = append(out, v)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("list IPVS services: %w", err)
 	}
-	out := make([]VirtualService, 0, len(have))
-	for _, s := range have {
-		vip, ok := netip.AddrFromSlice(s.Address)
-		v := VirtualService{Key: forward.Key{VIP: vip.Unmap(), Port: s.Port, Proto: transport.Protocol(s.Protocol)},
-			Scheduler: s.SchedName, Foreign: !ok || s.FWMark != 0}
-		if s.Flags&persistentFlag != 0 {
-			v.Persistence = time.Duration(s.Timeout) * time.Second
-		}
-		out = append(out, v)
+	return out, nil
+}
+
+// Destinations lists a virtual service's real servers (none for a service that does
+// not exist).
+func (l *Linux) Destinations(k forward.Key) ([]Destination, error) {
+	af := uint16(syscall.AF_INET)
+	if k.VIP.Is6() {
+		af = syscall.AF_INET6
+	}
+	var out []Destination
+	err := l.ipvs.dump(func(seq uint32) []byte { return appendDump(nil, l.family, seq, k) }, func(payload []byte) error {
+		d, err := parseDest(payload, af)
+		out = append(out, d)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list real servers of %s: %w", keyString(k), err)
 	}
 	return out, nil
+}
+
+// Apply makes the changes, in order, in as few system calls as it can. Adding what
+// exists updates it instead; removing what is gone succeeds.
+func (l *Linux) Apply(changes []Change) []error {
+	errs := l.ipvs.do(len(changes), func(b []byte, i int, flags uint16, seq uint32) ([]byte, error) {
+		return appendRequest(b, l.family, flags, seq, changes[i])
+	})
+	if errs == nil {
+		return nil
+	}
+	var again []int // adds of what exists, made updates
+	for i, err := range errs {
+		op := changes[i].Op
+		switch {
+		case err == nil:
+		case errors.Is(err, syscall.EEXIST) && (op == OpAddService || op == OpAddDestination):
+			again = append(again, i)
+		case errors.Is(err, syscall.ESRCH) && op == OpDelService, errors.Is(err, syscall.ENOENT) && op == OpDelDestination:
+			errs[i] = nil
+		}
+	}
+	if len(again) > 0 {
+		updates := l.ipvs.do(len(again), func(b []byte, j int, flags uint16, seq uint32) ([]byte, error) {
+			c := changes[again[j]]
+			if c.Op == OpAddService {
+				c.Op = OpUpdateService
+			} else {
+				c.Op = OpUpdateDestination
+			}
+			return appendRequest(b, l.family, flags, seq, c)
+		})
+		for j, i := range again {
+			errs[i] = nil
+			if updates != nil {
+				errs[i] = updates[j]
+			}
+		}
+	}
+	if slices.ContainsFunc(errs, func(err error) bool { return err != nil }) {
+		return errs
+	}
+	return nil
+}
+
+func (l *Linux) apply1(c Change) error {
+	if errs := l.Apply([]Change{c}); errs != nil {
+		return errs[0]
+	}
+	return nil
 }
 
 // AddService adds a virtual service; one that exists is updated instead.
 func (l *Linux) AddService(v VirtualService) error {
-	err := l.h.NewService(lvsFull(v))
-	if errors.Is(err, syscall.EEXIST) {
-		err = l.h.UpdateService(lvsFull(v))
-	}
-	return err
+	return l.apply1(Change{Op: OpAddService, Service: v})
 }
 
 // UpdateService changes a virtual service's scheduler and persistence.
-func (l *Linux) UpdateService(v VirtualService) error { return l.h.UpdateService(lvsFull(v)) }
+func (l *Linux) UpdateService(v VirtualService) error {
+	return l.apply1(Change{Op: OpUpdateService, Service: v})
+}
 
 // DelService removes a virtual service; one already gone is no error.
 func (l *Linux) DelService(k forward.Key) error {
-	if err := l.h.DelService(lvsService(k)); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return err
-	}
-	return nil
-}
-
-// Destinations lists a virtual service's real servers.
-func (l *Linux) Destinations(k forward.Key) ([]Destination, error) {
-	ds, err := l.h.GetDestinations(lvsService(k))
-	if err != nil {
-		return nil, err
-	}
-	out := make([]Destination, 0, len(ds))
-	for _, d := range ds {
-		a, _ := netip.AddrFromSlice(d.Address)
-		out = append(out, Destination{Addr: a.Unmap(), Port: d.Port, Weight: d.Weight})
-	}
-	return out, nil
+	return l.apply1(Change{Op: OpDelService, Service: VirtualService{Key: k}})
 }
 
 // AddDestination adds a real server; one that exists is updated instead.
 func (l *Linux) AddDestination(k forward.Key, d Destination) error {
-	err := l.h.NewDestination(lvsService(k), lvsDest(d))
-	if errors.Is(err, syscall.EEXIST) {
-		err = l.h.UpdateDestination(lvsService(k), lvsDest(d))
-	}
-	return err
+	return l.apply1(Change{Op: OpAddDestination, Service: VirtualService{Key: k}, Dest: d})
 }
 
 // UpdateDestination changes a real server's weight.
 func (l *Linux) UpdateDestination(k forward.Key, d Destination) error {
-	return l.h.UpdateDestination(lvsService(k), lvsDest(d))
+	return l.apply1(Change{Op: OpUpdateDestination, Service: VirtualService{Key: k}, Dest: d})
 }
 
 // DelDestination removes a real server; one already gone is no error.
 func (l *Linux) DelDestination(k forward.Key, d Destination) error {
-	if err := l.h.DelDestination(lvsService(k), lvsDest(d)); err != nil && !errors.Is(err, syscall.ENOENT) {
-		return err
-	}
-	return nil
+	return l.apply1(Change{Op: OpDelDestination, Service: VirtualService{Key: k}, Dest: d})
 }
 
 // LinkAddrs returns the addresses on herald0.
@@ -230,36 +256,42 @@ func (l *Linux) EnsureLink() error {
 	return nil
 }
 
-func hostAddr(ip netip.Addr) *netlink.Addr {
-	a := &netlink.Addr{IPNet: &net.IPNet{IP: net.IP(ip.AsSlice()), Mask: net.CIDRMask(ip.BitLen(), ip.BitLen())}}
-	if ip.Is6() {
-		a.Flags = syscall.IFA_F_NODAD
-	}
-	return a
-}
-
 // AddAddr puts ip on herald0 as a host address.
-func (l *Linux) AddAddr(ip netip.Addr) error {
+func (l *Linux) AddAddr(ip netip.Addr) error { return l.AddAddrs([]netip.Addr{ip}) }
+
+// DelAddr removes ip from herald0.
+func (l *Linux) DelAddr(ip netip.Addr) error { return l.DelAddrs([]netip.Addr{ip}) }
+
+// AddAddrs puts addrs on herald0 as host addresses, many to a system call; one already
+// there is no error.
+func (l *Linux) AddAddrs(addrs []netip.Addr) error {
 	link, err := netlink.LinkByName(LinkName)
 	if err != nil {
 		return fmt.Errorf("find %s: %w", LinkName, err)
 	}
-	if err := netlink.AddrAdd(link, hostAddr(ip)); err != nil && !errors.Is(err, syscall.EEXIST) {
-		return fmt.Errorf("add %s to %s: %w", ip, LinkName, err)
-	}
-	return nil
+	return l.addrs(unix.RTM_NEWADDR, unix.NLM_F_CREATE|unix.NLM_F_EXCL, link.Attrs().Index, addrs, syscall.EEXIST, "add %s to %s: %w")
 }
 
-// DelAddr removes ip from herald0.
-func (l *Linux) DelAddr(ip netip.Addr) error {
+// DelAddrs removes addrs from herald0, many to a system call; one not there is no error.
+func (l *Linux) DelAddrs(addrs []netip.Addr) error {
 	link, err := netlink.LinkByName(LinkName)
 	if err != nil {
 		return nil // no link, no address
 	}
-	if err := netlink.AddrDel(link, hostAddr(ip)); err != nil && !errors.Is(err, syscall.EADDRNOTAVAIL) {
-		return fmt.Errorf("remove %s from %s: %w", ip, LinkName, err)
+	return l.addrs(unix.RTM_DELADDR, 0, link.Attrs().Index, addrs, syscall.EADDRNOTAVAIL, "remove %s from %s: %w")
+}
+
+func (l *Linux) addrs(typ, flags uint16, index int, addrs []netip.Addr, fine syscall.Errno, format string) error {
+	errs := l.route.do(len(addrs), func(b []byte, i int, f uint16, seq uint32) ([]byte, error) {
+		return appendAddrRequest(b, typ, f|flags, seq, index, addrs[i]), nil
+	})
+	var out []error
+	for i, err := range errs {
+		if err != nil && !errors.Is(err, fine) {
+			out = append(out, fmt.Errorf(format, addrs[i], LinkName, err))
+		}
 	}
-	return nil
+	return errors.Join(out...)
 }
 
 // HasTables reports whether either of Herald's nftables tables exists.
