@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/heraldlb/herald/pkg/forward"
+	"github.com/heraldlb/herald/pkg/transport"
 )
 
 // LinkName is the dummy link that holds the announced addresses.
