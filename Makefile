@@ -45,7 +45,8 @@ bench: control-plane ## the benchmarks quoted in docs/measured.md
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/election
 	$(GO) test -run '^$$' -bench DetectHardFailure -benchtime 20x ./pkg/members
 	$(GO) test -run '^$$' -bench 'Failover|ThousandServicesMove|BGP|SpeakerMemory' -benchtime 1x ./e2e
-	$(GO) run ./hack/vm -bench . -timeout 20m ./pkg/forward/ipvs
+	$(GO) run ./hack/vm -bench Program -count 3 -icount -timeout 40m ./pkg/forward/ipvs
+	$(GO) run ./hack/vm -bench Connections -timeout 20m ./pkg/forward/ipvs
 
 lint: ## formatting, vet, and the purity of the pure packages
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: the files above need formatting'; exit 1; }
