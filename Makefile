@@ -44,7 +44,8 @@ bench: control-plane ## the benchmarks quoted in docs/measured.md
 	$(GO) test -run '^$$' -bench Services2000 -benchtime 1x ./pkg/controller
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/election
 	$(GO) test -run '^$$' -bench DetectHardFailure -benchtime 20x ./pkg/members
-	$(GO) test -run '^$$' -bench 'Failover|ThousandServicesMove|BGP|SpeakerMemory' -benchtime 1x ./e2e
+	$(GO) test -run '^$$' -bench 'CrashDetection|PartitionHeal' -benchtime 10x ./pkg/liveness
+	$(GO) test -run '^$$' -bench 'Failover|PartitionHeal|ThousandServicesMove|BGP|SpeakerMemory' -benchtime 1x ./e2e
 	$(GO) run ./hack/vm -bench Program -count 3 -icount -timeout 40m ./pkg/forward/ipvs
 	$(GO) run ./hack/vm -bench Connections -timeout 20m ./pkg/forward/ipvs
 
