@@ -3,7 +3,7 @@ SHELL := /bin/bash
 GO    ?= go
 BIN   := bin
 
-.PHONY: all build image image-docker test vm-test bench lint fuzz deps control-plane lab lab-down lab-status clean
+.PHONY: all build image image-docker test vm-test bench lint fuzz deps control-plane lab lab-down lab-status conformance clean
 
 all: build
 
@@ -55,6 +55,9 @@ lab: deps control-plane ## bring up the lab and show Herald working
 
 lab-status: ## what the lab runs now
 	$(GO) run ./hack/lab status
+
+conformance: ## Kubernetes' own LoadBalancers e2e specs (k8s.io/kubernetes v1.37.2) against the running lab; FOCUS='regexp' runs fewer
+	@dir=$$(hack/conformance/build.sh) && $(GO) run ./hack/lab conformance "$$dir" '$(FOCUS)'
 
 lab-down: ## stop the lab and remove everything it made
 	$(GO) run ./hack/lab down

@@ -3,6 +3,7 @@
 //	go run ./hack/lab up      # start (or show, when already running); safe to repeat
 //	go run ./hack/lab status  # what runs, and the Services
 //	go run ./hack/lab down    # stop everything and remove what the lab made
+//	go run ./hack/lab conformance DIR [FOCUS]  # Kubernetes' LoadBalancers specs (make conformance)
 //
 // The lab is a real Kubernetes cluster in network namespaces on one bridge: a control
 // plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, built from their
@@ -37,11 +38,19 @@ const prefix = "herald-lab-"
 // reaches its files wherever the checkout is (a home directory is often mode 0700).
 const dir = "/var/lib/herald-lab"
 
-var roles = []string{"sw", "cp", "client", "router", "node1", "node2", "node3"}
+var roles = []string{"sw", "cp", "client", "router", "runner", "node1", "node2", "node3"}
+
+// The runner's network: a subnet of its own behind the router, as a client outside the
+// cluster's network is (make conformance runs Kubernetes' e2e suite from there).
+const (
+	runnerNet      = "203.0.113.0/24"
+	runnerRouterIP = "203.0.113.1"
+	runnerIP       = "203.0.113.2"
+)
 
 func main() {
-	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: lab up|status|down")
+	if len(os.Args) < 2 || (len(os.Args) > 2 && os.Args[1] != "conformance") || len(os.Args) > 4 {
+		fmt.Fprintln(os.Stderr, "usage: lab up|status|down, or lab conformance E2E_BIN_DIR [FOCUS]")
 		os.Exit(2)
 	}
 	l, err := newLab()
@@ -53,6 +62,12 @@ func main() {
 			err = l.status()
 		case "down":
 			err = l.down()
+		case "conformance":
+			if len(os.Args) < 3 {
+				err = errors.New("lab conformance needs the directory of e2e.test and agnhost (hack/conformance/build.sh prints it)")
+			} else {
+				err = l.conformance(os.Args[2], strings.Join(os.Args[3:], ""))
+			}
 		default:
 			err = fmt.Errorf("unknown command %q: want up, status or down", os.Args[1])
 		}
@@ -182,6 +197,15 @@ func (l *lab) up() (err error) {
 	}
 	// The client reaches the BGP pool through the router, which forwards by its BGP routes.
 	c.Client.Run("ip", "route", "replace", "198.51.100.0/24", "via", cluster.RouterIP4)
+	step("a runner in %s behind the router (%s), where a client from outside the cluster's network sits", runnerNet, prefix+"runner")
+	runner := netlab.NewNamedNS(labT{}, prefix+"runner")
+	netlab.Veth(labT{}, c.Router.NS, "runner0", runner, "eth0")
+	c.Router.NS.Addr("runner0", runnerRouterIP+"/24")
+	runner.Addr("eth0", runnerIP+"/24")
+	runner.Run("ip", "route", "add", "default", "via", runnerRouterIP)
+	for _, ns := range append([]*netlab.NS{c.CPNS, c.Client}, nodeNSs(c)...) {
+		ns.Run("ip", "route", "replace", runnerNet, "via", cluster.RouterIP4)
+	}
 	fmt.Printf("\nThe lab is up (%.0fs).\n", time.Since(start).Seconds())
 	return l.show()
 }
@@ -278,4 +302,12 @@ func (l *lab) down() error {
 		netlab.DeleteNS(prefix + r)
 	}
 	return os.RemoveAll(dir)
+}
+
+func nodeNSs(c *cluster.Cluster) []*netlab.NS {
+	var out []*netlab.NS
+	for _, n := range c.Nodes {
+		out = append(out, n.NS)
+	}
+	return out
 }
