@@ -183,7 +183,10 @@ func e2eImages(bin, out string) ([]string, error) {
 
 // libraries lists the shared objects a binary loads (ldd), the loader among them.
 func libraries(path string) ([]string, error) {
-	b, err := exec.Command("ldd", path).Output()
+	b, err := exec.Command("ldd", path).CombinedOutput()
+	if strings.Contains(string(b), "not a dynamic executable") {
+		return nil, nil // static
+	}
 	if err != nil {
 		return nil, fmt.Errorf("ldd %s: %w", path, err)
 	}
