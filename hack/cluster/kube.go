@@ -518,8 +518,9 @@ func (c *Cluster) startDNS() {
 		t.Fatalf("%v", err)
 	}
 	bin := filepath.Join(c.logDir, "bin", "labdns")
-	build := exec.Command("go", "build", "-trimpath", "-o", bin, "./hack/labdns")
+	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, "./hack/labdns")
 	build.Dir = root
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as the images' binaries: their packages are built already
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build hack/labdns: %v\n%s", err, out)
 	}
