@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
@@ -38,7 +39,7 @@ var tools = map[string]string{ // path in the image: path here
 
 // conformance runs Kubernetes' own LoadBalancers specs (e2e.test from hack/conformance,
 // in bin) against the running lab, from the runner's namespace behind the router.
-func (l *lab) conformance(bin, focus string) error {
+func (l *lab) conformance(bin, focus, skip string) error {
 	if !l.running() {
 		return errors.New("the lab is not running: make lab first")
 	}
@@ -63,24 +64,28 @@ func (l *lab) conformance(bin, focus string) error {
 		}
 	}
 	logPath := filepath.Join(out, "e2e.log")
-	step("e2e.test --ginkgo.focus=%q from %s (log: %s)", focus, prefix+"runner", logPath)
+	step("e2e.test --ginkgo.focus=%q --ginkgo.skip=%q from %s (log: %s)", focus, skip, prefix+"runner", logPath)
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return err
 	}
 	defer logf.Close()
 	start := time.Now()
-	cmd := exec.Command("ip", "netns", "exec", prefix+"runner", filepath.Join(bin, "e2e.test"),
-		"--provider=local", "--kubeconfig="+l.kubeconfig(), "--kubectl-path="+l.kubectl,
-		"--ginkgo.focus="+focus, "--ginkgo.no-color", "--ginkgo.timeout=4h",
-		"--report-dir="+out, "--test.timeout=0")
+	args := []string{"netns", "exec", prefix + "runner", filepath.Join(bin, "e2e.test"),
+		"--provider=local", "--kubeconfig=" + l.kubeconfig(), "--kubectl-path=" + l.kubectl,
+		"--ginkgo.focus=" + focus, "--ginkgo.no-color", "--ginkgo.timeout=4h",
+		"--report-dir=" + out, "--test.timeout=0"}
+	if skip != "" { // an empty --ginkgo.skip would skip every spec
+		args = append(args, "--ginkgo.skip="+skip)
+	}
+	cmd := exec.Command("ip", args...)
 	cmd.Dir = out
 	cmd.Stdout = io.MultiWriter(os.Stdout, logf)
 	cmd.Stderr = cmd.Stdout
 	runErr := cmd.Run()
 	took := time.Since(start).Round(time.Second)
 	fmt.Printf("\n==> e2e.test took %s; the specs' outcomes:\n", took)
-	summarize(logPath)
+	summarize(filepath.Join(out, "junit_01.xml"), logPath)
 	var exit *exec.ExitError
 	if runErr != nil && !errors.As(runErr, &exit) {
 		return runErr
@@ -88,22 +93,70 @@ func (l *lab) conformance(bin, focus string) error {
 	return nil // failed specs are the result, not an error of the run
 }
 
-// summarize prints each spec's outcome and ginkgo's count line from the log.
-func summarize(logPath string) {
+// summarize prints the outcome of every spec that ran (passed, failed, or skipped by
+// the spec itself, with its reason) from the suite's JUnit report, then ginkgo's counts
+// from the log. Specs left out by FOCUS or SKIP are not listed.
+func summarize(junitPath, logPath string) {
+	var report struct {
+		Suites []struct {
+			Cases []struct {
+				Name    string `xml:"name,attr"`
+				Status  string `xml:"status,attr"`
+				Time    string `xml:"time,attr"`
+				Skipped *struct {
+					Message string `xml:"message,attr"`
+				} `xml:"skipped"`
+				Failure *struct {
+					Message string `xml:"message,attr"`
+				} `xml:"failure"`
+			} `xml:"testcase"`
+		} `xml:"testsuite"`
+	}
+	if b, err := os.ReadFile(junitPath); err == nil && xml.Unmarshal(b, &report) == nil {
+		for _, suite := range report.Suites {
+			for _, c := range suite.Cases {
+				if c.Status == "skipped" && (c.Skipped == nil || c.Skipped.Message == "skipped") {
+					continue // not selected
+				}
+				if !strings.HasPrefix(c.Name, "[It] ") && c.Status == "passed" {
+					continue // the suite's setup and teardown
+				}
+				why := ""
+				switch {
+				case c.Failure != nil:
+					why = ": " + firstLine(c.Failure.Message)
+				case c.Skipped != nil:
+					why = ": " + firstLine(c.Skipped.Message)
+				}
+				fmt.Printf("  %-8s %ss  %s%s\n", strings.ToUpper(c.Status), trimSeconds(c.Time), strings.TrimPrefix(c.Name, "[It] "), why)
+			}
+		}
+	}
 	f, err := os.Open(logPath)
 	if err != nil {
 		return
 	}
 	defer f.Close()
-	outcome := regexp.MustCompile(`^\[(FAIL|PASSED|SKIPPED|PANICKED|TIMEDOUT)\]|^• \[(FAILED|PANICKED|TIMEDOUT)\]|^S \[SKIPPED\]|^Ran \d+ of \d+ Specs|^(FAIL|SUCCESS)! -- |^Summarizing \d+ Failure`)
+	counts := regexp.MustCompile(`^Ran \d+ of \d+ Specs|^(FAIL|SUCCESS)! -- `)
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
-		line := sc.Text()
-		if outcome.MatchString(line) || strings.HasPrefix(line, "  [FAIL] ") || strings.HasPrefix(line, "  [SKIPPED] ") {
-			fmt.Println(line)
+		if counts.MatchString(sc.Text()) {
+			fmt.Println(sc.Text())
 		}
 	}
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
+	return s
+}
+
+func trimSeconds(s string) string {
+	if whole, _, ok := strings.Cut(s, "."); ok {
+		return whole
+	}
+	return s
 }
 
 // e2eImages writes the agnhost image (and the same files under busybox's name) into out

@@ -3,7 +3,7 @@
 //	go run ./hack/lab up      # start (or show, when already running); safe to repeat
 //	go run ./hack/lab status  # what runs, and the Services
 //	go run ./hack/lab down    # stop everything and remove what the lab made
-//	go run ./hack/lab conformance DIR [FOCUS]  # Kubernetes' LoadBalancers specs (make conformance)
+//	go run ./hack/lab conformance DIR [FOCUS [SKIP]]  # Kubernetes' LoadBalancers specs (make conformance)
 //
 // The lab is a real Kubernetes cluster in network namespaces on one bridge: a control
 // plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, built from their
@@ -49,8 +49,8 @@ const (
 )
 
 func main() {
-	if len(os.Args) < 2 || (len(os.Args) > 2 && os.Args[1] != "conformance") || len(os.Args) > 4 {
-		fmt.Fprintln(os.Stderr, "usage: lab up|status|down, or lab conformance E2E_BIN_DIR [FOCUS]")
+	if len(os.Args) < 2 || (len(os.Args) > 2 && os.Args[1] != "conformance") || len(os.Args) > 5 {
+		fmt.Fprintln(os.Stderr, "usage: lab up|status|down, or lab conformance E2E_BIN_DIR [FOCUS [SKIP]]")
 		os.Exit(2)
 	}
 	l, err := newLab()
@@ -66,7 +66,8 @@ func main() {
 			if len(os.Args) < 3 {
 				err = errors.New("lab conformance needs the directory of e2e.test and agnhost (hack/conformance/build.sh prints it)")
 			} else {
-				err = l.conformance(os.Args[2], strings.Join(os.Args[3:], ""))
+				args := append(os.Args[3:], "", "")
+				err = l.conformance(os.Args[2], args[0], args[1])
 			}
 		default:
 			err = fmt.Errorf("unknown command %q: want up, status or down", os.Args[1])
