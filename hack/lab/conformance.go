@@ -108,6 +108,7 @@ func summarize(junitPath, logPath string) {
 				} `xml:"skipped"`
 				Failure *struct {
 					Message string `xml:"message,attr"`
+					Text    string `xml:",chardata"`
 				} `xml:"failure"`
 			} `xml:"testcase"`
 		} `xml:"testsuite"`
@@ -124,7 +125,7 @@ func summarize(junitPath, logPath string) {
 				why := ""
 				switch {
 				case c.Failure != nil:
-					why = ": " + firstLine(c.Failure.Message)
+					why = ": " + firstLine(c.Failure.Message+c.Failure.Text)
 				case c.Skipped != nil:
 					why = ": " + firstLine(c.Skipped.Message)
 				}
