@@ -5,7 +5,7 @@ BIN   := bin
 # How make lab installs Herald: kustomize (kubectl apply -k config/) or helm (charts/herald).
 INSTALL ?= kustomize
 
-.PHONY: all build image image-docker test vm-test bench lint fuzz deps control-plane helm lab lab-down lab-status clean
+.PHONY: all build image image-docker test vm-test bench lint fuzz deps control-plane helm lab lab-down lab-status conformance clean
 
 all: build
 
@@ -62,6 +62,9 @@ lab: deps control-plane $(if $(filter helm,$(INSTALL)),helm) ## bring up the lab
 
 lab-status: ## what the lab runs now
 	$(GO) run ./hack/lab status
+
+conformance: ## Kubernetes' own LoadBalancers e2e specs (k8s.io/kubernetes v1.37.2) against the running lab; FOCUS='regexp' runs fewer, SKIP='regexp' leaves some out
+	@dir=$$(hack/conformance/build.sh) && $(GO) run ./hack/lab conformance "$$dir" '$(FOCUS)' '$(SKIP)'
 
 lab-down: ## stop the lab and remove everything it made
 	$(GO) run ./hack/lab down

@@ -60,7 +60,9 @@ func TestManifests(t *testing.T) {
 		want bool
 	}{
 		{"controller", []string{"update", "services", "--subresource=status", "-n", "default"}, true},
+		{"controller", []string{"patch", "services", "--subresource=status", "-n", "default"}, true}, // the cleanup finalizer
 		{"controller", []string{"update", "services", "-n", "default"}, false},
+		{"controller", []string{"patch", "services", "-n", "default"}, false},
 		{"controller", []string{"delete", "services", "-n", "default"}, false},
 		{"controller", []string{"create", "events", "-n", "default"}, true},
 		{"controller", []string{"update", "leases.coordination.k8s.io", "-n", "herald-system"}, true},

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/heraldlb/herald/hack/helm"
@@ -31,6 +33,10 @@ const (
 	podCIDRs     = "10.244.0.0/16"
 	serviceCIDR  = "10.96.0.0/16"
 	apiserverTLS = 6443
+	// ClusterDNS is the ClusterIP of kube-system/kube-dns, the pods' nameserver: hack/labdns
+	// on the control plane's address answers for the cluster's Services behind it.
+	ClusterDNS    = "10.96.0.10"
+	ClusterDomain = "cluster.local"
 )
 
 // PodCIDR is node i's pod network (i from 0).
@@ -68,6 +74,7 @@ func (c *Cluster) startKube() {
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
+	c.startDNS()
 	tars := c.opts.Images
 	if tars == nil {
 		if tars, err = images.Build(context.Background(), filepath.Join(c.logDir, "images")); err != nil {
@@ -138,7 +145,8 @@ func (c *Cluster) startKubeNode(i int, n *Node, bin string, tars map[string]stri
   {"type": "loopback"}]}
 `, filepath.Join(k.dir, "cni/ipam"), PodCIDR(i)),
 		"kubelet.yaml": kubeletConfig(k.dir, k.cgrp, sock, n.IP4, c.CP.CACert()),
-		"resolv.conf":  "# the lab has no DNS\n",
+		// For dnsPolicy Default (and the node): the lab has no DNS beyond the cluster's.
+		"resolv.conf": "# the lab has no DNS but the cluster's (clusterDNS)\n",
 	}
 	for name, text := range files {
 		if err := os.WriteFile(filepath.Join(k.dir, name), []byte(text), 0o644); err != nil {
@@ -175,7 +183,9 @@ func (c *Cluster) startKubeNode(i int, n *Node, bin string, tars map[string]stri
 	if err := c.nodeDaemon(n, "kubelet", filepath.Join(bin, "kubelet"),
 		"--config", filepath.Join(k.dir, "kubelet.yaml"), "--kubeconfig", filepath.Join(k.dir, "kubelet.kubeconfig"),
 		"--root-dir", filepath.Join(k.dir, "kubelet"), "--cert-dir", filepath.Join(k.dir, "kubelet", "pki"),
-		"--hostname-override", n.Name, "--node-ip", n.IP4+","+n.IP6, "--v", "1",
+		// IPv4 alone: the pod network is IPv4 only, and what pods are asked to reach on a
+		// node's InternalIPs (healthCheckNodePort, NodePorts) must be reachable from them.
+		"--hostname-override", n.Name, "--node-ip", n.IP4, "--v", "1",
 	); err != nil {
 		return err
 	}
@@ -239,6 +249,8 @@ address: %[3]s
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 resolvConf: %[4]s
+clusterDNS: [%[7]s]
+clusterDomain: %[8]s
 podLogsDir: %[5]s
 serializeImagePulls: false
 imageGCHighThresholdPercent: 100
@@ -256,7 +268,7 @@ authentication:
     clientCAFile: %[6]s
 authorization:
   mode: AlwaysAllow
-`, cgroupRoot, sock, ip, filepath.Join(dir, "resolv.conf"), filepath.Join(dir, "pod-logs"), ca)
+`, cgroupRoot, sock, ip, filepath.Join(dir, "resolv.conf"), filepath.Join(dir, "pod-logs"), ca, ClusterDNS, ClusterDomain)
 }
 
 // nodeDaemon starts a long-running process of node n in its network namespace with
@@ -508,3 +520,49 @@ func unmountUnder(dir string) {
 		}
 	}
 }
+
+// startDNS gives the cluster its DNS: hack/labdns on the control plane's address, behind
+// the Service kube-system/kube-dns (ClusterDNS) with an EndpointSlice of its own, as a
+// cluster's DNS is reached; kube-proxy on each node takes pods' queries there.
+func (c *Cluster) startDNS() {
+	t := c.t
+	t.Helper()
+	root, err := images.Root()
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	bin := filepath.Join(c.logDir, "bin", "labdns")
+	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, "./hack/labdns")
+	build.Dir = root
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as the images' binaries: their packages are built already
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build hack/labdns: %v\n%s", err, out)
+	}
+	c.daemon(c.CPNS, "labdns", bin, "--kubeconfig", c.CP.Kubeconfig, "--listen", net.JoinHostPort(cpIP4, "53"), "--domain", ClusterDomain)
+	ctx := context.Background()
+	udp, tcp := corev1.ProtocolUDP, corev1.ProtocolTCP
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "kube-dns", Labels: map[string]string{"k8s-app": "kube-dns"}},
+		Spec: corev1.ServiceSpec{ClusterIP: ClusterDNS, Ports: []corev1.ServicePort{
+			{Name: "dns", Port: 53, Protocol: udp}, {Name: "dns-tcp", Port: 53, Protocol: tcp},
+		}},
+	}
+	if _, err := c.Kube.CoreV1().Services("kube-system").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create Service kube-dns: %v", err)
+	}
+	dns, dnsTCP := "dns", "dns-tcp"
+	port := int32(53)
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "kube-system", Name: "kube-dns-labdns", Labels: map[string]string{
+			discoveryv1.LabelServiceName: "kube-dns", discoveryv1.LabelManagedBy: "herald-lab",
+		}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints:   []discoveryv1.Endpoint{{Addresses: []string{cpIP4}, Conditions: discoveryv1.EndpointConditions{Ready: ptrTo(true)}}},
+		Ports:       []discoveryv1.EndpointPort{{Name: &dns, Port: &port, Protocol: &udp}, {Name: &dnsTCP, Port: &port, Protocol: &tcp}},
+	}
+	if _, err := c.Kube.DiscoveryV1().EndpointSlices("kube-system").Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create the EndpointSlice of kube-dns: %v", err)
+	}
+}
+
+func ptrTo[T any](v T) *T { return &v }

@@ -4,6 +4,7 @@
 //	go run ./hack/lab -install helm up  # the same, Herald installed with its Helm chart
 //	go run ./hack/lab status            # what runs, and the Services
 //	go run ./hack/lab down              # stop everything and remove what the lab made
+//	go run ./hack/lab conformance DIR [FOCUS [SKIP]]  # Kubernetes' LoadBalancers specs (make conformance)
 //
 // The lab is a real Kubernetes cluster in network namespaces on one bridge: a control
 // plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, built from their
@@ -43,16 +44,24 @@ const prefix = "herald-lab-"
 // reaches its files wherever the checkout is (a home directory is often mode 0700).
 const dir = "/var/lib/herald-lab"
 
-var roles = []string{"sw", "cp", "client", "router", "node1", "node2", "node3"}
+var roles = []string{"sw", "cp", "client", "router", "runner", "node1", "node2", "node3"}
+
+// The runner's network: a subnet of its own behind the router, as a client outside the
+// cluster's network is (make conformance runs Kubernetes' e2e suite from there).
+const (
+	runnerNet      = "203.0.113.0/24"
+	runnerRouterIP = "203.0.113.1"
+	runnerIP       = "203.0.113.2"
+)
 
 func main() {
 	install := flag.String("install", "kustomize", "how up installs Herald: kustomize (kubectl apply -k, through hack/lab/overlay) or helm (helm install charts/herald)")
 	flag.Usage = func() {
-		fmt.Fprintln(os.Stderr, "usage: lab [-install kustomize|helm] up|status|down")
+		fmt.Fprintln(os.Stderr, "usage: lab [-install kustomize|helm] up|status|down, or lab conformance E2E_BIN_DIR [FOCUS [SKIP]]")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
-	if flag.NArg() != 1 || (*install != "kustomize" && *install != "helm") {
+	if flag.NArg() < 1 || (flag.NArg() > 1 && flag.Arg(0) != "conformance") || flag.NArg() > 4 || (*install != "kustomize" && *install != "helm") {
 		flag.Usage()
 		os.Exit(2)
 	}
@@ -66,8 +75,15 @@ func main() {
 			err = l.status()
 		case "down":
 			err = l.down()
+		case "conformance":
+			if flag.NArg() < 2 {
+				err = errors.New("lab conformance needs the directory of e2e.test and agnhost (hack/conformance/build.sh prints it)")
+			} else {
+				args := append(flag.Args()[2:], "", "")
+				err = l.conformance(flag.Arg(1), args[0], args[1])
+			}
 		default:
-			err = fmt.Errorf("unknown command %q: want up, status or down", flag.Arg(0))
+			err = fmt.Errorf("unknown command %q: want up, status, down or conformance", flag.Arg(0))
 		}
 	}
 	if err != nil {
@@ -225,6 +241,15 @@ func (l *lab) up() (err error) {
 	}
 	// The client reaches the BGP pool through the router, which forwards by its BGP routes.
 	c.Client.Run("ip", "route", "replace", "198.51.100.0/24", "via", cluster.RouterIP4)
+	step("a runner in %s behind the router (%s), where a client from outside the cluster's network sits", runnerNet, prefix+"runner")
+	runner := netlab.NewNamedNS(labT{}, prefix+"runner")
+	netlab.Veth(labT{}, c.Router.NS, "runner0", runner, "eth0")
+	c.Router.NS.Addr("runner0", runnerRouterIP+"/24")
+	runner.Addr("eth0", runnerIP+"/24")
+	runner.Run("ip", "route", "add", "default", "via", runnerRouterIP)
+	for _, ns := range append([]*netlab.NS{c.CPNS, c.Client}, nodeNSs(c)...) {
+		ns.Run("ip", "route", "replace", runnerNet, "via", cluster.RouterIP4)
+	}
 	fmt.Printf("\nThe lab is up (%.0fs).\n", time.Since(start).Seconds())
 	return l.show()
 }
@@ -302,8 +327,11 @@ Watch failover: delete the speaker pod of the node that answered ARP, then arpin
   ip netns exec %[1]snodeN ip link set eth0 down                                  # the node is gone
 Metrics:  ip netns exec %[1]snode1 curl -s 127.0.0.1:7473/metrics | grep ^herald_
 Logs:     %[4]s (every component; pods' logs under nodes/*/pod-logs)
+Kubernetes' own LoadBalancers specs, from %[1]srunner (%[5]s, behind the router):
+  make conformance                                  # all 17, about 80 minutes
+  make conformance FOCUS='cleanup finalizer'        # one
 Tear it all down:  make lab-down
-`, prefix, l.kubectl, l.kubeconfig(), dir)
+`, prefix, l.kubectl, l.kubeconfig(), dir, runnerIP)
 	return nil
 }
 
@@ -336,4 +364,12 @@ func (l *lab) down() error {
 		netlab.DeleteNS(prefix + r)
 	}
 	return os.RemoveAll(dir)
+}
+
+func nodeNSs(c *cluster.Cluster) []*netlab.NS {
+	var out []*netlab.NS
+	for _, n := range c.Nodes {
+		out = append(out, n.NS)
+	}
+	return out
 }

@@ -3,6 +3,7 @@ package controller
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,6 +22,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -152,6 +154,17 @@ func (c *Controller) Run(ctx context.Context) error {
 	if err := c.syncConfig(ctx); err != nil {
 		c.log.Warn("configuration not published yet; retrying", "err", err)
 		c.queue.AddRateLimited(configKey)
+	}
+	// A Service deleted while no controller ran gives its address back before any other
+	// Service is synced, so that the address is free for them (a failure is retried
+	// from the queue like any other).
+	svcs, _ := c.svcLister.List(labels.Everything())
+	for _, svc := range svcs {
+		if svc.DeletionTimestamp != nil {
+			if err := c.syncService(ctx, k8s.Key(svc)); err != nil {
+				c.log.Warn("cleaning up a deleted Service failed; will retry", "service", k8s.Key(svc), "err", err)
+			}
+		}
 	}
 	enqueue := func(obj any) {
 		if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
@@ -397,30 +410,31 @@ func (c *Controller) syncService(ctx context.Context, key string) error {
 	if err != nil {
 		return err
 	}
-	if !k8s.ClassIsOurs(svc, c.opts.LoadBalancerClass) {
-		c.release(key) // never touch another class's status
-		return nil
-	}
-	if svc.Spec.Type != corev1.ServiceTypeLoadBalancer {
-		held := c.release(key)
-		if held {
-			// The API server may already have cleared the status; the Event is for the release.
-			c.events.Event(svc, corev1.EventTypeNormal, "IPReleased", "Released the load-balancer address: the Service is no longer of type LoadBalancer")
-			c.log.Info("released", "service", key)
-		}
-		if held || c.inPools(k8s.IngressIPs(svc)) {
-			return c.writeStatus(ctx, svc, nil, "")
-		}
-		return nil
+	switch {
+	case svc.DeletionTimestamp != nil:
+		return c.cleanup(ctx, svc, k8s.ClassIsOurs(svc, c.opts.LoadBalancerClass), "the Service is being deleted")
+	case !k8s.ClassIsOurs(svc, c.opts.LoadBalancerClass):
+		// Never touch another class's status or finalizer, unless what is there is
+		// Herald's own, left from before the Service changed class.
+		return c.cleanup(ctx, svc, false, "the Service has another loadBalancerClass")
+	case svc.Spec.Type != corev1.ServiceTypeLoadBalancer:
+		return c.cleanup(ctx, svc, true, "the Service is no longer of type LoadBalancer")
 	}
 
 	req, reqErr := k8s.Request(svc)
 	c.mu.Lock()
-	if c.alloc == nil {
-		c.mu.Unlock()
+	noConfig := c.alloc == nil
+	c.mu.Unlock()
+	if noConfig {
 		c.report(svc, "NoConfiguration", "no_config", fmt.Sprintf("no valid configuration in ConfigMap %s yet", c.opts.Config))
 		return nil
 	}
+	// The finalizer comes before the address, as with the cloud providers' service
+	// controller: a Service cannot disappear holding an address Herald has not released.
+	if svc, err = c.addFinalizer(ctx, svc); err != nil || svc == nil {
+		return err
+	}
+	c.mu.Lock()
 	before, _ := c.alloc.Assigned(key)
 	var as ipam.Assignment
 	if reqErr == nil {
@@ -462,6 +476,75 @@ func (c *Controller) syncService(ctx context.Context, key string) error {
 		c.forgetReport(key, "annotation")
 	}
 	return c.writeStatus(ctx, svc, want, held.Pool)
+}
+
+// CleanupFinalizer is the finalizer Herald puts on every LoadBalancer Service it serves,
+// the one Kubernetes' service controller uses for the same purpose: the Service is not
+// removed until Herald has released its address and cleared its status.
+const CleanupFinalizer = "service.kubernetes.io/load-balancer-cleanup"
+
+func hasFinalizer(svc *corev1.Service) bool { return slices.Contains(svc.Finalizers, CleanupFinalizer) }
+
+// addFinalizer puts CleanupFinalizer on svc unless it is there, and returns the Service
+// as the API server now has it (nil when it is gone).
+func (c *Controller) addFinalizer(ctx context.Context, svc *corev1.Service) (*corev1.Service, error) {
+	if hasFinalizer(svc) {
+		return svc, nil
+	}
+	// A strategic merge patch adds to the finalizer list: the other finalizers stay.
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"finalizers": []string{CleanupFinalizer}}})
+	got, err := c.patchStatus(ctx, svc, patch)
+	if err != nil {
+		return nil, fmt.Errorf("add finalizer %s to Service %s: %w", CleanupFinalizer, k8s.Key(svc), err)
+	}
+	return got, nil
+}
+
+// cleanup ends what Herald does for a Service it no longer serves: it clears the status
+// Herald wrote (when clearStatus says the status is Herald's to clear), removes
+// CleanupFinalizer, and only then releases the address, so that no two Services ever
+// show it at once. For a Service of another class, whose status and finalizer belong to
+// that class's implementation, it does so only when Herald held an address for it.
+func (c *Controller) cleanup(ctx context.Context, svc *corev1.Service, clearStatus bool, why string) error {
+	key := k8s.Key(svc)
+	c.mu.Lock()
+	held := false
+	if c.alloc != nil {
+		_, held = c.alloc.Assigned(key)
+	}
+	c.mu.Unlock()
+	ours := held || clearStatus
+	clear := ours && len(svc.Status.LoadBalancer.Ingress) > 0 && (held || c.inPools(k8s.IngressIPs(svc)))
+	unfinalize := ours && hasFinalizer(svc)
+	if clear || unfinalize {
+		patch := map[string]any{}
+		if clear {
+			patch["status"] = map[string]any{"loadBalancer": map[string]any{"ingress": nil}}
+		}
+		if unfinalize {
+			patch["metadata"] = map[string]any{"$deleteFromPrimitiveList/finalizers": []string{CleanupFinalizer}}
+		}
+		data, _ := json.Marshal(patch)
+		if _, err := c.patchStatus(ctx, svc, data); err != nil {
+			return fmt.Errorf("clean up Service %s (%s): %w", key, why, err)
+		}
+	}
+	if c.release(key) {
+		c.events.Event(svc, corev1.EventTypeNormal, "IPReleased", "Released the load-balancer address: "+why)
+		c.log.Info("released", "service", key, "why", why)
+	}
+	return nil
+}
+
+// patchStatus applies a strategic merge patch through the status subresource, which
+// may change the status and the metadata but never the spec. A Service that is gone
+// is no error: it returns nil.
+func (c *Controller) patchStatus(ctx context.Context, svc *corev1.Service, patch []byte) (*corev1.Service, error) {
+	got, err := c.opts.Client.CoreV1().Services(svc.Namespace).Patch(ctx, svc.Name, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	return got, err
 }
 
 // assignLocked asks the allocator, falling back to one family for PreferDualStack.
@@ -522,6 +605,9 @@ func (c *Controller) retryPending() {
 func (c *Controller) inPools(ips []netip.Addr) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.cfg == nil {
+		return false
+	}
 	return slices.ContainsFunc(ips, func(ip netip.Addr) bool {
 		_, ok := c.cfg.PoolOf(ip)
 		return ok

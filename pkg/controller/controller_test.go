@@ -10,6 +10,7 @@ import (
 	"unicode/utf8"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/heraldlb/herald/pkg/k8s"
@@ -332,6 +333,9 @@ func TestRestartChangesNothing(t *testing.T) {
 	delete(before, "svc-000")
 	e.create("newcomer")
 	e.start(e.options())
+	// Deleted while the controller was down, it waited, address and all, for the
+	// controller to release it (its finalizer).
+	e.waitGone("svc-000")
 	after := e.assignedIPs(200)
 	// The 200 lowest addresses were in use, so the freed one is now the lowest free.
 	if after["newcomer"] != freed {
@@ -344,6 +348,9 @@ func TestRestartChangesNothing(t *testing.T) {
 	}
 	list, _ = e.client.CoreV1().Services(e.ns).List(context.Background(), metav1.ListOptions{})
 	for _, s := range list.Items {
+		if !finalized(&s) {
+			t.Errorf("%s has no cleanup finalizer", s.Name)
+		}
 		if v, ok := versions[s.Name]; ok && v != s.ResourceVersion {
 			t.Errorf("%s was written again after the restart", s.Name)
 		}
@@ -474,4 +481,147 @@ func TestUnknownSchedulerGetsOneEvent(t *testing.T) {
 	if evs := e.events("Service", "web", "InvalidForwarding"); len(evs) != 1 || evs[0].Count > 1 {
 		t.Errorf("the Event was repeated: %d Events", len(evs))
 	}
+}
+
+func finalized(s *corev1.Service) bool { return slices.Contains(s.Finalizers, CleanupFinalizer) }
+
+// waitGone waits until the Service no longer exists.
+func (e *env) waitGone(name string) {
+	e.t.Helper()
+	e.eventually(10*time.Second, func() (bool, string) {
+		s, err := e.client.CoreV1().Services(e.ns).Get(context.Background(), name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return true, ""
+		}
+		if err != nil {
+			return false, err.Error()
+		}
+		return false, fmt.Sprintf("Service %s still exists, finalizers %v, deletionTimestamp %v", name, s.Finalizers, s.DeletionTimestamp)
+	})
+}
+
+// waitFinalizer waits until the Service has (or has not) the cleanup finalizer.
+func (e *env) waitFinalizer(name string, want bool) {
+	e.t.Helper()
+	e.eventually(10*time.Second, func() (bool, string) {
+		s := e.get(name)
+		return finalized(s) == want, fmt.Sprintf("Service %s has finalizers %v, want %s: %v", name, s.Finalizers, CleanupFinalizer, want)
+	})
+}
+
+func (e *env) setType(name string, typ corev1.ServiceType) {
+	e.t.Helper()
+	svc := e.get(name)
+	svc.Spec.Type = typ
+	for i := range svc.Spec.Ports {
+		svc.Spec.Ports[i].NodePort = 0
+	}
+	if _, err := e.client.CoreV1().Services(e.ns).Update(context.Background(), svc, metav1.UpdateOptions{}); err != nil {
+		e.t.Fatalf("change Service %s to %s: %v", name, typ, err)
+	}
+}
+
+// The lifecycle upstream's "should handle load balancer cleanup finalizer" spec walks,
+// and what it implies: a deleted Service gives its address back before it disappears.
+func TestCleanupFinalizer(t *testing.T) {
+	e := newEnv(t)
+	e.applyConfig("address-pools:\n- {name: one, protocol: layer2, addresses: [192.168.10.90/32]}\n")
+	e.start(e.options())
+	e.create("first")
+	e.waitIPs("first", "192.168.10.90")
+	if s := e.get("first"); !finalized(s) {
+		t.Errorf("a Service with an address lacks the finalizer: %v", s.Finalizers)
+	}
+	e.create("waiting")
+	e.waitEvent("Service", "waiting", "PoolExhausted", "no free IPv4 address")
+	e.waitFinalizer("waiting", true) // the finalizer comes before the address
+
+	// Deleting it releases the address, and the Service goes.
+	if err := e.client.CoreV1().Services(e.ns).Delete(context.Background(), "first", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitGone("first")
+	e.waitIPs("waiting", "192.168.10.90")
+	e.waitEvent("Service", "first", "IPReleased", "being deleted")
+
+	// ClusterIP: status and finalizer go; LoadBalancer again: both come back.
+	e.setType("waiting", corev1.ServiceTypeClusterIP)
+	e.waitIPs("waiting")
+	e.waitFinalizer("waiting", false)
+	e.setType("waiting", corev1.ServiceTypeLoadBalancer)
+	e.waitFinalizer("waiting", true)
+	e.waitIPs("waiting", "192.168.10.90")
+
+	// Another finalizer is left alone, and the Service waits for its owner.
+	svc := e.get("waiting")
+	svc.Finalizers = append(svc.Finalizers, "example.com/keep")
+	if _, err := e.client.CoreV1().Services(e.ns).Update(context.Background(), svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.client.CoreV1().Services(e.ns).Delete(context.Background(), "waiting", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitFinalizer("waiting", false)
+	if s := e.get("waiting"); !slices.Equal(s.Finalizers, []string{"example.com/keep"}) || len(s.Status.LoadBalancer.Ingress) != 0 {
+		t.Errorf("deleted Service has finalizers %v and ingress %v, want [example.com/keep] and none", s.Finalizers, ingressIPs(s))
+	}
+	e.create("next")
+	e.waitIPs("next", "192.168.10.90")
+}
+
+// Another class's Service gets no finalizer, and its deletion is not held up.
+func TestCleanupFinalizerLeavesOtherClassesAlone(t *testing.T) {
+	e := newEnv(t)
+	e.applyConfig(issueConfig)
+	e.start(e.options())
+	other := e.create("other", withClass("example.com/other-lb"))
+	other.Finalizers = []string{CleanupFinalizer} // what the other implementation put there
+	if _, err := e.client.CoreV1().Services(e.ns).Update(context.Background(), other, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.create("plain", withClass("example.com/other-lb"))
+	e.create("cluster-ip", withType(corev1.ServiceTypeClusterIP))
+	e.create("ours")
+	e.waitIPs("ours", "192.168.10.90")
+	if err := e.client.CoreV1().Services(e.ns).Delete(context.Background(), "other", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Everything queued so far has been synced once the next Service has its address.
+	e.create("later")
+	e.waitIPs("later", "192.168.10.91")
+	if s := e.get("other"); !finalized(s) {
+		t.Errorf("Herald removed another class's finalizer: %v", s.Finalizers)
+	}
+	for _, name := range []string{"plain", "cluster-ip"} {
+		if s := e.get(name); len(s.Finalizers) != 0 {
+			t.Errorf("%s got finalizers %v", name, s.Finalizers)
+		}
+	}
+	if err := e.client.CoreV1().Services(e.ns).Delete(context.Background(), "plain", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitGone("plain")
+}
+
+// A Service deleted while the controller was down stays until the next controller has
+// released its address, which then goes to a Service waiting for one.
+func TestDeletedWhileDown(t *testing.T) {
+	e := newEnv(t)
+	e.applyConfig("address-pools:\n- {name: one, protocol: layer2, addresses: [192.168.10.90/32]}\n")
+	first := e.start(e.options())
+	e.create("a")
+	e.waitIPs("a", "192.168.10.90")
+	e.waitFinalizer("a", true)
+	first.stop()
+	if err := e.client.CoreV1().Services(e.ns).Delete(context.Background(), "a", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.create("b")
+	time.Sleep(200 * time.Millisecond)
+	if s := e.get("a"); s.DeletionTimestamp == nil || !slices.Equal(ingressIPs(s), []string{"192.168.10.90"}) {
+		t.Fatalf("with no controller, the deleted Service should wait with its address: deletionTimestamp %v, ingress %v", s.DeletionTimestamp, ingressIPs(s))
+	}
+	e.start(e.options())
+	e.waitGone("a")
+	e.waitIPs("b", "192.168.10.90")
 }

@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 
@@ -53,6 +54,10 @@ func (e *env) deleteAll() {
 	ctx := context.Background()
 	if list, err := e.client.CoreV1().Services(e.ns).List(ctx, metav1.ListOptions{}); err == nil {
 		for _, s := range list.Items {
+			// The controllers have stopped: nobody else will remove their finalizer.
+			if len(s.Finalizers) > 0 {
+				_, _ = e.client.CoreV1().Services(e.ns).Patch(ctx, s.Name, types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`), metav1.PatchOptions{})
+			}
 			_ = e.client.CoreV1().Services(e.ns).Delete(ctx, s.Name, metav1.DeleteOptions{})
 		}
 	}
