@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 
@@ -69,9 +70,11 @@ address-pools:
 	}
 	stop := run(t, s)
 	createService(t, c, ns, "web", "198.51.100.5", nil)
+	// BGP and forwarding are parts of their own, applied in no order between them: wait
+	// until both hold the Service.
 	eventually(t, func() (bool, string) {
 		l := rec.all()
-		return len(l) > 0 && l[len(l)-1] == "routes 1", fmt.Sprintf("steps %v", l)
+		return slices.Contains(l, "routes 1") && slices.Contains(l, "forward 1"), fmt.Sprintf("steps %v", l)
 	})
 	s.SessionChanged(bgp.SessionEvent{Peer: netip.MustParseAddr("10.0.0.254"), State: bgp.BFDDown, Reason: "control_detection_time_expired"})
 	eventually(t, func() (bool, string) {
