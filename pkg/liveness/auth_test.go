@@ -326,7 +326,9 @@ func TestInboundConnectionsAreBounded(t *testing.T) {
 		idle = append(idle, c)
 		defer c.Close()
 	}
-	waitFor(t, time.Second, "6 over the limit", func() bool { return dropped(b, DropLimit) == 6 })
+	// b has no peers yet: every one is a stranger, and strangers get a quarter of the
+	// handshakes (1 of 4).
+	waitFor(t, time.Second, "9 over the limit", func() bool { return dropped(b, DropLimit) == 9 })
 	// The idle ones are closed after the handshake's deadline.
 	for _, c := range idle {
 		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
@@ -481,4 +483,41 @@ func TestLostSYNAndLocalErrorsAreNoDeath(t *testing.T) {
 			stillAlive(t, d, about, 2*DefaultTimeout)
 		})
 	}
+}
+
+// Connections from an address no peer listens on, held open without a word (no key
+// needed), take at most a quarter of the handshakes: a peer still gets in, however many
+// such connections keep coming.
+func TestStrangersCannotTakeThePeersHandshakes(t *testing.T) {
+	m := newMesh(t)
+	b := m.start("b", key)
+	addr := m.addrs["b"]
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	stranger := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: time.Second}
+	// 256 at once, each opened again as soon as b closes it, for the test's length.
+	for range 256 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				c, err := stranger.DialContext(ctx, "tcp", addr)
+				if err != nil {
+					select {
+					case <-ctx.Done():
+					case <-time.After(time.Millisecond):
+					}
+					continue
+				}
+				stop := context.AfterFunc(ctx, func() { c.Close() })
+				_, _ = c.Read(make([]byte, 1)) // until b closes it
+				stop()
+				c.Close()
+			}
+		}()
+	}
+	waitFor(t, 5*time.Second, "strangers refused", func() bool { return dropped(b, DropLimit) > 0 })
+	m.start("a", key) // a dials b (the lower name dials)
+	waitFor(t, 5*time.Second, "a connected to b despite the strangers", func() bool { return len(b.Peers()) == 1 })
 }

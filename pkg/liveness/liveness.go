@@ -39,6 +39,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -103,7 +104,9 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// MaxInbound bounds the accepted connections held at once, MaxHandshakes those not
 	// yet authenticated among them; beyond, a new one is closed at once. Defaults
-	// Mesh+2×Monitors+16 and 16.
+	// Mesh+2×Monitors+16 and 16. Of the handshakes, at most a quarter (at least one) come
+	// from addresses that are no peer's: connections from elsewhere cannot take the
+	// peers' places.
 	MaxInbound, MaxHandshakes int
 }
 
@@ -153,8 +156,11 @@ type Detector struct {
 	fresh  map[freshKey]int64 // the newest time taken per sender, kind and subject
 	sent   int64              // the time of the last message this speaker sent
 	// inbound and handshakes count the accepted connections held and those not yet
-	// authenticated.
-	inbound, handshakes int
+	// authenticated; strangers, those of the latter from an address no peer listens on.
+	inbound, handshakes, strangers int
+	// peerIPs are the addresses the peers listen on (from their host:port), made again
+	// when one changes.
+	peerIPs map[netip.Addr]bool
 	// localErr is when a dial last failed on this node itself; linkUp when a link of
 	// this node last came up. Both make it dial all its neighbours for a while.
 	localErr, linkUp time.Time
@@ -371,6 +377,7 @@ func (d *Detector) tick(ctx context.Context, now time.Time) {
 	want := d.cfg.Peers()
 	d.mu.Lock()
 	changed := len(want) != d.ringLen
+	addrChanged := d.peerIPs == nil
 	for name, addr := range want {
 		if name == d.cfg.Name {
 			continue
@@ -381,7 +388,16 @@ func (d *Detector) tick(ctx context.Context, now time.Time) {
 			d.peers[name] = p
 			changed = true
 		}
+		addrChanged = addrChanged || p.addr != addr
 		p.addr = addr
+	}
+	if addrChanged || changed {
+		d.peerIPs = map[netip.Addr]bool{}
+		for name := range want {
+			if ip, ok := hostIP(want[name]); ok {
+				d.peerIPs[ip] = true
+			}
+		}
 	}
 	patience := d.cfg.Timeout << d.health
 	heardAny := d.heardAnyLocked(now)
@@ -481,6 +497,15 @@ func (d *Detector) tick(ctx context.Context, now time.Time) {
 	for _, name := range back {
 		d.check(ctx, name)
 	}
+}
+
+// hostIP returns the address of a host:port, IPv4 unmapped.
+func hostIP(hostport string) (netip.Addr, bool) {
+	ap, err := netip.ParseAddrPort(hostport)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	return ap.Addr().Unmap().WithZone(""), true
 }
 
 // Redial has the detector dial every neighbour at once and for a timeout after: this
@@ -624,12 +649,18 @@ func (d *Detector) accept(ctx context.Context, ln net.Listener) {
 			}
 			continue
 		}
+		src, _ := hostIP(conn.RemoteAddr().String())
 		d.mu.Lock()
-		over := d.inbound >= d.cfg.MaxInbound || d.handshakes >= d.cfg.MaxHandshakes
+		stranger := !d.peerIPs[src]
+		over := d.inbound >= d.cfg.MaxInbound || d.handshakes >= d.cfg.MaxHandshakes ||
+			(stranger && d.strangers >= max(d.cfg.MaxHandshakes/4, 1))
 		leaving := d.leaving
 		if !over && !leaving {
 			d.inbound++
 			d.handshakes++
+			if stranger {
+				d.strangers++
+			}
 		}
 		d.mu.Unlock()
 		if over || leaving {
@@ -648,6 +679,9 @@ func (d *Detector) accept(ctx context.Context, ln net.Listener) {
 			name, sess, err := answerHandshake(conn, d.cfg.Key, d.cfg.Name, d.cfg.Timeout)
 			d.mu.Lock()
 			d.handshakes--
+			if stranger {
+				d.strangers--
+			}
 			d.mu.Unlock()
 			if err != nil {
 				if errors.Is(err, io.EOF) {
