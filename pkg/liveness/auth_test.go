@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -520,4 +523,37 @@ func TestStrangersCannotTakeThePeersHandshakes(t *testing.T) {
 	waitFor(t, 5*time.Second, "strangers refused", func() bool { return dropped(b, DropLimit) > 0 })
 	m.start("a", key) // a dials b (the lower name dials)
 	waitFor(t, 5*time.Second, "a connected to b despite the strangers", func() bool { return len(b.Peers()) == 1 })
+}
+
+// A connection that ends while the peer lives is replaced by the dialler's next one on
+// the same goroutine, without nesting: a peer that reconnects again and again (or a
+// path that keeps cutting the connection) does not grow that goroutine's stack.
+func TestReconnectsDoNotNest(t *testing.T) {
+	m := newMesh(t)
+	m.start("a", key)
+	b := m.start("b", key)
+	m.connected("a", "b")
+	for i := range 8 {
+		b.mu.Lock()
+		c := b.peers["a"].conn
+		b.mu.Unlock()
+		if c != nil {
+			_ = c.Close() // b cuts it; a dials again (the lower name)
+		}
+		waitFor(t, 5*time.Second, fmt.Sprintf("reconnection %d", i), func() bool {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			return b.peers["a"].conn != nil && b.peers["a"].conn != c
+		})
+		m.connected("a", "b")
+	}
+	buf := make([]byte, 1<<20)
+	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+		if n := strings.Count(g, "liveness.(*Detector).adoptOne("); n > 1 {
+			t.Fatalf("a goroutine holds %d connections' reads nested:\n%s", n, g)
+		}
+		if n := strings.Count(g, "liveness.(*Detector).adopt("); n > 1 {
+			t.Fatalf("a goroutine holds %d connections' reads nested:\n%s", n, g)
+		}
+	}
 }

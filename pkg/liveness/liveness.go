@@ -700,14 +700,23 @@ func (d *Detector) accept(ctx context.Context, ln net.Listener) {
 	}
 }
 
-// adopt makes conn the connection to name and reads it until it fails. When both ends
-// dialled at once, both keep the connection the lower name dialled.
+// adopt makes conn the connection to name and reads it until it fails, then the next
+// connection its end makes to the peer (in a loop: a peer that reconnects again and
+// again does not deepen the stack). When both ends dialled at once, both keep the
+// connection the lower name dialled.
 func (d *Detector) adopt(ctx context.Context, name string, conn net.Conn, sess *session) {
+	for conn != nil {
+		conn, sess = d.adoptOne(ctx, name, conn, sess)
+	}
+}
+
+// adoptOne is one connection of adopt: it returns the next to adopt, if any.
+func (d *Detector) adoptOne(ctx context.Context, name string, conn net.Conn, sess *session) (net.Conn, *session) {
 	d.mu.Lock()
 	if d.leaving || !d.running {
 		d.mu.Unlock()
 		_ = conn.Close() // leaving, or stopped: closeAll would never close it
-		return
+		return nil, nil
 	}
 	p := d.peers[name]
 	if p == nil {
@@ -719,7 +728,7 @@ func (d *Detector) adopt(ctx context.Context, name string, conn net.Conn, sess *
 	if p.conn != nil && p.sess.dialler == low && sess.dialler != low && now.Sub(p.since) < d.cfg.Timeout && now.Sub(p.heard) < d.cfg.Timeout {
 		d.mu.Unlock()
 		_ = conn.Close() // the other of two made at once
-		return
+		return nil, nil
 	}
 	old := p.conn
 	wasAlive := old != nil && now.Sub(p.heard) < d.cfg.Timeout
@@ -735,13 +744,14 @@ func (d *Detector) adopt(ctx context.Context, name string, conn net.Conn, sess *
 	if old != nil {
 		_ = old.Close()
 	}
-	d.read(ctx, p, conn, sess)
+	return d.read(ctx, p, conn, sess)
 }
 
 // read handles conn's frames until it fails, then finds out whether the peer died. A
 // frame refused (forged, replayed, cut short, too long, of an unknown type) is counted
-// and ends the connection: the peer, if alive, connects again.
-func (d *Detector) read(ctx context.Context, p *peer, conn net.Conn, sess *session) {
+// and ends the connection: the peer, if alive, connects again. It returns the new
+// connection this speaker made to the peer meanwhile, for adopt to take.
+func (d *Detector) read(ctx context.Context, p *peer, conn net.Conn, sess *session) (net.Conn, *session) {
 	r := bufio.NewReader(conn)
 	var readErr error
 	for {
@@ -789,7 +799,7 @@ func (d *Detector) read(ctx context.Context, p *peer, conn net.Conn, sess *sessi
 	addr := p.addr
 	d.mu.Unlock()
 	if !current || bye || leaving || known || ctx.Err() != nil {
-		return // replaced, closed as no longer a neighbour, the end of this speaker, or known
+		return nil, nil // replaced, closed as no longer a neighbour, the end of this speaker, or known
 	}
 	// The connection ended: the process behind it may be gone. Ask its kernel: a new
 	// connection is refused once the process is gone. One made meanwhile proves nothing
@@ -807,7 +817,7 @@ func (d *Detector) read(ctx context.Context, p *peer, conn net.Conn, sess *sessi
 					d.markDeadLocked(p.name, Closed, time.Since(start)+min(silent, d.cfg.Interval))
 				}
 				d.mu.Unlock()
-				return
+				return nil, nil
 			}
 			if v == local {
 				d.noteLocal(addr, p.name)
@@ -817,11 +827,10 @@ func (d *Detector) read(ctx context.Context, p *peer, conn net.Conn, sess *sessi
 		}
 		if psess, herr := d.dialHandshake(probe, p.name); herr == nil {
 			if d.cfg.Name < p.name {
-				d.adopt(ctx, p.name, probe, psess) // it lives (it restarted): the new connection
-			} else {
-				_ = probe.Close() // it lives, and dials this speaker again
+				return probe, psess // it lives (it restarted): the new connection
 			}
-			return
+			_ = probe.Close() // it lives, and dials this speaker again
+			return nil, nil
 		}
 		_ = probe.Close()
 		d.log.Debug("liveness connection ended", "member", p.name, "err", readErr, "try", try)
@@ -834,6 +843,7 @@ func (d *Detector) read(ctx context.Context, p *peer, conn net.Conn, sess *sessi
 		p.lost = true
 	}
 	d.mu.Unlock()
+	return nil, nil
 }
 
 // Leave tells every peer this speaker is leaving and waits, up to ctx, until each has
