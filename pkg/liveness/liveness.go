@@ -508,6 +508,21 @@ func hostIP(hostport string) (netip.Addr, bool) {
 	return ap.Addr().Unmap().WithZone(""), true
 }
 
+// refused records that a dial to name was refused: its node lives (its kernel
+// answered) and its process is gone. A peer held dead for its silence is then dead as
+// Closed instead: its node is no longer taken to be dead or cut off (the speaker keeps
+// forwarding to it), though its speaker stays dead.
+func (d *Detector) refused(name string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if p := d.peers[name]; p != nil && p.conn == nil && d.dead[name] == Silent {
+		d.dead[name] = Closed
+		d.gen++
+		d.log.Info("speaker dead, its node alive: its port refuses", "member", name)
+		d.notify()
+	}
+}
+
 // Redial has the detector dial every neighbour at once and for a timeout after: this
 // node's link came back up (LinkWatcher), and its connections may be stale.
 func (d *Detector) Redial() {
@@ -568,8 +583,11 @@ func (d *Detector) spawnDial(ctx context.Context, p *peer, jitter bool) {
 		}
 		conn, err := d.dialWithin(ctx, addr, 2*d.cfg.Interval)
 		if err != nil {
-			if judgeDial(err) == local && ctx.Err() == nil {
+			switch v := judgeDial(err); {
+			case v == local && ctx.Err() == nil:
 				d.noteLocal(addr, p.name)
+			case v == refused:
+				d.refused(p.name)
 			}
 			return
 		}
