@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -326,7 +329,9 @@ func TestInboundConnectionsAreBounded(t *testing.T) {
 		idle = append(idle, c)
 		defer c.Close()
 	}
-	waitFor(t, time.Second, "6 over the limit", func() bool { return dropped(b, DropLimit) == 6 })
+	// b has no peers yet: every one is a stranger, and strangers get a quarter of the
+	// handshakes (1 of 4).
+	waitFor(t, time.Second, "9 over the limit", func() bool { return dropped(b, DropLimit) == 9 })
 	// The idle ones are closed after the handshake's deadline.
 	for _, c := range idle {
 		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
@@ -480,5 +485,75 @@ func TestLostSYNAndLocalErrorsAreNoDeath(t *testing.T) {
 			d.Deliver(context.Background(), m.dets[liar].seal(msgDead, about))
 			stillAlive(t, d, about, 2*DefaultTimeout)
 		})
+	}
+}
+
+// Connections from an address no peer listens on, held open without a word (no key
+// needed), take at most a quarter of the handshakes: a peer still gets in, however many
+// such connections keep coming.
+func TestStrangersCannotTakeThePeersHandshakes(t *testing.T) {
+	m := newMesh(t)
+	b := m.start("b", key)
+	addr := m.addrs["b"]
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	stranger := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: time.Second}
+	// 256 at once, each opened again as soon as b closes it, for the test's length.
+	for range 256 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				c, err := stranger.DialContext(ctx, "tcp", addr)
+				if err != nil {
+					select {
+					case <-ctx.Done():
+					case <-time.After(time.Millisecond):
+					}
+					continue
+				}
+				stop := context.AfterFunc(ctx, func() { c.Close() })
+				_, _ = c.Read(make([]byte, 1)) // until b closes it
+				stop()
+				c.Close()
+			}
+		}()
+	}
+	waitFor(t, 5*time.Second, "strangers refused", func() bool { return dropped(b, DropLimit) > 0 })
+	m.start("a", key) // a dials b (the lower name dials)
+	waitFor(t, 5*time.Second, "a connected to b despite the strangers", func() bool { return len(b.Peers()) == 1 })
+}
+
+// A connection that ends while the peer lives is replaced by the dialler's next one on
+// the same goroutine, without nesting: a peer that reconnects again and again (or a
+// path that keeps cutting the connection) does not grow that goroutine's stack.
+func TestReconnectsDoNotNest(t *testing.T) {
+	m := newMesh(t)
+	m.start("a", key)
+	b := m.start("b", key)
+	m.connected("a", "b")
+	for i := range 8 {
+		b.mu.Lock()
+		c := b.peers["a"].conn
+		b.mu.Unlock()
+		if c != nil {
+			_ = c.Close() // b cuts it; a dials again (the lower name)
+		}
+		waitFor(t, 5*time.Second, fmt.Sprintf("reconnection %d", i), func() bool {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			return b.peers["a"].conn != nil && b.peers["a"].conn != c
+		})
+		m.connected("a", "b")
+	}
+	buf := make([]byte, 1<<20)
+	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+		if n := strings.Count(g, "liveness.(*Detector).adoptOne("); n > 1 {
+			t.Fatalf("a goroutine holds %d connections' reads nested:\n%s", n, g)
+		}
+		if n := strings.Count(g, "liveness.(*Detector).adopt("); n > 1 {
+			t.Fatalf("a goroutine holds %d connections' reads nested:\n%s", n, g)
+		}
 	}
 }

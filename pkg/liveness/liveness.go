@@ -39,6 +39,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -103,7 +104,9 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// MaxInbound bounds the accepted connections held at once, MaxHandshakes those not
 	// yet authenticated among them; beyond, a new one is closed at once. Defaults
-	// Mesh+2×Monitors+16 and 16.
+	// Mesh+2×Monitors+16 and 16. Of the handshakes, at most a quarter (at least one) come
+	// from addresses that are no peer's: connections from elsewhere cannot take the
+	// peers' places.
 	MaxInbound, MaxHandshakes int
 }
 
@@ -153,8 +156,11 @@ type Detector struct {
 	fresh  map[freshKey]int64 // the newest time taken per sender, kind and subject
 	sent   int64              // the time of the last message this speaker sent
 	// inbound and handshakes count the accepted connections held and those not yet
-	// authenticated.
-	inbound, handshakes int
+	// authenticated; strangers, those of the latter from an address no peer listens on.
+	inbound, handshakes, strangers int
+	// peerIPs are the addresses the peers listen on (from their host:port), made again
+	// when one changes.
+	peerIPs map[netip.Addr]bool
 	// localErr is when a dial last failed on this node itself; linkUp when a link of
 	// this node last came up. Both make it dial all its neighbours for a while.
 	localErr, linkUp time.Time
@@ -371,6 +377,7 @@ func (d *Detector) tick(ctx context.Context, now time.Time) {
 	want := d.cfg.Peers()
 	d.mu.Lock()
 	changed := len(want) != d.ringLen
+	addrChanged := d.peerIPs == nil
 	for name, addr := range want {
 		if name == d.cfg.Name {
 			continue
@@ -381,7 +388,16 @@ func (d *Detector) tick(ctx context.Context, now time.Time) {
 			d.peers[name] = p
 			changed = true
 		}
+		addrChanged = addrChanged || p.addr != addr
 		p.addr = addr
+	}
+	if addrChanged || changed {
+		d.peerIPs = map[netip.Addr]bool{}
+		for name := range want {
+			if ip, ok := hostIP(want[name]); ok {
+				d.peerIPs[ip] = true
+			}
+		}
 	}
 	patience := d.cfg.Timeout << d.health
 	heardAny := d.heardAnyLocked(now)
@@ -483,6 +499,30 @@ func (d *Detector) tick(ctx context.Context, now time.Time) {
 	}
 }
 
+// hostIP returns the address of a host:port, IPv4 unmapped.
+func hostIP(hostport string) (netip.Addr, bool) {
+	ap, err := netip.ParseAddrPort(hostport)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	return ap.Addr().Unmap().WithZone(""), true
+}
+
+// refused records that a dial to name was refused: its node lives (its kernel
+// answered) and its process is gone. A peer held dead for its silence is then dead as
+// Closed instead: its node is no longer taken to be dead or cut off (the speaker keeps
+// forwarding to it), though its speaker stays dead.
+func (d *Detector) refused(name string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if p := d.peers[name]; p != nil && p.conn == nil && d.dead[name] == Silent {
+		d.dead[name] = Closed
+		d.gen++
+		d.log.Info("speaker dead, its node alive: its port refuses", "member", name)
+		d.notify()
+	}
+}
+
 // Redial has the detector dial every neighbour at once and for a timeout after: this
 // node's link came back up (LinkWatcher), and its connections may be stale.
 func (d *Detector) Redial() {
@@ -543,8 +583,11 @@ func (d *Detector) spawnDial(ctx context.Context, p *peer, jitter bool) {
 		}
 		conn, err := d.dialWithin(ctx, addr, 2*d.cfg.Interval)
 		if err != nil {
-			if judgeDial(err) == local && ctx.Err() == nil {
+			switch v := judgeDial(err); {
+			case v == local && ctx.Err() == nil:
 				d.noteLocal(addr, p.name)
+			case v == refused:
+				d.refused(p.name)
 			}
 			return
 		}
@@ -624,12 +667,18 @@ func (d *Detector) accept(ctx context.Context, ln net.Listener) {
 			}
 			continue
 		}
+		src, _ := hostIP(conn.RemoteAddr().String())
 		d.mu.Lock()
-		over := d.inbound >= d.cfg.MaxInbound || d.handshakes >= d.cfg.MaxHandshakes
+		stranger := !d.peerIPs[src]
+		over := d.inbound >= d.cfg.MaxInbound || d.handshakes >= d.cfg.MaxHandshakes ||
+			(stranger && d.strangers >= max(d.cfg.MaxHandshakes/4, 1))
 		leaving := d.leaving
 		if !over && !leaving {
 			d.inbound++
 			d.handshakes++
+			if stranger {
+				d.strangers++
+			}
 		}
 		d.mu.Unlock()
 		if over || leaving {
@@ -648,6 +697,9 @@ func (d *Detector) accept(ctx context.Context, ln net.Listener) {
 			name, sess, err := answerHandshake(conn, d.cfg.Key, d.cfg.Name, d.cfg.Timeout)
 			d.mu.Lock()
 			d.handshakes--
+			if stranger {
+				d.strangers--
+			}
 			d.mu.Unlock()
 			if err != nil {
 				if errors.Is(err, io.EOF) {
@@ -666,14 +718,23 @@ func (d *Detector) accept(ctx context.Context, ln net.Listener) {
 	}
 }
 
-// adopt makes conn the connection to name and reads it until it fails. When both ends
-// dialled at once, both keep the connection the lower name dialled.
+// adopt makes conn the connection to name and reads it until it fails, then the next
+// connection its end makes to the peer (in a loop: a peer that reconnects again and
+// again does not deepen the stack). When both ends dialled at once, both keep the
+// connection the lower name dialled.
 func (d *Detector) adopt(ctx context.Context, name string, conn net.Conn, sess *session) {
+	for conn != nil {
+		conn, sess = d.adoptOne(ctx, name, conn, sess)
+	}
+}
+
+// adoptOne is one connection of adopt: it returns the next to adopt, if any.
+func (d *Detector) adoptOne(ctx context.Context, name string, conn net.Conn, sess *session) (net.Conn, *session) {
 	d.mu.Lock()
 	if d.leaving || !d.running {
 		d.mu.Unlock()
 		_ = conn.Close() // leaving, or stopped: closeAll would never close it
-		return
+		return nil, nil
 	}
 	p := d.peers[name]
 	if p == nil {
@@ -685,7 +746,7 @@ func (d *Detector) adopt(ctx context.Context, name string, conn net.Conn, sess *
 	if p.conn != nil && p.sess.dialler == low && sess.dialler != low && now.Sub(p.since) < d.cfg.Timeout && now.Sub(p.heard) < d.cfg.Timeout {
 		d.mu.Unlock()
 		_ = conn.Close() // the other of two made at once
-		return
+		return nil, nil
 	}
 	old := p.conn
 	wasAlive := old != nil && now.Sub(p.heard) < d.cfg.Timeout
@@ -701,13 +762,14 @@ func (d *Detector) adopt(ctx context.Context, name string, conn net.Conn, sess *
 	if old != nil {
 		_ = old.Close()
 	}
-	d.read(ctx, p, conn, sess)
+	return d.read(ctx, p, conn, sess)
 }
 
 // read handles conn's frames until it fails, then finds out whether the peer died. A
 // frame refused (forged, replayed, cut short, too long, of an unknown type) is counted
-// and ends the connection: the peer, if alive, connects again.
-func (d *Detector) read(ctx context.Context, p *peer, conn net.Conn, sess *session) {
+// and ends the connection: the peer, if alive, connects again. It returns the new
+// connection this speaker made to the peer meanwhile, for adopt to take.
+func (d *Detector) read(ctx context.Context, p *peer, conn net.Conn, sess *session) (net.Conn, *session) {
 	r := bufio.NewReader(conn)
 	var readErr error
 	for {
@@ -755,7 +817,7 @@ func (d *Detector) read(ctx context.Context, p *peer, conn net.Conn, sess *sessi
 	addr := p.addr
 	d.mu.Unlock()
 	if !current || bye || leaving || known || ctx.Err() != nil {
-		return // replaced, closed as no longer a neighbour, the end of this speaker, or known
+		return nil, nil // replaced, closed as no longer a neighbour, the end of this speaker, or known
 	}
 	// The connection ended: the process behind it may be gone. Ask its kernel: a new
 	// connection is refused once the process is gone. One made meanwhile proves nothing
@@ -773,7 +835,7 @@ func (d *Detector) read(ctx context.Context, p *peer, conn net.Conn, sess *sessi
 					d.markDeadLocked(p.name, Closed, time.Since(start)+min(silent, d.cfg.Interval))
 				}
 				d.mu.Unlock()
-				return
+				return nil, nil
 			}
 			if v == local {
 				d.noteLocal(addr, p.name)
@@ -783,11 +845,10 @@ func (d *Detector) read(ctx context.Context, p *peer, conn net.Conn, sess *sessi
 		}
 		if psess, herr := d.dialHandshake(probe, p.name); herr == nil {
 			if d.cfg.Name < p.name {
-				d.adopt(ctx, p.name, probe, psess) // it lives (it restarted): the new connection
-			} else {
-				_ = probe.Close() // it lives, and dials this speaker again
+				return probe, psess // it lives (it restarted): the new connection
 			}
-			return
+			_ = probe.Close() // it lives, and dials this speaker again
+			return nil, nil
 		}
 		_ = probe.Close()
 		d.log.Debug("liveness connection ended", "member", p.name, "err", readErr, "try", try)
@@ -800,6 +861,7 @@ func (d *Detector) read(ctx context.Context, p *peer, conn net.Conn, sess *sessi
 		p.lost = true
 	}
 	d.mu.Unlock()
+	return nil, nil
 }
 
 // Leave tells every peer this speaker is leaving and waits, up to ctx, until each has

@@ -548,3 +548,23 @@ func TestRingIsSymmetricAndBounded(t *testing.T) {
 		}
 	}
 }
+
+// A peer found dead for its silence whose port then refuses (its node answers, its
+// process is gone) is dead as Closed: its node is no longer taken to be dead or cut off.
+func TestSilentPeerThatRefusesIsClosed(t *testing.T) {
+	if os.Getenv("HERALD_LIVENESS_HELPER") != "" {
+		t.Skip("helper")
+	}
+	a, cmd := meshWithProcess(t)
+	if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 3*time.Second, "z dead", func() bool { return deadAs(a, "z") == Silent })
+	_, gen := a.Dead()
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	waitFor(t, 3*time.Second, "z dead as closed once its port refuses", func() bool { return deadAs(a, "z") == Closed })
+	if _, now := a.Dead(); now <= gen {
+		t.Errorf("generation %d after the change, %d before", now, gen)
+	}
+}

@@ -307,6 +307,9 @@ func (d *Detector) check(ctx context.Context, name string) {
 				break
 			}
 		}
+		if dead && last == refused {
+			d.refused(name) // its node lives: dead as Closed, no longer as Silent
+		}
 		if dead || ctx.Err() != nil {
 			return
 		}

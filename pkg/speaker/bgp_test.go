@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -69,9 +71,11 @@ address-pools:
 	}
 	stop := run(t, s)
 	createService(t, c, ns, "web", "198.51.100.5", nil)
+	// BGP and forwarding are parts of their own, applied in no order between them: wait
+	// until both hold the Service.
 	eventually(t, func() (bool, string) {
 		l := rec.all()
-		return len(l) > 0 && l[len(l)-1] == "routes 1", fmt.Sprintf("steps %v", l)
+		return slices.Contains(l, "routes 1") && slices.Contains(l, "forward 1"), fmt.Sprintf("steps %v", l)
 	})
 	s.SessionChanged(bgp.SessionEvent{Peer: netip.MustParseAddr("10.0.0.254"), State: bgp.BFDDown, Reason: "control_detection_time_expired"})
 	eventually(t, func() (bool, string) {
@@ -95,5 +99,44 @@ address-pools:
 	}
 	if withdrawn < 0 || unforwarded < 0 || withdrawn > unforwarded {
 		t.Fatalf("on stop: %v; want the routes withdrawn before the forwarding goes", after)
+	}
+}
+
+// A forwarder stuck in the kernel does not keep a stopping speaker running (its layer 2
+// answering for addresses the others took over): Run returns within shutdownTimeout,
+// and the BGP routes are still withdrawn.
+func TestStopIsBoundedWhateverTheForwarderDoes(t *testing.T) {
+	cp := k8stest.Shared(t)
+	c := kubernetes.NewForConfigOrDie(cp.Config)
+	ns := inForce(t, c, `
+peers:
+- {peer-address: 10.0.0.254, peer-asn: 64500, my-asn: 64501}
+address-pools:
+- {name: routed, protocol: bgp, addresses: [198.51.101.0/24]}
+`)
+	createNode(t, c, "bgpstuck1", "10.0.0.31", true)
+	rec := &steps{}
+	fwd := &stuckForwarder{release: make(chan struct{})}
+	s, err := New(Options{Client: coreClient(t), NodeName: "bgpstuck1", Config: k8s.ConfigRef{Namespace: ns}, Layer2: &layer2Rec{},
+		BGP: bgpRec{rec}, Forward: fwd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := run(t, s)
+	t.Cleanup(func() { close(fwd.release) }) // before run's stop, should the test fail
+	createService(t, c, ns, "web", "198.51.101.5", nil)
+	eventually(t, func() (bool, string) {
+		return slices.Contains(rec.all(), "routes 1") && fwd.calls.Load() > 0, fmt.Sprintf("steps %v, forwarder called %d times", rec.all(), fwd.calls.Load())
+	})
+	start := time.Now()
+	stopped := make(chan struct{})
+	go func() { stop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(shutdownTimeout + 5*time.Second):
+		t.Fatalf("Run still running %s after its context ended, the forwarder stuck", time.Since(start).Round(time.Millisecond))
+	}
+	if l := rec.all(); l[len(l)-1] != "routes 0" {
+		t.Errorf("on stop: %v; want the routes withdrawn", l)
 	}
 }

@@ -116,6 +116,7 @@ func (s *Speaker) input() (plan.Input, View, uint64) {
 	in := plan.Input{Config: s.plan.cfg, Self: s.opts.NodeName}
 	var view View
 	var gen uint64
+	in.Nodes = s.nodes()
 	if s.opts.Members != nil {
 		sight := Sightings{Memberlist: s.opts.Members.Alive(), Self: s.opts.NodeName}
 		if s.opts.Liveness != nil {
@@ -126,10 +127,9 @@ func (s *Speaker) input() (plan.Input, View, uint64) {
 		view = Merge(sight)
 		in.UseMembers, in.Members = true, view.Alive()
 		if s.opts.Liveness != nil {
-			in.Silent = s.silentNodes(view.Dead(), in.Members)
+			in.Silent = s.silentNodes(view.Dead(), in.Members, in.Nodes)
 		}
 	}
-	in.Nodes = s.nodes()
 	in.Services = s.services()
 	in.Forwarders = s.forwarders(in.Nodes)
 	return in, view, gen
@@ -141,8 +141,9 @@ func (s *Speaker) input() (plan.Input, View, uint64) {
 // detector then forgets it) until it is alive again. A speaker that crashed (its
 // connection closed, its port refused) or left runs on a node that still forwards: it
 // never counts. Without the detector there are none: memberlist alone cannot tell a
-// crashed speaker from a dead node.
-func (s *Speaker) silentNodes(dead map[string]liveness.Reason, alive []string) map[string]bool {
+// crashed speaker from a dead node. A node deleted from the cluster is forgotten (node
+// names come and go with autoscaling: the set would otherwise only grow).
+func (s *Speaker) silentNodes(dead map[string]liveness.Reason, alive []string, nodes []plan.Node) map[string]bool {
 	if s.plan.silent == nil {
 		s.plan.silent = map[string]bool{}
 	}
@@ -157,6 +158,9 @@ func (s *Speaker) silentNodes(dead map[string]liveness.Reason, alive []string) m
 		delete(s.plan.silent, m)
 	}
 	delete(s.plan.silent, s.opts.NodeName)
+	maps.DeleteFunc(s.plan.silent, func(name string, _ bool) bool {
+		return !slices.ContainsFunc(nodes, func(n plan.Node) bool { return n.Name == name })
+	})
 	return maps.Clone(s.plan.silent)
 }
 

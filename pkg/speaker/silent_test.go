@@ -7,6 +7,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/heraldlb/herald/pkg/liveness"
+	"github.com/heraldlb/herald/pkg/plan"
 )
 
 // A node leaves the data path when its speaker goes silent (a dead or cut-off node), not
@@ -30,8 +31,14 @@ func TestSilentNodes(t *testing.T) {
 		{"n3, crashed before, now silent", dead{"n3": liveness.Silent}, []string{"n1", "n4"}, []string{"n2", "n3"}},
 		{"n2 heard again (memberlist merged)", dead{"n3": liveness.Silent}, []string{"n1", "n2", "n4"}, []string{"n3"}},
 		{"n3 restarted, refused, gone from memberlist: its node lives", dead{"n3": liveness.Closed}, []string{"n1", "n2", "n4"}, nil},
+		{"n5 silent", dead{"n5": liveness.Silent}, []string{"n1", "n2", "n4"}, []string{"n5"}},
+		{"n5 deleted from the cluster, memberlist and the detector forgot it: forgotten", nil, []string{"n1", "n2", "n4"}, nil},
 	} {
-		got := s.silentNodes(step.dead, step.alive)
+		nodes := []plan.Node{{Name: "n1"}, {Name: "n2"}, {Name: "n3"}, {Name: "n4"}}
+		if step.name == "n5 silent" {
+			nodes = append(nodes, plan.Node{Name: "n5"})
+		}
+		got := s.silentNodes(step.dead, step.alive, nodes)
 		var names []string
 		for n, ok := range got {
 			if ok {

@@ -282,9 +282,11 @@ func (s *Speaker) Run(ctx context.Context) error {
 	defer joinWait.Stop()
 	loop, stopLoop := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopLoop()
-	var wg sync.WaitGroup
+	stopped := map[*runner.Runner]chan struct{}{}
 	for _, r := range append(s.parts(), s.planner) {
-		wg.Go(func() { _ = r.Run(loop) }) // Run returns nil once loop ends
+		done := make(chan struct{})
+		stopped[r] = done
+		go func() { defer close(done); _ = r.Run(loop) }() // Run returns nil once loop ends
 	}
 	for running := true; running; {
 		select {
@@ -308,29 +310,79 @@ func (s *Speaker) Run(ctx context.Context) error {
 		cancel()
 	}
 	stopLoop()
-	wg.Wait()
-	s.shutdown()
+	// A part stuck in its I/O (a forwarder whose kernel does not answer) does not keep
+	// the others, nor this node's announcements, past shutdownTimeout: Run returns and the
+	// process stops answering, and that part's own withdrawal is skipped.
+	deadline := time.NewTimer(shutdownTimeout)
+	defer deadline.Stop()
+	expired := false
+	ended := func(r *runner.Runner) bool {
+		select {
+		case <-stopped[r]:
+			return true
+		default:
+		}
+		if expired {
+			return false
+		}
+		select {
+		case <-stopped[r]:
+			return true
+		case <-deadline.C:
+			expired = true // the others are only checked from now on
+			return false
+		}
+	}
+	s.shutdown(ended)
 	return nil
 }
 
 // shutdown withdraws, on the way out, the BGP routes, then the forwarding state (the
-// other nodes have taken over by now), and says what this node no longer announces. The
-// runners have stopped: nothing else touches the parts now. Each step is bounded, so a
-// hung BGP process does not keep the forwarding state in place.
-func (s *Speaker) shutdown() {
-	if s.opts.BGP != nil {
+// other nodes have taken over by now), and says what this node no longer announces.
+// Each step waits for its part's runner to end (ended, bounded in all by
+// shutdownTimeout), and is skipped when it did not: nothing else touches that part then.
+// Each step is bounded, so a hung BGP process does not keep the forwarding state in
+// place.
+func (s *Speaker) shutdown(ended func(*runner.Runner) bool) {
+	for _, r := range []*runner.Runner{s.planner, s.layer2.runner} {
+		if !ended(r) {
+			s.log.Warn("a part did not stop in time on shutdown", "part", s.partName(r))
+		}
+	}
+	if s.opts.BGP != nil && !ended(s.bgp.runner) {
+		s.log.Warn("the BGP part did not stop in time on shutdown: its routes are not withdrawn")
+	} else if s.opts.BGP != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 		if err := s.opts.BGP.SetRoutes(ctx, nil); err != nil {
 			s.log.Warn("withdrawing the BGP routes on shutdown", "err", err)
 		}
 		cancel()
 	}
-	if s.forward.fwd != nil && s.plan.cfg != nil {
+	if !ended(s.forward.runner) || !ended(s.planner) {
+		s.log.Warn("the forwarding part did not stop in time on shutdown: its state stays in the kernel")
+	} else if s.forward.fwd != nil && s.plan.cfg != nil {
 		if err := s.forward.fwd.Set(nil); err != nil {
 			s.log.Warn("removing the forwarding state on shutdown", "err", err)
 		}
 	}
-	s.report(plan.Desired{}, plan.Input{})
+	if ended(s.status.runner) {
+		s.report(plan.Desired{}, plan.Input{})
+	}
+}
+
+// partName names a runner in the log.
+func (s *Speaker) partName(r *runner.Runner) string {
+	switch r {
+	case s.planner:
+		return "plan"
+	case s.layer2.runner:
+		return "layer2"
+	case s.forward.runner:
+		return "forwarding"
+	case s.bgp.runner:
+		return "bgp"
+	}
+	return "status"
 }
 
 // shutdownTimeout bounds the withdrawal of the BGP routes on the way out.

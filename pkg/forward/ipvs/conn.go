@@ -73,7 +73,8 @@ type request func(b []byte, i int, flags uint16, seq uint32) ([]byte, error)
 // the last request of a batch asks for an acknowledgement: the kernel answers a failed
 // request whatever its flags and handles a batch's requests in order, so that
 // acknowledgement comes after every error of the batch. A request that build cannot
-// encode is not sent, and its error is build's.
+// encode is not sent, and its error is build's. After a batch that fails as a whole (the
+// socket failed, or no answer within answerTimeout), the batches left are not sent.
 func (c *conn) do(n int, build request) []error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -119,6 +120,14 @@ func (c *conn) do(n int, build request) []error {
 				fail(idx, answers[j])
 			case err != nil:
 				fail(idx, err)
+			}
+		}
+		if err != nil && !errors.Is(err, errLost) {
+			// The socket failed or the kernel did not answer within answerTimeout: the
+			// batches left are not sent (each would wait as long), their requests fail
+			// with the same error.
+			for ; i < n; i++ {
+				fail(i, fmt.Errorf("not sent: %w", err))
 			}
 		}
 	}

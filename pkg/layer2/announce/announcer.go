@@ -48,6 +48,11 @@ const DefaultConflictInterval = 200 * time.Millisecond
 // the next claim is logged again.
 const conflictQuiet = 30 * time.Second
 
+// claimLogEvery bounds how often a conflict on one address is logged again when the
+// claimer's hardware address changes: forged claims from ever-new addresses are each
+// counted (the conflicts metric) but do not each become a log line.
+const claimLogEvery = time.Second
+
 // Announcer answers ARP and NDP for the owned addresses on this node's interfaces.
 type Announcer struct {
 	log     *slog.Logger
@@ -84,6 +89,7 @@ type link struct {
 type dispute struct {
 	other   net.HardwareAddr // who claims it
 	last    time.Time        // the last claim
+	logged  time.Time        // when the conflict was last logged
 	sent    time.Time        // our last announcement in answer
 	pending bool             // an announcement in answer is scheduled
 }
@@ -564,11 +570,14 @@ func (a *Announcer) claimed(l *link, cl claim) {
 	now := time.Now()
 	c := l.conflicts[cl.ip]
 	if c == nil || now.Sub(c.last) > conflictQuiet || string(c.other) != string(cl.mac) {
-		a.log.Warn("another node claims an address this node announces: announcing it again",
-			"ip", cl.ip, "interface", l.ifi.Name, "mac", cl.mac.String())
 		if c == nil {
 			c = &dispute{}
 			l.conflicts[cl.ip] = c
+		}
+		if c.logged.IsZero() || now.Sub(c.last) > conflictQuiet || now.Sub(c.logged) >= claimLogEvery {
+			a.log.Warn("another node claims an address this node announces: announcing it again",
+				"ip", cl.ip, "interface", l.ifi.Name, "mac", cl.mac.String())
+			c.logged = now
 		}
 		c.other = slices.Clone(cl.mac)
 	}
