@@ -273,6 +273,10 @@ func TestForwardWaitIsBounded(t *testing.T) {
 	if !returned(done) {
 		t.Fatal("layer 2 still waits for a hung forwarder after ForwardWait")
 	}
+	// Still hung: the next plan (a death, say) does not wait again.
+	if !returned(waited(2)) {
+		t.Fatal("layer 2 waits again for a forwarder that has hung since the last wait ran out")
+	}
 	// The forwarder tries plan 2: layer 2 goes on at once.
 	done = waited(2)
 	p.set(2, false)

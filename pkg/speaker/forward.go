@@ -101,25 +101,30 @@ type progress struct {
 	mu      sync.Mutex
 	seq     uint64
 	failing bool
+	// stuck: a wait ran out before the forwarder tried anything more. Later waits do not
+	// wait again until it does, so a hung forwarder costs layer 2 one ForwardWait in all,
+	// not one per plan.
+	stuck   bool
 	changed chan struct{} // closed and replaced on every set
 }
 
 func (p *progress) set(seq uint64, failing bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.seq, p.failing = seq, failing
+	p.seq, p.failing, p.stuck = seq, failing, false
 	close(p.changed)
 	p.changed = make(chan struct{})
 }
 
 // wait returns once the plan seq (or a later one) has been tried, the last try failed,
-// limit has passed on c, or ctx ended, whichever comes first.
+// limit has passed on c, or ctx ended, whichever comes first; at once while the
+// forwarder has not tried anything since an earlier wait ran out (it hangs).
 func (p *progress) wait(ctx context.Context, seq uint64, c clock.Clock, limit time.Duration) {
 	t := c.NewTimer(limit)
 	defer t.Stop()
 	for {
 		p.mu.Lock()
-		done, changed := p.seq >= seq || p.failing, p.changed
+		done, changed := p.seq >= seq || p.failing || p.stuck, p.changed
 		p.mu.Unlock()
 		if done {
 			return
@@ -127,6 +132,9 @@ func (p *progress) wait(ctx context.Context, seq uint64, c clock.Clock, limit ti
 		select {
 		case <-changed:
 		case <-t.C():
+			p.mu.Lock()
+			p.stuck = true
+			p.mu.Unlock()
 			return
 		case <-ctx.Done():
 			return
