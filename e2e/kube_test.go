@@ -174,12 +174,17 @@ func (c *Cluster) connectLoop(ip netip.Addr, stop <-chan struct{}) *loop {
 	return l
 }
 
-// requestLoop asks ip every interval, each request with its own timeout, until stop is
-// closed: a client as a user runs one, counting failures and when the last one was.
+// requestLoop starts a request to ip every interval, each with its own timeout, until stop
+// is closed: a client on a schedule, so that a request that hangs does not hold back the
+// next, and the failed share is a share of the schedule. It counts failures and when the
+// last one was; at most 64 are in flight.
 func (c *Cluster) requestLoop(ip netip.Addr, every, timeout time.Duration, stop <-chan struct{}) *loop {
 	l := &loop{done: make(chan struct{})}
 	go func() {
 		defer close(l.done)
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		inFlight := make(chan struct{}, 64)
 		tick := time.NewTicker(every)
 		defer tick.Stop()
 		for n := 0; n < 100_000; n++ {
@@ -188,14 +193,21 @@ func (c *Cluster) requestLoop(ip netip.Addr, every, timeout time.Duration, stop 
 				return
 			case <-tick.C:
 			}
-			_, err := c.Connect(ip, timeout)
-			l.mu.Lock()
-			if err != nil {
-				l.fail, l.lastErr, l.last = l.fail+1, err, time.Now()
-			} else {
-				l.ok++
-			}
-			l.mu.Unlock()
+			inFlight <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-inFlight }()
+				_, err := c.Connect(ip, timeout)
+				l.mu.Lock()
+				defer l.mu.Unlock()
+				if err != nil {
+					l.fail, l.lastErr = l.fail+1, err
+					if now := time.Now(); now.After(l.last) {
+						l.last = now
+					}
+				} else {
+					l.ok++
+				}
+			})
 		}
 	}()
 	return l
@@ -537,7 +549,7 @@ spec:
 		to, took := c.takeover(t, ip, old, start, 30*time.Second)
 		name, _ := c.reach(t, ip, "", 10*time.Second)
 		t.Logf("%s's link cut: %s announced %s after %s; a pod answered (%s)", old.Name, to.Name, ip, took.Round(time.Millisecond), name)
-		old.NS.Run("ip", "link", "set", "eth0", "up")
+		c.LinkUp(old)
 		c.waitNodesReady(t)
 	})
 
@@ -564,7 +576,7 @@ spec:
 			got := c.Owners(addr, 300*time.Millisecond)
 			close(stop)
 			ok, fail, lastErr := l.result()
-			cut.NS.Run("ip", "link", "set", "eth0", "up")
+			c.LinkUp(cut)
 			last := "none failed"
 			if fail > 0 {
 				last = fmt.Sprintf("the last %s after the cut (%v)", l.lastFailure().Sub(start).Round(time.Millisecond), lastErr)

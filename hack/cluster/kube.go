@@ -82,12 +82,8 @@ func (c *Cluster) startKube() {
 		}
 	}
 	// Every namespace routes the pod networks to their nodes.
-	for i, n := range c.Nodes {
-		for _, ns := range append([]*netlab.NS{c.CPNS}, c.nodeNSs()...) {
-			if ns != n.NS {
-				ns.Run("ip", "route", "replace", PodCIDR(i).String(), "via", n.IP4)
-			}
-		}
+	for _, ns := range append([]*netlab.NS{c.CPNS}, c.nodeNSs()...) {
+		c.routePods(ns)
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, len(c.Nodes))
@@ -101,6 +97,28 @@ func (c *Cluster) startKube() {
 		}
 	}
 	c.waitNodesReady(90 * time.Second)
+}
+
+// routePods routes every other node's pod network through that node, from ns.
+func (c *Cluster) routePods(ns *netlab.NS) {
+	for i, n := range c.Nodes {
+		if ns != n.NS {
+			ns.Run("ip", "route", "replace", PodCIDR(i).String(), "via", n.IP4)
+		}
+	}
+}
+
+// LinkUp brings node n's link back after a cut, with the routes the kernel dropped when
+// it went down (the Service network's and the other nodes' pod networks), as a node's
+// network configuration would: without them its kubelet, kube-proxy and speaker could
+// not reach the API server through the kubernetes Service again.
+func (c *Cluster) LinkUp(n *Node) {
+	n.NS.Run("ip", "link", "set", "eth0", "up")
+	if n.kube == nil {
+		return
+	}
+	n.NS.Run("ip", "route", "replace", serviceCIDR, "dev", "eth0")
+	c.routePods(n.NS)
 }
 
 func (c *Cluster) nodeNSs() []*netlab.NS {
