@@ -349,6 +349,14 @@ func RealServers(vip netip.Addr, svc *Service, p Port, in Input, toEndpoints boo
 			if !n.Ready || in.Silent[n.Name] {
 				continue
 			}
+			if n.Name == in.Self {
+				// Not this node's own NodePort: IPVS hands a packet for a local real server
+				// to the local stack after prerouting, where kube-proxy's NodePort DNAT
+				// lives, and no socket listens on a NodePort, so it would be reset. This
+				// node's own ready endpoints take its place.
+				out = append(out, localEndpoints(vip, svc, p, in.Self)...)
+				continue
+			}
 			if i := slices.IndexFunc(n.Addresses, func(a netip.Addr) bool { return a.Is4() == vip.Is4() }); i >= 0 {
 				out = append(out, forward.RealServer{Addr: n.Addresses[i], Port: p.NodePort})
 			}
@@ -364,6 +372,17 @@ func RealServers(vip netip.Addr, svc *Service, p Port, in Input, toEndpoints boo
 	}
 	slices.SortFunc(out, forward.RealServer.Compare)
 	return slices.Compact(out)
+}
+
+// localEndpoints are node's ready endpoints of svc's port p, of vip's family.
+func localEndpoints(vip netip.Addr, svc *Service, p Port, node string) []forward.RealServer {
+	var out []forward.RealServer
+	for _, e := range svc.Endpoints {
+		if port, ok := e.Ports[p.Name]; ok && e.Node == node && e.Addr.Is4() == vip.Is4() {
+			out = append(out, forward.RealServer{Addr: e.Addr, Port: port})
+		}
+	}
+	return out
 }
 
 // advertise turns an address into the routes its pool's advertisements ask for. Two

@@ -244,7 +244,7 @@ address-pools:
 	http := Port{Name: "http", Proto: transport.TCP, Port: 80, NodePort: 30080}
 	svcs := []Service{
 		{Key: "ns/cluster", IPs: []netip.Addr{ip("192.168.10.1"), ip("fd10::1")}, Ports: []Port{http, {Name: "dns", Proto: transport.UDP, Port: 53, NodePort: 30053}},
-			Scheduler: "wrr", Persistence: 3 * time.Hour, SourceRanges: []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16"), netip.MustParsePrefix("fd99::/64")}},
+			Endpoints: eps, Scheduler: "wrr", Persistence: 3 * time.Hour, SourceRanges: []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16"), netip.MustParsePrefix("fd99::/64")}},
 		{Key: "ns/local", IPs: []netip.Addr{ip("198.51.100.2")}, Local: true, Ports: []Port{http}, Endpoints: eps,
 			EndpointNodes: map[string]bool{"n1": true, "n2": true}},
 		{Key: "ns/direct", IPs: []netip.Addr{ip("198.51.100.3")}, Ports: []Port{{Name: "http", Proto: transport.TCP, Port: 80}}, Endpoints: eps},
@@ -265,12 +265,12 @@ address-pools:
 	v4range := []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")}
 	v6range := []netip.Prefix{netip.MustParsePrefix("fd99::/64")}
 	want := []forward.Service{
-		{VIP: ip("192.168.10.1"), Port: 80, Proto: transport.TCP, Scheduler: "wrr", Persistence: 3 * time.Hour, SourceRanges: v4range, Masquerade: true, RealServers: rs("10.0.0.1:30080", "10.0.0.2:30080")},
-		{VIP: ip("192.168.10.1"), Port: 53, Proto: transport.UDP, Scheduler: "wrr", Persistence: 3 * time.Hour, SourceRanges: v4range, Masquerade: true, RealServers: rs("10.0.0.1:30053", "10.0.0.2:30053")},
+		{VIP: ip("192.168.10.1"), Port: 80, Proto: transport.TCP, Scheduler: "wrr", Persistence: 3 * time.Hour, SourceRanges: v4range, Masquerade: true, RealServers: rs("10.0.0.2:30080", "10.244.1.5:8080")}, // n1's own pod, not its own NodePort
+		{VIP: ip("192.168.10.1"), Port: 53, Proto: transport.UDP, Scheduler: "wrr", Persistence: 3 * time.Hour, SourceRanges: v4range, Masquerade: true, RealServers: rs("10.0.0.2:30053")},
 		{VIP: ip("198.51.100.2"), Port: 80, Proto: transport.TCP, RealServers: rs("10.244.1.5:8080")},
 		{VIP: ip("198.51.100.3"), Port: 80, Proto: transport.TCP, Masquerade: true, RealServers: rs("10.244.1.5:8080", "10.244.2.5:8080")},
-		{VIP: ip("fd10::1"), Port: 80, Proto: transport.TCP, Scheduler: "wrr", Persistence: 3 * time.Hour, SourceRanges: v6range, Masquerade: true, RealServers: rs("[fd00::1]:30080", "[fd00::2]:30080")},
-		{VIP: ip("fd10::1"), Port: 53, Proto: transport.UDP, Scheduler: "wrr", Persistence: 3 * time.Hour, SourceRanges: v6range, Masquerade: true, RealServers: rs("[fd00::1]:30053", "[fd00::2]:30053")},
+		{VIP: ip("fd10::1"), Port: 80, Proto: transport.TCP, Scheduler: "wrr", Persistence: 3 * time.Hour, SourceRanges: v6range, Masquerade: true, RealServers: rs("[fd00::2]:30080", "[fd44::5]:8080")},
+		{VIP: ip("fd10::1"), Port: 53, Proto: transport.UDP, Scheduler: "wrr", Persistence: 3 * time.Hour, SourceRanges: v6range, Masquerade: true, RealServers: rs("[fd00::2]:30053")},
 	}
 	if diff := cmp.Diff(want, d.Forward, cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{})); diff != "" {
 		t.Errorf("n1 forwards (-want +got):\n%s", diff)
@@ -377,15 +377,15 @@ func TestRealServers(t *testing.T) {
 		silent      map[string]bool
 		want        []forward.RealServer
 	}{
-		{"nodeports: every Ready node", "192.168.10.1", false, http, false, nil,
-			rs("10.0.0.1:30080", "10.0.0.2:30080", "10.0.0.3:30080")},
+		{"nodeports: every Ready node; this node by its own pods, not its own NodePort", "192.168.10.1", false, http, false, nil,
+			rs("10.0.0.1:30080", "10.0.0.3:30080", "10.244.2.5:8080", "10.244.2.6:8080")},
 		{"nodeports: a silent node leaves", "192.168.10.1", false, http, false, silent("n2"),
 			rs("10.0.0.1:30080", "10.0.0.3:30080")},
-		{"nodeports: IPv6, a silent node leaves", "fd10::1", false, http, false, silent("n1"),
-			rs("[fd00::2]:30080")},
+		{"nodeports: IPv6, a silent node leaves (this node has no IPv6 pod)", "fd10::1", false, http, false, silent("n1"), nil},
+		{"nodeports: IPv6", "fd10::1", false, http, false, nil, rs("[fd00::1]:30080")},
 		{"nodeports: every node silent", "192.168.10.1", false, http, false, silent("n1", "n2", "n3"), nil},
 		{"nodeports: a silent name that is no node changes nothing", "192.168.10.1", false, http, false, silent("n9"),
-			rs("10.0.0.1:30080", "10.0.0.2:30080", "10.0.0.3:30080")},
+			rs("10.0.0.1:30080", "10.0.0.3:30080", "10.244.2.5:8080", "10.244.2.6:8080")},
 		{"endpoints: every ready endpoint, at its target port", "192.168.10.1", false, http, true, nil,
 			rs("10.244.1.5:8080", "10.244.2.5:8080", "10.244.2.6:8080", "10.244.3.5:8081")},
 		{"endpoints: none on a silent node", "192.168.10.1", false, http, true, silent("n2"),
@@ -460,7 +460,7 @@ address-pools:
 		{VIP: ip("192.168.10.1"), Port: 80, Proto: transport.TCP, Scheduler: "lc", Persistence: time.Hour,
 			SourceRanges: []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")}, Masquerade: true, RealServers: rs("10.244.1.5:8080", "10.244.3.5:8080")},
 		{VIP: ip("192.168.10.2"), Port: 80, Proto: transport.TCP, Masquerade: true},
-		{VIP: ip("192.168.20.1"), Port: 80, Proto: transport.TCP, Masquerade: true, RealServers: rs("10.0.0.1:30080", "10.0.0.2:30080", "10.0.0.3:30080")},
+		{VIP: ip("192.168.20.1"), Port: 80, Proto: transport.TCP, Masquerade: true, RealServers: rs("10.0.0.2:30080", "10.0.0.3:30080", "10.244.1.5:8080")},
 		{VIP: ip("198.51.100.2"), Port: 80, Proto: transport.TCP, RealServers: rs("10.244.1.5:8080")},
 	}
 	d := Compute(in)
@@ -482,7 +482,7 @@ address-pools:
 	in.Members, in.Silent = []string{"n1", "n2"}, map[string]bool{"n3": true}
 	d = Compute(in)
 	want[0].RealServers = rs("10.244.1.5:8080")
-	want[2].RealServers = rs("10.0.0.1:30080", "10.0.0.2:30080")
+	want[2].RealServers = rs("10.0.0.2:30080", "10.244.1.5:8080")
 	if diff := cmp.Diff(want, d.Forward, opts); diff != "" {
 		t.Errorf("n1 forwards with n3 silent (-want +got):\n%s", diff)
 	}

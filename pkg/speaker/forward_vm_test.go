@@ -30,7 +30,9 @@ import (
 // the real API server in the VM too (go run ./hack/vm -control-plane -run InVM
 // ./pkg/speaker): this (root) namespace is node n1, which announces the address; h12 and
 // h13 are nodes n2 and n3 with a stand-in for kube-proxy on the Service's NodePort; h11
-// is the client, routed to the address through n1. Real TCP connections show where the
+// is the client, routed to the address through n1. Nothing listens on n1's own NodePort,
+// as with kube-proxy (its NodePort DNAT is in prerouting, which IPVS's local delivery
+// never passes): n1 takes its share through its own pod. Real TCP connections show where the
 // traffic goes as nodes come and go and the speaker restarts.
 func TestSpeakerForwardsInVM(t *testing.T) {
 	netlab.RequireVM(t)
@@ -52,7 +54,8 @@ func TestSpeakerForwardsInVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer root.Close()
-	netlab.ServeName(t, root, fmt.Sprintf("10.11.0.1:%d", np), "n1") // n1's own kube-proxy stand-in
+	netlab.ServeName(t, root, "10.11.0.1:8080", "n1") // n1's own pod (a local address, the Service's target port)
+	createEndpoints(t, c, ns, "web", map[string]string{"10.11.0.1": "n1"})
 	if err := netlab.InNamespace(client, func() error {
 		return netlink.RouteAdd(&netlink.Route{Dst: &net.IPNet{IP: net.IPv4(192, 168, 10, 0), Mask: net.CIDRMask(24, 32)}, Gw: net.IPv4(10, 11, 0, 1)})
 	}); err != nil {
@@ -140,7 +143,7 @@ func TestSpeakerForwardsInVM(t *testing.T) {
 	}
 	setNode(t, c, node, "10.13.0.2", false)
 	waitAnswers("n1", "n2")
-	want := fmt.Sprintf("192.168.10.90:80 -> 10.11.0.1:%d,10.12.0.2:%d", np, np)
+	want := fmt.Sprintf("192.168.10.90:80 -> 10.11.0.1:8080,10.12.0.2:%d", np)
 	if got := kernelState(); got != want {
 		t.Errorf("IPVS holds %q, want %q", got, want)
 	}

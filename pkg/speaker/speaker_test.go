@@ -260,6 +260,7 @@ address-pools:
 		s.Spec.LoadBalancerSourceRanges = []string{"10.9.0.0/16"}
 	})
 	np := uint16(cluster.Spec.Ports[0].NodePort)
+	createEndpoints(t, c, ns, "cluster", map[string]string{"10.244.1.7": "n1", "10.244.2.7": "n2"})
 	createService(t, c, ns, "local", "192.168.10.91", func(s *corev1.Service) {
 		s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
 	})
@@ -281,7 +282,9 @@ address-pools:
 	}
 	clusterSvc := forward.Service{VIP: addr("192.168.10.90"), Port: 80, Proto: transport.TCP, Scheduler: "wrr", Persistence: 10 * time.Minute,
 		SourceRanges: []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")}, Masquerade: true,
-		RealServers: rs(fmt.Sprintf("10.0.0.1:%d", np), fmt.Sprintf("10.0.0.2:%d", np), fmt.Sprintf("10.0.0.3:%d", np))}
+		// This node (n1) by its own pod: IPVS would hand its own NodePort to the local stack
+		// past kube-proxy's DNAT.
+		RealServers: rs(fmt.Sprintf("10.0.0.2:%d", np), fmt.Sprintf("10.0.0.3:%d", np), "10.244.1.7:8080")}
 	localSvc := forward.Service{VIP: addr("192.168.10.91"), Port: 80, Proto: transport.TCP, Scheduler: "rr", RealServers: rs("10.244.1.5:8080")}
 	directSvc := forward.Service{VIP: addr("192.168.10.92"), Port: 80, Proto: transport.TCP, Scheduler: "rr", Masquerade: true, RealServers: rs("10.244.1.6:8080", "10.244.3.6:8080")}
 	eventually(t, wantSet([]forward.Service{clusterSvc, localSvc, directSvc}))
@@ -292,7 +295,7 @@ address-pools:
 		t.Fatal(err)
 	}
 	setNode(t, c, n3, "10.0.0.3", false)
-	clusterSvc.RealServers = clusterSvc.RealServers[:2]
+	clusterSvc.RealServers = rs(fmt.Sprintf("10.0.0.2:%d", np), "10.244.1.7:8080")
 	eventually(t, wantSet([]forward.Service{clusterSvc, localSvc, directSvc}))
 
 	// The kernel is compared in full every resync period.
