@@ -239,6 +239,7 @@ func (l *lab) run(t *testing.T, mode, vip, speakerBin string) []string {
 	l.waitAnswering(t, c, target, mode)
 	p := startProbe(c, target)
 	defer p.stop()
+	p.waitSteady(settle) // start-up's elections over (bounded: a mode may never be steady)
 	start := time.Now()
 	time.Sleep(3 * time.Second)
 	base := p.between(start, start.Add(3*time.Second))
@@ -246,11 +247,13 @@ func (l *lab) run(t *testing.T, mode, vip, speakerBin string) []string {
 	rows := []string{fmt.Sprintf("%-10s %-9s %-14s %-22s %s", mode, "no cut", fmt.Sprintf("%d/%d", base.failed, base.total), "-", "-")}
 	owner := l.owner(t, vip)
 	rows = append(rows, l.cut(t, p, c, target, mode, "owner "+owner, owner))
-	// The owner may have changed back once its link returned.
+	// The owner may have changed once its link returned: another node than the owner now
+	// and the one just cut.
+	cut := owner
 	owner = l.owner(t, vip)
 	other := nodeName(1)
 	for i := 1; i <= nodes; i++ {
-		if nodeName(i) != owner {
+		if nodeName(i) != owner && nodeName(i) != cut {
 			other = nodeName(i)
 			break
 		}
