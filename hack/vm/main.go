@@ -1,7 +1,7 @@
 // Command vm runs a package's tests inside a virtual machine booted from Debian's cloud
 // kernel, whose modules include ip_vs (this machine's kernel has none).
 //
-//	go run ./hack/vm [-run REGEXP | -bench REGEXP [-count N] [-cpuprofile FILE] [-icount]] [-timeout 5m] [-control-plane] PACKAGE...
+//	go run ./hack/vm [-run REGEXP | -bench REGEXP [-count N] [-cpuprofile FILE] [-icount]] [-timeout 5m] [-control-plane] [-bin ./speaker,...] PACKAGE...
 //
 // It downloads linux-image-cloud-amd64 with apt-get download (once, cached in
 // ~/.cache/herald/vm), builds each package's test binary statically, packs them with
@@ -9,6 +9,8 @@
 // qemu-system-x86_64 -accel tcg, streams the console, and exits with the tests' status.
 // Inside, the tests see HERALD_IN_VM=1. With -control-plane, etcd and kube-apiserver go
 // in too (HERALD_CONTROL_PLANE_BIN points the tests at them) and the VM gets more memory.
+// With -bin, the named commands are built statically into /herald (HERALD_VM_BIN names
+// the directory), for tests that run them as processes.
 // Needs: qemu-system-x86, busybox-static, cpio, xz-utils.
 package main
 
@@ -35,7 +37,7 @@ import (
 // modules the tests need; their dependencies are added from modules.dep.
 // Each IPVS scheduler Herald offers is a module of its own.
 var modules = append([]string{
-	"ip_vs", "nf_conntrack", "nf_defrag_ipv4", "nf_defrag_ipv6", "veth", "dummy", "bridge", "nf_tables", "nft_chain_nat", "nft_masq", "nft_ct", "nft_reject_inet",
+	"ip_vs", "nf_conntrack", "nf_defrag_ipv4", "nf_defrag_ipv6", "veth", "dummy", "bridge", "nf_tables", "nft_chain_nat", "nft_nat", "nft_numgen", "nft_masq", "nft_ct", "nft_reject_inet",
 }, schedulerModules()...)
 
 func schedulerModules() []string {
@@ -54,6 +56,7 @@ func main() {
 	profile := flag.String("cpuprofile", "", "with -bench and one package: write the benchmarks' CPU profile, taken inside the VM, to this file")
 	icount := flag.Bool("icount", false, "run the guest on instruction-counted time (qemu -icount shift=0,sleep=off): one nanosecond per instruction, whatever the load on this machine, so benchmark figures can be compared across runs")
 	cp := flag.Bool("control-plane", false, "put etcd and kube-apiserver (hack/build-control-plane.sh) in the VM for the tests")
+	bins := flag.String("bin", "", "comma-separated command packages (./speaker) built into the VM's /herald for the tests to run")
 	flag.Parse()
 	if flag.NArg() == 0 || (*profile != "" && (*bench == "" || flag.NArg() != 1)) || *count < 1 {
 		fmt.Fprintln(os.Stderr, "usage: vm [-run REGEXP | -bench REGEXP [-count N] [-cpuprofile FILE]] [-timeout D] PACKAGE...")
@@ -66,7 +69,11 @@ func main() {
 			args += " -test.cpuprofile " + vmProfile
 		}
 	}
-	code, err := vm(flag.Args(), args, *timeout, *cp, *profile, *icount)
+	var cmds []string
+	if *bins != "" {
+		cmds = strings.Split(*bins, ",")
+	}
+	code, err := vm(flag.Args(), cmds, args, *timeout, *cp, *profile, *icount)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "vm:", err)
 		os.Exit(2)
@@ -82,7 +89,7 @@ const (
 	profileEnd   = "HERALD-VM-PROFILE-END"
 )
 
-func vm(pkgs []string, testArgs string, timeout time.Duration, controlPlane bool, profile string, icount bool) (int, error) {
+func vm(pkgs, cmds []string, testArgs string, timeout time.Duration, controlPlane bool, profile string, icount bool) (int, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	kernel, modDir, err := fetchKernel(ctx)
@@ -95,7 +102,7 @@ func vm(pkgs []string, testArgs string, timeout time.Duration, controlPlane bool
 	}
 	defer os.RemoveAll(work)
 	root := filepath.Join(work, "root")
-	for _, d := range []string{"bin", "proc", "sys", "dev", "tmp", "lib/modules", "run", "tests"} {
+	for _, d := range []string{"bin", "proc", "sys", "dev", "tmp", "lib/modules", "run", "tests", "herald"} {
 		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
 			return 0, err
 		}
@@ -108,7 +115,15 @@ func vm(pkgs []string, testArgs string, timeout time.Duration, controlPlane bool
 			return 0, fmt.Errorf("build the tests of %s: %v\n%s", pkg, err, out)
 		}
 	}
-	memory, env := "1024", "HERALD_IN_VM=1"
+	// Commands the tests run as processes, static too.
+	for _, cmd := range cmds {
+		build := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(root, "herald", filepath.Base(cmd)), cmd)
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			return 0, fmt.Errorf("build %s: %v\n%s", cmd, err, out)
+		}
+	}
+	memory, env := "1024", "HERALD_IN_VM=1 HERALD_VM_BIN=/herald"
 	if controlPlane {
 		dir, err := k8stest.Binaries(ctx)
 		if err != nil {
