@@ -151,8 +151,11 @@ func (p *Prober) drainNDP() {
 }
 
 // SendARP broadcasts an ARP request for ip.
-func (p *Prober) SendARP(ip netip.Addr) error {
-	a, err := arp.NewPacket(arp.OperationRequest, p.Ifi.HardwareAddr, p.IP4, net.HardwareAddr{0, 0, 0, 0, 0, 0}, ip)
+func (p *Prober) SendARP(ip netip.Addr) error { return p.broadcastARP(p.IP4, ip) }
+
+// broadcastARP broadcasts an ARP request from sender (at the prober's interface) for target.
+func (p *Prober) broadcastARP(sender, target netip.Addr) error {
+	a, err := arp.NewPacket(arp.OperationRequest, p.Ifi.HardwareAddr, sender, net.HardwareAddr{0, 0, 0, 0, 0, 0}, target)
 	if err != nil {
 		return err
 	}
@@ -272,22 +275,7 @@ func TargetLLA(na *ndp.NeighborAdvertisement) string {
 
 // ClaimARP broadcasts a gratuitous ARP request saying that ip is at the prober's
 // interface, as a node taking ip over does.
-func (p *Prober) ClaimARP(ip netip.Addr) error {
-	a, err := arp.NewPacket(arp.OperationRequest, p.Ifi.HardwareAddr, ip, net.HardwareAddr{0, 0, 0, 0, 0, 0}, ip)
-	if err != nil {
-		return err
-	}
-	pb, err := a.MarshalBinary()
-	if err != nil {
-		return err
-	}
-	b, err := (&ethernet.Frame{Destination: broadcast, Source: p.Ifi.HardwareAddr, EtherType: ethernet.EtherTypeARP, Payload: pb}).MarshalBinary()
-	if err != nil {
-		return err
-	}
-	_, err = p.arp.WriteTo(b, &packet.Addr{HardwareAddr: broadcast})
-	return err
-}
+func (p *Prober) ClaimARP(ip netip.Addr) error { return p.broadcastARP(ip, ip) }
 
 // ClaimNDP sends all nodes an unsolicited Neighbor Advertisement with the override flag
 // saying that ip is at the prober's interface, as a node taking ip over does.

@@ -254,14 +254,6 @@ address-pools:
 	// forward, whatever the hash says.
 	in := Input{Config: c, Services: svcs, Nodes: nodes, Self: "n1", Forwarders: map[string]bool{"n1": true}}
 	d := Compute(in)
-	rs := func(addrPorts ...string) []forward.RealServer {
-		var out []forward.RealServer
-		for _, s := range addrPorts {
-			ap := netip.MustParseAddrPort(s)
-			out = append(out, forward.RealServer{Addr: ap.Addr(), Port: ap.Port()})
-		}
-		return out
-	}
 	v4range := []netip.Prefix{netip.MustParsePrefix("10.9.0.0/16")}
 	v6range := []netip.Prefix{netip.MustParsePrefix("fd99::/64")}
 	want := []forward.Service{
@@ -353,14 +345,6 @@ func TestRealServers(t *testing.T) {
 	}
 	http := Port{Name: "http", Proto: transport.TCP, Port: 80, NodePort: 30080}
 	direct := Port{Name: "http", Proto: transport.TCP, Port: 80} // no NodePort
-	rs := func(addrPorts ...string) []forward.RealServer {
-		var out []forward.RealServer
-		for _, s := range addrPorts {
-			ap := netip.MustParseAddrPort(s)
-			out = append(out, forward.RealServer{Addr: ap.Addr(), Port: ap.Port()})
-		}
-		return out
-	}
 	silent := func(names ...string) map[string]bool {
 		out := map[string]bool{}
 		for _, n := range names {
@@ -447,14 +431,6 @@ address-pools:
 	// n1 is the only forwarder: it owns every address of the pools that forward.
 	in := Input{Config: c, Services: svcs, Nodes: nodes, Members: []string{"n1", "n2", "n3"}, UseMembers: true,
 		Self: "n1", Forwarders: map[string]bool{"n1": true}}
-	rs := func(addrPorts ...string) []forward.RealServer {
-		var out []forward.RealServer
-		for _, s := range addrPorts {
-			ap := netip.MustParseAddrPort(s)
-			out = append(out, forward.RealServer{Addr: ap.Addr(), Port: ap.Port()})
-		}
-		return out
-	}
 	opts := cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{})
 	want := []forward.Service{
 		{VIP: ip("192.168.10.1"), Port: 80, Proto: transport.TCP, Scheduler: "lc", Persistence: time.Hour,
@@ -525,4 +501,14 @@ address-pools:
 			}
 		}
 	}
+}
+
+// rs builds real servers from "addr:port" strings.
+func rs(addrPorts ...string) []forward.RealServer {
+	var out []forward.RealServer
+	for _, s := range addrPorts {
+		ap := netip.MustParseAddrPort(s)
+		out = append(out, forward.RealServer{Addr: ap.Addr(), Port: ap.Port()})
+	}
+	return out
 }
