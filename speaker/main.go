@@ -164,7 +164,7 @@ func run() error {
 	}
 
 	var runBGP func(context.Context) error
-	announcer := announce.New(announce.Options{Logger: logger.With("component", "layer2"), Registerer: reg})
+	announcer := announce.New(announce.Options{Logger: logger.With("component", "layer2"), Registerer: reg, Ignore: []string{ipvs.LinkName}})
 	opts := speaker.Options{
 		Client: client, NodeName: *nodeName, Config: k8s.ConfigRef{Namespace: *cmNamespace, Name: *cmName, Key: *cmKey},
 		LoadBalancerClass: *class, Layer2: announcer, Logger: logger, Registerer: reg,

@@ -59,8 +59,8 @@ func (w *LinkWatcher) Run(ctx context.Context) error {
 			}
 			idx := u.Index
 			attrs := u.Link.Attrs()
-			if attrs == nil || attrs.Flags&net.FlagLoopback != 0 {
-				continue
+			if attrs == nil || attrs.Flags&net.FlagLoopback != 0 || u.Link.Type() == "dummy" {
+				continue // no peer is reached through it (the forwarder's herald0)
 			}
 			up := attrs.Flags&net.FlagUp != 0 && attrs.RawFlags&unix.IFF_RUNNING != 0 // carrier on
 			if u.Header.Type == unix.RTM_DELLINK {

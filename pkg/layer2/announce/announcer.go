@@ -37,6 +37,9 @@ type Options struct {
 	// ConflictInterval is the least time between two announcements of one address in
 	// answer to other nodes claiming it; default DefaultConflictInterval.
 	ConflictInterval time.Duration
+	// Ignore names interfaces never answered on: the forwarder's own link, which holds
+	// the announced addresses and has no neighbours.
+	Ignore []string
 }
 
 // DefaultConflictInterval is the least time between two announcements of one address in
@@ -60,6 +63,7 @@ type Announcer struct {
 	burst   []time.Duration
 	every   time.Duration
 	defend  time.Duration // Options.ConflictInterval
+	ignore  []string      // Options.Ignore
 	poke    chan struct{}
 
 	wg        sync.WaitGroup // every reader and burst Run started
@@ -109,7 +113,8 @@ func New(opts Options) *Announcer {
 	}
 	return &Announcer{
 		log: opts.Logger, metrics: metrics.NewLayer2(opts.Registerer), burst: opts.Burst, every: opts.Rescan, defend: opts.ConflictInterval,
-		poke: make(chan struct{}, 1), owned: map[netip.Addr]layer2.Address{}, links: map[int]*link{},
+		ignore: slices.Clone(opts.Ignore),
+		poke:   make(chan struct{}, 1), owned: map[netip.Addr]layer2.Address{}, links: map[int]*link{},
 	}
 }
 
@@ -262,7 +267,7 @@ func (a *Announcer) rescan() {
 	}
 	seen := map[int]bool{}
 	for _, ifi := range ifis {
-		if !usable(ifi) {
+		if !usable(ifi) || slices.Contains(a.ignore, ifi.Name) {
 			continue
 		}
 		seen[ifi.Index] = true

@@ -30,7 +30,11 @@ func TestMain(m *testing.M) {
 
 func helper(owned string) int {
 	reg := prometheus.NewRegistry()
-	a := New(Options{Registerer: reg, Rescan: time.Second})
+	var ignore []string
+	if s := os.Getenv("HERALD_LAYER2_IGNORE"); s != "" {
+		ignore = strings.Split(s, ",")
+	}
+	a := New(Options{Registerer: reg, Rescan: time.Second, Ignore: ignore})
 	var set []layer2.Address
 	for _, s := range strings.Split(owned, ",") {
 		ip, ifs, named := strings.Cut(s, "@") // ip@if1+if2 names the interfaces, as a pool's interfaces: does
@@ -242,5 +246,36 @@ func TestAnswersOnTheBridgeNotItsPorts(t *testing.T) {
 	out := strings.Join(e.stopHelper(), "\n")
 	if !strings.Contains(out, "serving 192.168.78.100 on br-a\n") && !strings.HasSuffix(out, "serving 192.168.78.100 on br-a") {
 		t.Errorf("helper output:\n%s", out)
+	}
+}
+
+// TestIgnoredInterfaceNeverAnswers: an interface in Options.Ignore (the forwarder's
+// herald0, which holds the addresses) is never answered on, though an owned address is in
+// its subnet, while another interface of the same node answers.
+func TestIgnoredInterfaceNeverAnswers(t *testing.T) {
+	netlab.Require(t)
+	a, b := netlab.NewNS(t, "l2a"), netlab.NewNS(t, "l2b")
+	netlab.Veth(t, a, "a0", b, "b0")
+	netlab.Veth(t, a, "a1", b, "b1")
+	a.Addr("a0", "192.168.79.1/24")
+	a.Addr("a1", "192.168.80.1/24")
+	b.Addr("b0", "192.168.79.2/24")
+	b.Addr("b1", "192.168.80.2/24")
+	ignored := netlab.NewProber(t, b, "b0", netip.MustParseAddr("192.168.79.2"))
+	served := netlab.NewProber(t, b, "b1", netip.MustParseAddr("192.168.80.2"))
+	t.Setenv("HERALD_LAYER2_IGNORE", "a0")
+	e := &linkEnv{a: a, b: b}
+	e.startHelper(t, "192.168.79.100", "192.168.80.100")
+	var macs []string
+	for deadline := time.Now().Add(5 * time.Second); len(macs) == 0 && time.Now().Before(deadline); {
+		macs, _ = served.AskARP(netip.MustParseAddr("192.168.80.100"), 300*time.Millisecond)
+	}
+	if len(macs) != 1 {
+		t.Fatalf("answers for 192.168.80.100 on a1: %v, want exactly one", macs)
+	}
+	for range 3 {
+		if macs, _ := ignored.AskARP(netip.MustParseAddr("192.168.79.100"), 300*time.Millisecond); len(macs) != 0 {
+			t.Fatalf("answers for 192.168.79.100 on the ignored a0: %v, want none", macs)
+		}
 	}
 }
