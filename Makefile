@@ -31,12 +31,12 @@ test: deps control-plane helm ## every test: unit, fuzz seeds, property, real AP
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v /e2e)
 	@# Tests that need ip_vs, inside a VM booted from Debian's cloud kernel (qemu, no KVM).
-	$(GO) run ./hack/vm -control-plane -bin ./speaker -run InVM -timeout 20m ./hack/vm ./pkg/forward/ipvs ./pkg/speaker ./e2e/linkcut
+	$(GO) run ./hack/vm -icount -control-plane -bin ./speaker -run InVM -timeout 20m ./hack/vm ./pkg/forward/ipvs ./pkg/speaker ./e2e/linkcut
 	@# The end-to-end tests alone, so that no other test's CPU load skews their failovers.
 	$(GO) test -count=1 -timeout 30m ./e2e
 
 vm-test: deps control-plane ## only the tests that run inside the ip_vs VM
-	$(GO) run ./hack/vm -control-plane -bin ./speaker -run InVM -timeout 20m ./hack/vm ./pkg/forward/ipvs ./pkg/speaker ./e2e/linkcut
+	$(GO) run ./hack/vm -icount -control-plane -bin ./speaker -run InVM -timeout 20m ./hack/vm ./pkg/forward/ipvs ./pkg/speaker ./e2e/linkcut
 
 bench: control-plane ## the benchmarks quoted in docs/measured.md
 	$(GO) test -run '^$$' -bench Assign100k -benchmem -benchtime 5x ./pkg/ipam

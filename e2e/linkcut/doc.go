@@ -4,5 +4,5 @@
 // pods routed like a pod network, and the nftables rules kube-proxy would write for the
 // Service. Its only test runs with
 //
-//	go run ./hack/vm -control-plane -bin ./speaker -run InVM -timeout 20m ./e2e/linkcut
+//	go run ./hack/vm -icount -control-plane -bin ./speaker -run InVM -timeout 20m ./e2e/linkcut
 package linkcut

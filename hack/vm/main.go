@@ -54,7 +54,7 @@ func main() {
 	timeout := flag.Duration("timeout", 10*time.Minute, "limit for the whole VM run")
 	count := flag.Int("count", 1, "with -bench: run each benchmark this many times (-test.count)")
 	profile := flag.String("cpuprofile", "", "with -bench and one package: write the benchmarks' CPU profile, taken inside the VM, to this file")
-	icount := flag.Bool("icount", false, "run the guest on instruction-counted time (qemu -icount shift=0,sleep=off): one nanosecond per instruction, whatever the load on this machine, so benchmark figures can be compared across runs")
+	icount := flag.Bool("icount", false, "run the guest on instruction-counted time (qemu -icount shift=0,sleep=off): one nanosecond per instruction, whatever the load on this machine, so figures can be compared across runs and the guest's timers do not fire late because the host is busy")
 	cp := flag.Bool("control-plane", false, "put etcd and kube-apiserver (hack/build-control-plane.sh) in the VM for the tests")
 	bins := flag.String("bin", "", "comma-separated command packages (./speaker) built into the VM's /herald for the tests to run")
 	flag.Parse()
