@@ -472,26 +472,32 @@ type result struct {
 func startProbe(c *http.Client, target string, holderOf func() string) *probe {
 	ctx, cancel := context.WithCancel(context.Background())
 	p := &probe{cancel: cancel}
-	p.wg.Add(2)
-	go func() {
-		defer p.wg.Done()
-		tick := time.NewTicker(holderEvery)
-		defer tick.Stop()
-		for n := 0; n < maxAsks; n++ {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-			}
-			h := holder{at: time.Now(), node: holderOf()}
+	p.each(ctx, holderEvery, func(at time.Time) {
+		h := holder{at: at, node: holderOf()}
+		p.mu.Lock()
+		p.holders = append(p.holders, h)
+		p.mu.Unlock()
+	})
+	p.each(ctx, every, func(at time.Time) {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			_, err := ask(c, target)
 			p.mu.Lock()
-			p.holders = append(p.holders, h)
+			p.results = append(p.results, result{at: at, err: err})
 			p.mu.Unlock()
-		}
-	}()
+		}()
+	})
+	return p
+}
+
+// each calls f every period (at most maxAsks times) until ctx ends, in a goroutine stop
+// waits for.
+func (p *probe) each(ctx context.Context, period time.Duration, f func(at time.Time)) {
+	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		tick := time.NewTicker(every)
+		tick := time.NewTicker(period)
 		defer tick.Stop()
 		for n := 0; n < maxAsks; n++ {
 			select {
@@ -499,17 +505,9 @@ func startProbe(c *http.Client, target string, holderOf func() string) *probe {
 				return
 			case <-tick.C:
 			}
-			p.wg.Add(1)
-			go func(at time.Time) {
-				defer p.wg.Done()
-				_, err := ask(c, target)
-				p.mu.Lock()
-				p.results = append(p.results, result{at: at, err: err})
-				p.mu.Unlock()
-			}(time.Now())
+			f(time.Now())
 		}
 	}()
-	return p
 }
 
 func (p *probe) stop() { p.cancel(); p.wg.Wait() }
