@@ -317,7 +317,9 @@ func (l *lab) cut(t *testing.T, p *probe, c *http.Client, target, mode, label, n
 	// node's pods out of IPVS, so no request that starts 500 ms after the cut or later
 	// fails while the link is down, whichever node was cut.
 	if mode == "endpoints" {
-		if late := p.between(cutAt.Add(lateAfter), upAt); late.failed > 0 {
+		// (Requests still running when the link returns are left out: the return is not
+		// the cut.)
+		if late := p.between(cutAt.Add(lateAfter), upAt.Add(-reqLimit)); late.failed > 0 {
 			t.Errorf("forwarding: endpoints, %s's link cut: %d/%d requests started %s or more after the cut failed (the last at %s: %v), want none",
 				node, late.failed, late.total, lateAfter, late.last.Sub(cutAt).Round(time.Millisecond), late.lastErr)
 		}
@@ -547,16 +549,18 @@ func (p *probe) between(from, to time.Time) window {
 func (p *probe) waitSteady(d time.Duration) bool {
 	start := time.Now()
 	for deadline := start.Add(steadyLimit); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		now := time.Now().Add(-reqLimit) // requests started before this have ended
-		ok := true
+		// Requests started before this have ended and been recorded (as between allows).
+		now := time.Now().Add(-reqLimit - 100*time.Millisecond)
+		ok, n := true, 0
 		p.mu.Lock()
 		for _, r := range p.results {
-			if r.at.After(now.Add(-d)) && r.at.Before(now) && r.err != nil {
-				ok = false
+			if r.at.After(now.Add(-d)) && r.at.Before(now) {
+				n++
+				ok = ok && r.err == nil
 			}
 		}
 		p.mu.Unlock()
-		if ok && now.Sub(start) > d {
+		if ok && n > 0 && now.Sub(start) > d {
 			return true
 		}
 	}
@@ -564,8 +568,8 @@ func (p *probe) waitSteady(d time.Duration) bool {
 }
 
 // histogram counts the failed requests among those started in each 500 ms from from to
-// to, as "failed/total@node" fields, node the one the client's neighbour entry named at
-// the slot's start ("-": none).
+// to, as "failed/total@node" fields, node the one the client's neighbour entry named in
+// the slot's first sample ("-": none).
 func (p *probe) histogram(from, to time.Time) string {
 	const slot = 500 * time.Millisecond
 	n := int(to.Sub(from)/slot) + 1
