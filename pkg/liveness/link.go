@@ -70,7 +70,7 @@ func (w *LinkWatcher) Run(ctx context.Context) error {
 			was, known := running[idx]
 			running[idx] = up
 			if up && known && !was {
-				log.Info("link up: dialling the peers", "interface", attrs.Name)
+				log.Debug("link up: dialling the peers not heard lately", "interface", attrs.Name)
 				w.Up()
 			}
 		}
