@@ -328,7 +328,7 @@ Watch failover: delete the speaker pod of the node that answered ARP, then arpin
 Metrics:  ip netns exec %[1]snode1 curl -s 127.0.0.1:7473/metrics | grep ^herald_
 Logs:     %[4]s (every component; pods' logs under nodes/*/pod-logs)
 Kubernetes' own LoadBalancers specs, from %[1]srunner (%[5]s, behind the router):
-  make conformance                                  # all 17, about 80 minutes
+  make conformance                                  # all 17, about 45 minutes
   make conformance FOCUS='cleanup finalizer'        # one
 Tear it all down:  make lab-down
 `, prefix, l.kubectl, l.kubeconfig(), dir, runnerIP)
