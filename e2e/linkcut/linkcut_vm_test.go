@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -691,26 +690,19 @@ func serveHTTP(t *testing.T, ns netns.NsHandle, addr, name string) {
 // newNS creates a named network namespace with loopback up, deleted when the test ends.
 func newNS(t *testing.T, name string) netns.NsHandle {
 	t.Helper()
+	self, err := netns.Get()
+	if err != nil {
+		t.Fatalf("namespace %s: %v", name, err)
+	}
+	defer self.Close()
+	// NewNamed moves its thread into the new namespace: on one of in's threads, which
+	// returns to this namespace afterwards.
 	var h netns.NsHandle
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if h, err = netns.NewNamed(name); err != nil { // switches this thread into it
-			errc <- err
-			return
-		}
-		if err = netns.Set(orig); err == nil {
-			runtime.UnlockOSThread()
-		}
-		errc <- err
-	}()
-	if err := <-errc; err != nil {
+	if err := in(self, func() error {
+		var err error
+		h, err = netns.NewNamed(name)
+		return err
+	}); err != nil {
 		t.Fatalf("namespace %s: %v", name, err)
 	}
 	t.Cleanup(func() { h.Close(); _ = netns.DeleteNamed(name) })
