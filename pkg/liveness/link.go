@@ -44,7 +44,7 @@ func (w *LinkWatcher) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("liveness: subscribe to link changes: %w", err)
 	}
-	running := map[int32]bool{}
+	running := links{}
 	for {
 		select {
 		case <-ctx.Done():
@@ -57,22 +57,34 @@ func (w *LinkWatcher) Run(ctx context.Context) error {
 			if !ok {
 				return fmt.Errorf("liveness: link subscription ended")
 			}
-			idx := u.Index
-			attrs := u.Link.Attrs()
-			if attrs == nil || attrs.Flags&net.FlagLoopback != 0 || u.Link.Type() == "dummy" {
-				continue // no peer is reached through it (the forwarder's herald0)
-			}
-			up := attrs.Flags&net.FlagUp != 0 && attrs.RawFlags&unix.IFF_RUNNING != 0 // carrier on
-			if u.Header.Type == unix.RTM_DELLINK {
-				delete(running, idx)
-				continue
-			}
-			was, known := running[idx]
-			running[idx] = up
-			if up && known && !was {
-				log.Debug("link up: dialling the peers not heard lately", "interface", attrs.Name)
+			if running.cameUp(u) {
+				log.Debug("link up: dialling the peers not heard lately", "interface", u.Link.Attrs().Name)
 				w.Up()
 			}
 		}
 	}
+}
+
+// links remembers, by interface index, whether each link was up with its carrier on.
+type links map[int32]bool
+
+// cameUp records u and says whether it brings a known link up after being down. Loopback
+// and dummy links are left out: no peer is reached through them (the forwarder's
+// herald0 is a dummy link).
+func (l links) cameUp(u netlink.LinkUpdate) bool {
+	if u.Link == nil {
+		return false
+	}
+	attrs := u.Link.Attrs()
+	if attrs == nil || attrs.Flags&net.FlagLoopback != 0 || u.Link.Type() == "dummy" {
+		return false
+	}
+	if u.Header.Type == unix.RTM_DELLINK {
+		delete(l, u.Index)
+		return false
+	}
+	up := attrs.Flags&net.FlagUp != 0 && attrs.RawFlags&unix.IFF_RUNNING != 0 // carrier on
+	was, known := l[u.Index]
+	l[u.Index] = up
+	return up && known && !was
 }
