@@ -400,13 +400,7 @@ func (l *lab) speaker(t *testing.T, bin string, i int, ns, mode string) func() {
 	var once sync.Once
 	stop := func() {
 		once.Do(func() {
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-done:
-			case <-time.After(5 * time.Second):
-				_ = cmd.Process.Kill()
-				<-done
-			}
+			netlab.Terminate(cmd.Process, done, 5*time.Second)
 			logf.Close()
 			if t.Failed() {
 				if b, err := os.ReadFile(logPath); err == nil {

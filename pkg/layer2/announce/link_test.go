@@ -118,13 +118,7 @@ func (e *linkEnv) startHelper(t *testing.T, owned ...string) {
 	e.stopHelper = func() []string {
 		if !stopped {
 			stopped = true
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-done:
-			case <-time.After(10 * time.Second):
-				_ = cmd.Process.Kill()
-				<-done
-			}
+			netlab.Terminate(cmd.Process, done, 10*time.Second)
 			_ = cmd.Wait()
 		}
 		return lines
