@@ -16,7 +16,7 @@ func TestPurePackages(t *testing.T) {
 		"github.com/prometheus", "k8s.io/api", "k8s.io/apimachinery",
 	}
 	forbiddenDirect := map[string]bool{"os": true, "os/exec": true, "net": true, "net/http": true, "syscall": true, "golang.org/x/sys/unix": true, "log": true, "log/slog": true}
-	for _, pkg := range []string{"./config", "./ipam", "./election", "./plan"} {
+	for _, pkg := range []string{"./config", "./ipam", "./election", "./plan", "./relay"} {
 		deps, err := exec.Command("go", "list", "-deps", pkg).Output()
 		if err != nil {
 			t.Fatalf("go list -deps %s: %v", pkg, err)

@@ -35,6 +35,7 @@ import (
 	"github.com/heraldlb/herald/pkg/logging"
 	"github.com/heraldlb/herald/pkg/members"
 	"github.com/heraldlb/herald/pkg/metrics"
+	relaykernel "github.com/heraldlb/herald/pkg/relay/kernel"
 	"github.com/heraldlb/herald/pkg/speaker"
 )
 
@@ -78,6 +79,8 @@ func run() error {
 		qps          = flag.Float64("kube-api-qps", 0, "client-side limit on API requests per second; 0 leaves flow control to the API server")
 		logLevel     = flag.String("log-level", "info", "debug, info, warn or error")
 		logFormat    = flag.String("log-format", "json", "json or text")
+		relayPrio    = flag.Int("relay-rule-priority", relaykernel.DefaultPriority, "priority of the policy routing rules relay-local writes (before the main table's 32766; rules at it that point into the relay's tables are Herald's)")
+		relayTable   = flag.Int("relay-first-table", relaykernel.DefaultFirstTable, "first of the routing tables relay-local may use, one per node it relays to")
 		prepare      = flag.Bool("prepare-forwarding", false, "set the sysctls IPVS forwarding needs and exit (the DaemonSet's privileged init container; the speaker itself then needs no write access to /proc/sys)")
 	)
 	flag.Parse()
@@ -180,6 +183,9 @@ func run() error {
 		}); err != nil {
 			return err
 		}
+	}
+	if opts.Relay, err = relaykernel.New(relaykernel.Options{Priority: *relayPrio, FirstTable: *relayTable}); err != nil {
+		opts.Relay, opts.RelayErr = nil, err // said when the configuration asks for relay-local
 	}
 	if *useBGP {
 		rid := *routerID

@@ -90,6 +90,12 @@ type Pool struct {
 	// ToEndpoints (forwarding endpoints; only with Forward) sends the traffic straight to
 	// the Service's ready endpoints on live nodes, never through a NodePort.
 	ToEndpoints bool
+	// RelayLocal (relay-local; layer2 pools with forwarding none only) has the node that
+	// announces an address hand new flows of its externalTrafficPolicy Local Services,
+	// unrewritten, to the other nodes with a ready endpoint, split by the client's source
+	// port, so that Local traffic spreads over every such node and keeps the client's
+	// address. Herald extension; default false.
+	RelayLocal bool
 }
 
 // Forwarding values, for the top-level and per-pool key "forwarding".

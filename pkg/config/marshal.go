@@ -45,6 +45,9 @@ func Marshal(c *Config) ([]byte, error) {
 			Name: p.Name, Protocol: p.Protocol.String(), AvoidBuggyIPs: p.AvoidBuggyIPs,
 			AutoAssign: ptr(p.AutoAssign), Interfaces: p.Interfaces, Forwarding: p.Forwarding(),
 		}
+		if p.RelayLocal {
+			rp.RelayLocal = ptr(true)
+		}
 		for _, r := range p.Addresses {
 			rp.Addresses = append(rp.Addresses, r.String())
 		}

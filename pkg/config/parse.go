@@ -77,7 +77,7 @@ func (v *validator) config(raw *rawConfig) *Config {
 	names := map[string]int{}
 	for i, rp := range raw.AddressPools {
 		path := fmt.Sprintf("address-pools[%d]", i)
-		p := v.pool(path, rp, cfg.Communities, forward)
+		p := v.pool(path, rp, cfg.Communities, forward, raw.RelayLocal)
 		if p.Name != "" {
 			if j, dup := names[p.Name]; dup {
 				v.fail(path+".name", p.Name, "pool name is already used by address-pools[%d]", j)
@@ -87,6 +87,9 @@ func (v *validator) config(raw *rawConfig) *Config {
 		cfg.Pools = append(cfg.Pools, p)
 	}
 	v.overlaps(cfg.Pools)
+	if raw.RelayLocal && !slices.ContainsFunc(cfg.Pools, func(p Pool) bool { return p.RelayLocal }) {
+		v.warn("relay-local", "true", "applies to no pool: it is for layer2 pools with forwarding none")
+	}
 	return cfg
 }
 
@@ -241,7 +244,25 @@ func (v *validator) forwarding(path, s, def string) string {
 	return def
 }
 
-func (v *validator) pool(path string, rp rawPool, aliases map[string]Community, forward string) Pool {
+// relayLocal reads a pool's "relay-local": asked for explicitly, it must be a layer2 pool
+// with forwarding none; inherited from the top level, it applies where it can.
+func (v *validator) relayLocal(path string, explicit *bool, inherited bool, p Pool) bool {
+	if explicit == nil {
+		return inherited && p.Protocol == Layer2 && !p.Forward
+	}
+	if !*explicit {
+		return false
+	}
+	switch {
+	case p.Protocol == BGP:
+		v.fail(path, "true", "is only for layer2 pools: in BGP mode every node with a ready endpoint announces a Local Service's address already")
+	case p.Forward:
+		v.fail(path, "true", "needs forwarding none: with forwarding %s the announcing node's IPVS sends Local traffic to its own endpoints", p.Forwarding())
+	}
+	return p.Protocol == Layer2 && !p.Forward
+}
+
+func (v *validator) pool(path string, rp rawPool, aliases map[string]Community, forward string, relay bool) Pool {
 	forward = v.forwarding(path+".forwarding", rp.Forwarding, forward)
 	p := Pool{
 		Name:          rp.Name,
@@ -280,6 +301,8 @@ func (v *validator) pool(path string, rp rawPool, aliases map[string]Community, 
 			v.fail(fmt.Sprintf("%s.interfaces[%d]", path, i), name, "is not a valid interface name")
 		}
 	}
+
+	p.RelayLocal = v.relayLocal(path+".relay-local", rp.RelayLocal, relay, p)
 
 	if p.Protocol == Layer2 && len(rp.BGPAdvertisements) > 0 {
 		v.fail(path+".bgp-advertisements", "", "is only for pools with protocol bgp")

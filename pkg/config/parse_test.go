@@ -172,6 +172,49 @@ func TestParseForwarding(t *testing.T) {
 	}
 }
 
+func TestParseRelayLocal(t *testing.T) {
+	pools := "address-pools:\n" +
+		"- {name: a, protocol: layer2, addresses: [10.0.0.0/30]}\n" +
+		"- {name: b, protocol: layer2, addresses: [10.0.1.0/30], forwarding: ipvs}\n" +
+		"- {name: c, protocol: bgp, addresses: [10.0.2.0/30]}\n" +
+		"- {name: d, protocol: layer2, addresses: [10.0.3.0/30], forwarding: none, relay-local: false}\n" +
+		"- {name: e, protocol: layer2, addresses: [10.0.4.0/30], forwarding: none, relay-local: true}\n"
+	for _, tt := range []struct {
+		top  string
+		want []bool // a..e
+		warn bool   // the top-level key applies to no pool
+	}{
+		{"", []bool{false, false, false, false, true}, false},
+		{"relay-local: true\n", []bool{false, false, false, false, true}, false},
+		{"forwarding: none\nrelay-local: true\n", []bool{true, false, false, false, true}, false},
+		{"forwarding: none\n", []bool{false, false, false, false, true}, false},
+	} {
+		cfg, err := Parse([]byte(tt.top + pools))
+		if err != nil {
+			t.Fatalf("%q: %v", tt.top, err)
+		}
+		var got []bool
+		for _, p := range cfg.Pools {
+			got = append(got, p.RelayLocal)
+		}
+		if !slices.Equal(got, tt.want) {
+			t.Errorf("top %q: pools relay %v, want %v", tt.top, got, tt.want)
+		}
+		back, err := Parse(mustMarshal(t, cfg))
+		if err != nil || !slices.EqualFunc(back.Pools, cfg.Pools, func(a, b Pool) bool { return a.RelayLocal == b.RelayLocal }) {
+			t.Errorf("top %q: Marshal does not round-trip relay-local: %v", tt.top, err)
+		}
+	}
+	// The top-level key where no pool can use it is a mistake worth a word, not silence.
+	cfg, err := Parse([]byte("relay-local: true\naddress-pools:\n- {name: a, protocol: layer2, addresses: [10.0.0.0/30]}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Warnings) != 1 || cfg.Warnings[0].Path != "relay-local" || cfg.Pools[0].RelayLocal {
+		t.Errorf("warnings %+v, pool relays %v; want one warning at relay-local and no relay", cfg.Warnings, cfg.Pools[0].RelayLocal)
+	}
+}
+
 func mustMarshal(t *testing.T, c *Config) []byte {
 	t.Helper()
 	b, err := Marshal(c)
@@ -242,6 +285,9 @@ func TestParseErrors(t *testing.T) {
 		{"forwarding misspelt", "forwarding: endpoint\n", "forwarding", "line 1", "endpoint"},
 		{"pool forwarding in capitals", pool("  forwarding: Endpoints\n"), "address-pools[0].forwarding", "line 5", "Endpoints"},
 		{"duplicate key", "address-pools: []\naddress-pools: []\n", "address-pools", "line 2", ""},
+		{"relay-local on a bgp pool", "address-pools:\n- name: p\n  protocol: bgp\n  addresses: [10.0.0.0/24]\n  relay-local: true\n", "address-pools[0].relay-local", "line 5", "true"},
+		{"relay-local on a pool that forwards", pool("  forwarding: ipvs\n  relay-local: true\n"), "address-pools[0].relay-local", "line 6", "true"},
+		{"relay-local not a bool", pool("  relay-local: sometimes\n"), "address-pools[0].relay-local", "line 5", "sometimes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -10,6 +10,7 @@ type rawConfig struct {
 	AddressPools   []rawPool         `yaml:"address-pools,omitempty"`
 	BFDProfiles    []rawBFDProfile   `yaml:"bfd-profiles,omitempty"`
 	Forwarding     string            `yaml:"forwarding,omitempty"`
+	RelayLocal     bool              `yaml:"relay-local,omitempty"`
 }
 
 type rawPeer struct {
@@ -47,6 +48,7 @@ type rawPool struct {
 	BGPAdvertisements []rawAdvertisement `yaml:"bgp-advertisements,omitempty"`
 	Interfaces        []string           `yaml:"interfaces,omitempty"`
 	Forwarding        string             `yaml:"forwarding,omitempty"`
+	RelayLocal        *bool              `yaml:"relay-local,omitempty"`
 }
 
 type rawAdvertisement struct {

@@ -138,16 +138,48 @@ func Announcers(nodes []Node, svc Service) []string {
 // score is the rendezvous weight of (node, ip): FNV-1a over both, then a 64-bit
 // finalizer (splitmix64) so that names differing in one character still spread evenly.
 func score(node string, ip netip.Addr) uint64 {
+	a := ip.As16()
+	return scoreKey(node, a[:])
+}
+
+// scoreKey is score over any key: FNV-1a over the node's name, a zero byte and the key,
+// then splitmix64's finalizer. score's key is the address's 16 bytes.
+func scoreKey(node string, key []byte) uint64 {
 	const offset, prime = 14695981039346656037, 1099511628211
 	h := uint64(offset)
 	for i := 0; i < len(node); i++ {
 		h = (h ^ uint64(node[i])) * prime
 	}
 	h = (h ^ 0) * prime
-	for _, c := range ip.As16() {
+	for _, c := range key {
 		h = (h ^ uint64(c)) * prime
 	}
 	h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9
 	h = (h ^ (h >> 27)) * 0x94d049bb133111eb
 	return h ^ (h >> 31)
+}
+
+// Spread hands each of n buckets of one flow key (an address, a protocol and a port,
+// as the caller encodes them) to one of nodes by rendezvous hashing: out[i] is bucket
+// i's node. A node that joins or leaves moves only the buckets it gains or held; the
+// others keep theirs. Empty nodes give nil.
+func Spread(key []byte, nodes []string, n int) []string {
+	if len(nodes) == 0 || n <= 0 {
+		return nil
+	}
+	out := make([]string, n)
+	k := append(slices.Clip(key), 0, 0)
+	for b := range n {
+		k[len(k)-2], k[len(k)-1] = byte(b>>8), byte(b)
+		var best string
+		var bestScore uint64
+		for i, node := range nodes {
+			s := scoreKey(node, k)
+			if i == 0 || s > bestScore || (s == bestScore && node < best) {
+				best, bestScore = node, s
+			}
+		}
+		out[b] = best
+	}
+	return out
 }

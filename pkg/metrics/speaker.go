@@ -11,9 +11,12 @@ type Speaker struct {
 	// CanForward is 1 when this node's kernel can do IPVS, so that the node may announce
 	// addresses of pools that forward.
 	CanForward prometheus.Gauge
-	// PartFailing is 1, by part (plan, layer2, forwarding, bgp, status), while that
+	// PartFailing is 1, by part (plan, layer2, forwarding, bgp, relay, status), while that
 	// part's last attempt to apply the plan failed; each part retries on its own.
 	PartFailing *prometheus.GaugeVec
+	// Relayed is how many source-port ranges of Local Services this node hands on to
+	// other nodes (relay-local).
+	Relayed prometheus.Gauge
 	*InForce
 }
 
@@ -43,10 +46,14 @@ func NewSpeaker(reg prometheus.Registerer) *Speaker {
 		}),
 		PartFailing: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "herald_speaker_part_failing",
-			Help: "1 while this part of the speaker (layer2, forwarding, bgp, status) fails to apply the plan; the other parts go on.",
+			Help: "1 while this part of the speaker (layer2, forwarding, bgp, relay, status) fails to apply the plan; the other parts go on.",
 		}, []string{"part"}),
+		Relayed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herald_speaker_relayed_ranges",
+			Help: "Source-port ranges of externalTrafficPolicy Local Services this node hands on to other nodes (relay-local).",
+		}),
 	}
-	reg.MustRegister(m.SyncSeconds, m.OwnershipChanges, m.Members, m.ConfigStale, m.CanForward, m.PartFailing)
+	reg.MustRegister(m.SyncSeconds, m.OwnershipChanges, m.Members, m.ConfigStale, m.CanForward, m.PartFailing, m.Relayed)
 	m.InForce = newInForce(reg)
 	return m
 }

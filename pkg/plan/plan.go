@@ -12,6 +12,7 @@ import (
 	"github.com/heraldlb/herald/pkg/election"
 	"github.com/heraldlb/herald/pkg/forward"
 	"github.com/heraldlb/herald/pkg/layer2"
+	"github.com/heraldlb/herald/pkg/relay"
 	"github.com/heraldlb/herald/pkg/transport"
 )
 
@@ -87,6 +88,9 @@ type Desired struct {
 	// Forward are the virtual services this node programs for the addresses it
 	// announces from pools that forward, sorted by address, protocol, port.
 	Forward []forward.Service
+	// Relay are the flows this node hands to other nodes for the layer-2 addresses it
+	// announces from pools with relay-local, sorted (see RelayRoutes).
+	Relay []relay.Route
 	// Decisions say, for every address of every Service, who announces it and why this
 	// node does or does not; sorted by Service, then address.
 	Decisions []Decision
@@ -140,6 +144,9 @@ func Compute(in Input) Desired {
 				dec.Refused = slices.ContainsFunc(fwd, func(f forward.Service) bool { return len(f.RealServers) == 0 })
 				d.Forward = append(d.Forward, fwd...)
 			}
+			if dec.Announce && pool.RelayLocal && pool.Protocol == config.Layer2 && !pool.Forward {
+				d.Relay = append(d.Relay, RelayRoutes(a.ip, svc, in, nodes)...)
+			}
 			d.Decisions = append(d.Decisions, dec)
 		}
 	}
@@ -149,6 +156,11 @@ func Compute(in Input) Desired {
 	}
 	bgp.SortRoutes(d.BGPRoutes)
 	forward.Sort(d.Forward)
+	relay.Sort(d.Relay)
+	// Two Services sharing an address never share a port either.
+	d.Relay = slices.CompactFunc(d.Relay, func(a, b relay.Route) bool {
+		return a.VIP == b.VIP && a.Proto == b.Proto && a.Port == b.Port && a.From == b.From
+	})
 	// Services sharing an address never share a port (the controller refuses that); if
 	// they did, the first one would win.
 	d.Forward = slices.CompactFunc(d.Forward, func(a, b forward.Service) bool { return a.Key() == b.Key() })
@@ -162,6 +174,7 @@ func Compute(in Input) Desired {
 type node struct {
 	election.Node
 	peered [2]bool // by family (0: IPv4, 1: IPv6): some BGP peer of that family selects it
+	addrs  []netip.Addr
 }
 
 // electionNodes returns every node as the election sees it, sorted by name.
@@ -179,7 +192,7 @@ func electionNodes(in Input) []node {
 			Excluded:     n.Excluded,
 			Selected:     true,
 			CanForward:   in.Forwarders[n.Name],
-		}}
+		}, addrs: n.Addresses}
 		for _, p := range in.Config.Peers {
 			if p.SelectsNode(n.Labels) {
 				en.peered[family(p.Address)] = true
@@ -372,6 +385,40 @@ func RealServers(vip netip.Addr, svc *Service, p Port, in Input, toEndpoints boo
 	}
 	slices.SortFunc(out, forward.RealServer.Compare)
 	return slices.Compact(out)
+}
+
+// RelayRoutes returns the flows in.Self hands on for vip, which it announces in layer 2,
+// of svc's ports: for a Local Service without session affinity, every TCP and UDP port
+// split (relay.Split) over the nodes that may announce it, each of them, that is (a live
+// speaker, Ready, not excluded, a ready endpoint of svc), and not silent, with an
+// address of vip's family. ClientIP affinity keeps every flow on this node: its own
+// endpoint keeps the client, as kube-proxy there promises. A Cluster Service needs no
+// relay: kube-proxy on this node spreads it already.
+func RelayRoutes(vip netip.Addr, svc *Service, in Input, nodes []node) []relay.Route {
+	if !svc.Local || svc.Persistence > 0 {
+		return nil
+	}
+	es := election.Service{Local: true, EndpointNodes: svc.EndpointNodes}
+	targets := map[string]netip.Addr{}
+	for _, n := range nodes {
+		if ok, _ := election.Eligible(n.Node, es); !ok || in.Silent[n.Name] {
+			continue
+		}
+		if n.Name == in.Self {
+			targets[n.Name] = vip // kept here: no address needed
+			continue
+		}
+		if k := slices.IndexFunc(n.addrs, func(a netip.Addr) bool { return a.Is4() == vip.Is4() }); k >= 0 {
+			targets[n.Name] = n.addrs[k]
+		}
+	}
+	var out []relay.Route
+	for _, p := range svc.Ports {
+		if p.Proto == transport.TCP || p.Proto == transport.UDP {
+			out = append(out, relay.Split(vip, p.Proto, p.Port, in.Self, targets)...)
+		}
+	}
+	return out
 }
 
 // localEndpoints are node's ready endpoints of svc's port p, of vip's family.

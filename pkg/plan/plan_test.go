@@ -512,3 +512,120 @@ func rs(addrPorts ...string) []forward.RealServer {
 	}
 	return out
 }
+
+func TestRelayLocal(t *testing.T) {
+	c, err := config.Parse([]byte(`
+forwarding: none
+relay-local: true
+address-pools:
+- {name: l2, protocol: layer2, addresses: [192.168.10.0/24, "fd10::/120"]}
+- {name: off, protocol: layer2, relay-local: false, addresses: [192.168.30.0/24]}
+- {name: fwd, protocol: layer2, forwarding: ipvs, addresses: [192.168.40.0/24]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes := []Node{
+		{Name: "n1", Ready: true, Addresses: []netip.Addr{ip("10.0.0.1")}},
+		{Name: "n2", Ready: true, Addresses: []netip.Addr{ip("10.0.0.2")}},
+		{Name: "n3", Ready: true, Addresses: []netip.Addr{ip("10.0.0.3")}},
+		{Name: "n4", Ready: true, Addresses: []netip.Addr{ip("10.0.0.4")}, Excluded: true},
+		{Name: "n5", Addresses: []netip.Addr{ip("10.0.0.5")}}, // NotReady
+	}
+	every := map[string]bool{"n1": true, "n2": true, "n3": true, "n4": true, "n5": true}
+	ports := []Port{{Name: "http", Proto: transport.TCP, Port: 80}, {Name: "dns", Proto: transport.UDP, Port: 53}, {Name: "sctp", Proto: transport.SCTP, Port: 9}}
+	local := func(key, addr string) Service {
+		return Service{Key: key, IPs: []netip.Addr{ip(addr)}, Local: true, Ports: ports, EndpointNodes: every}
+	}
+	base := Input{Config: c, Nodes: nodes, Members: []string{"n1", "n2", "n3", "n4", "n5"}, UseMembers: true}
+	// owner computes the plan of the node that announces the Service's address.
+	owner := func(in Input) (string, Desired) {
+		for _, self := range []string{"n1", "n2", "n3"} {
+			in.Self = self
+			if d := Compute(in); len(d.Layer2) > 0 {
+				return self, d
+			}
+		}
+		t.Fatal("nobody announces")
+		return "", Desired{}
+	}
+	via := func(d Desired) map[string]bool {
+		out := map[string]bool{}
+		for _, r := range d.Relay {
+			out[r.Node] = true
+			if r.Via != ip("10.0.0."+r.Node[1:]) {
+				t.Errorf("route %+v: via %s", r, r.Via)
+			}
+		}
+		return out
+	}
+	protos := func(d Desired) map[transport.Protocol]bool {
+		out := map[transport.Protocol]bool{}
+		for _, r := range d.Relay {
+			out[r.Proto] = true
+		}
+		return out
+	}
+
+	in := base
+	in.Services = []Service{local("ns/a", "192.168.10.1")}
+	self, d := owner(in)
+	got := via(d)
+	if len(got) != 2 || got[self] || got["n4"] || got["n5"] {
+		t.Errorf("owner %s relays to %v; want the two other Ready, not excluded nodes", self, got)
+	}
+	if p := protos(d); !p[transport.TCP] || !p[transport.UDP] || p[transport.SCTP] {
+		t.Errorf("relayed protocols %v, want TCP and UDP", p)
+	}
+	// Only the owner relays.
+	for _, other := range []string{"n1", "n2", "n3"} {
+		if in.Self = other; other != self {
+			if d := Compute(in); len(d.Relay) != 0 {
+				t.Errorf("%s, not the owner, relays %v", other, d.Relay)
+			}
+		}
+	}
+
+	// A node found silent, or without an endpoint, or a dead speaker, takes no share.
+	for name, mod := range map[string]func(in *Input, other string){
+		"silent": func(in *Input, other string) { in.Silent = map[string]bool{other: true} },
+		"no endpoint": func(in *Input, other string) {
+			in.Services[0].EndpointNodes = map[string]bool{"n1": true, "n2": true, "n3": true, other: false}
+		},
+		"speaker down": func(in *Input, other string) {
+			in.Members = slices.DeleteFunc(slices.Clone(in.Members), func(m string) bool { return m == other })
+		},
+	} {
+		other := "n1"
+		for _, n := range []string{"n1", "n2", "n3"} {
+			if n != self {
+				other = n
+				break
+			}
+		}
+		in := base
+		in.Services = []Service{local("ns/a", "192.168.10.1")}
+		mod(&in, other)
+		in.Self = self
+		if got := via(Compute(in)); got[other] || len(got) != 1 {
+			t.Errorf("%s %s: relays to %v", name, other, got)
+		}
+	}
+
+	// No relay: session affinity, Cluster, a pool without relay-local, a pool that
+	// forwards, an IPv6 address while the nodes have IPv4 addresses only.
+	for name, svc := range map[string]Service{
+		"ClientIP affinity": func() Service { s := local("ns/b", "192.168.10.2"); s.Persistence = time.Hour; return s }(),
+		"Cluster":           func() Service { s := local("ns/b", "192.168.10.2"); s.Local = false; return s }(),
+		"relay-local false": local("ns/b", "192.168.30.2"),
+		"forwarding ipvs":   local("ns/b", "192.168.40.2"),
+		"no IPv6 address":   local("ns/b", "fd10::2"),
+	} {
+		in := base
+		in.Forwarders = map[string]bool{"n1": true, "n2": true, "n3": true}
+		in.Services = []Service{svc}
+		if _, d := owner(in); len(d.Relay) != 0 {
+			t.Errorf("%s: relays %v", name, d.Relay)
+		}
+	}
+}

@@ -136,7 +136,7 @@ func (l *layer2Rec) addrs() []netip.Addr {
 	return out
 }
 
-// A BGP process that hangs or fails, and a forwarder that hangs, delay nothing of layer
+// A BGP process that hangs or fails, and a forwarder and a relay that hang, delay nothing of layer
 // 2: a liveness death reaches Layer2.Set with the runners' clock standing still — no
 // backoff, no retry period, no timeout of another part is waited out.
 func TestDeathReachesLayer2WhateverBGPDoes(t *testing.T) {
@@ -157,7 +157,7 @@ func TestDeathReachesLayer2WhateverBGPDoes(t *testing.T) {
 peers:
 - {peer-address: 10.0.0.254, peer-asn: 64500, my-asn: 64501}
 address-pools:
-- {name: l2, protocol: layer2, forwarding: none, addresses: [192.168.30.90-192.168.30.99]}
+- {name: l2, protocol: layer2, forwarding: none, relay-local: true, addresses: [192.168.30.90-192.168.30.99]}
 `)
 			suffix := map[string]string{"BGP hung": "h", "BGP failing": "f"}[tc.name]
 			n1, n2, n3, n4 := "bh1"+suffix, "bh2"+suffix, "bh3"+suffix, "bh4"+suffix
@@ -170,14 +170,15 @@ address-pools:
 			clk := clocktesting.NewFakeClock(time.Now())
 			l2 := &layer2Rec{}
 			fwd := &stuckForwarder{release: make(chan struct{})}
+			rel := &stuckRelay{release: make(chan struct{})}
 			s, err := New(Options{Client: coreClient(t), NodeName: n1, Config: k8s.ConfigRef{Namespace: ns}, Layer2: l2,
-				BGP: tc.bgp, Members: members, Liveness: live, Forward: fwd, Clock: clk,
+				BGP: tc.bgp, Members: members, Liveness: live, Forward: fwd, Relay: rel, Clock: clk,
 				Backoff: time.Second, MaxBackoff: time.Second})
 			if err != nil {
 				t.Fatal(err)
 			}
 			run(t, s)
-			t.Cleanup(func() { close(fwd.release) }) // runs before the speaker stops
+			t.Cleanup(func() { close(fwd.release); close(rel.release) }) // runs before the speaker stops
 			const n = 10
 			for i := range n {
 				createService(t, c, ns, fmt.Sprintf("web%d", i), fmt.Sprintf("192.168.30.%d", 90+i), nil)
@@ -202,8 +203,8 @@ address-pools:
 					return false, "not every Service planned yet"
 				}
 				got := l2.addrs()
-				return slices.Equal(got, owned(before, n1)) && tc.bgp.n() > 0 && fwd.calls.Load() > 0,
-					fmt.Sprintf("%s answers %v, want %v; BGP called %d times, the forwarder %d", n1, got, owned(before, n1), tc.bgp.n(), fwd.calls.Load())
+				return slices.Equal(got, owned(before, n1)) && tc.bgp.n() > 0 && fwd.calls.Load() > 0 && rel.calls.Load() > 0,
+					fmt.Sprintf("%s answers %v, want %v; BGP called %d times, the forwarder %d, the relay %d", n1, got, owned(before, n1), tc.bgp.n(), fwd.calls.Load(), rel.calls.Load())
 			})
 			gains := len(owned(before, n2)) + len(owned(before, n4))
 			if gains == 0 {

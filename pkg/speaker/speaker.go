@@ -103,8 +103,12 @@ type Options struct {
 	// forward; nil when the node cannot, and ForwardErr then says why (a log line, a
 	// metric, an Event on the Node). A Forward whose Set fails with ipvs.ErrUnsupported
 	// is given up the same way.
-	Forward      Forwarder
-	ForwardErr   error
+	Forward    Forwarder
+	ForwardErr error
+	// Relay hands flows of Local Services on to other nodes (relay-local); nil when this
+	// node cannot, and RelayErr then says why (logged when the plan asks for it).
+	Relay        Relayer
+	RelayErr     error
 	ResyncPeriod time.Duration // full resync; default 30s
 	// JoinWait bounds how long, after start, a speaker whose memberlist has not joined
 	// another speaker yet announces nothing (default 5s): alone, it would claim every
@@ -144,6 +148,7 @@ type Speaker struct {
 	layer2  layer2Part
 	forward forwardPart
 	bgp     bgpPart
+	relay   relayPart
 	status  reportPart
 
 	started time.Time // when Run began following the cluster; set before the runners start
@@ -180,6 +185,7 @@ func New(opts Options) (*Speaker, error) {
 	s.layer2.runner = s.newRunner("layer2", s.syncLayer2)
 	s.forward.runner = s.newRunner("forwarding", s.syncForward)
 	s.bgp.runner = s.newRunner("bgp", s.syncBGP)
+	s.relay.runner = s.newRunner("relay", s.syncRelay)
 	s.status.runner = s.newRunner("status", s.syncReport)
 	// Only what the plan reads is kept of each object (k8s.Strip), and an update that
 	// changes none of it (a node's heartbeat) does not wake the loop.
@@ -227,7 +233,7 @@ func (s *Speaker) newRunner(part string, sync func(context.Context, bool) error)
 
 // parts are the runners that apply the plan, each on its own.
 func (s *Speaker) parts() []*runner.Runner {
-	return []*runner.Runner{s.layer2.runner, s.forward.runner, s.bgp.runner, s.status.runner}
+	return []*runner.Runner{s.layer2.runner, s.forward.runner, s.bgp.runner, s.relay.runner, s.status.runner}
 }
 
 // NodeAddresses returns the InternalIP of every known node (for finding the other
@@ -365,6 +371,13 @@ func (s *Speaker) shutdown(ended func(*runner.Runner) bool) {
 			s.log.Warn("removing the forwarding state on shutdown", "err", err)
 		}
 	}
+	if !ended(s.relay.runner) {
+		s.log.Warn("the relay part did not stop in time on shutdown: its state stays in the kernel")
+	} else if s.opts.Relay != nil {
+		if err := s.opts.Relay.Set(nil); err != nil {
+			s.log.Warn("removing the relay state on shutdown", "err", err)
+		}
+	}
 	if ended(s.status.runner) {
 		s.report(plan.Desired{}, plan.Input{})
 	}
@@ -381,6 +394,8 @@ func (s *Speaker) partName(r *runner.Runner) string {
 		return "forwarding"
 	case s.bgp.runner:
 		return "bgp"
+	case s.relay.runner:
+		return "relay"
 	}
 	return "status"
 }

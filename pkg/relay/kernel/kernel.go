@@ -1,0 +1,419 @@
+package kernel
+
+import (
+	"cmp"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"syscall"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/heraldlb/herald/pkg/relay"
+)
+
+// TableName is the nftables table (family inet) the relay owns.
+const TableName = "herald-relay"
+
+// Defaults of Options.
+const (
+	DefaultPriority   = 31000      // before the main table's rule (32766)
+	DefaultFirstTable = 0x48524c00 // "HRL\0": far from the numbers people pick by hand
+	DefaultTables     = 1024
+	DefaultMaxRules   = 2048
+)
+
+// Options configure a Relay.
+type Options struct {
+	// Priority is the policy rules' priority; default DefaultPriority. Rules at it that
+	// point into the relay's tables are the relay's.
+	Priority int
+	// FirstTable and Tables are the routing tables the relay may use, one per node it
+	// relays to; defaults DefaultFirstTable and DefaultTables.
+	FirstTable, Tables int
+	// MaxRules bounds the policy rules (every routed packet of the node walks them
+	// before the main table); default DefaultMaxRules. Routes beyond it are not
+	// installed and Set says so.
+	MaxRules int
+	// Netlink is the handle to program with; default the calling thread's namespace.
+	Netlink *netlink.Handle
+	// NFT makes the nftables connection; default nftables.New.
+	NFT func() (*nftables.Conn, error)
+}
+
+// Relay programs the kernel; it is not safe for concurrent use.
+type Relay struct {
+	opts Options
+	nl   *netlink.Handle
+	// nft is the nftables content last written; check asks the next Set to see that the
+	// table is still there.
+	nft   string
+	check bool
+}
+
+// New checks that the kernel can relay (policy rules with ports, nftables) and returns a
+// Relay that has changed nothing yet.
+func New(opts Options) (*Relay, error) {
+	opts.Priority = cmp.Or(opts.Priority, DefaultPriority)
+	opts.FirstTable = cmp.Or(opts.FirstTable, DefaultFirstTable)
+	opts.Tables = cmp.Or(opts.Tables, DefaultTables)
+	opts.MaxRules = cmp.Or(opts.MaxRules, DefaultMaxRules)
+	if opts.NFT == nil {
+		opts.NFT = func() (*nftables.Conn, error) { return nftables.New() }
+	}
+	r := &Relay{opts: opts, nl: opts.Netlink, nft: "unknown"}
+	if r.nl == nil {
+		h, err := netlink.NewHandle()
+		if err != nil {
+			return nil, fmt.Errorf("netlink: %w", err)
+		}
+		r.nl = h
+	}
+	if _, err := r.nl.RuleList(netlink.FAMILY_V4); err != nil {
+		return nil, fmt.Errorf("list policy rules (the kernel needs CONFIG_IP_MULTIPLE_TABLES): %w", err)
+	}
+	c, err := opts.NFT()
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	if _, err := c.ListTablesOfFamily(nftables.TableFamilyINet); err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	return r, nil
+}
+
+// Resync has the next Set check that its nftables table is still there, and write it
+// again if not (the rules and routing tables are read from the kernel on every Set). An
+// unchanged table is not rewritten, so its counters keep counting.
+func (r *Relay) Resync() { r.check = true }
+
+// rule is one policy rule as the relay writes it.
+type rule struct {
+	vip      netip.Addr
+	proto    int
+	port     uint16
+	from, to uint16
+	table    int
+}
+
+// Set makes the kernel relay exactly routes (relay.Sort order), and nothing when empty.
+func (r *Relay) Set(routes []relay.Route) error {
+	if slices.ContainsFunc(routes, func(rt relay.Route) bool { return rt.VIP.Is4() }) {
+		if err := needForwarding("/proc/sys/net/ipv4/ip_forward"); err != nil {
+			return err
+		}
+	}
+	if slices.ContainsFunc(routes, func(rt relay.Route) bool { return rt.VIP.Is6() }) {
+		if err := needForwarding("/proc/sys/net/ipv6/conf/all/forwarding"); err != nil {
+			return err
+		}
+	}
+	haveRules, err := r.rules()
+	if err != nil {
+		return err
+	}
+	haveTables, err := r.tables()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	if len(routes) > r.opts.MaxRules {
+		errs = append(errs, fmt.Errorf("%d relayed source-port ranges, more than the %d policy rules allowed: the first %d are relayed", len(routes), r.opts.MaxRules, r.opts.MaxRules))
+		routes = routes[:r.opts.MaxRules]
+	}
+
+	// A table per node relayed to: the one already routing via its address, else a free one.
+	tableOf := map[netip.Addr]int{}
+	for t, gw := range haveTables {
+		if _, dup := tableOf[gw]; !dup || t < tableOf[gw] {
+			tableOf[gw] = t
+		}
+	}
+	want := map[int]netip.Addr{}
+	next := r.opts.FirstTable
+	var kept []relay.Route
+	for _, rt := range routes {
+		t, ok := tableOf[rt.Via]
+		if !ok {
+			for ; next < r.opts.FirstTable+r.opts.Tables; next++ {
+				if _, used := haveTables[next]; !used {
+					if _, taken := want[next]; !taken {
+						break
+					}
+				}
+			}
+			if next >= r.opts.FirstTable+r.opts.Tables {
+				errs = append(errs, fmt.Errorf("relay to %s (%s): all %d routing tables from %d are in use", rt.Node, rt.Via, r.opts.Tables, r.opts.FirstTable))
+				continue
+			}
+			t, tableOf[rt.Via] = next, next
+		}
+		want[t] = rt.Via
+		kept = append(kept, rt)
+	}
+	routes = kept
+
+	// Routes, then rules: a rule never points at an empty table for long.
+	for t, gw := range want {
+		if have, ok := haveTables[t]; ok && have == gw {
+			continue
+		}
+		if err := r.nl.RouteReplace(defaultRoute(t, gw)); err != nil {
+			errs = append(errs, fmt.Errorf("routing table %d: default via %s: %w", t, gw, err))
+		}
+	}
+	wantRules := map[rule]bool{}
+	for _, rt := range routes {
+		k := rule{vip: rt.VIP, proto: int(rt.Proto), port: rt.Port, from: rt.From, to: rt.To, table: tableOf[rt.Via]}
+		wantRules[k] = true
+		if _, ok := haveRules[k]; ok {
+			continue
+		}
+		if err := r.nl.RuleAdd(r.netlinkRule(k)); err != nil && !errors.Is(err, syscall.EEXIST) {
+			errs = append(errs, fmt.Errorf("policy rule to %s %s port %d source ports %d-%d via %s: %w", rt.VIP, rt.Proto, rt.Port, rt.From, rt.To, rt.Via, err))
+		}
+	}
+
+	// nftables in one transaction: the untracked flows, and the redirects dropped.
+	if err := r.setTable(routes); err != nil {
+		errs = append(errs, err)
+	}
+
+	// Then what is no longer wanted.
+	for k, nr := range haveRules {
+		if !wantRules[k] {
+			if err := r.nl.RuleDel(nr); err != nil && !errors.Is(err, syscall.ENOENT) {
+				errs = append(errs, fmt.Errorf("delete policy rule to %s port %d: %w", k.vip, k.port, err))
+			}
+		}
+	}
+	for t, gw := range haveTables {
+		if _, ok := want[t]; !ok {
+			if err := r.nl.RouteDel(defaultRoute(t, gw)); err != nil && !errors.Is(err, syscall.ESRCH) {
+				errs = append(errs, fmt.Errorf("routing table %d: delete default via %s: %w", t, gw, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// needForwarding says what is missing when the node does not forward.
+func needForwarding(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil || strings.TrimSpace(string(b)) != "1" {
+		return fmt.Errorf("relaying needs %s set to 1 (it is %q)", path, strings.TrimSpace(string(b)))
+	}
+	return nil
+}
+
+func (r *Relay) ours(table int) bool {
+	return table >= r.opts.FirstTable && table < r.opts.FirstTable+r.opts.Tables
+}
+
+// rules returns the relay's policy rules as they are in the kernel.
+func (r *Relay) rules() (map[rule]*netlink.Rule, error) {
+	out := map[rule]*netlink.Rule{}
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		list, err := r.nl.RuleList(fam)
+		if err != nil {
+			return nil, fmt.Errorf("list policy rules: %w", err)
+		}
+		for i := range list {
+			nr := &list[i]
+			if nr.Priority != r.opts.Priority || !r.ours(nr.Table) {
+				continue
+			}
+			k := rule{proto: nr.IPProto, table: nr.Table}
+			if nr.Dst != nil {
+				k.vip, _ = netip.AddrFromSlice(nr.Dst.IP)
+				k.vip = k.vip.Unmap()
+			}
+			if nr.Dport != nil {
+				k.port = nr.Dport.Start
+			}
+			if nr.Sport != nil {
+				k.from, k.to = nr.Sport.Start, nr.Sport.End
+			}
+			out[k] = nr
+		}
+	}
+	return out, nil
+}
+
+// tables returns the gateway of each of the relay's routing tables that holds a route.
+func (r *Relay) tables() (map[int]netip.Addr, error) {
+	out := map[int]netip.Addr{}
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		list, err := r.nl.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return nil, fmt.Errorf("list routes: %w", err)
+		}
+		for _, rt := range list {
+			if !r.ours(rt.Table) {
+				continue
+			}
+			gw, _ := netip.AddrFromSlice(rt.Gw)
+			out[rt.Table] = gw.Unmap()
+		}
+	}
+	return out, nil
+}
+
+func (r *Relay) netlinkRule(k rule) *netlink.Rule {
+	nr := netlink.NewRule()
+	nr.Priority, nr.Table, nr.IPProto = r.opts.Priority, k.table, k.proto
+	nr.Family = netlink.FAMILY_V4
+	if k.vip.Is6() {
+		nr.Family = netlink.FAMILY_V6
+	}
+	nr.Dst = &net.IPNet{IP: k.vip.AsSlice(), Mask: net.CIDRMask(k.vip.BitLen(), k.vip.BitLen())}
+	nr.Dport = netlink.NewRulePortRange(k.port, k.port)
+	nr.Sport = netlink.NewRulePortRange(k.from, k.to)
+	return nr
+}
+
+func defaultRoute(table int, gw netip.Addr) *netlink.Route {
+	bits := gw.BitLen()
+	zero := netip.IPv4Unspecified()
+	if gw.Is6() {
+		zero = netip.IPv6Unspecified()
+	}
+	return &netlink.Route{Table: table, Gw: gw.AsSlice(), Dst: &net.IPNet{IP: zero.AsSlice(), Mask: net.CIDRMask(0, bits)}}
+}
+
+// setTable replaces the nftables table in one transaction, or removes it when there is
+// nothing to relay; it writes nothing when the content is what it last wrote.
+func (r *Relay) setTable(routes []relay.Route) error {
+	sig := fmt.Sprint(routes)
+	if sig == r.nft && !r.check {
+		return nil
+	}
+	c, err := r.opts.NFT()
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return fmt.Errorf("list nftables tables: %w", err)
+	}
+	exists := slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName })
+	if sig == r.nft && exists == (len(routes) > 0) {
+		r.check = false
+		return nil
+	}
+	if exists {
+		c.DelTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: TableName})
+	}
+	if len(routes) > 0 {
+		if err := addTable(c, routes); err != nil {
+			return err
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("program nftables table inet %s: %w", TableName, err)
+	}
+	r.nft, r.check = sig, false
+	return nil
+}
+
+// family is what differs between IPv4 and IPv6 in the table.
+type family struct {
+	v4        bool
+	nfproto   byte
+	keyType   nftables.SetDatatype
+	daddr     uint32 // offset of the destination address in the network header
+	icmp      byte   // the ICMP protocol number
+	redirect  byte   // its redirect type
+	suffix    string // of the family's map and set names
+	addrBytes uint32
+}
+
+var families = []family{
+	{true, unix.NFPROTO_IPV4, nftables.TypeIPAddr, 16, unix.IPPROTO_ICMP, 5, "4", 4},
+	{false, unix.NFPROTO_IPV6, nftables.TypeIP6Addr, 24, unix.IPPROTO_ICMPV6, 137, "6", 16},
+}
+
+func addTable(c *nftables.Conn, routes []relay.Route) error {
+	tb := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: TableName})
+	pre := c.AddChain(&nftables.Chain{Name: "prerouting", Table: tb, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw})
+	out := c.AddChain(&nftables.Chain{Name: "output", Table: tb, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter})
+
+	// One chain per address, holding its routes: untracked and counted.
+	byVIP := map[netip.Addr]*nftables.Chain{}
+	var vips []netip.Addr
+	for _, rt := range routes {
+		ch, ok := byVIP[rt.VIP]
+		if !ok {
+			ch = c.AddChain(&nftables.Chain{Name: "to-" + rt.VIP.String(), Table: tb})
+			byVIP[rt.VIP] = ch
+			vips = append(vips, rt.VIP)
+		}
+		c.AddRule(&nftables.Rule{Table: tb, Chain: ch, Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{byte(rt.Proto)}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, rt.Port)},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
+			&expr.Range{Op: expr.CmpOpEq, Register: 1, FromData: binary.BigEndian.AppendUint16(nil, rt.From), ToData: binary.BigEndian.AppendUint16(nil, rt.To)},
+			&expr.Counter{},
+			&expr.Notrack{},
+		}})
+	}
+	for _, f := range families {
+		dispatch := &nftables.Set{Table: tb, Name: "to" + f.suffix, IsMap: true, KeyType: f.keyType, DataType: nftables.TypeVerdict}
+		addrs := &nftables.Set{Table: tb, Name: "addresses" + f.suffix, KeyType: f.keyType}
+		var jumps, elems []nftables.SetElement
+		for _, v := range vips {
+			if v.Is4() == f.v4 {
+				jumps = append(jumps, nftables.SetElement{Key: v.AsSlice(), VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: byVIP[v].Name}})
+				elems = append(elems, nftables.SetElement{Key: v.AsSlice()})
+			}
+		}
+		if len(jumps) == 0 {
+			continue
+		}
+		if err := c.AddSet(dispatch, jumps); err != nil {
+			return fmt.Errorf("nftables map %s: %w", dispatch.Name, err)
+		}
+		if err := c.AddSet(addrs, elems); err != nil {
+			return fmt.Errorf("nftables set %s: %w", addrs.Name, err)
+		}
+		c.AddRule(&nftables.Rule{Table: tb, Chain: pre, Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.nfproto}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddr, Len: f.addrBytes},
+			&expr.Lookup{SourceRegister: 1, DestRegister: 0, IsDestRegSet: true, SetName: dispatch.Name, SetID: dispatch.ID},
+		}})
+		// A redirect carries the address it is about at offset 24 of the ICMP message:
+		// inside the quoted IPv4 header (8 + 16), or as the ICMPv6 redirect's destination.
+		c.AddRule(&nftables.Rule{Table: tb, Chain: out, Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.nfproto}},
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.icmp}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.redirect}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 24, Len: f.addrBytes},
+			&expr.Lookup{SourceRegister: 1, SetName: addrs.Name, SetID: addrs.ID},
+			&expr.Counter{},
+			&expr.Verdict{Kind: expr.VerdictDrop},
+		}})
+	}
+	return nil
+}
+
+// Close removes everything the relay wrote.
+func (r *Relay) Close() error {
+	r.check = true
+	return r.Set(nil)
+}

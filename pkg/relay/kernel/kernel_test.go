@@ -1,0 +1,315 @@
+package kernel
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/heraldlb/herald/hack/netlab"
+	"github.com/heraldlb/herald/pkg/relay"
+	"github.com/heraldlb/herald/pkg/transport"
+)
+
+// The test's network: a client and two nodes on one bridge, the Service's address
+// answered (a static neighbour entry stands in for the announcer) by the owner. Each node
+// runs what kube-proxy does for a Local Service: DNAT of the address to its own
+// endpoint, here a server on the node's own address that says its name and the client
+// address it saw.
+var (
+	vip    = netip.MustParseAddr("10.77.0.50")
+	client = netip.MustParseAddr("10.77.0.100")
+	nodeIP = map[string]netip.Addr{"owner": netip.MustParseAddr("10.77.0.1"), "other": netip.MustParseAddr("10.77.0.2")}
+
+	vip6    = netip.MustParseAddr("fd77::50")
+	client6 = netip.MustParseAddr("fd77::100")
+	nodeIP6 = map[string]netip.Addr{"owner": netip.MustParseAddr("fd77::1"), "other": netip.MustParseAddr("fd77::2")}
+)
+
+type lab struct {
+	client, owner, other *netlab.NS
+	ns                   map[string]netns.NsHandle
+}
+
+func newLab(t *testing.T) *lab {
+	netlab.Require(t)
+	sw := netlab.NewNS(t, "rsw")
+	sw.Bridge("br0")
+	l := &lab{client: netlab.NewNS(t, "rcl"), owner: netlab.NewNS(t, "rown"), other: netlab.NewNS(t, "roth"), ns: map[string]netns.NsHandle{}}
+	for i, n := range []*netlab.NS{l.client, l.owner, l.other} {
+		netlab.Plug(t, sw, "br0", fmt.Sprintf("p%d", i), n, "eth0")
+	}
+	l.client.Addr("eth0", client.String()+"/24")
+	l.client.Addr("eth0", client6.String()+"/64")
+	l.client.Run("ip", "neigh", "replace", vip.String(), "lladdr", l.owner.MAC("eth0"), "dev", "eth0", "nud", "permanent")
+	l.client.Run("ip", "-6", "neigh", "replace", vip6.String(), "lladdr", l.owner.MAC("eth0"), "dev", "eth0", "nud", "permanent")
+	for name, n := range map[string]*netlab.NS{"owner": l.owner, "other": l.other} {
+		n.Addr("eth0", nodeIP[name].String()+"/24")
+		n.Addr("eth0", nodeIP6[name].String()+"/64")
+		n.Run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+		n.Run("nft", fmt.Sprintf(`table inet kubeproxy {
+			chain prerouting { type nat hook prerouting priority dstnat;
+				ip daddr %[1]s tcp dport 80 dnat ip to %[2]s:8080; ip daddr %[1]s udp dport 53 dnat ip to %[2]s:5353;
+				ip6 daddr %[3]s tcp dport 80 dnat ip6 to [%[4]s]:8080; ip6 daddr %[3]s udp dport 53 dnat ip6 to [%[4]s]:5353; }
+		}`, vip, nodeIP[name], vip6, nodeIP6[name]))
+		h, err := netns.GetFromName(n.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { h.Close() })
+		l.ns[name] = h
+		for _, a := range []netip.Addr{nodeIP[name], nodeIP6[name]} {
+			netlab.ServeName(t, h, netip.AddrPortFrom(a, 8080).String(), name)
+			serveNameUDP(t, h, netip.AddrPortFrom(a, 5353).String(), name)
+		}
+	}
+	h, err := netns.GetFromName(l.client.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	l.ns["client"] = h
+	return l
+}
+
+// serveNameUDP answers every datagram to addr in ns with "name source".
+func serveNameUDP(t *testing.T, ns netns.NsHandle, addr, name string) {
+	var c net.PacketConn
+	if err := netlab.InNamespace(ns, func() (err error) { c, err = net.ListenPacket("udp", addr); return }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			_, from, err := c.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			src, _, _ := net.SplitHostPort(from.String())
+			_, _ = c.WriteTo([]byte(name+" "+src), from)
+		}
+	}()
+}
+
+// ask sends one request to the address from the client's source port sport and returns
+// who answered and the client address it saw.
+func (l *lab) ask(vip, client netip.Addr, proto transport.Protocol, sport uint16) (who, saw string, err error) {
+	network, port := "tcp", 80
+	if proto == transport.UDP {
+		network, port = "udp", 53
+	}
+	var c net.Conn
+	d := net.Dialer{Timeout: 2 * time.Second, LocalAddr: &net.TCPAddr{IP: client.AsSlice(), Port: int(sport)}}
+	if proto == transport.UDP {
+		d.LocalAddr = &net.UDPAddr{IP: client.AsSlice(), Port: int(sport)}
+	}
+	if err := netlab.InNamespace(l.ns["client"], func() (err error) {
+		c, err = d.Dial(network, netip.AddrPortFrom(vip, uint16(port)).String())
+		return
+	}); err != nil {
+		return "", "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	var line string
+	if proto == transport.UDP {
+		if _, err := c.Write([]byte("who")); err != nil {
+			return "", "", err
+		}
+		buf := make([]byte, 64)
+		n, err := c.Read(buf)
+		if err != nil {
+			return "", "", err
+		}
+		line = string(buf[:n])
+	} else if line, err = bufio.NewReader(c).ReadString('\n'); err != nil {
+		return "", "", err
+	}
+	who, saw, _ = strings.Cut(strings.TrimSpace(line), " ")
+	return who, saw, nil
+}
+
+func (l *lab) relay(t *testing.T, opts Options) *Relay {
+	t.Helper()
+	var r *Relay
+	if err := netlab.InNamespace(l.ns["owner"], func() (err error) { r, err = New(opts); return }); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func (l *lab) set(r *Relay, routes []relay.Route) error {
+	return netlab.InNamespace(l.ns["owner"], func() error { return r.Set(routes) })
+}
+
+// counter reads one field of a line of the namespace's /proc/net/snmp ("Icmp",
+// "InRedirects"), or of /proc/net/snmp6 for group Icmp6.
+func counter(t *testing.T, n *netlab.NS, group, field string) int {
+	t.Helper()
+	if group == "Icmp6" { // /proc/net/snmp6: one "Icmp6InRedirects value" per line
+		for _, line := range strings.Split(n.Run("cat", "/proc/net/snmp6"), "\n") {
+			if f := strings.Fields(line); len(f) == 2 && f[0] == group+field {
+				v, _ := strconv.Atoi(f[1])
+				return v
+			}
+		}
+		t.Fatalf("no %s%s in /proc/net/snmp6", group, field)
+	}
+	lines := strings.Split(n.Run("cat", "/proc/net/snmp"), "\n")
+	for i := 0; i+1 < len(lines); i += 2 {
+		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(names) == 0 || names[0] != group+":" || len(values) != len(names) {
+			continue
+		}
+		for j, name := range names {
+			if name == field {
+				v, _ := strconv.Atoi(values[j])
+				return v
+			}
+		}
+	}
+	t.Fatalf("no %s %s in /proc/net/snmp", group, field)
+	return 0
+}
+
+// The flows a split hands on reach the other node's endpoint through its own DNAT, with
+// the client's address; the rest stay with the owner's; no redirect reaches the client;
+// and an empty set removes every trace.
+func TestRelayAcrossRealLinks(t *testing.T) {
+	t.Run("IPv4", func(t *testing.T) { testRelay(t, vip, client, nodeIP, "InRedirects", "Icmp") })
+	t.Run("IPv6", func(t *testing.T) { testRelay(t, vip6, client6, nodeIP6, "InRedirects", "Icmp6") })
+}
+
+func testRelay(t *testing.T, vip, client netip.Addr, nodeIP map[string]netip.Addr, redirects, group string) {
+	l := newLab(t)
+	nodes := map[string]netip.Addr{"owner": nodeIP["owner"], "other": nodeIP["other"]}
+	var routes []relay.Route
+	for _, p := range []transport.Protocol{transport.TCP, transport.UDP} {
+		port := uint16(80)
+		if p == transport.UDP {
+			port = 53
+		}
+		routes = append(routes, relay.Split(vip, p, port, "owner", nodes)...)
+	}
+	relay.Sort(routes)
+	if len(routes) == 0 {
+		t.Fatal("the split relays nothing")
+	}
+	want := func(p transport.Protocol, sport uint16) string {
+		for _, r := range routes {
+			if r.Proto == p && r.From <= sport && sport <= r.To {
+				return r.Node
+			}
+		}
+		return "owner"
+	}
+	stages := 0
+	check := func(stage string, relayed bool) {
+		t.Helper()
+		start := time.Now()
+		stages++
+		seen := map[string]int{}
+		for _, p := range []transport.Protocol{transport.TCP, transport.UDP} {
+			for b := range relay.Buckets {
+				from, _ := relay.BucketPorts(b)
+				// A port inside the bucket, another at every stage: a 4-tuple just closed
+				// waits out TIME_WAIT.
+				sport := from + uint16(stages*40) + uint16(p)
+				who, saw, err := l.ask(vip, client, p, sport)
+				expect := "owner"
+				if relayed {
+					expect = want(p, sport)
+				}
+				if err != nil || who != expect || saw != client.String() {
+					t.Errorf("%s: %s from source port %d: answered by %q seeing %q (%v); want %s seeing %s", stage, p, sport, who, saw, err, expect, client)
+				}
+				seen[who]++
+			}
+		}
+		t.Logf("%s: answers per node %v in %s", stage, seen, time.Since(start).Round(time.Millisecond))
+	}
+
+	check("before", false)
+	r := l.relay(t, Options{})
+	t.Cleanup(func() { _ = l.set(r, nil) })
+	if err := l.set(r, routes); err != nil {
+		t.Fatal(err)
+	}
+	check("relayed", true)
+	if n := counter(t, l.client, group, redirects); n != 0 {
+		t.Errorf("the client received %d ICMP redirects", n)
+	}
+	dropped := l.owner.Run("nft", "list", "chain", "inet", TableName, "output")
+	t.Logf("the owner's redirect drops: %s", strings.Join(strings.Fields(dropped), " "))
+
+	// Idempotent, and what someone else deleted comes back.
+	if err := l.set(r, routes); err != nil {
+		t.Fatal(err)
+	}
+	ip := "-4"
+	if vip.Is6() {
+		ip = "-6"
+	}
+	l.owner.Run("ip", ip, "rule", "del", "priority", strconv.Itoa(DefaultPriority))
+	if err := l.set(r, routes); err != nil {
+		t.Fatal(err)
+	}
+	check("restored", true)
+	// The table deleted behind its back comes back on the next resync.
+	l.owner.Run("nft", "delete", "table", "inet", TableName)
+	r.Resync()
+	if err := l.set(r, routes); err != nil {
+		t.Fatal(err)
+	}
+	check("table restored", true)
+
+	// A new process (a restarted speaker) finds and removes what the old one left.
+	r2 := l.relay(t, Options{})
+	if err := l.set(r2, nil); err != nil {
+		t.Fatal(err)
+	}
+	if out := l.owner.Run("ip", ip, "rule", "list", "priority", strconv.Itoa(DefaultPriority)); strings.TrimSpace(out) != "" {
+		t.Errorf("rules left:\n%s", out)
+	}
+	if out := l.owner.Run("ip", ip, "route", "list", "table", "all"); strings.Contains(out, "table "+strconv.Itoa(DefaultFirstTable)) {
+		t.Errorf("routes left:\n%s", out)
+	}
+	if out := l.owner.Run("nft", "list", "tables"); strings.Contains(out, TableName) {
+		t.Errorf("nftables table left:\n%s", out)
+	}
+	check("removed", false)
+}
+
+// Bounds are kept and named: more routes than MaxRules, more nodes than tables.
+func TestRelayBounds(t *testing.T) {
+	l := newLab(t)
+	routes := relay.Split(vip, transport.TCP, 80, "owner", map[string]netip.Addr{"owner": nodeIP["owner"], "other": nodeIP["other"]})
+	r := l.relay(t, Options{MaxRules: 1})
+	t.Cleanup(func() { _ = l.set(r, nil) })
+	err := l.set(r, routes)
+	if len(routes) > 1 && (err == nil || !strings.Contains(err.Error(), "more than the 1 policy rules")) {
+		t.Errorf("%d routes with MaxRules 1: %v", len(routes), err)
+	}
+	if out := l.owner.Run("ip", "rule", "list", "priority", strconv.Itoa(DefaultPriority)); strings.Count(out, "\n") != 1 {
+		t.Errorf("want exactly one rule:\n%s", out)
+	}
+	two := []relay.Route{routes[0], routes[0]}
+	two[1].Port, two[1].Via, two[1].Node = 81, netip.MustParseAddr("10.77.0.3"), "third"
+	r1 := l.relay(t, Options{Tables: 1})
+	err = l.set(r1, two)
+	if err == nil || !strings.Contains(err.Error(), "all 1 routing tables") {
+		t.Errorf("two nodes in one table: %v", err)
+	}
+	// Without forwarding the relay says what is missing.
+	l.owner.Run("sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
+	if err := l.set(r1, routes); err == nil || !strings.Contains(err.Error(), "ip_forward") {
+		t.Errorf("forwarding off: %v", err)
+	}
+}

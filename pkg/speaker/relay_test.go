@@ -1,0 +1,170 @@
+package speaker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/heraldlb/herald/pkg/k8s"
+	"github.com/heraldlb/herald/pkg/k8s/k8stest"
+	"github.com/heraldlb/herald/pkg/liveness"
+	"github.com/heraldlb/herald/pkg/relay"
+)
+
+// relayRec records what the speaker hands the relay; fail makes Set fail.
+type relayRec struct {
+	mu     sync.Mutex
+	routes []relay.Route
+	sets   int
+	fail   atomic.Bool
+}
+
+func (r *relayRec) Set(rs []relay.Route) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.sets++
+	if r.fail.Load() {
+		return errors.New("nftables: operation not permitted")
+	}
+	r.routes = slices.Clone(rs)
+	return nil
+}
+
+func (r *relayRec) Resync() {}
+
+// nodes returns the nodes the relay hands flows to.
+func (r *relayRec) nodes() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	set := map[string]bool{}
+	for _, rt := range r.routes {
+		set[rt.Node+"@"+rt.Via.String()] = true
+	}
+	return slices.Sorted(maps.Keys(set))
+}
+
+// stuckRelay is a relay whose Set blocks until released.
+type stuckRelay struct {
+	calls   atomic.Int32
+	release chan struct{}
+}
+
+func (r *stuckRelay) Set([]relay.Route) error {
+	r.calls.Add(1)
+	<-r.release
+	return nil
+}
+
+func (r *stuckRelay) Resync() {}
+
+// The owner of a Local Service's address hands the other nodes with a ready endpoint
+// their share, as endpoints, members and affinity change; a failing relay is that part's
+// alone, and a speaker stopping removes what it relayed.
+func TestRelayFollowsEndpointsAndMembers(t *testing.T) {
+	cp := k8stest.Shared(t)
+	c := kubernetes.NewForConfigOrDie(cp.Config)
+	ns := inForce(t, c, `
+forwarding: none
+relay-local: true
+address-pools:
+- {name: l2, protocol: layer2, addresses: [192.168.50.90-192.168.50.99]}
+`)
+	for i, n := range []string{"r1", "r2", "r3"} {
+		createNode(t, c, n, fmt.Sprintf("10.0.5.%d", i+1), true)
+	}
+	members := &fakeMembers{meta: map[string][]byte{}, changed: make(chan struct{}, 1)}
+	for _, n := range []string{"r1", "r2", "r3"} {
+		members.set(n, false)
+	}
+	live := newFakeLiveness()
+	rec := &relayRec{}
+	l2 := &layer2Rec{}
+	s, err := New(Options{Client: coreClient(t), NodeName: "r1", Config: k8s.ConfigRef{Namespace: ns}, Layer2: l2,
+		Members: members, Liveness: live, Relay: rec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := run(t, s)
+	// One Service per address until r1 owns one (the election hashes the address).
+	var svc *corev1.Service
+	for i := range 10 {
+		name := fmt.Sprintf("web%d", i)
+		svc = createService(t, c, ns, name, fmt.Sprintf("192.168.50.%d", 90+i), func(s *corev1.Service) {
+			s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+		})
+		createEndpoints(t, c, ns, name, map[string]string{"10.244.1." + fmt.Sprint(i): "r1", "10.244.2." + fmt.Sprint(i): "r2", "10.244.3." + fmt.Sprint(i): "r3"})
+		owned := false
+		eventually(t, func() (bool, string) {
+			st := s.latest.Load()
+			if st == nil {
+				return false, "no plan yet"
+			}
+			for _, d := range st.d.Decisions {
+				if d.Service == ns+"/"+name {
+					owned = d.Owner == "r1"
+					return d.Owner != "", "no owner yet"
+				}
+			}
+			return false, "not planned yet"
+		})
+		if owned {
+			break
+		}
+	}
+	wantNodes := func(want ...string) {
+		t.Helper()
+		eventually(t, func() (bool, string) {
+			got := rec.nodes()
+			return slices.Equal(got, want), fmt.Sprintf("relays to %v, want %v", got, want)
+		})
+	}
+	wantNodes("r2@10.0.5.2", "r3@10.0.5.3")
+
+	// r3 goes silent: its share comes back to r1 at once.
+	live.kill("r3", liveness.Silent)
+	wantNodes("r2@10.0.5.2")
+	live.set(map[string]liveness.Reason{})
+	wantNodes("r2@10.0.5.2", "r3@10.0.5.3")
+
+	// ClientIP affinity: every flow stays with r1's own endpoint.
+	update := func(mod func(*corev1.Service)) {
+		t.Helper()
+		cur, err := c.CoreV1().Services(ns).Get(context.Background(), svc.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		mod(cur)
+		if _, err := c.CoreV1().Services(ns).Update(context.Background(), cur, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	update(func(s *corev1.Service) { s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP })
+	wantNodes()
+	update(func(s *corev1.Service) { s.Spec.SessionAffinity = corev1.ServiceAffinityNone })
+	wantNodes("r2@10.0.5.2", "r3@10.0.5.3")
+
+	// A failing relay fails its part only; layer 2 still answers.
+	rec.fail.Store(true)
+	live.kill("r2", liveness.Silent)
+	eventually(t, func() (bool, string) {
+		st := s.latest.Load()
+		return len(st.d.Relay) > 0 && slices.Contains(l2.addrs(), st.d.Layer2[0].IP) && st.in.Silent["r2"], "layer 2 did not follow the plan while the relay fails"
+	})
+	rec.fail.Store(false)
+	wantNodes("r3@10.0.5.3")
+
+	// Stopping withdraws the relay.
+	stop()
+	if got := rec.nodes(); len(got) != 0 {
+		t.Errorf("after stop the relay still hands flows to %v", got)
+	}
+}
