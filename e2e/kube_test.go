@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/heraldlb/herald/hack/cluster"
 	"github.com/heraldlb/herald/hack/helm"
 	"github.com/heraldlb/herald/hack/netlab"
 	"github.com/heraldlb/herald/pkg/inspect"
@@ -27,8 +29,10 @@ import (
 
 // The configuration of the real cluster's tests: a layer-2 pool on the LAN, a BGP pool
 // announced to the router, and forwarding: none (this kernel has no ip_vs: kube-proxy
-// delivers, ipMode VIP).
+// delivers, ipMode VIP), with relay-local (the owner of a Local Service's address hands
+// the other nodes with a pod their share).
 const kubeConfig = `forwarding: none
+relay-local: true
 peers:
 - peer-address: 192.168.10.1
   peer-asn: 64500
@@ -551,6 +555,88 @@ spec:
 		t.Logf("%s's link cut: %s announced %s after %s; a pod answered (%s)", old.Name, to.Name, ip, took.Round(time.Millisecond), name)
 		c.LinkUp(old)
 		c.waitNodesReady(t)
+	})
+
+	// relay-local, through kube-proxy and real pods: the owner hands the other nodes with a
+	// pod their share of new flows, and their pods see the client's address; ClientIP
+	// affinity keeps a client on one pod. What the upstream spec "should be able to switch
+	// session affinity for LoadBalancer service with Local traffic policy" asks.
+	t.Run("Local with relay-local: every node with a pod answers, with the client's address", func(t *testing.T) {
+		if out, err := c.Kubectl("scale", "deployment/local", "--replicas=3"); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		c.rollout(t, "default", "deployment/local")
+		addr := c.WaitAddresses("default", "local")[0]
+		owner := c.settledOwner(t, addr)
+		podNodes := func() []string {
+			pods, err := c.Kube.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=local"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			set := map[string]bool{}
+			for _, p := range pods.Items {
+				if p.DeletionTimestamp == nil && p.Spec.NodeName != "" {
+					set[p.Spec.NodeName] = true
+				}
+			}
+			return slices.Sorted(maps.Keys(set))
+		}
+		// answers asks n times and returns the pods that answered, and the nodes.
+		answers := func(n int) (pods, nodes []string) {
+			t.Helper()
+			ps, ns := map[string]bool{}, map[string]bool{}
+			for range n {
+				who, seen, err := c.ConnectSeen(addr, 2*time.Second)
+				if err != nil {
+					t.Fatalf("%s: %v", addr, err)
+				}
+				if seen != cluster.ClientIP4 {
+					t.Errorf("%q saw the client as %q, want %s", who, seen, cluster.ClientIP4)
+				}
+				pod, node, _ := strings.Cut(who, " on ")
+				ps[pod], ns[node] = true, true
+			}
+			return slices.Sorted(maps.Keys(ps)), slices.Sorted(maps.Keys(ns))
+		}
+		want := podNodes()
+		if len(want) < 2 {
+			t.Skipf("the three pods run on %v: nothing to spread", want)
+		}
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+			_, got := answers(40)
+			if slices.Equal(got, want) {
+				t.Logf("owner %s; 40 requests answered by the pods on %v", owner.Name, got)
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("40 requests answered on %v, want every node with a pod %v (owner %s)", got, want, owner.Name)
+			}
+		}
+		patch := func(affinity string) {
+			t.Helper()
+			if out, err := c.Kubectl("patch", "service", "local", "-p", `{"spec":{"sessionAffinity":"`+affinity+`"}}`); err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+		}
+		patch("ClientIP")
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+			pods, _ := answers(15)
+			if len(pods) == 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("ClientIP affinity: 15 requests answered by %v, want one pod", pods)
+			}
+		}
+		patch("None")
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+			if pods, _ := answers(15); len(pods) > 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("affinity None again: 15 requests answered by one pod")
+			}
+		}
 	})
 
 	// What a non-owner's death costs, where Herald does not forward (forwarding: none):

@@ -31,8 +31,9 @@ import (
 
 // Addresses of the lab network.
 const (
-	cpIP4     = "192.168.10.5"
-	clientIP4 = "192.168.10.2"
+	cpIP4 = "192.168.10.5"
+	// ClientIP4 is the client namespace's address.
+	ClientIP4 = "192.168.10.2"
 	// ServicePort is where the stand-in servers listen.
 	ServicePort = 8090
 )
@@ -165,7 +166,7 @@ func Start(t TB, speakerBin string, opts Options) *Cluster {
 	c.CPNS.Addr("eth0", cpIP4+"/24")
 	c.Client = ns("client")
 	netlab.Plug(t, c.Switch, "br0", "p-client", c.Client, "eth0")
-	c.Client.Addr("eth0", clientIP4+"/24")
+	c.Client.Addr("eth0", ClientIP4+"/24")
 	c.Client.Addr("eth0", "fd10::2/64")
 	for i := range opts.Nodes {
 		n := &Node{Name: fmt.Sprintf("node%d", i+1), IP4: fmt.Sprintf("192.168.10.%d", 11+i), IP6: fmt.Sprintf("fd10::%d", 11+i)}
@@ -212,7 +213,7 @@ func Start(t TB, speakerBin string, opts Options) *Cluster {
 		if opts.Router != nil {
 			c.Router = c.StartRouter(opts.Router(c.Nodes))
 		}
-		c.Probe = netlab.NewProber(t, c.Client, "eth0", netip.MustParseAddr(clientIP4))
+		c.Probe = netlab.NewProber(t, c.Client, "eth0", netip.MustParseAddr(ClientIP4))
 		return c
 	}
 
@@ -240,7 +241,7 @@ func Start(t TB, speakerBin string, opts Options) *Cluster {
 		c.startServer(n)
 		c.StartSpeaker(n, opts.SpeakerFlags...)
 	}
-	c.Probe = netlab.NewProber(t, c.Client, "eth0", netip.MustParseAddr(clientIP4))
+	c.Probe = netlab.NewProber(t, c.Client, "eth0", netip.MustParseAddr(ClientIP4))
 	if !opts.SkipMemberWait {
 		c.WaitMembers(len(c.Nodes), 20*time.Second)
 	}
@@ -552,14 +553,20 @@ func (c *Cluster) StandIn(ips []netip.Addr) {
 // Connect makes an HTTP request from the client to ip and returns the name of the node
 // that answered.
 func (c *Cluster) Connect(ip netip.Addr, timeout time.Duration) (string, error) {
+	who, _, err := c.ConnectSeen(ip, timeout)
+	return who, err
+}
+
+// ConnectSeen is Connect, also returning the client address the pod saw.
+func (c *Cluster) ConnectSeen(ip netip.Addr, timeout time.Duration) (who, seen string, err error) {
 	client := &http.Client{Timeout: timeout, Transport: &http.Transport{DialContext: c.Client.DialContext, DisableKeepAlives: true}}
 	resp, err := client.Get("http://" + net.JoinHostPort(ip.String(), fmt.Sprint(ServicePort)) + "/")
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	return strings.TrimSpace(string(b)), err
+	return strings.TrimSpace(string(b)), resp.Header.Get("X-Client"), err
 }
 
 // NodeByMAC returns the node whose eth0 has mac.

@@ -177,14 +177,12 @@ func (l *lab) up() (err error) {
 	})
 	fmt.Printf("    nodes Ready after %.0fs\n", time.Since(start).Seconds())
 	kc := []string{l.kubectl, "--kubeconfig", l.kubeconfig()}
-	// The lab's configuration: config/samples' pools, with forwarding: none (this kernel
-	// has no ip_vs, so kube-proxy delivers).
 	sample, err := os.ReadFile(filepath.Join(l.root, "config/samples/configmap.yaml"))
 	if err != nil {
 		return err
 	}
 	cm := filepath.Join(dir, "configmap.yaml")
-	text := strings.Replace(string(sample), "  config: |\n", "  config: |\n    forwarding: none\n", 1)
+	text := labConfigMap(sample)
 	if err := os.WriteFile(cm, []byte(text), 0o644); err != nil {
 		return err
 	}
@@ -212,7 +210,7 @@ func (l *lab) up() (err error) {
 		if err := l.inClient(os.Stdout, append(kc, "apply", "-k", filepath.Join(l.root, "hack/lab/overlay"))...); err != nil {
 			return err
 		}
-		step("applying config/samples: the address pools (with forwarding: none: this kernel has no ip_vs, so kube-proxy delivers), the demo Deployment and two Services")
+		step("applying config/samples: the address pools (with forwarding: none: this kernel has no ip_vs, so kube-proxy delivers; and relay-local), the demo Deployment and two Services")
 		manifests = append([]string{"-f", cm}, manifests...)
 	}
 	if err := l.inClient(os.Stdout, append(append(kc, "apply"), manifests...)...); err != nil {
@@ -372,4 +370,11 @@ func nodeNSs(c *cluster.Cluster) []*netlab.NS {
 		out = append(out, n.NS)
 	}
 	return out
+}
+
+// labConfigMap is the lab's ConfigMap: config/samples' pools, with forwarding: none
+// (this kernel has no ip_vs, so kube-proxy delivers) and relay-local (the owner of a
+// Local Service's address hands the other nodes with a pod their share of new flows).
+func labConfigMap(sample []byte) string {
+	return strings.Replace(string(sample), "  config: |\n", "  config: |\n    forwarding: none\n    relay-local: true\n", 1)
 }

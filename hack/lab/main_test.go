@@ -14,7 +14,7 @@ func TestHelmValues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	text := strings.Replace(string(sample), "  config: |\n", "  config: |\n    forwarding: none\n", 1)
+	text := labConfigMap(sample)
 	values, err := helmValues(text)
 	if err != nil {
 		t.Fatal(err)
@@ -27,7 +27,7 @@ func TestHelmValues(t *testing.T) {
 	if err := yaml.Unmarshal(values, &v); err != nil {
 		t.Fatal(err)
 	}
-	if v.Config != cm.Data["config"] || !strings.HasPrefix(v.Config, "forwarding: none\n") {
+	if v.Config != cm.Data["config"] || !strings.HasPrefix(v.Config, "forwarding: none\nrelay-local: true\n") {
 		t.Errorf("values %q, want config %q", values, cm.Data["config"])
 	}
 	if _, err := helmValues("kind: ConfigMap\ndata: {}\n"); err == nil {
