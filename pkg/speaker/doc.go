@@ -9,8 +9,8 @@
 //     (pkg/runner), pure and cheap, from the informer caches and one membership view
 //     (membership.go: Merge, the one precedence rule). The result is published as an
 //     immutable snapshot, and every part is poked.
-//   - layer2.go, forward.go, bgp.go, report.go: the parts — layer 2, forwarding, BGP,
-//     and status (log lines, metrics, Events). Each has a runner of its own, takes the
+//   - layer2.go, forward.go, bgp.go, relay.go, report.go: the parts — layer 2,
+//     forwarding, BGP, relay-local, and status (log lines, metrics, Events). Each has a runner of its own, takes the
 //     newest snapshot when it syncs, retries in full with its own exponential backoff
 //     when it fails, and compares with the world in full every resync period. No lock
 //     is held across a part's I/O by anything another part needs.

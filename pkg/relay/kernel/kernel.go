@@ -105,26 +105,31 @@ type rule struct {
 }
 
 // Set makes the kernel relay exactly routes (relay.Sort order), and nothing when empty.
+// A route that cannot be installed whole (forwarding off for its family, its node's
+// table or its rule refused) is left out everywhere, its flows kept by this node, and
+// the error says which; the others are installed.
 func (r *Relay) Set(routes []relay.Route) error {
-	if slices.ContainsFunc(routes, func(rt relay.Route) bool { return rt.VIP.Is4() }) {
-		if err := needForwarding("/proc/sys/net/ipv4/ip_forward"); err != nil {
-			return err
+	var errs []error
+	for _, fam := range []struct {
+		v4   bool
+		path string
+	}{{true, "/proc/sys/net/ipv4/ip_forward"}, {false, "/proc/sys/net/ipv6/conf/all/forwarding"}} {
+		if !slices.ContainsFunc(routes, func(rt relay.Route) bool { return rt.VIP.Is4() == fam.v4 }) {
+			continue
 		}
-	}
-	if slices.ContainsFunc(routes, func(rt relay.Route) bool { return rt.VIP.Is6() }) {
-		if err := needForwarding("/proc/sys/net/ipv6/conf/all/forwarding"); err != nil {
-			return err
+		if err := needForwarding(fam.path); err != nil {
+			errs = append(errs, err)
+			routes = slices.DeleteFunc(slices.Clone(routes), func(rt relay.Route) bool { return rt.VIP.Is4() == fam.v4 })
 		}
 	}
 	haveRules, err := r.rules()
 	if err != nil {
-		return err
+		return errors.Join(append(errs, err)...)
 	}
 	haveTables, err := r.tables()
 	if err != nil {
-		return err
+		return errors.Join(append(errs, err)...)
 	}
-	var errs []error
 	if len(routes) > r.opts.MaxRules {
 		errs = append(errs, fmt.Errorf("%d relayed source-port ranges, more than the %d policy rules allowed: the first %d are relayed", len(routes), r.opts.MaxRules, r.opts.MaxRules))
 		routes = routes[:r.opts.MaxRules]
@@ -139,52 +144,61 @@ func (r *Relay) Set(routes []relay.Route) error {
 	}
 	want := map[int]netip.Addr{}
 	next := r.opts.FirstTable
-	var kept []relay.Route
 	for _, rt := range routes {
-		t, ok := tableOf[rt.Via]
-		if !ok {
-			for ; next < r.opts.FirstTable+r.opts.Tables; next++ {
-				if _, used := haveTables[next]; !used {
-					if _, taken := want[next]; !taken {
-						break
-					}
-				}
-			}
-			if next >= r.opts.FirstTable+r.opts.Tables {
-				errs = append(errs, fmt.Errorf("relay to %s (%s): all %d routing tables from %d are in use", rt.Node, rt.Via, r.opts.Tables, r.opts.FirstTable))
-				continue
-			}
-			t, tableOf[rt.Via] = next, next
+		if _, ok := tableOf[rt.Via]; ok {
+			want[tableOf[rt.Via]] = rt.Via
+			continue
 		}
-		want[t] = rt.Via
-		kept = append(kept, rt)
+		for ; next < r.opts.FirstTable+r.opts.Tables; next++ {
+			_, used := haveTables[next]
+			if _, taken := want[next]; !used && !taken {
+				break
+			}
+		}
+		if next >= r.opts.FirstTable+r.opts.Tables {
+			errs = append(errs, fmt.Errorf("relay to %s (%s): all %d routing tables from %d are in use", rt.Node, rt.Via, r.opts.Tables, r.opts.FirstTable))
+			continue
+		}
+		tableOf[rt.Via], want[next] = next, rt.Via
 	}
-	routes = kept
 
-	// Routes, then rules: a rule never points at an empty table for long.
+	// Routes, then rules: a rule never points at an empty table, nor a flow is left
+	// untracked without its rule.
+	routed := map[int]bool{}
 	for t, gw := range want {
 		if have, ok := haveTables[t]; ok && have == gw {
+			routed[t] = true
 			continue
 		}
 		if err := r.nl.RouteReplace(defaultRoute(t, gw)); err != nil {
 			errs = append(errs, fmt.Errorf("routing table %d: default via %s: %w", t, gw, err))
-		}
-	}
-	wantRules := map[rule]bool{}
-	for _, rt := range routes {
-		k := rule{vip: rt.VIP, proto: int(rt.Proto), port: rt.Port, from: rt.From, to: rt.To, table: tableOf[rt.Via]}
-		wantRules[k] = true
-		if _, ok := haveRules[k]; ok {
 			continue
 		}
-		if err := r.nl.RuleAdd(r.netlinkRule(k)); err != nil && !errors.Is(err, syscall.EEXIST) {
-			errs = append(errs, fmt.Errorf("policy rule to %s %s port %d source ports %d-%d via %s: %w", rt.VIP, rt.Proto, rt.Port, rt.From, rt.To, rt.Via, err))
+		routed[t] = true
+	}
+	wantRules := map[rule]bool{}
+	var installed []relay.Route
+	for _, rt := range routes {
+		t, ok := tableOf[rt.Via]
+		if !ok || !routed[t] {
+			continue
 		}
+		k := rule{vip: rt.VIP, proto: int(rt.Proto), port: rt.Port, from: rt.From, to: rt.To, table: t}
+		if _, ok := haveRules[k]; !ok {
+			if err := r.nl.RuleAdd(r.netlinkRule(k)); err != nil && !errors.Is(err, syscall.EEXIST) {
+				errs = append(errs, fmt.Errorf("policy rule to %s %s port %d source ports %d-%d via %s: %w", rt.VIP, rt.Proto, rt.Port, rt.From, rt.To, rt.Via, err))
+				continue
+			}
+		}
+		wantRules[k] = true
+		installed = append(installed, rt)
 	}
 
 	// nftables in one transaction: the untracked flows, and the redirects dropped.
-	if err := r.setTable(routes); err != nil {
-		errs = append(errs, err)
+	if err := r.setTable(installed); err != nil {
+		// The table in the kernel is still the previous one, whole: so are the rules and
+		// routes its untracked flows need, until a Set succeeds.
+		return errors.Join(append(errs, err)...)
 	}
 
 	// Then what is no longer wanted.

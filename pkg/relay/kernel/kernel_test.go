@@ -307,9 +307,30 @@ func TestRelayBounds(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "all 1 routing tables") {
 		t.Errorf("two nodes in one table: %v", err)
 	}
-	// Without forwarding the relay says what is missing.
+	// A node that is not on a connected subnet cannot be routed to: that route is left
+	// out everywhere (no rule, no untracked flows), named in the error; the others stay.
+	r2 := l.relay(t, Options{})
+	far := routes[0]
+	far.Port, far.Via, far.Node = 82, netip.MustParseAddr("10.99.0.1"), "far"
+	if err := l.set(r2, []relay.Route{routes[0], far}); err == nil || !strings.Contains(err.Error(), "10.99.0.1") {
+		t.Errorf("an unreachable node: %v", err)
+	}
+	if out := l.owner.Run("ip", "rule", "list", "priority", strconv.Itoa(DefaultPriority)); strings.Count(out, "\n") != 1 || strings.Contains(out, "dport 82") {
+		t.Errorf("want only the reachable node's rule:\n%s", out)
+	}
+	if out := l.owner.Run("nft", "list", "table", "inet", TableName); strings.Contains(out, "dport 82") || !strings.Contains(out, "dport 80") {
+		t.Errorf("want only the reachable node's flows untracked:\n%s", out)
+	}
+	// Without forwarding the relay says what is missing, and takes everything away: an
+	// untracked flow the node will not forward would be lost.
 	l.owner.Run("sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
-	if err := l.set(r1, routes); err == nil || !strings.Contains(err.Error(), "ip_forward") {
+	if err := l.set(r2, routes); err == nil || !strings.Contains(err.Error(), "ip_forward") {
 		t.Errorf("forwarding off: %v", err)
+	}
+	if out := l.owner.Run("ip", "rule", "list", "priority", strconv.Itoa(DefaultPriority)); strings.TrimSpace(out) != "" {
+		t.Errorf("forwarding off, rules left:\n%s", out)
+	}
+	if out := l.owner.Run("nft", "list", "tables"); strings.Contains(out, TableName) {
+		t.Errorf("forwarding off, nftables table left:\n%s", out)
 	}
 }
