@@ -145,3 +145,41 @@ func BenchmarkOwner50Nodes(b *testing.B) {
 		Owner(ip, nodes, Service{})
 	}
 }
+
+// The owner of an address must not change when Herald is upgraded: speakers of two
+// versions elect side by side during a rolling update. These weights were computed by
+// the hash as first released.
+func TestScoreIsStable(t *testing.T) {
+	for _, c := range []struct {
+		node, ip string
+		want     uint64
+	}{
+		{"node1", "192.168.10.90", 0x77bcdd96ae49eb4},
+		{"worker-a", "fd10::1", 0x6b4ca88cc9099455},
+		{"", "0.0.0.0", 0x4d20d9bb912c7e25},
+	} {
+		if got := score(c.node, netip.MustParseAddr(c.ip)); got != c.want {
+			t.Errorf("score(%q, %s) = %#x, want %#x", c.node, c.ip, got, c.want)
+		}
+	}
+}
+
+func TestSpread(t *testing.T) {
+	nodes := []string{"a", "b", "c"}
+	key := []byte{1, 2, 3}
+	got := Spread(key, nodes, 64)
+	count := map[string]int{}
+	for _, n := range got {
+		count[n]++
+	}
+	if len(got) != 64 || len(count) != 3 {
+		t.Fatalf("Spread over 3 nodes gave %v", count)
+	}
+	// Whatever the order the nodes come in, the same answer; the key is not written to.
+	if again := Spread(key, []string{"c", "a", "b"}, 64); fmt.Sprint(again) != fmt.Sprint(got) || fmt.Sprint(key) != "[1 2 3]" {
+		t.Errorf("Spread depends on the nodes' order, or wrote its key")
+	}
+	if Spread(key, nil, 64) != nil || Spread(key, nodes, 0) != nil {
+		t.Error("Spread of nothing gave something")
+	}
+}

@@ -3,9 +3,10 @@
 //
 //   - nftables, table inet herald-relay: in prerouting at raw priority (before conntrack),
 //     a relayed flow's packets are left untracked, which also keeps them away from this
-//     node's own kube-proxy DNAT (nat chains see tracked packets only). A verdict map on
-//     the destination address jumps to one chain per address, so traffic to other
-//     addresses costs one lookup. In output, ICMP and ICMPv6 redirects about a relayed
+//     node's own kube-proxy DNAT (nat chains see tracked packets only). One rule per
+//     family looks the packet up in a set of the relayed addresses (so other traffic
+//     costs one hash lookup), then in a set of address . protocol . port . source-port
+//     range, one element per route. In output, ICMP and ICMPv6 redirects about a relayed
 //     address are dropped: the node forwards out of the link the packet came in on, and a
 //     redirect would teach an on-link client to send all its flows to one node.
 //   - policy routing: one rule per route at Options.Priority (to VIP, protocol, port,

@@ -14,6 +14,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
+	mnl "github.com/mdlayher/netlink"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -67,7 +68,7 @@ func New(opts Options) (*Relay, error) {
 	opts.Tables = cmp.Or(opts.Tables, DefaultTables)
 	opts.MaxRules = cmp.Or(opts.MaxRules, DefaultMaxRules)
 	if opts.NFT == nil {
-		opts.NFT = func() (*nftables.Conn, error) { return nftables.New() }
+		opts.NFT = func() (*nftables.Conn, error) { return nftables.New(nftables.WithSockOptions(bigSendBuffer)) }
 	}
 	r := &Relay{opts: opts, nl: opts.Netlink, nft: "unknown"}
 	if r.nl == nil {
@@ -219,6 +220,21 @@ func (r *Relay) Set(routes []relay.Route) error {
 	return errors.Join(errs...)
 }
 
+// bigSendBuffer lets one nftables transaction carry every flow: it is sent in one
+// message, and the default socket buffer (about 200 KiB) holds about 2,000 of them.
+// Forcing the size needs CAP_NET_ADMIN, which the speaker has; without it the default
+// stays.
+func bigSendBuffer(c *mnl.Conn) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	_ = raw.Control(func(fd uintptr) {
+		_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 8<<20)
+	})
+	return nil
+}
+
 // needForwarding says what is missing when the node does not forward.
 func needForwarding(path string) error {
 	b, err := os.ReadFile(path)
@@ -361,52 +377,50 @@ func addTable(c *nftables.Conn, routes []relay.Route) error {
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw})
 	out := c.AddChain(&nftables.Chain{Name: "output", Table: tb, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityFilter})
-
-	// One chain per address, holding its routes: untracked and counted.
-	byVIP := map[netip.Addr]*nftables.Chain{}
-	var vips []netip.Addr
-	for _, rt := range routes {
-		ch, ok := byVIP[rt.VIP]
-		if !ok {
-			ch = c.AddChain(&nftables.Chain{Name: "to-" + rt.VIP.String(), Table: tb})
-			byVIP[rt.VIP] = ch
-			vips = append(vips, rt.VIP)
-		}
-		c.AddRule(&nftables.Rule{Table: tb, Chain: ch, Exprs: []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{byte(rt.Proto)}},
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, rt.Port)},
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
-			&expr.Range{Op: expr.CmpOpEq, Register: 1, FromData: binary.BigEndian.AppendUint16(nil, rt.From), ToData: binary.BigEndian.AppendUint16(nil, rt.To)},
-			&expr.Counter{},
-			&expr.Notrack{},
-		}})
-	}
 	for _, f := range families {
-		dispatch := &nftables.Set{Table: tb, Name: "to" + f.suffix, IsMap: true, KeyType: f.keyType, DataType: nftables.TypeVerdict}
+		// flows: address . protocol . port . source-port range, one element per route;
+		// addresses: a hash set of the same addresses, so that other traffic costs one
+		// lookup.
+		flows := &nftables.Set{Table: tb, Name: "flows" + f.suffix, Concatenation: true, Interval: true,
+			KeyType: nftables.MustConcatSetType(f.keyType, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeInetService)}
 		addrs := &nftables.Set{Table: tb, Name: "addresses" + f.suffix, KeyType: f.keyType}
-		var jumps, elems []nftables.SetElement
-		for _, v := range vips {
-			if v.Is4() == f.v4 {
-				jumps = append(jumps, nftables.SetElement{Key: v.AsSlice(), VerdictData: &expr.Verdict{Kind: expr.VerdictJump, Chain: byVIP[v].Name}})
-				elems = append(elems, nftables.SetElement{Key: v.AsSlice()})
+		var fl, as []nftables.SetElement
+		seen := map[netip.Addr]bool{}
+		for _, rt := range routes {
+			if rt.VIP.Is4() != f.v4 {
+				continue
+			}
+			fl = append(fl, nftables.SetElement{Key: flowKey(rt, rt.From), KeyEnd: flowKey(rt, rt.To)})
+			if !seen[rt.VIP] {
+				seen[rt.VIP] = true
+				as = append(as, nftables.SetElement{Key: rt.VIP.AsSlice()})
 			}
 		}
-		if len(jumps) == 0 {
+		if len(fl) == 0 {
 			continue
 		}
-		if err := c.AddSet(dispatch, jumps); err != nil {
-			return fmt.Errorf("nftables map %s: %w", dispatch.Name, err)
-		}
-		if err := c.AddSet(addrs, elems); err != nil {
+		if err := c.AddSet(addrs, as); err != nil {
 			return fmt.Errorf("nftables set %s: %w", addrs.Name, err)
 		}
+		if err := c.AddSet(flows, fl); err != nil {
+			return fmt.Errorf("nftables set %s: %w", flows.Name, err)
+		}
+		// The concatenation is loaded into consecutive 32-bit registers, each field padded
+		// to 4 bytes, as the set's keys are.
+		const reg32 = 8 // NFT_REG32_00
+		proto := reg32 + f.addrBytes/4
 		c.AddRule(&nftables.Rule{Table: tb, Chain: pre, Exprs: []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.nfproto}},
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddr, Len: f.addrBytes},
-			&expr.Lookup{SourceRegister: 1, DestRegister: 0, IsDestRegSet: true, SetName: dispatch.Name, SetID: dispatch.ID},
+			&expr.Lookup{SourceRegister: 1, SetName: addrs.Name, SetID: addrs.ID},
+			&expr.Payload{DestRegister: reg32, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddr, Len: f.addrBytes},
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: proto},
+			&expr.Payload{DestRegister: proto + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Payload{DestRegister: proto + 2, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
+			&expr.Lookup{SourceRegister: reg32, SetName: flows.Name, SetID: flows.ID},
+			&expr.Counter{},
+			&expr.Notrack{},
 		}})
 		// A redirect carries the address it is about at offset 24 of the ICMP message:
 		// inside the quoted IPv4 header (8 + 16), or as the ICMPv6 redirect's destination.
@@ -424,6 +438,16 @@ func addTable(c *nftables.Conn, routes []relay.Route) error {
 		}})
 	}
 	return nil
+}
+
+// flowKey is a flows set key: the address, the protocol, the port and a source port,
+// each padded to 4 bytes.
+func flowKey(rt relay.Route, sport uint16) []byte {
+	k := append(rt.VIP.AsSlice(), byte(rt.Proto), 0, 0, 0)
+	k = binary.BigEndian.AppendUint16(k, rt.Port)
+	k = append(k, 0, 0)
+	k = binary.BigEndian.AppendUint16(k, sport)
+	return append(k, 0, 0)
 }
 
 // Close removes everything the relay wrote.

@@ -318,7 +318,7 @@ func TestRelayBounds(t *testing.T) {
 	if out := l.owner.Run("ip", "rule", "list", "priority", strconv.Itoa(DefaultPriority)); strings.Count(out, "\n") != 1 || strings.Contains(out, "dport 82") {
 		t.Errorf("want only the reachable node's rule:\n%s", out)
 	}
-	if out := l.owner.Run("nft", "list", "table", "inet", TableName); strings.Contains(out, "dport 82") || !strings.Contains(out, "dport 80") {
+	if out := l.owner.Run("nft", "list", "table", "inet", TableName); strings.Contains(out, "tcp . 82 .") || !strings.Contains(out, "tcp . 80 .") {
 		t.Errorf("want only the reachable node's flows untracked:\n%s", out)
 	}
 	// Without forwarding the relay says what is missing, and takes everything away: an
