@@ -184,8 +184,11 @@ func run() error {
 			return err
 		}
 	}
-	if opts.Relay, err = relaykernel.New(relaykernel.Options{Priority: *relayPrio, FirstTable: *relayTable}); err != nil {
-		opts.Relay, opts.RelayErr = nil, err // said when the configuration asks for relay-local
+	relayer, err := relaykernel.New(relaykernel.Options{Priority: *relayPrio, FirstTable: *relayTable})
+	if err != nil {
+		opts.RelayErr = err // said when the configuration asks for relay-local
+	} else {
+		opts.Relay = relayer
 	}
 	if *useBGP {
 		rid := *routerID
@@ -310,6 +313,15 @@ func run() error {
 			w := &liveness.LinkWatcher{Up: detector.Redial, Logger: logger.With("component", "liveness")}
 			if err := w.Run(gctx); err != nil {
 				logger.Warn("link changes not watched; the detector redials on its own", "err", err)
+			}
+			return nil
+		})
+	}
+	if relayer != nil {
+		g.Go(func() error {
+			// A link going down takes the relay's routes with it: set them again at once.
+			if err := relayer.Watch(gctx, nil, spk.RelayKernelChanged); err != nil {
+				logger.Warn("route changes not watched; the relay is checked every resync", "err", err)
 			}
 			return nil
 		})

@@ -388,35 +388,43 @@ func RealServers(vip netip.Addr, svc *Service, p Port, in Input, toEndpoints boo
 }
 
 // RelayRoutes returns the flows in.Self hands on for vip, which it announces in layer 2,
-// of svc's ports: for a Local Service without session affinity, every TCP and UDP port
-// split (relay.Split) over the nodes that may announce it, each of them, that is (a live
-// speaker, Ready, not excluded, a ready endpoint of svc), and not silent, with an
-// address of vip's family. ClientIP affinity keeps every flow on this node: its own
+// of svc's ports: for a Local Service without session affinity, each TCP and UDP port
+// split (relay.Split) over the nodes that may announce it (a live speaker, Ready, not
+// excluded), are not silent, have an address of vip's family, and hold a ready endpoint
+// of svc with that port and of vip's family — kube-proxy there drops what it cannot
+// deliver to its own pods. ClientIP affinity keeps every flow on this node: its own
 // endpoint keeps the client, as kube-proxy there promises. A Cluster Service needs no
 // relay: kube-proxy on this node spreads it already.
 func RelayRoutes(vip netip.Addr, svc *Service, in Input, nodes []node) []relay.Route {
 	if !svc.Local || svc.Persistence > 0 {
 		return nil
 	}
-	es := election.Service{Local: true, EndpointNodes: svc.EndpointNodes}
-	targets := map[string]netip.Addr{}
-	for _, n := range nodes {
-		if ok, _ := election.Eligible(n.Node, es); !ok || in.Silent[n.Name] {
-			continue
-		}
-		if n.Name == in.Self {
-			targets[n.Name] = vip // kept here: no address needed
-			continue
-		}
-		if k := slices.IndexFunc(n.addrs, func(a netip.Addr) bool { return a.Is4() == vip.Is4() }); k >= 0 {
-			targets[n.Name] = n.addrs[k]
-		}
-	}
 	var out []relay.Route
 	for _, p := range svc.Ports {
-		if p.Proto == transport.TCP || p.Proto == transport.UDP {
-			out = append(out, relay.Split(vip, p.Proto, p.Port, in.Self, targets)...)
+		if p.Proto != transport.TCP && p.Proto != transport.UDP {
+			continue
 		}
+		serving := map[string]bool{}
+		for _, e := range svc.Endpoints {
+			if _, ok := e.Ports[p.Name]; ok && e.Addr.Is4() == vip.Is4() {
+				serving[e.Node] = true
+			}
+		}
+		es := election.Service{Local: true, EndpointNodes: serving}
+		targets := map[string]netip.Addr{}
+		for _, n := range nodes {
+			if ok, _ := election.Eligible(n.Node, es); !ok || in.Silent[n.Name] {
+				continue
+			}
+			if n.Name == in.Self {
+				targets[n.Name] = vip // kept here: no address needed
+				continue
+			}
+			if k := slices.IndexFunc(n.addrs, func(a netip.Addr) bool { return a.Is4() == vip.Is4() }); k >= 0 {
+				targets[n.Name] = n.addrs[k]
+			}
+		}
+		out = append(out, relay.Split(vip, p.Proto, p.Port, in.Self, targets)...)
 	}
 	return out
 }

@@ -1,6 +1,7 @@
 package plan
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
@@ -534,8 +535,13 @@ address-pools:
 	}
 	every := map[string]bool{"n1": true, "n2": true, "n3": true, "n4": true, "n5": true}
 	ports := []Port{{Name: "http", Proto: transport.TCP, Port: 80}, {Name: "dns", Proto: transport.UDP, Port: 53}, {Name: "sctp", Proto: transport.SCTP, Port: 9}}
+	all := map[string]uint16{"http": 8080, "dns": 5353, "sctp": 9}
 	local := func(key, addr string) Service {
-		return Service{Key: key, IPs: []netip.Addr{ip(addr)}, Local: true, Ports: ports, EndpointNodes: every}
+		s := Service{Key: key, IPs: []netip.Addr{ip(addr)}, Local: true, Ports: ports, EndpointNodes: every}
+		for i, n := range []string{"n1", "n2", "n3", "n4", "n5"} {
+			s.Endpoints = append(s.Endpoints, Endpoint{Addr: ip(fmt.Sprintf("10.244.%d.5", i+1)), Node: n, Ports: all})
+		}
+		return s
 	}
 	base := Input{Config: c, Nodes: nodes, Members: []string{"n1", "n2", "n3", "n4", "n5"}, UseMembers: true}
 	// owner computes the plan of the node that announces the Service's address.
@@ -591,6 +597,7 @@ address-pools:
 		"silent": func(in *Input, other string) { in.Silent = map[string]bool{other: true} },
 		"no endpoint": func(in *Input, other string) {
 			in.Services[0].EndpointNodes = map[string]bool{"n1": true, "n2": true, "n3": true, other: false}
+			in.Services[0].Endpoints = slices.DeleteFunc(in.Services[0].Endpoints, func(e Endpoint) bool { return e.Node == other })
 		},
 		"speaker down": func(in *Input, other string) {
 			in.Members = slices.DeleteFunc(slices.Clone(in.Members), func(m string) bool { return m == other })
@@ -610,6 +617,29 @@ address-pools:
 		if got := via(Compute(in)); got[other] || len(got) != 1 {
 			t.Errorf("%s %s: relays to %v", name, other, got)
 		}
+	}
+
+	// A node whose pod lacks a port, or has an address of the other family only, gets
+	// no share of that port: kube-proxy there would drop it.
+	in = base
+	in.Services = []Service{local("ns/a", "192.168.10.1")}
+	for i, e := range in.Services[0].Endpoints {
+		if e.Node != self {
+			in.Services[0].Endpoints[i].Ports = map[string]uint16{"http": 8080}
+			break
+		}
+	}
+	in.Self = self
+	d = Compute(in)
+	byProto := map[transport.Protocol]map[string]bool{}
+	for _, r := range d.Relay {
+		if byProto[r.Proto] == nil {
+			byProto[r.Proto] = map[string]bool{}
+		}
+		byProto[r.Proto][r.Node] = true
+	}
+	if len(byProto[transport.TCP]) != 2 || len(byProto[transport.UDP]) != 1 {
+		t.Errorf("one node's pod without the dns port: TCP relayed to %v, UDP to %v", byProto[transport.TCP], byProto[transport.UDP])
 	}
 
 	// No relay: session affinity, Cluster, a pool without relay-local, a pool that

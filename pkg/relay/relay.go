@@ -30,10 +30,13 @@ func (r Route) Compare(o Route) int {
 // Sort orders routes with Compare.
 func Sort(rs []Route) { slices.SortFunc(rs, Route.Compare) }
 
-// Buckets is how many source-port ranges one port's flows are split into: enough that
-// the ephemeral ports clients use (32768–60999 on Linux, 49152–65535 on Windows) span
-// several, few enough that a relayed port costs the owner at most Buckets policy rules.
-const Buckets = 32
+// Buckets is how many source-port ranges one port's flows are split into. Clients take
+// their source ports from the upper half (32768–60999 on Linux, 49152–65535 on Windows and
+// by IANA), so that half has 60 narrow buckets (547 ports each) and the lower half 4 wide
+// ones: a Linux client's flows fall into about 52 buckets, a Windows client's into about
+// 30, so even with many nodes each gets a share. A relayed port costs the owner at most
+// Buckets policy rules.
+const Buckets = 64
 
 // The source ports that are split. The kernel's policy rules refuse a port range that
 // touches 0 or 65535, so flows from those two ports always stay with the owner.
@@ -42,11 +45,21 @@ const (
 	LastPort  = 65534
 )
 
+const (
+	lowBuckets = 4
+	lowWidth   = 8192 // 1–32767 in 4
+	highFirst  = 32768
+	highWidth  = 547 // 32768–65534 in 60
+)
+
 // BucketPorts returns bucket b's source ports, inclusive.
 func BucketPorts(b int) (from, to uint16) {
-	const width = (LastPort - FirstPort + 1 + Buckets - 1) / Buckets
-	lo := FirstPort + b*width
-	return uint16(lo), uint16(min(lo+width-1, LastPort))
+	if b < lowBuckets {
+		lo := FirstPort + b*lowWidth
+		return uint16(lo), uint16(min(lo+lowWidth-1, highFirst-1))
+	}
+	lo := highFirst + (b-lowBuckets)*highWidth
+	return uint16(lo), uint16(min(lo+highWidth-1, LastPort))
 }
 
 // Split returns the routes that spread the flows of vip:port/proto over nodes (name →

@@ -136,3 +136,26 @@ func TestSplitIsEvenOverManyAddresses(t *testing.T) {
 		}
 	}
 }
+
+// Clients take their source ports from the upper half: with ten nodes, a node still gets
+// a share of a Linux client's flows (32768–60999) for nearly every address.
+func TestSplitReachesEveryNodeFromClientPorts(t *testing.T) {
+	nodes := map[string]netip.Addr{}
+	for i := range 10 {
+		nodes[fmt.Sprintf("node%d", i)] = netip.AddrFrom4([4]byte{10, 0, 0, byte(i + 1)})
+	}
+	empty, total := 0, 0
+	for i := range 200 {
+		v := netip.AddrFrom4([4]byte{10, 2, byte(i / 200), byte(i % 200)})
+		of := owners(Split(v, transport.TCP, 443, "node0", nodes), "node0")
+		got := map[string]bool{}
+		for p := 32768; p <= 60999; p += 16 {
+			got[of(uint16(p))] = true
+		}
+		empty += len(nodes) - len(got)
+		total += len(nodes)
+	}
+	if share := float64(empty) / float64(total); share > 0.02 {
+		t.Errorf("%.1f%% of (address, node) pairs get none of a Linux client's flows", 100*share)
+	}
+}

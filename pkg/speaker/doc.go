@@ -25,7 +25,9 @@
 // layer 2 waits for the forwarder to have tried that plan, but at most ForwardWait
 // (250 ms by default), and not at all while the forwarder's last try failed. A hung or
 // failing forwarder thus delays an announcement by at most ForwardWait once, never by
-// its backoff; BGP has no order with layer 2 at all.
+// its backoff; BGP has no order with layer 2 at all. The relay (relay-local) is held to
+// the same rule, within the same bound: a flow another node serves should not reach this
+// node's own endpoint mid-way because the relay was not in place yet.
 //
 // The sync reads only informer caches (which keep only what the plan reads): when the
 // API server goes away the speaker keeps announcing what it has, and resumes following

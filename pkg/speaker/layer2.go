@@ -30,8 +30,15 @@ func (s *Speaker) syncLayer2(ctx context.Context, full bool) error {
 	if snap == nil || (!full && snap.seq == s.layer2.seq) {
 		return nil
 	}
-	if snap.forwardChanged {
-		s.forward.progress.wait(ctx, snap.seq, s.opts.Clock, s.opts.ForwardWait)
+	if snap.forwardChanged || snap.relayChanged {
+		// One bound for both: the forwarder and the relay work side by side.
+		start := s.opts.Clock.Now()
+		if snap.forwardChanged {
+			s.forward.progress.wait(ctx, snap.seq, s.opts.Clock, s.opts.ForwardWait)
+		}
+		if left := s.opts.ForwardWait - s.opts.Clock.Since(start); snap.relayChanged && left > 0 {
+			s.relay.progress.wait(ctx, snap.seq, s.opts.Clock, left)
+		}
 	}
 	s.opts.Layer2.Set(snap.d.Layer2)
 	if s.layer2.members != nil && !slices.Equal(snap.in.Members, s.layer2.members) {

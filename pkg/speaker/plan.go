@@ -32,6 +32,8 @@ type snapshot struct {
 	// forwardChanged says the forwarding state gained a virtual service the previous
 	// plan did not hold: layer 2 then gives the forwarder a moment (ForwardWait) first.
 	forwardChanged bool
+	// relayChanged says the same of the flows relayed to other nodes.
+	relayChanged bool
 }
 
 // planState is the planner's own: touched only on its runner's goroutine.
@@ -54,6 +56,7 @@ func (s *Speaker) syncPlan(context.Context, bool) error {
 	s.plan.seq++
 	snap := &snapshot{seq: s.plan.seq, in: in, d: d, view: view, gen: gen}
 	snap.forwardChanged = s.forward.can.Load() && in.Config != nil && forwardGained(prev, d.Forward)
+	snap.relayChanged = s.opts.Relay != nil && relayGained(prev, d.Relay)
 	s.latest.Store(snap)
 	s.metrics.Members.Set(float64(len(in.Members)))
 	s.metrics.SyncSeconds.Observe(s.opts.Clock.Since(start).Seconds())

@@ -3,6 +3,7 @@ package speaker
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/heraldlb/herald/pkg/relay"
 	"github.com/heraldlb/herald/pkg/runner"
@@ -20,6 +21,11 @@ type Relayer interface {
 // and delivers it to its own endpoints: MetalLB's behaviour, never a dropped flow.
 type relayPart struct {
 	runner *runner.Runner
+	// kick: the kernel took part of the relay's state away (RelayKernelChanged); the
+	// next sync applies the plan again even when it has not changed.
+	kick atomic.Bool
+	// progress tells layer 2 which plan the relay last tried, and how it went.
+	progress progress
 	// Touched only on the runner's goroutine:
 	seq  uint64 // the plan last applied
 	told bool   // that this node cannot relay was logged
@@ -27,7 +33,8 @@ type relayPart struct {
 
 func (s *Speaker) syncRelay(_ context.Context, full bool) error {
 	snap := s.latest.Load()
-	if snap == nil || (!full && snap.seq == s.relay.seq) {
+	kicked := s.relay.kick.Swap(false)
+	if snap == nil || (!full && !kicked && snap.seq == s.relay.seq) {
 		return nil
 	}
 	if s.opts.Relay == nil {
@@ -36,15 +43,47 @@ func (s *Speaker) syncRelay(_ context.Context, full bool) error {
 			s.log.Error("relay-local is on for an address this node announces, but this node cannot relay: it keeps every flow", "err", s.opts.RelayErr)
 		}
 		s.relay.seq = snap.seq
+		s.relay.progress.set(snap.seq, false)
 		return nil
 	}
-	if full {
+	if full || kicked {
 		s.opts.Relay.Resync()
 	}
-	if err := s.opts.Relay.Set(snap.d.Relay); err != nil {
+	err := s.opts.Relay.Set(snap.d.Relay)
+	s.relay.progress.set(snap.seq, err != nil)
+	if err != nil {
 		return fmt.Errorf("relay: %w", err)
 	}
 	s.metrics.Relayed.Set(float64(len(snap.d.Relay)))
 	s.relay.seq = snap.seq
 	return nil
+}
+
+// RelayKernelChanged says the kernel may have taken part of the relay's state away (a
+// link went down and its routes with it): the relay applies the plan again at once.
+func (s *Speaker) RelayKernelChanged() {
+	s.relay.kick.Store(true)
+	s.relay.runner.Poke()
+}
+
+// relayGained reports whether now relays a flow that prev's plan did not: layer 2 then
+// gives the relay a moment before it draws the traffic, so that a flow another node
+// serves is not handed, mid-way, to this node's own endpoint.
+func relayGained(prev *snapshot, now []relay.Route) bool {
+	if len(now) == 0 {
+		return false
+	}
+	if prev == nil {
+		return true
+	}
+	had := make(map[relay.Route]bool, len(prev.d.Relay))
+	for _, r := range prev.d.Relay {
+		had[r] = true
+	}
+	for _, r := range now {
+		if !had[r] {
+			return true
+		}
+	}
+	return false
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -17,7 +18,9 @@ import (
 	"github.com/heraldlb/herald/pkg/k8s"
 	"github.com/heraldlb/herald/pkg/k8s/k8stest"
 	"github.com/heraldlb/herald/pkg/liveness"
+	"github.com/heraldlb/herald/pkg/plan"
 	"github.com/heraldlb/herald/pkg/relay"
+	"github.com/heraldlb/herald/pkg/transport"
 )
 
 // relayRec records what the speaker hands the relay; fail makes Set fail.
@@ -166,5 +169,31 @@ address-pools:
 	stop()
 	if got := rec.nodes(); len(got) != 0 {
 		t.Errorf("after stop the relay still hands flows to %v", got)
+	}
+}
+
+func TestRelayGained(t *testing.T) {
+	a := relay.Route{VIP: netip.MustParseAddr("192.168.50.90"), Proto: transport.TCP, Port: 80, From: 1, To: 8192, Via: netip.MustParseAddr("10.0.5.2"), Node: "r2"}
+	b := a
+	b.From, b.To = 32768, 33314
+	a2 := a
+	a2.Via, a2.Node = netip.MustParseAddr("10.0.5.3"), "r3"
+	snap := func(rs ...relay.Route) *snapshot { return &snapshot{d: plan.Desired{Relay: rs}} }
+	for _, tc := range []struct {
+		name string
+		prev *snapshot
+		now  []relay.Route
+		want bool
+	}{
+		{"nothing", nil, nil, false},
+		{"first plan", nil, []relay.Route{a}, true},
+		{"same", snap(a, b), []relay.Route{a, b}, false},
+		{"one removed", snap(a, b), []relay.Route{a}, false},
+		{"one added", snap(a), []relay.Route{a, b}, true},
+		{"moved to another node", snap(a, b), []relay.Route{a2, b}, true},
+	} {
+		if got := relayGained(tc.prev, tc.now); got != tc.want {
+			t.Errorf("%s: relayGained = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

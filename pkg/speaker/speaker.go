@@ -180,6 +180,7 @@ func New(opts Options) (*Speaker, error) {
 		metrics: metrics.NewSpeaker(opts.Registerer),
 	}
 	s.forward.init(opts.Forward, opts.ForwardErr)
+	s.relay.progress.changed = make(chan struct{})
 	s.status.init()
 	s.planner = s.newRunner("plan", s.syncPlan)
 	s.layer2.runner = s.newRunner("layer2", s.syncLayer2)

@@ -2,9 +2,11 @@ package kernel
 
 import (
 	"cmp"
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -16,6 +18,8 @@ import (
 	"github.com/google/nftables/expr"
 	mnl "github.com/mdlayher/netlink"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/heraldlb/herald/pkg/relay"
@@ -29,7 +33,7 @@ const (
 	DefaultPriority   = 31000      // before the main table's rule (32766)
 	DefaultFirstTable = 0x48524c00 // "HRL\0": far from the numbers people pick by hand
 	DefaultTables     = 1024
-	DefaultMaxRules   = 2048
+	DefaultMaxRules   = 1024
 )
 
 // Options configure a Relay.
@@ -58,6 +62,9 @@ type Relay struct {
 	// table is still there.
 	nft   string
 	check bool
+	// clean: the last Set was empty and left nothing in the kernel, so another empty one
+	// need not read it (a node that relays nothing costs nothing per plan).
+	clean bool
 }
 
 // New checks that the kernel can relay (policy rules with ports, nftables) and returns a
@@ -88,7 +95,34 @@ func New(opts Options) (*Relay, error) {
 	if _, err := c.ListTablesOfFamily(nftables.TableFamilyINet); err != nil {
 		return nil, fmt.Errorf("nftables: %w", err)
 	}
+	if err := probeSets(opts.NFT); err != nil {
+		return nil, err
+	}
 	return r, nil
+}
+
+// probeSets checks that the kernel has the sets the relay needs: concatenated keys with
+// ranges (Linux 5.6 and later), by making one in a table of its own and removing it.
+func probeSets(conn func() (*nftables.Conn, error)) error {
+	c, err := conn()
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	tb := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: TableName + "-probe"})
+	set := &nftables.Set{Table: tb, Name: "flows", Concatenation: true, Interval: true,
+		KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeInetService)}
+	if err := c.AddSet(set, nil); err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	err = c.Flush()
+	c.DelTable(tb)
+	if derr := c.Flush(); err == nil && derr != nil {
+		err = derr
+	}
+	if err != nil {
+		return fmt.Errorf("nftables sets of concatenated ranges (Linux 5.6 and later): %w", err)
+	}
+	return nil
 }
 
 // Resync has the next Set check that its nftables table is still there, and write it
@@ -110,6 +144,10 @@ type rule struct {
 // table or its rule refused) is left out everywhere, its flows kept by this node, and
 // the error says which; the others are installed.
 func (r *Relay) Set(routes []relay.Route) error {
+	if len(routes) == 0 && r.clean && !r.check {
+		return nil
+	}
+	r.clean = false
 	var errs []error
 	for _, fam := range []struct {
 		v4   bool
@@ -131,6 +169,9 @@ func (r *Relay) Set(routes []relay.Route) error {
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
+	if routes, err = r.notLocal(routes); err != nil {
+		errs = append(errs, err)
+	}
 	if len(routes) > r.opts.MaxRules {
 		errs = append(errs, fmt.Errorf("%d relayed source-port ranges, more than the %d policy rules allowed: the first %d are relayed", len(routes), r.opts.MaxRules, r.opts.MaxRules))
 		routes = routes[:r.opts.MaxRules]
@@ -143,6 +184,12 @@ func (r *Relay) Set(routes []relay.Route) error {
 			tableOf[gw] = t
 		}
 	}
+	// A table that rules still point to is not free, even when its route is gone: those
+	// rules go only after the new state is in.
+	pointed := map[int]bool{}
+	for k := range haveRules {
+		pointed[k.table] = true
+	}
 	want := map[int]netip.Addr{}
 	next := r.opts.FirstTable
 	for _, rt := range routes {
@@ -152,7 +199,7 @@ func (r *Relay) Set(routes []relay.Route) error {
 		}
 		for ; next < r.opts.FirstTable+r.opts.Tables; next++ {
 			_, used := haveTables[next]
-			if _, taken := want[next]; !used && !taken {
+			if _, taken := want[next]; !used && !taken && !pointed[next] {
 				break
 			}
 		}
@@ -177,6 +224,13 @@ func (r *Relay) Set(routes []relay.Route) error {
 		}
 		routed[t] = true
 	}
+	// Only packets that came in on a link the flows go back out of are relayed: not a
+	// pod's own packets to the address (their replies would come back through this node,
+	// where conntrack never saw the flow).
+	links, err := r.uplinks(want, routed)
+	if err != nil {
+		errs = append(errs, err)
+	}
 	wantRules := map[rule]bool{}
 	var installed []relay.Route
 	for _, rt := range routes {
@@ -195,14 +249,38 @@ func (r *Relay) Set(routes []relay.Route) error {
 		installed = append(installed, rt)
 	}
 
+	// The gates: traffic that did not come in on the one link relayed flows arrive on
+	// skips every relay rule (a rule costs every routed packet a few nanoseconds).
+	haveGates, err := r.gates()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	wantGates := r.wantGates(installed, links)
+	for _, g := range wantGates {
+		if !slices.ContainsFunc(haveGates, g.same) {
+			if err := r.nl.RuleAdd(g.rule); err != nil && !errors.Is(err, syscall.EEXIST) {
+				errs = append(errs, fmt.Errorf("policy rule %s: %w", g.rule, err))
+			}
+		}
+	}
+
 	// nftables in one transaction: the untracked flows, and the redirects dropped.
-	if err := r.setTable(installed); err != nil {
+	if err := r.setTable(installed, links); err != nil {
 		// The table in the kernel is still the previous one, whole: so are the rules and
 		// routes its untracked flows need, until a Set succeeds.
 		return errors.Join(append(errs, err)...)
 	}
 
-	// Then what is no longer wanted.
+	// Then what is no longer wanted: gates first (a gate whose landing is gone is
+	// ignored by the kernel anyway).
+	slices.SortFunc(haveGates, func(a, b gate) int { return cmp.Compare(a.rule.Priority, b.rule.Priority) })
+	for _, g := range haveGates {
+		if !slices.ContainsFunc(wantGates, g.same) {
+			if err := r.nl.RuleDel(g.rule); err != nil && !errors.Is(err, syscall.ENOENT) {
+				errs = append(errs, fmt.Errorf("delete policy rule %s: %w", g.rule, err))
+			}
+		}
+	}
 	for k, nr := range haveRules {
 		if !wantRules[k] {
 			if err := r.nl.RuleDel(nr); err != nil && !errors.Is(err, syscall.ENOENT) {
@@ -217,7 +295,172 @@ func (r *Relay) Set(routes []relay.Route) error {
 			}
 		}
 	}
+	r.clean = len(routes) == 0 && len(errs) == 0
 	return errors.Join(errs...)
+}
+
+// notLocal leaves out the routes of addresses that are local to this node: the local
+// table comes before any policy rule, so they could not be relayed (kube-proxy in IPVS
+// mode binds every Service address to kube-ipvs0).
+func (r *Relay) notLocal(routes []relay.Route) ([]relay.Route, error) {
+	if len(routes) == 0 {
+		return routes, nil
+	}
+	local := map[netip.Addr]bool{}
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		list, err := r.nl.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_LOCAL, Type: unix.RTN_LOCAL}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_TYPE)
+		if err != nil {
+			return nil, fmt.Errorf("list local addresses: %w", err)
+		}
+		for _, rt := range list {
+			if rt.Dst != nil {
+				if a, ok := netip.AddrFromSlice(rt.Dst.IP); ok {
+					local[a.Unmap()] = true
+				}
+			}
+		}
+	}
+	var refused []string
+	out := routes[:0:0]
+	for _, rt := range routes {
+		if local[rt.VIP] {
+			if len(refused) == 0 || refused[len(refused)-1] != rt.VIP.String() {
+				refused = append(refused, rt.VIP.String())
+			}
+			continue
+		}
+		out = append(out, rt)
+	}
+	if len(refused) > 0 {
+		return out, fmt.Errorf("not relaying %s: a local address of this node (kube-proxy in IPVS mode binds Service addresses to kube-ipvs0); relay-local needs kube-proxy in iptables or nftables mode", strings.Join(refused, ", "))
+	}
+	return out, nil
+}
+
+// uplinks returns the interfaces the routed tables send through.
+func (r *Relay) uplinks(want map[int]netip.Addr, routed map[int]bool) ([]int, error) {
+	set := map[int]bool{}
+	var errs []error
+	for t, gw := range want {
+		if !routed[t] {
+			continue
+		}
+		rts, err := r.nl.RouteGet(gw.AsSlice())
+		if err != nil || len(rts) == 0 {
+			errs = append(errs, fmt.Errorf("the link towards %s: %v", gw, err))
+			continue
+		}
+		set[rts[0].LinkIndex] = true
+	}
+	return slices.Sorted(maps.Keys(set)), errors.Join(errs...)
+}
+
+// gate is one of the rules that let other traffic skip the relay's: at Priority-1, "not
+// iif LINK goto Priority+1", and its landing at Priority+1, a rule that does nothing.
+type gate struct{ rule *netlink.Rule }
+
+func (g gate) same(o gate) bool {
+	a, b := g.rule, o.rule
+	return a.Family == b.Family && a.Priority == b.Priority && a.Goto == b.Goto && a.IifName == b.IifName &&
+		a.Invert == b.Invert && a.Type == b.Type && a.Dst.String() == b.Dst.String()
+}
+
+// gates returns the gate and landing rules in the kernel.
+func (r *Relay) gates() ([]gate, error) {
+	var out []gate
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		list, err := r.nl.RuleList(fam)
+		if err != nil {
+			return nil, fmt.Errorf("list policy rules: %w", err)
+		}
+		for i := range list {
+			nr := &list[i]
+			nr.Family = fam
+			switch {
+			case nr.Priority == r.opts.Priority-1 && nr.Goto == r.opts.Priority+1:
+				nr.Type = 0
+			case nr.Priority == r.opts.Priority+1 && nr.Table == 0 && nr.Goto < 0:
+				// A rule without a table or a goto: the landing (netlink does not read a
+				// rule's action back).
+				nr.Type, nr.Goto = nl.FR_ACT_NOP, -1
+			default:
+				continue
+			}
+			out = append(out, gate{nr})
+		}
+	}
+	return out, nil
+}
+
+// wantGates returns the gates for the families relayed, landing first: one lets through
+// only what came in on the link relayed flows arrive on (none when they come in on more
+// than one: a rule names one link), one only what goes to the smallest prefix holding
+// every relayed address (none when that is everything). So traffic to pods and to the
+// node itself walks two rules, not the relay's.
+func (r *Relay) wantGates(installed []relay.Route, links []int) []gate {
+	if len(links) != 1 {
+		return nil
+	}
+	link, err := r.nl.LinkByIndex(links[0])
+	if err != nil {
+		return nil
+	}
+	var out []gate
+	for _, fam := range []struct {
+		v4     bool
+		family int
+	}{{true, netlink.FAMILY_V4}, {false, netlink.FAMILY_V6}} {
+		if !slices.ContainsFunc(installed, func(rt relay.Route) bool { return rt.VIP.Is4() == fam.v4 }) {
+			continue
+		}
+		land := netlink.NewRule()
+		land.Family, land.Priority, land.Type, land.Table = fam.family, r.opts.Priority+1, nl.FR_ACT_NOP, -1
+		g := netlink.NewRule()
+		g.Family, g.Priority, g.Goto, g.IifName, g.Invert, g.Table = fam.family, r.opts.Priority-1, r.opts.Priority+1, link.Attrs().Name, true, -1
+		out = append(out, gate{land}, gate{g})
+		if p := cover(installed, fam.v4); p.Bits() > 0 {
+			d := netlink.NewRule()
+			d.Family, d.Priority, d.Goto, d.Invert, d.Table = fam.family, r.opts.Priority-1, r.opts.Priority+1, true, -1
+			d.Dst = &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+			out = append(out, gate{d})
+		}
+	}
+	return out
+}
+
+// cover returns the smallest prefix holding every address of the family relayed.
+func cover(routes []relay.Route, v4 bool) netip.Prefix {
+	var lo, hi netip.Addr
+	for _, rt := range routes {
+		if rt.VIP.Is4() != v4 {
+			continue
+		}
+		if !lo.IsValid() || rt.VIP.Less(lo) {
+			lo = rt.VIP
+		}
+		if !hi.IsValid() || hi.Less(rt.VIP) {
+			hi = rt.VIP
+		}
+	}
+	if !lo.IsValid() {
+		return netip.Prefix{}
+	}
+	a, b := lo.AsSlice(), hi.AsSlice()
+	bits := 0
+	for i := range a {
+		x := a[i] ^ b[i]
+		if x == 0 {
+			bits += 8
+			continue
+		}
+		for x&0x80 == 0 {
+			bits++
+			x <<= 1
+		}
+		break
+	}
+	p, _ := lo.Prefix(bits)
+	return p
 }
 
 // bigSendBuffer lets one nftables transaction carry every flow: it is sent in one
@@ -321,8 +564,8 @@ func defaultRoute(table int, gw netip.Addr) *netlink.Route {
 
 // setTable replaces the nftables table in one transaction, or removes it when there is
 // nothing to relay; it writes nothing when the content is what it last wrote.
-func (r *Relay) setTable(routes []relay.Route) error {
-	sig := fmt.Sprint(routes)
+func (r *Relay) setTable(routes []relay.Route, links []int) error {
+	sig := fmt.Sprint(routes, links)
 	if sig == r.nft && !r.check {
 		return nil
 	}
@@ -342,8 +585,8 @@ func (r *Relay) setTable(routes []relay.Route) error {
 	if exists {
 		c.DelTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: TableName})
 	}
-	if len(routes) > 0 {
-		if err := addTable(c, routes); err != nil {
+	if len(routes) > 0 && len(links) > 0 {
+		if err := addTable(c, routes, links); err != nil {
 			return err
 		}
 	}
@@ -371,8 +614,16 @@ var families = []family{
 	{false, unix.NFPROTO_IPV6, nftables.TypeIP6Addr, 24, unix.IPPROTO_ICMPV6, 137, "6", 16},
 }
 
-func addTable(c *nftables.Conn, routes []relay.Route) error {
+func addTable(c *nftables.Conn, routes []relay.Route, links []int) error {
 	tb := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: TableName})
+	uplinks := &nftables.Set{Table: tb, Name: "uplinks", KeyType: nftables.TypeIFIndex}
+	var ls []nftables.SetElement
+	for _, l := range links {
+		ls = append(ls, nftables.SetElement{Key: binary.NativeEndian.AppendUint32(nil, uint32(l))})
+	}
+	if err := c.AddSet(uplinks, ls); err != nil {
+		return fmt.Errorf("nftables set %s: %w", uplinks.Name, err)
+	}
 	pre := c.AddChain(&nftables.Chain{Name: "prerouting", Table: tb, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityRaw})
 	out := c.AddChain(&nftables.Chain{Name: "output", Table: tb, Type: nftables.ChainTypeFilter,
@@ -414,6 +665,8 @@ func addTable(c *nftables.Conn, routes []relay.Route) error {
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.nfproto}},
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddr, Len: f.addrBytes},
 			&expr.Lookup{SourceRegister: 1, SetName: addrs.Name, SetID: addrs.ID},
+			&expr.Meta{Key: expr.MetaKeyIIF, Register: 1},
+			&expr.Lookup{SourceRegister: 1, SetName: uplinks.Name, SetID: uplinks.ID},
 			&expr.Payload{DestRegister: reg32, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddr, Len: f.addrBytes},
 			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: proto},
 			&expr.Payload{DestRegister: proto + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
@@ -454,4 +707,55 @@ func flowKey(rt relay.Route, sport uint16) []byte {
 func (r *Relay) Close() error {
 	r.check = true
 	return r.Set(nil)
+}
+
+// Watch calls changed whenever the kernel may have taken part of the relay's state away
+// behind its back, until ctx ends: a route of its tables deleted (a link going down
+// flushes the routes through it) or a connected route added (a link or address coming
+// back, so its tables can be routed again). The caller's next Set puts things right;
+// without it a flapped link would leave the relayed flows untracked and unrouted until
+// the next resync. ns is the namespace watched (nil: the caller's).
+func (r *Relay) Watch(ctx context.Context, ns *netns.NsHandle, changed func()) error {
+	ch := make(chan netlink.RouteUpdate, 256)
+	done := make(chan struct{})
+	defer close(done)
+	lost := make(chan struct{}, 1)
+	err := netlink.RouteSubscribeWithOptions(ch, done, netlink.RouteSubscribeOptions{
+		Namespace: ns,
+		ErrorCallback: func(error) {
+			select {
+			case lost <- struct{}{}:
+			default:
+			}
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("relay: subscribe to route changes: %w", err)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-lost:
+			changed() // messages may have been lost: look again
+		case u, ok := <-ch:
+			if !ok {
+				return errors.New("relay: route subscription ended")
+			}
+			if r.affects(u) {
+				changed()
+			}
+		}
+	}
+}
+
+// affects says whether a route change may concern the relay's state.
+func (r *Relay) affects(u netlink.RouteUpdate) bool {
+	switch u.Type {
+	case unix.RTM_DELROUTE:
+		return r.ours(u.Table)
+	case unix.RTM_NEWROUTE:
+		return u.Scope == netlink.SCOPE_LINK && u.Table == unix.RT_TABLE_MAIN
+	}
+	return false
 }

@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -243,6 +244,21 @@ func testRelay(t *testing.T, vip, client netip.Addr, nodeIP map[string]netip.Add
 		t.Fatal(err)
 	}
 	check("relayed", true)
+	// Other traffic skips the relay's rules: a gate before them, its landing after.
+	ip := "-4"
+	if vip.Is6() {
+		ip = "-6"
+	}
+	rules := l.owner.Run("ip", ip, "rule", "list")
+	for _, want := range []string{
+		fmt.Sprintf("%d:\tnot from all iif eth0 goto %d", DefaultPriority-1, DefaultPriority+1),
+		fmt.Sprintf("%d:\tnot from all to %s goto %d", DefaultPriority-1, vip, DefaultPriority+1),
+		fmt.Sprintf("%d:\tfrom all nop", DefaultPriority+1),
+	} {
+		if !strings.Contains(rules, want) {
+			t.Errorf("no rule %q:\n%s", want, rules)
+		}
+	}
 	if n := counter(t, l.client, group, redirects); n != 0 {
 		t.Errorf("the client received %d ICMP redirects", n)
 	}
@@ -252,10 +268,6 @@ func testRelay(t *testing.T, vip, client netip.Addr, nodeIP map[string]netip.Add
 	// Idempotent, and what someone else deleted comes back.
 	if err := l.set(r, routes); err != nil {
 		t.Fatal(err)
-	}
-	ip := "-4"
-	if vip.Is6() {
-		ip = "-6"
 	}
 	l.owner.Run("ip", ip, "rule", "del", "priority", strconv.Itoa(DefaultPriority))
 	if err := l.set(r, routes); err != nil {
@@ -275,8 +287,10 @@ func testRelay(t *testing.T, vip, client netip.Addr, nodeIP map[string]netip.Add
 	if err := l.set(r2, nil); err != nil {
 		t.Fatal(err)
 	}
-	if out := l.owner.Run("ip", ip, "rule", "list", "priority", strconv.Itoa(DefaultPriority)); strings.TrimSpace(out) != "" {
-		t.Errorf("rules left:\n%s", out)
+	for _, prio := range []int{DefaultPriority - 1, DefaultPriority, DefaultPriority + 1} {
+		if out := l.owner.Run("ip", ip, "rule", "list", "priority", strconv.Itoa(prio)); strings.TrimSpace(out) != "" {
+			t.Errorf("rules left:\n%s", out)
+		}
 	}
 	if out := l.owner.Run("ip", ip, "route", "list", "table", "all"); strings.Contains(out, "table "+strconv.Itoa(DefaultFirstTable)) {
 		t.Errorf("routes left:\n%s", out)
@@ -332,5 +346,123 @@ func TestRelayBounds(t *testing.T) {
 	}
 	if out := l.owner.Run("nft", "list", "tables"); strings.Contains(out, TableName) {
 		t.Errorf("forwarding off, nftables table left:\n%s", out)
+	}
+}
+
+// A pod on the owner that asks the address itself is not relayed: its flow goes to the
+// owner's own endpoint through kube-proxy's DNAT. Relayed, the other node's reply would
+// come back through the owner, where conntrack never saw the flow and kube-proxy drops it
+// as invalid.
+func TestRelayLeavesThePodsOfTheOwnerAlone(t *testing.T) {
+	l := newLab(t)
+	pod := netlab.NewNS(t, "rpod")
+	netlab.Veth(t, l.owner, "pod0", pod, "eth0")
+	l.owner.Addr("pod0", "10.88.0.1/24")
+	pod.Addr("eth0", "10.88.0.2/24")
+	pod.Run("ip", "route", "add", "default", "via", "10.88.0.1")
+	l.other.Run("ip", "route", "add", "10.88.0.0/24", "via", nodeIP["owner"].String()) // the pod network, routed
+	l.owner.Run("nft", "add table inet kubefilter; add chain inet kubefilter forward { type filter hook forward priority 0; ct state invalid drop; }")
+	routes := relay.Split(vip, transport.TCP, 80, "owner", map[string]netip.Addr{"owner": nodeIP["owner"], "other": nodeIP["other"]})
+	r := l.relay(t, Options{})
+	t.Cleanup(func() { _ = l.set(r, nil) })
+	if err := l.set(r, routes); err != nil {
+		t.Fatal(err)
+	}
+	h, err := netns.GetFromName(pod.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	for _, rt := range routes {
+		sport := rt.From + 3
+		var who string
+		err := netlab.InNamespace(h, func() error {
+			d := net.Dialer{Timeout: 2 * time.Second, LocalAddr: &net.TCPAddr{Port: int(sport)}}
+			c, err := d.Dial("tcp", netip.AddrPortFrom(vip, 80).String())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+			line, err := bufio.NewReader(c).ReadString('\n')
+			who, _, _ = strings.Cut(line, " ")
+			return err
+		})
+		if err != nil || who != "owner" {
+			t.Errorf("the owner's pod, source port %d (relayed for outside clients to %s): answered by %q (%v), want the owner's endpoint", sport, rt.Node, who, err)
+		}
+	}
+}
+
+// An address local to the owner (kube-proxy in IPVS mode binds it to kube-ipvs0) cannot
+// be relayed: the local table comes first. Set says so and installs nothing for it.
+func TestRelayRefusesALocalAddress(t *testing.T) {
+	l := newLab(t)
+	l.owner.Run("ip", "addr", "add", vip.String()+"/32", "dev", "lo")
+	routes := relay.Split(vip, transport.TCP, 80, "owner", map[string]netip.Addr{"owner": nodeIP["owner"], "other": nodeIP["other"]})
+	r := l.relay(t, Options{})
+	t.Cleanup(func() { _ = l.set(r, nil) })
+	err := l.set(r, routes)
+	if err == nil || !strings.Contains(err.Error(), vip.String()) || !strings.Contains(err.Error(), "IPVS") {
+		t.Errorf("a local address: %v", err)
+	}
+	if out := l.owner.Run("ip", "rule", "list", "priority", strconv.Itoa(DefaultPriority)); strings.TrimSpace(out) != "" {
+		t.Errorf("rules for a local address:\n%s", out)
+	}
+}
+
+// A link that flaps takes the relay's routes with it; Watch says so, and the next Set
+// puts them back.
+func TestRelayWatchSeesAFlappedLink(t *testing.T) {
+	l := newLab(t)
+	routes := relay.Split(vip, transport.TCP, 80, "owner", map[string]netip.Addr{"owner": nodeIP["owner"], "other": nodeIP["other"]})
+	r := l.relay(t, Options{})
+	t.Cleanup(func() { _ = l.set(r, nil) })
+	if err := l.set(r, routes); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	changed := make(chan struct{}, 16)
+	done := make(chan error, 1)
+	h := l.ns["owner"]
+	go func() {
+		done <- r.Watch(ctx, &h, func() {
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
+		})
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	time.Sleep(100 * time.Millisecond) // subscribed
+	l.owner.Run("ip", "link", "set", "eth0", "down")
+	l.owner.Run("ip", "link", "set", "eth0", "up")
+	select {
+	case <-changed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Watch did not report the flapped link")
+	}
+	// The link's carrier and address return; the next Set routes again.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		err := l.set(r, routes)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the flap: %v", err)
+		}
+	}
+	if out := l.owner.Run("ip", "route", "list", "table", "all"); !strings.Contains(out, "default via "+nodeIP["other"].String()) {
+		t.Errorf("after the flap no table routes via %s:\n%s", nodeIP["other"], out)
+	}
+	for _, rt := range routes {
+		if who, _, err := l.ask(vip, client, transport.TCP, rt.From+5); err != nil || who != "other" {
+			t.Errorf("after the flap, source port %d: %q, %v", rt.From+5, who, err)
+		}
 	}
 }
