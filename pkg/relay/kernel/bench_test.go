@@ -14,6 +14,22 @@ import (
 	"github.com/heraldlb/herald/pkg/transport"
 )
 
+// benchOwner makes the owner's namespace, linked to a peer's, forwarding; the handle is
+// closed when the benchmark ends.
+func benchOwner(b *testing.B) (*netlab.NS, netns.NsHandle) {
+	netlab.Require(b)
+	owner, peer := netlab.NewNS(b, "rbo"), netlab.NewNS(b, "rbp")
+	netlab.Veth(b, owner, "eth0", peer, "eth0")
+	owner.Addr("eth0", "10.77.0.1/24")
+	owner.Run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+	h, err := netns.GetFromName(owner.Name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { h.Close() })
+	return owner, h
+}
+
 // benchRoutes returns the routes of n Local Services (one TCP port each) whose pods run
 // on the owner and three other nodes.
 func benchRoutes(n int, nodes map[string]netip.Addr) []relay.Route {
@@ -30,16 +46,7 @@ func benchRoutes(n int, nodes map[string]netip.Addr) []relay.Route {
 // (about 900 source-port ranges, near the default bound of 1,024 rules): from nothing,
 // unchanged (every resync), and with one node gone (its ranges move to the others).
 func BenchmarkSet(b *testing.B) {
-	netlab.Require(b)
-	owner, peer := netlab.NewNS(b, "rbo"), netlab.NewNS(b, "rbp")
-	netlab.Veth(b, owner, "eth0", peer, "eth0")
-	owner.Addr("eth0", "10.77.0.1/24")
-	owner.Run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
-	h, err := netns.GetFromName(owner.Name)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer h.Close()
+	_, h := benchOwner(b)
 	nodes := map[string]netip.Addr{"owner": netip.MustParseAddr("10.77.0.1")}
 	for i := 2; i <= 4; i++ {
 		nodes[fmt.Sprintf("node%d", i)] = netip.AddrFrom4([4]byte{10, 77, 0, byte(i)})
@@ -88,18 +95,9 @@ func BenchmarkSet(b *testing.B) {
 // is forwarded (netlink's route get with iif: its round trip included, the difference
 // is the walk), with no rules and with the default bound of rules in place.
 func BenchmarkRouteLookup(b *testing.B) {
-	netlab.Require(b)
-	owner, peer := netlab.NewNS(b, "rlo"), netlab.NewNS(b, "rlp")
-	netlab.Veth(b, owner, "eth0", peer, "eth0")
-	owner.Addr("eth0", "10.77.0.1/24")
-	owner.Run("sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+	owner, h := benchOwner(b)
 	owner.Run("ip", "neigh", "replace", "10.77.0.9", "lladdr", "02:00:00:00:00:09", "dev", "eth0", "nud", "permanent")
 	owner.Run("ip", "route", "add", "10.99.0.0/24", "via", "10.77.0.9")
-	h, err := netns.GetFromName(owner.Name)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer h.Close()
 	var conn net.PacketConn
 	var nl *netlink.Handle
 	if err := netlab.InNamespace(h, func() (err error) {

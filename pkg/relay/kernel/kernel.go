@@ -161,10 +161,11 @@ func (r *Relay) Set(routes []relay.Route) error {
 			routes = slices.DeleteFunc(slices.Clone(routes), func(rt relay.Route) bool { return rt.VIP.Is4() == fam.v4 })
 		}
 	}
-	haveRules, err := r.rules()
+	list, err := r.listRules()
 	if err != nil {
 		return errors.Join(append(errs, err)...)
 	}
+	haveRules := r.rules(list)
 	haveTables, err := r.tables()
 	if err != nil {
 		return errors.Join(append(errs, err)...)
@@ -251,10 +252,7 @@ func (r *Relay) Set(routes []relay.Route) error {
 
 	// The gates: traffic that did not come in on the one link relayed flows arrive on
 	// skips every relay rule (a rule costs every routed packet a few nanoseconds).
-	haveGates, err := r.gates()
-	if err != nil {
-		errs = append(errs, err)
-	}
+	haveGates := r.gates(list)
 	wantGates := r.wantGates(installed, links)
 	for _, g := range wantGates {
 		if !slices.ContainsFunc(haveGates, g.same) {
@@ -365,29 +363,38 @@ func (g gate) same(o gate) bool {
 		a.Invert == b.Invert && a.Type == b.Type && a.Dst.String() == b.Dst.String()
 }
 
-// gates returns the gate and landing rules in the kernel.
-func (r *Relay) gates() ([]gate, error) {
+// gates returns the gate and landing rules among the kernel's.
+func (r *Relay) gates(list []netlink.Rule) []gate {
 	var out []gate
+	for i := range list {
+		nr := &list[i]
+		switch {
+		case nr.Priority == r.opts.Priority-1 && nr.Goto == r.opts.Priority+1:
+			nr.Type = 0
+		case nr.Priority == r.opts.Priority+1 && nr.Table == 0 && nr.Goto < 0:
+			// A rule without a table or a goto: the landing (netlink does not read a
+			// rule's action back).
+			nr.Type, nr.Goto = nl.FR_ACT_NOP, -1
+		default:
+			continue
+		}
+		out = append(out, gate{nr})
+	}
+	return out
+}
+
+// listRules returns the kernel's policy rules of both families, each with its family.
+func (r *Relay) listRules() ([]netlink.Rule, error) {
+	var out []netlink.Rule
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
 		list, err := r.nl.RuleList(fam)
 		if err != nil {
 			return nil, fmt.Errorf("list policy rules: %w", err)
 		}
 		for i := range list {
-			nr := &list[i]
-			nr.Family = fam
-			switch {
-			case nr.Priority == r.opts.Priority-1 && nr.Goto == r.opts.Priority+1:
-				nr.Type = 0
-			case nr.Priority == r.opts.Priority+1 && nr.Table == 0 && nr.Goto < 0:
-				// A rule without a table or a goto: the landing (netlink does not read a
-				// rule's action back).
-				nr.Type, nr.Goto = nl.FR_ACT_NOP, -1
-			default:
-				continue
-			}
-			out = append(out, gate{nr})
+			list[i].Family = fam
 		}
+		out = append(out, list...)
 	}
 	return out, nil
 }
@@ -491,34 +498,28 @@ func (r *Relay) ours(table int) bool {
 	return table >= r.opts.FirstTable && table < r.opts.FirstTable+r.opts.Tables
 }
 
-// rules returns the relay's policy rules as they are in the kernel.
-func (r *Relay) rules() (map[rule]*netlink.Rule, error) {
+// rules returns the relay's range rules among the kernel's.
+func (r *Relay) rules(list []netlink.Rule) map[rule]*netlink.Rule {
 	out := map[rule]*netlink.Rule{}
-	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		list, err := r.nl.RuleList(fam)
-		if err != nil {
-			return nil, fmt.Errorf("list policy rules: %w", err)
+	for i := range list {
+		nr := &list[i]
+		if nr.Priority != r.opts.Priority || !r.ours(nr.Table) {
+			continue
 		}
-		for i := range list {
-			nr := &list[i]
-			if nr.Priority != r.opts.Priority || !r.ours(nr.Table) {
-				continue
-			}
-			k := rule{proto: nr.IPProto, table: nr.Table}
-			if nr.Dst != nil {
-				k.vip, _ = netip.AddrFromSlice(nr.Dst.IP)
-				k.vip = k.vip.Unmap()
-			}
-			if nr.Dport != nil {
-				k.port = nr.Dport.Start
-			}
-			if nr.Sport != nil {
-				k.from, k.to = nr.Sport.Start, nr.Sport.End
-			}
-			out[k] = nr
+		k := rule{proto: nr.IPProto, table: nr.Table}
+		if nr.Dst != nil {
+			k.vip, _ = netip.AddrFromSlice(nr.Dst.IP)
+			k.vip = k.vip.Unmap()
 		}
+		if nr.Dport != nil {
+			k.port = nr.Dport.Start
+		}
+		if nr.Sport != nil {
+			k.from, k.to = nr.Sport.Start, nr.Sport.End
+		}
+		out[k] = nr
 	}
-	return out, nil
+	return out
 }
 
 // tables returns the gateway of each of the relay's routing tables that holds a route.
