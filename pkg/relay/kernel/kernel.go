@@ -12,7 +12,9 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -65,6 +67,7 @@ type Relay struct {
 	// clean: the last Set was empty and left nothing in the kernel, so another empty one
 	// need not read it (a node that relays nothing costs nothing per plan).
 	clean bool
+	seen  watched
 }
 
 // New checks that the kernel can relay (policy rules with ports, nftables) and returns a
@@ -74,6 +77,9 @@ func New(opts Options) (*Relay, error) {
 	opts.FirstTable = cmp.Or(opts.FirstTable, DefaultFirstTable)
 	opts.Tables = cmp.Or(opts.Tables, DefaultTables)
 	opts.MaxRules = cmp.Or(opts.MaxRules, DefaultMaxRules)
+	if opts.Priority < 2 || opts.Priority > 32764 {
+		return nil, fmt.Errorf("rule priority %d: must be from 2 to 32764 (the relay uses the priorities on either side, and 0, 32766 and 32767 are the kernel's)", opts.Priority)
+	}
 	if opts.NFT == nil {
 		opts.NFT = func() (*nftables.Conn, error) { return nftables.New(nftables.WithSockOptions(bigSendBuffer)) }
 	}
@@ -250,14 +256,18 @@ func (r *Relay) Set(routes []relay.Route) error {
 		installed = append(installed, rt)
 	}
 
-	// The gates: traffic that did not come in on the one link relayed flows arrive on
-	// skips every relay rule (a rule costs every routed packet a few nanoseconds).
+	// The gates: traffic that did not come in on the one link relayed flows arrive on,
+	// or is not for a relayed address, skips every relay rule (a rule costs every routed
+	// packet a few nanoseconds). Removing a gate is always safe (more packets walk the
+	// rules); adding one only once nftables untracks what it lets through. Two gates on
+	// different links at once would let nothing through.
 	haveGates := r.gates(list)
 	wantGates := r.wantGates(installed, links)
-	for _, g := range wantGates {
-		if !slices.ContainsFunc(haveGates, g.same) {
-			if err := r.nl.RuleAdd(g.rule); err != nil && !errors.Is(err, syscall.EEXIST) {
-				errs = append(errs, fmt.Errorf("policy rule %s: %w", g.rule, err))
+	slices.SortFunc(haveGates, func(a, b gate) int { return cmp.Compare(a.rule.Priority, b.rule.Priority) })
+	for _, g := range haveGates { // gates before their landing
+		if !slices.ContainsFunc(wantGates, g.same) {
+			if err := r.nl.RuleDel(g.rule); err != nil && !errors.Is(err, syscall.ENOENT) {
+				errs = append(errs, fmt.Errorf("delete policy rule %s: %w", g.rule, err))
 			}
 		}
 	}
@@ -268,17 +278,15 @@ func (r *Relay) Set(routes []relay.Route) error {
 		// routes its untracked flows need, until a Set succeeds.
 		return errors.Join(append(errs, err)...)
 	}
-
-	// Then what is no longer wanted: gates first (a gate whose landing is gone is
-	// ignored by the kernel anyway).
-	slices.SortFunc(haveGates, func(a, b gate) int { return cmp.Compare(a.rule.Priority, b.rule.Priority) })
-	for _, g := range haveGates {
-		if !slices.ContainsFunc(wantGates, g.same) {
-			if err := r.nl.RuleDel(g.rule); err != nil && !errors.Is(err, syscall.ENOENT) {
-				errs = append(errs, fmt.Errorf("delete policy rule %s: %w", g.rule, err))
+	for _, g := range wantGates { // the landing first
+		if !slices.ContainsFunc(haveGates, g.same) {
+			if err := r.nl.RuleAdd(g.rule); err != nil && !errors.Is(err, syscall.EEXIST) {
+				errs = append(errs, fmt.Errorf("policy rule %s: %w", g.rule, err))
 			}
 		}
 	}
+
+	// Then what is no longer wanted.
 	for k, nr := range haveRules {
 		if !wantRules[k] {
 			if err := r.nl.RuleDel(nr); err != nil && !errors.Is(err, syscall.ENOENT) {
@@ -294,7 +302,26 @@ func (r *Relay) Set(routes []relay.Route) error {
 		}
 	}
 	r.clean = len(routes) == 0 && len(errs) == 0
+	r.remember(installed, links)
 	return errors.Join(errs...)
+}
+
+// remember records what Watch compares changes with.
+func (r *Relay) remember(installed []relay.Route, links []int) {
+	var gws, vips []netip.Addr
+	for _, rt := range installed {
+		gws = append(gws, rt.Via)
+		vips = append(vips, rt.VIP)
+	}
+	names := map[int]string{}
+	for _, l := range links {
+		if link, err := r.nl.LinkByIndex(l); err == nil {
+			names[l] = link.Attrs().Name
+		}
+	}
+	slices.SortFunc(gws, netip.Addr.Compare)
+	slices.SortFunc(vips, netip.Addr.Compare)
+	r.seen.set(slices.Compact(gws), slices.Compact(vips), names)
 }
 
 // notLocal leaves out the routes of addresses that are local to this node: the local
@@ -304,24 +331,30 @@ func (r *Relay) notLocal(routes []relay.Route) ([]relay.Route, error) {
 	if len(routes) == 0 {
 		return routes, nil
 	}
-	local := map[netip.Addr]bool{}
+	var local []netip.Prefix // addresses, and whole prefixes routed as local (AnyIP)
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
 		list, err := r.nl.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_LOCAL, Type: unix.RTN_LOCAL}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_TYPE)
 		if err != nil {
 			return nil, fmt.Errorf("list local addresses: %w", err)
 		}
 		for _, rt := range list {
-			if rt.Dst != nil {
-				if a, ok := netip.AddrFromSlice(rt.Dst.IP); ok {
-					local[a.Unmap()] = true
-				}
+			if rt.Dst == nil {
+				continue
+			}
+			a, ok := netip.AddrFromSlice(rt.Dst.IP)
+			ones, _ := rt.Dst.Mask.Size()
+			if p, err := a.Unmap().Prefix(ones); ok && err == nil {
+				local = append(local, p)
 			}
 		}
+	}
+	isLocal := func(a netip.Addr) bool {
+		return slices.ContainsFunc(local, func(p netip.Prefix) bool { return p.Contains(a) })
 	}
 	var refused []string
 	out := routes[:0:0]
 	for _, rt := range routes {
-		if local[rt.VIP] {
+		if isLocal(rt.VIP) {
 			if len(refused) == 0 || refused[len(refused)-1] != rt.VIP.String() {
 				refused = append(refused, rt.VIP.String())
 			}
@@ -712,51 +745,125 @@ func (r *Relay) Close() error {
 
 // Watch calls changed whenever the kernel may have taken part of the relay's state away
 // behind its back, until ctx ends: a route of its tables deleted (a link going down
-// flushes the routes through it) or a connected route added (a link or address coming
-// back, so its tables can be routed again). The caller's next Set puts things right;
-// without it a flapped link would leave the relayed flows untracked and unrouted until
-// the next resync. ns is the namespace watched (nil: the caller's).
+// flushes the routes through it), a route towards a node it relays to added (the link or
+// address back, so its table can be routed again), a relayed address becoming local (the
+// local table comes first), or a link it relays through renamed (its gate names it). The
+// caller's next Set puts things right; without it a flapped link would leave the relayed
+// flows untracked and unrouted until the next resync. A subscription that fails (a burst
+// of changes overflowing its buffer) is made again, after calling changed. ns is the
+// namespace watched (nil: the caller's).
 func (r *Relay) Watch(ctx context.Context, ns *netns.NsHandle, changed func()) error {
-	ch := make(chan netlink.RouteUpdate, 256)
+	const backoff = time.Second
+	for first := true; ; first = false {
+		err := r.watch(ctx, ns, changed)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if first && err != nil {
+			return err // cannot subscribe at all
+		}
+		changed() // messages may have been lost: look again
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff):
+		}
+	}
+}
+
+// watch is one subscription, until ctx ends or the subscription fails.
+func (r *Relay) watch(ctx context.Context, ns *netns.NsHandle, changed func()) error {
+	routes := make(chan netlink.RouteUpdate, 256)
+	links := make(chan netlink.LinkUpdate, 64)
 	done := make(chan struct{})
 	defer close(done)
 	lost := make(chan struct{}, 1)
-	err := netlink.RouteSubscribeWithOptions(ch, done, netlink.RouteSubscribeOptions{
-		Namespace: ns,
-		ErrorCallback: func(error) {
-			select {
-			case lost <- struct{}{}:
-			default:
-			}
-		},
-	})
-	if err != nil {
+	onErr := func(error) {
+		select {
+		case lost <- struct{}{}:
+		default:
+		}
+	}
+	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{
+		Namespace: ns, ErrorCallback: onErr, ReceiveBufferSize: 1 << 20, ReceiveBufferForceSize: true,
+	}); err != nil {
 		return fmt.Errorf("relay: subscribe to route changes: %w", err)
+	}
+	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{
+		Namespace: ns, ErrorCallback: onErr,
+	}); err != nil {
+		return fmt.Errorf("relay: subscribe to link changes: %w", err)
 	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-lost:
-			changed() // messages may have been lost: look again
-		case u, ok := <-ch:
+			return errors.New("relay: a subscription failed")
+		case u, ok := <-routes:
 			if !ok {
 				return errors.New("relay: route subscription ended")
 			}
 			if r.affects(u) {
 				changed()
 			}
+		case u, ok := <-links:
+			if !ok {
+				return errors.New("relay: link subscription ended")
+			}
+			if r.renamed(u) {
+				changed()
+			}
 		}
 	}
 }
 
+// watched is what Watch compares changes with: the state of the last Set.
+type watched struct {
+	mu      sync.Mutex
+	gws     []netip.Addr   // the nodes relayed to
+	vips    []netip.Addr   // the addresses relayed
+	uplinks map[int]string // the links relayed through, by index, and their names
+}
+
+func (w *watched) set(gws, vips []netip.Addr, uplinks map[int]string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.gws, w.vips, w.uplinks = gws, vips, uplinks
+}
+
 // affects says whether a route change may concern the relay's state.
 func (r *Relay) affects(u netlink.RouteUpdate) bool {
-	switch u.Type {
-	case unix.RTM_DELROUTE:
+	if u.Type == unix.RTM_DELROUTE {
 		return r.ours(u.Table)
-	case unix.RTM_NEWROUTE:
-		return u.Scope == netlink.SCOPE_LINK && u.Table == unix.RT_TABLE_MAIN
+	}
+	if u.Type != unix.RTM_NEWROUTE || u.Dst == nil {
+		return false
+	}
+	a, ok := netip.AddrFromSlice(u.Dst.IP)
+	ones, _ := u.Dst.Mask.Size()
+	p, err := a.Unmap().Prefix(ones)
+	if !ok || err != nil {
+		return false
+	}
+	r.seen.mu.Lock()
+	defer r.seen.mu.Unlock()
+	switch u.Table {
+	case unix.RT_TABLE_MAIN:
+		return slices.ContainsFunc(r.seen.gws, p.Contains)
+	case unix.RT_TABLE_LOCAL:
+		return slices.ContainsFunc(r.seen.vips, p.Contains)
 	}
 	return false
+}
+
+// renamed says whether a link the relay goes through now has another name.
+func (r *Relay) renamed(u netlink.LinkUpdate) bool {
+	if u.Link == nil || u.Link.Attrs() == nil {
+		return false
+	}
+	r.seen.mu.Lock()
+	defer r.seen.mu.Unlock()
+	name, ok := r.seen.uplinks[u.Link.Attrs().Index]
+	return ok && name != u.Link.Attrs().Name
 }

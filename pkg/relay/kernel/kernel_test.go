@@ -3,14 +3,17 @@ package kernel
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netns"
 
 	"github.com/heraldlb/herald/hack/netlab"
@@ -464,5 +467,43 @@ func TestRelayWatchSeesAFlappedLink(t *testing.T) {
 		if who, _, err := l.ask(vip, client, transport.TCP, rt.From+5); err != nil || who != "other" {
 			t.Errorf("after the flap, source port %d: %q, %v", rt.From+5, who, err)
 		}
+	}
+}
+
+// The link towards the other node changes (a /32 route now through eth1) while nftables
+// refuses the new table: the previous state stays whole and relaying, no gate for the new
+// link comes in beside the old one (two gates on different links let nothing through).
+func TestRelayGateChangeKeepsFlows(t *testing.T) {
+	l := newLab(t)
+	var fail atomic.Bool
+	nft := func() (*nftables.Conn, error) {
+		if fail.Load() {
+			return nil, errors.New("nftables refuses")
+		}
+		return nftables.New()
+	}
+	routes := relay.Split(vip, transport.TCP, 80, "owner", map[string]netip.Addr{"owner": nodeIP["owner"], "other": nodeIP["other"]})
+	r := l.relay(t, Options{NFT: nft})
+	t.Cleanup(func() { fail.Store(false); _ = l.set(r, nil) })
+	if err := l.set(r, routes); err != nil {
+		t.Fatal(err)
+	}
+	sport := routes[0].From + 7
+	if who, _, err := l.ask(vip, client, transport.TCP, sport); err != nil || who != "other" {
+		t.Fatalf("before: %q %v", who, err)
+	}
+	l.owner.Run("ip", "link", "add", "eth1", "type", "veth", "peer", "name", "eth1p")
+	l.owner.Run("ip", "link", "set", "eth1p", "up")
+	l.owner.Run("ip", "link", "set", "eth1", "up")
+	l.owner.Run("ip", "route", "add", nodeIP["other"].String()+"/32", "dev", "eth1")
+	fail.Store(true)
+	if err := l.set(r, routes); err == nil {
+		t.Fatal("Set succeeded with nftables refusing")
+	}
+	if who, _, err := l.ask(vip, client, transport.TCP, sport+1); err != nil || who != "other" {
+		t.Errorf("after a failed Set, source port %d: %q %v (want the previous state: other)\n%s", sport+1, who, err, l.owner.Run("ip", "rule", "list"))
+	}
+	if who, _, err := l.ask(vip, client, transport.TCP, 1000); err != nil || who != "owner" {
+		t.Errorf("a port kept by the owner: %q %v", who, err)
 	}
 }
