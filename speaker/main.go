@@ -79,7 +79,7 @@ func run() error {
 		qps          = flag.Float64("kube-api-qps", 0, "client-side limit on API requests per second; 0 leaves flow control to the API server")
 		logLevel     = flag.String("log-level", "info", "debug, info, warn or error")
 		logFormat    = flag.String("log-format", "json", "json or text")
-		relayPrio    = flag.Int("relay-rule-priority", relaykernel.DefaultPriority, "priority of the policy routing rules relay-local writes (before the main table's 32766; rules at it that point into the relay's tables are Herald's)")
+		relayPrio    = flag.Int("relay-rule-priority", relaykernel.DefaultPriority, "priority of the policy routing rules relay-local writes, from 2 to 32764 (before the main table's 32766; its gate rules take the priority before, their landing the one after; rules at it that point into the relay's tables are Herald's)")
 		relayTable   = flag.Int("relay-first-table", relaykernel.DefaultFirstTable, "first of the routing tables relay-local may use, one per node it relays to")
 		prepare      = flag.Bool("prepare-forwarding", false, "set the sysctls IPVS forwarding needs and exit (the DaemonSet's privileged init container; the speaker itself then needs no write access to /proc/sys)")
 	)
