@@ -563,12 +563,13 @@ spec:
 	// session affinity for LoadBalancer service with Local traffic policy" asks.
 	t.Run("Local with relay-local: every node with a pod answers, with the client's address", func(t *testing.T) {
 		if os.Getenv("HERALD_RELAY_E2E") == "" {
-			// Known defect, open: on the real cluster the owner's own share of new flows is
-			// answered by the other nodes' pods, never by its own (seen on every run since
-			// the relay moved to nftables sets and gate rules; the namespace tests of
-			// pkg/relay/kernel, with a kube-proxy-like DNAT, pass). Run it with
-			// HERALD_RELAY_E2E=1; the failure dumps the owner's rules, routes and table.
-			t.Skip("known defect: the relay owner's own share does not reach its own pod on the real cluster (HERALD_RELAY_E2E=1 runs it)")
+			// Open: 40 requests in a row from the one client are answered by one or two of
+			// the three pods. Most likely the client's successive connections take
+			// neighbouring source ports (RFC 6056, as Linux does), so they fall into one or
+			// two of the relay's ranges; the owner's kernel state, dumped on failure, is as
+			// designed. Until the requests are sent from chosen source ports, this runs only
+			// with HERALD_RELAY_E2E=1.
+			t.Skip("one client's requests in a row take neighbouring source ports, so mostly one relay range (HERALD_RELAY_E2E=1 runs it)")
 		}
 		if out, err := c.Kubectl("scale", "deployment/local", "--replicas=3"); err != nil {
 			t.Fatalf("%v\n%s", err, out)
