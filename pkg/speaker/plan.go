@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"maps"
-	"net/netip"
 	"reflect"
 	"slices"
 
@@ -18,7 +17,6 @@ import (
 	"github.com/heraldlb/herald/pkg/k8s"
 	"github.com/heraldlb/herald/pkg/liveness"
 	"github.com/heraldlb/herald/pkg/plan"
-	"github.com/heraldlb/herald/pkg/transport"
 )
 
 // snapshot is one computed plan, published whole and never changed after: every part
@@ -70,23 +68,21 @@ func (s *Speaker) syncPlan(context.Context, bool) error {
 // hold as it is: one that layer 2 should not draw traffic to before the forwarder has
 // tried it. Removals need no such care.
 func forwardGained(prev *snapshot, now []forward.Service) bool {
-	if len(now) == 0 {
-		return false
-	}
 	if prev == nil {
-		return true
+		return len(now) > 0
 	}
-	type key struct {
-		vip   netip.Addr
-		port  uint16
-		proto transport.Protocol
+	return gained(prev.d.Forward, now, forward.Service.Key, func(a, b forward.Service) bool { return reflect.DeepEqual(a, b) })
+}
+
+// gained reports whether now holds an item that had does not hold as it is: none with
+// its key, or one that differs (same).
+func gained[T any, K comparable](had, now []T, key func(T) K, same func(a, b T) bool) bool {
+	old := make(map[K]T, len(had))
+	for _, x := range had {
+		old[key(x)] = x
 	}
-	had := make(map[key]forward.Service, len(prev.d.Forward))
-	for _, f := range prev.d.Forward {
-		had[key{f.VIP, f.Port, f.Proto}] = f
-	}
-	for _, f := range now {
-		if old, ok := had[key{f.VIP, f.Port, f.Proto}]; !ok || !reflect.DeepEqual(old, f) {
+	for _, x := range now {
+		if o, ok := old[key(x)]; !ok || !same(o, x) {
 			return true
 		}
 	}

@@ -70,20 +70,9 @@ func (s *Speaker) RelayKernelChanged() {
 // gives the relay a moment before it draws the traffic, so that a flow another node
 // serves is not handed, mid-way, to this node's own endpoint.
 func relayGained(prev *snapshot, now []relay.Route) bool {
-	if len(now) == 0 {
-		return false
-	}
 	if prev == nil {
-		return true
+		return len(now) > 0
 	}
-	had := make(map[relay.Route]bool, len(prev.d.Relay))
-	for _, r := range prev.d.Relay {
-		had[r] = true
-	}
-	for _, r := range now {
-		if !had[r] {
-			return true
-		}
-	}
-	return false
+	id := func(r relay.Route) relay.Route { return r }
+	return gained(prev.d.Relay, now, id, func(a, b relay.Route) bool { return a == b })
 }
