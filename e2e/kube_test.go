@@ -25,6 +25,8 @@ import (
 	"github.com/heraldlb/herald/hack/netlab"
 	"github.com/heraldlb/herald/pkg/inspect"
 	"github.com/heraldlb/herald/pkg/k8s"
+	"github.com/heraldlb/herald/pkg/relay"
+	"github.com/heraldlb/herald/pkg/transport"
 )
 
 // The configuration of the real cluster's tests: a layer-2 pool on the LAN, a BGP pool
@@ -562,59 +564,94 @@ spec:
 	// affinity keeps a client on one pod. What the upstream spec "should be able to switch
 	// session affinity for LoadBalancer service with Local traffic policy" asks.
 	t.Run("Local with relay-local: every node with a pod answers, with the client's address", func(t *testing.T) {
-		if os.Getenv("HERALD_RELAY_E2E") == "" {
-			// Open: 40 requests in a row from the one client are answered by one or two of
-			// the three pods. Most likely the client's successive connections take
-			// neighbouring source ports (RFC 6056, as Linux does), so they fall into one or
-			// two of the relay's ranges; the owner's kernel state, dumped on failure, is as
-			// designed. Until the requests are sent from chosen source ports, this runs only
-			// with HERALD_RELAY_E2E=1.
-			t.Skip("one client's requests in a row take neighbouring source ports, so mostly one relay range (HERALD_RELAY_E2E=1 runs it)")
-		}
 		if out, err := c.Kubectl("scale", "deployment/local", "--replicas=3"); err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
 		c.rollout(t, "default", "deployment/local")
 		addr := c.WaitAddresses("default", "local")[0]
 		owner := c.settledOwner(t, addr)
-		podNodes := func() []string {
+		// The nodes with a pod, by name, at their address of addr's family: the relay's
+		// targets when every node may announce and is live.
+		podNodes := func() map[string]netip.Addr {
 			pods, err := c.Kube.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=local"})
 			if err != nil {
 				t.Fatal(err)
 			}
-			set := map[string]bool{}
+			out := map[string]netip.Addr{}
 			for _, p := range pods.Items {
 				if p.DeletionTimestamp == nil && p.Spec.NodeName != "" {
-					set[p.Spec.NodeName] = true
+					out[p.Spec.NodeName] = netip.MustParseAddr(c.Node(p.Spec.NodeName).IP4)
 				}
 			}
-			return slices.Sorted(maps.Keys(set))
+			return out
 		}
-		// answers asks n times and returns the pods that answered, and the nodes.
-		answers := func(n int) (pods, nodes []string) {
+		// answers sends one request from a source port in each of the relay's buckets (a
+		// client's own successive connections take neighbouring ports, so mostly one
+		// bucket) and returns the pods and nodes that answered, and the requests answered
+		// on another node than want(source port).
+		round := 0
+		answers := func(want func(sport uint16) string) (pods, nodes, wrong []string) {
 			t.Helper()
+			round++
 			ps, ns := map[string]bool{}, map[string]bool{}
-			for range n {
-				who, seen, err := c.ConnectSeen(addr, 2*time.Second)
+			for b := range relay.Buckets {
+				from, to := relay.BucketPorts(b)
+				// A port not used in earlier rounds, clear of the bucket's edges.
+				sport := from + 100 + uint16((round*37)%int(to-from-200))
+				a, err := c.ConnectFrom(addr, sport, 2*time.Second)
 				if err != nil {
-					t.Fatalf("%s: %v", addr, err)
+					t.Fatalf("%s from port %d: %v", addr, sport, err)
 				}
-				if seen != cluster.ClientIP4 {
-					t.Errorf("%q saw the client as %q, want %s", who, seen, cluster.ClientIP4)
+				if a.Seen != cluster.ClientIP4 {
+					t.Errorf("%q saw the client as %q, want %s", a.Who, a.Seen, cluster.ClientIP4)
 				}
-				pod, node, _ := strings.Cut(who, " on ")
+				pod, node, _ := strings.Cut(a.Who, " on ")
 				ps[pod], ns[node] = true, true
+				if w := want(sport); node != w {
+					wrong = append(wrong, fmt.Sprintf("port %d: %s, want %s", sport, node, w))
+				}
 			}
-			return slices.Sorted(maps.Keys(ps)), slices.Sorted(maps.Keys(ns))
+			return slices.Sorted(maps.Keys(ps)), slices.Sorted(maps.Keys(ns)), wrong
 		}
-		want := podNodes()
-		if len(want) < 2 {
-			t.Skipf("the three pods run on %v: nothing to spread", want)
+		targets := podNodes()
+		if len(targets) < 2 {
+			t.Skipf("the three pods run on %v: nothing to spread", slices.Sorted(maps.Keys(targets)))
+		}
+		// Where the plan sends each source port: the speaker and this test agree through
+		// relay.Split, the kernel through the owner's rules.
+		routes := relay.Split(addr, transport.TCP, cluster.ServicePort, owner.Name, targets)
+		split := func(sport uint16) string {
+			for _, r := range routes {
+				if r.From <= sport && sport <= r.To {
+					return r.Node
+				}
+			}
+			return owner.Name
 		}
 		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
-			_, got := answers(40)
-			if slices.Equal(got, want) {
-				t.Logf("owner %s; 40 requests answered by the pods on %v", owner.Name, got)
+			pods, nodes, wrong := answers(split)
+			if len(wrong) == 0 && len(nodes) == len(targets) {
+				t.Logf("owner %s; %d requests, one per source-port bucket, each answered on its bucket's node; pods %v on %v",
+					owner.Name, relay.Buckets, pods, nodes)
+				// For the record, what the spread is per client, not per connection:
+				// the kernel's own source ports for 40 requests in a row.
+				var ports []uint16
+				seen, bs := map[string]int{}, map[int]bool{}
+				for range 40 {
+					a, err := c.ConnectFrom(addr, 0, 2*time.Second)
+					if err != nil {
+						t.Fatalf("%s: %v", addr, err)
+					}
+					_, node, _ := strings.Cut(a.Who, " on ")
+					ports = append(ports, a.Port)
+					seen[node]++
+					bs[relay.Bucket(a.Port)] = true
+					if w := split(a.Port); node != w {
+						t.Errorf("kernel's port %d: answered on %s, want %s", a.Port, node, w)
+					}
+				}
+				t.Logf("40 requests in a row from the kernel's source ports %d–%d (%d buckets): answered on %v",
+					slices.Min(ports), slices.Max(ports), len(bs), seen)
 				break
 			}
 			if time.Now().After(deadline) {
@@ -626,8 +663,8 @@ spec:
 				for _, n := range c.Nodes {
 					nft = append(nft, fmt.Sprintf("\n%s %s", n.Name, n.IP4)...)
 				}
-				t.Fatalf("40 requests answered on %v, want every node with a pod %v (owner %s)\nowner's policy rules:\n%s\nowner's nftables:\n%s",
-					got, want, owner.Name, rules, nft)
+				t.Fatalf("answered on %v, want every node with a pod %v (owner %s); %d of %d on another node than planned:\n%s\nowner's policy rules:\n%s\nowner's nftables:\n%s",
+					nodes, slices.Sorted(maps.Keys(targets)), owner.Name, len(wrong), relay.Buckets, strings.Join(wrong, "\n"), rules, nft)
 			}
 		}
 		patch := func(affinity string) {
@@ -636,23 +673,25 @@ spec:
 				t.Fatalf("%v\n%s", err, out)
 			}
 		}
+		// ClientIP affinity: the owner keeps every flow, and kube-proxy there the client on
+		// one pod, whatever the source port.
 		patch("ClientIP")
 		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
-			pods, _ := answers(15)
-			if len(pods) == 1 {
+			pods, _, wrong := answers(func(uint16) string { return owner.Name })
+			if len(pods) == 1 && len(wrong) == 0 {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("ClientIP affinity: 15 requests answered by %v, want one pod", pods)
+				t.Fatalf("ClientIP affinity: answered by %v, want one pod on the owner %s:\n%s", pods, owner.Name, strings.Join(wrong, "\n"))
 			}
 		}
 		patch("None")
 		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
-			if pods, _ := answers(15); len(pods) > 1 {
+			if _, nodes, wrong := answers(split); len(wrong) == 0 && len(nodes) == len(targets) {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatal("affinity None again: 15 requests answered by one pod")
+				t.Fatal("affinity None again: the flows are not spread as planned")
 			}
 		}
 	})

@@ -553,20 +553,37 @@ func (c *Cluster) StandIn(ips []netip.Addr) {
 // Connect makes an HTTP request from the client to ip and returns the name of the node
 // that answered.
 func (c *Cluster) Connect(ip netip.Addr, timeout time.Duration) (string, error) {
-	who, _, err := c.ConnectSeen(ip, timeout)
-	return who, err
+	a, err := c.ConnectFrom(ip, 0, timeout)
+	return a.Who, err
 }
 
-// ConnectSeen is Connect, also returning the client address the pod saw.
-func (c *Cluster) ConnectSeen(ip netip.Addr, timeout time.Duration) (who, seen string, err error) {
-	client := &http.Client{Timeout: timeout, Transport: &http.Transport{DialContext: c.Client.DialContext, DisableKeepAlives: true}}
+// Answer is what one request from the client learned.
+type Answer struct {
+	Who  string // "POD on NODE" from a pod, the node's name from a stand-in server
+	Seen string // the client address the server saw (pods only)
+	Port uint16 // the client's source port
+}
+
+// ConnectFrom is Connect from the client's source port sport (0: the kernel's choice).
+func (c *Cluster) ConnectFrom(ip netip.Addr, sport uint16, timeout time.Duration) (Answer, error) {
+	var a Answer
+	dial := c.Client.DialFrom(sport)
+	record := func(ctx context.Context, network, address string) (net.Conn, error) {
+		conn, err := dial(ctx, network, address)
+		if err == nil {
+			a.Port = uint16(conn.LocalAddr().(*net.TCPAddr).Port)
+		}
+		return conn, err
+	}
+	client := &http.Client{Timeout: timeout, Transport: &http.Transport{DialContext: record, DisableKeepAlives: true}}
 	resp, err := client.Get("http://" + net.JoinHostPort(ip.String(), fmt.Sprint(ServicePort)) + "/")
 	if err != nil {
-		return "", "", err
+		return a, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	return strings.TrimSpace(string(b)), resp.Header.Get("X-Client"), err
+	a.Who, a.Seen = strings.TrimSpace(string(b)), resp.Header.Get("X-Client")
+	return a, err
 }
 
 // NodeByMAC returns the node whose eth0 has mac.

@@ -131,13 +131,25 @@ func InNamespace(h netns.NsHandle, f func() error) error {
 // DialContext dials from inside the namespace; the connection may then be used from any
 // goroutine. It suits rest.Config.Dial and http.Transport.DialContext.
 func (n *NS) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	var c net.Conn
-	err := n.Do(func() error {
-		var err error
-		c, err = (&net.Dialer{}).DialContext(ctx, network, address)
-		return err
-	})
-	return c, err
+	return n.DialFrom(0)(ctx, network, address)
+}
+
+// DialFrom is DialContext from source port port (0: the kernel's choice), for a test that
+// needs to know which of a flow-hashing balancer's buckets its connection falls into.
+func (n *NS) DialFrom(port uint16) func(ctx context.Context, network, address string) (net.Conn, error) {
+	return func(ctx context.Context, network, address string) (net.Conn, error) {
+		d := &net.Dialer{}
+		if port != 0 {
+			d.LocalAddr = &net.TCPAddr{Port: int(port)}
+		}
+		var c net.Conn
+		err := n.Do(func() error {
+			var err error
+			c, err = d.DialContext(ctx, network, address)
+			return err
+		})
+		return c, err
+	}
 }
 
 // Bridge creates bridge name in the namespace, up, with multicast snooping off so that

@@ -62,6 +62,18 @@ func BucketPorts(b int) (from, to uint16) {
 	return uint16(lo), uint16(min(lo+highWidth-1, LastPort))
 }
 
+// Bucket returns the bucket of source port port, or -1 for the two ports never split.
+func Bucket(port uint16) int {
+	switch {
+	case port < FirstPort || port > LastPort:
+		return -1
+	case port < highFirst:
+		return int(port-FirstPort) / lowWidth
+	default:
+		return lowBuckets + int(port-highFirst)/highWidth
+	}
+}
+
 // Split returns the routes that spread the flows of vip:port/proto over nodes (name →
 // address of vip's family; self among them, at any address, when it has an endpoint of
 // its own): each

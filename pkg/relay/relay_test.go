@@ -43,6 +43,21 @@ func TestBucketsCoverEverySplittablePortOnce(t *testing.T) {
 	}
 }
 
+func TestBucketIsBucketPortsInverse(t *testing.T) {
+	for port := range 1 << 16 {
+		b := Bucket(uint16(port))
+		if port < FirstPort || port > LastPort {
+			if b != -1 {
+				t.Errorf("port %d: bucket %d, want -1 (never split)", port, b)
+			}
+			continue
+		}
+		if from, to := BucketPorts(b); b < 0 || b >= Buckets || uint16(port) < from || uint16(port) > to {
+			t.Fatalf("port %d: bucket %d (%d-%d)", port, b, from, to)
+		}
+	}
+}
+
 func TestSplit(t *testing.T) {
 	rs := Split(vip, transport.TCP, 80, "node1", three)
 	if len(rs) == 0 {
