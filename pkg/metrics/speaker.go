@@ -17,6 +17,9 @@ type Speaker struct {
 	// Relayed is how many source-port ranges of Local Services this node hands on to
 	// other nodes (relay-local).
 	Relayed prometheus.Gauge
+	// RelayLeftOut is how many planned ranges this node keeps because its kernel cannot
+	// relay them as things are (the speaker logs why).
+	RelayLeftOut prometheus.Gauge
 	*InForce
 }
 
@@ -52,8 +55,12 @@ func NewSpeaker(reg prometheus.Registerer) *Speaker {
 			Name: "herald_speaker_relayed_ranges",
 			Help: "Source-port ranges of externalTrafficPolicy Local Services this node hands on to other nodes (relay-local).",
 		}),
+		RelayLeftOut: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herald_speaker_relay_left_out_ranges",
+			Help: "Planned relay-local source-port ranges this node keeps because its kernel cannot relay them as things are (a bound reached, a node no link reaches, kube-proxy in IPVS mode, forwarding off); the speaker logs why.",
+		}),
 	}
-	reg.MustRegister(m.SyncSeconds, m.OwnershipChanges, m.Members, m.ConfigStale, m.CanForward, m.PartFailing, m.Relayed)
+	reg.MustRegister(m.SyncSeconds, m.OwnershipChanges, m.Members, m.ConfigStale, m.CanForward, m.PartFailing, m.Relayed, m.RelayLeftOut)
 	m.InForce = newInForce(reg)
 	return m
 }

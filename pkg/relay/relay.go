@@ -2,6 +2,7 @@ package relay
 
 import (
 	"cmp"
+	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
@@ -20,6 +21,22 @@ type Route struct {
 	Via      netip.Addr // the node's address, of VIP's family
 	Node     string     // its name, for logs
 }
+
+// Partial is the error of a relay that installed every route it could and left Left of
+// them out, for reasons that trying again alone does not change (forwarding off, an
+// address local to the node, a node no link reaches, a bound reached): what is in the
+// kernel is whole, and the flows left out stay with this node. The caller reports it; it
+// is not a failure to retry, so that the next plan is applied at once.
+type Partial struct {
+	Left int
+	Err  error
+}
+
+func (p *Partial) Error() string {
+	return fmt.Sprintf("%d source-port ranges left with this node: %v", p.Left, p.Err)
+}
+
+func (p *Partial) Unwrap() error { return p.Err }
 
 // Compare orders routes by address, protocol, port, then source ports.
 func (r Route) Compare(o Route) int {

@@ -2,6 +2,7 @@ package speaker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 
@@ -29,6 +30,7 @@ type relayPart struct {
 	// Touched only on the runner's goroutine:
 	seq  uint64 // the plan last applied
 	told bool   // that this node cannot relay was logged
+	left string // what the last partial relay left out, as logged
 }
 
 func (s *Speaker) syncRelay(_ context.Context, full bool) error {
@@ -50,11 +52,26 @@ func (s *Speaker) syncRelay(_ context.Context, full bool) error {
 		s.opts.Relay.Resync()
 	}
 	err := s.opts.Relay.Set(snap.d.Relay)
+	// Routes the kernel cannot take as things are (a bound reached, a node no link
+	// reaches, kube-proxy in IPVS mode) are a state to report, not a failure: the rest
+	// is in place, and the next plan is applied at once rather than after a backoff.
+	left := 0
+	if p := (*relay.Partial)(nil); errors.As(err, &p) {
+		left, err = p.Left, nil
+		if msg := p.Err.Error(); msg != s.relay.left {
+			s.relay.left = msg
+			s.log.Error("relay: some flows stay with this node", "ranges", p.Left, "err", p.Err)
+		}
+	} else if err == nil && s.relay.left != "" {
+		s.relay.left = ""
+		s.log.Info("relay: every planned flow is relayed again")
+	}
 	s.relay.progress.set(snap.seq, err != nil)
 	if err != nil {
 		return fmt.Errorf("relay: %w", err)
 	}
-	s.metrics.Relayed.Set(float64(len(snap.d.Relay)))
+	s.metrics.Relayed.Set(float64(len(snap.d.Relay) - left))
+	s.metrics.RelayLeftOut.Set(float64(left))
 	s.relay.seq = snap.seq
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -23,12 +24,14 @@ import (
 	"github.com/heraldlb/herald/pkg/transport"
 )
 
-// relayRec records what the speaker hands the relay; fail makes Set fail.
+// relayRec records what the speaker hands the relay; fail makes Set fail; left makes it
+// install all but that many routes, as a kernel that cannot take them does.
 type relayRec struct {
 	mu     sync.Mutex
 	routes []relay.Route
 	sets   int
 	fail   atomic.Bool
+	left   atomic.Int32
 }
 
 func (r *relayRec) Set(rs []relay.Route) error {
@@ -39,6 +42,9 @@ func (r *relayRec) Set(rs []relay.Route) error {
 		return errors.New("nftables: operation not permitted")
 	}
 	r.routes = slices.Clone(rs)
+	if n := int(r.left.Load()); n > 0 {
+		return &relay.Partial{Left: n, Err: errors.New("relay to r9 (10.99.0.1): network is unreachable")}
+	}
 	return nil
 }
 
@@ -154,6 +160,31 @@ address-pools:
 	wantNodes()
 	update(func(s *corev1.Service) { s.Spec.SessionAffinity = corev1.ServiceAffinityNone })
 	wantNodes("r2@10.0.5.2", "r3@10.0.5.3")
+
+	// A relay that can install only part of the plan reports it and keeps following the
+	// plan: the part is not failing (no backoff between plans), and the metrics count
+	// what is relayed and what is left with this node.
+	rec.left.Store(1)
+	live.kill("r3", liveness.Silent)
+	wantNodes("r2@10.0.5.2")
+	live.set(map[string]liveness.Reason{})
+	wantNodes("r2@10.0.5.2", "r3@10.0.5.3")
+	eventually(t, func() (bool, string) {
+		failing := testutil.ToFloat64(s.metrics.PartFailing.WithLabelValues("relay"))
+		relayed, left := testutil.ToFloat64(s.metrics.Relayed), testutil.ToFloat64(s.metrics.RelayLeftOut)
+		want := float64(len(s.latest.Load().d.Relay))
+		return failing == 0 && left == 1 && relayed == want-1,
+			fmt.Sprintf("partial relay: part failing %v, relayed %v, left out %v; want 0, %v, 1", failing, relayed, left, want-1)
+	})
+	rec.left.Store(0)
+	live.kill("r3", liveness.Silent)
+	wantNodes("r2@10.0.5.2")
+	live.set(map[string]liveness.Reason{})
+	wantNodes("r2@10.0.5.2", "r3@10.0.5.3")
+	eventually(t, func() (bool, string) {
+		left := testutil.ToFloat64(s.metrics.RelayLeftOut)
+		return left == 0, fmt.Sprintf("%v ranges left out after a whole relay", left)
+	})
 
 	// A failing relay fails its part only; layer 2 still answers.
 	rec.fail.Store(true)

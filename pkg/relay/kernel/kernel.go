@@ -146,15 +146,18 @@ type rule struct {
 }
 
 // Set makes the kernel relay exactly routes (relay.Sort order), and nothing when empty.
-// A route that cannot be installed whole (forwarding off for its family, its node's
-// table or its rule refused) is left out everywhere, its flows kept by this node, and
-// the error says which; the others are installed.
+// A route that cannot be installed whole (forwarding off for its family, an address local
+// to this node, its node's table refused, a bound reached) is left out everywhere, its
+// flows kept by this node; the others are installed, and the error is a *relay.Partial
+// that says which were left out. Any other error (the kernel refusing what it should
+// take) is a failure to try again.
 func (r *Relay) Set(routes []relay.Route) error {
 	if len(routes) == 0 && r.clean && !r.check {
 		return nil
 	}
 	r.clean = false
-	var errs []error
+	asked := len(routes)
+	var errs, left []error // failures; routes left out
 	for _, fam := range []struct {
 		v4   bool
 		path string
@@ -163,24 +166,24 @@ func (r *Relay) Set(routes []relay.Route) error {
 			continue
 		}
 		if err := needForwarding(fam.path); err != nil {
-			errs = append(errs, err)
+			left = append(left, err)
 			routes = slices.DeleteFunc(slices.Clone(routes), func(rt relay.Route) bool { return rt.VIP.Is4() == fam.v4 })
 		}
 	}
 	list, err := r.listRules()
 	if err != nil {
-		return errors.Join(append(errs, err)...)
+		return errors.Join(append(left, err)...)
 	}
 	haveRules := r.rules(list)
 	haveTables, err := r.tables()
 	if err != nil {
-		return errors.Join(append(errs, err)...)
+		return errors.Join(append(left, err)...)
 	}
 	if routes, err = r.notLocal(routes); err != nil {
-		errs = append(errs, err)
+		left = append(left, err)
 	}
 	if len(routes) > r.opts.MaxRules {
-		errs = append(errs, fmt.Errorf("%d relayed source-port ranges, more than the %d policy rules allowed: the first %d are relayed", len(routes), r.opts.MaxRules, r.opts.MaxRules))
+		left = append(left, fmt.Errorf("%d relayed source-port ranges, more than the %d policy rules allowed: the first %d are relayed", len(routes), r.opts.MaxRules, r.opts.MaxRules))
 		routes = routes[:r.opts.MaxRules]
 	}
 
@@ -211,7 +214,7 @@ func (r *Relay) Set(routes []relay.Route) error {
 			}
 		}
 		if next >= r.opts.FirstTable+r.opts.Tables {
-			errs = append(errs, fmt.Errorf("relay to %s (%s): all %d routing tables from %d are in use", rt.Node, rt.Via, r.opts.Tables, r.opts.FirstTable))
+			left = append(left, fmt.Errorf("relay to %s (%s): all %d routing tables from %d are in use", rt.Node, rt.Via, r.opts.Tables, r.opts.FirstTable))
 			continue
 		}
 		tableOf[rt.Via], want[next] = next, rt.Via
@@ -226,7 +229,9 @@ func (r *Relay) Set(routes []relay.Route) error {
 			continue
 		}
 		if err := r.nl.RouteReplace(defaultRoute(t, gw)); err != nil {
-			errs = append(errs, fmt.Errorf("routing table %d: default via %s: %w", t, gw, err))
+			// Most often no link reaches the node (not on a connected subnet); the
+			// route watch tells when one does.
+			left = append(left, fmt.Errorf("routing table %d: default via %s: %w", t, gw, err))
 			continue
 		}
 		routed[t] = true
@@ -276,7 +281,7 @@ func (r *Relay) Set(routes []relay.Route) error {
 	if err := r.setTable(installed, links); err != nil {
 		// The table in the kernel is still the previous one, whole: so are the rules and
 		// routes its untracked flows need, until a Set succeeds.
-		return errors.Join(append(errs, err)...)
+		return errors.Join(append(append(errs, left...), err)...)
 	}
 	for _, g := range wantGates { // the landing first
 		if !slices.ContainsFunc(haveGates, g.same) {
@@ -301,9 +306,15 @@ func (r *Relay) Set(routes []relay.Route) error {
 			}
 		}
 	}
-	r.clean = len(routes) == 0 && len(errs) == 0
+	r.clean = len(routes) == 0 && len(errs) == 0 && len(left) == 0
 	r.remember(installed, links)
-	return errors.Join(errs...)
+	if len(errs) > 0 {
+		return errors.Join(append(errs, left...)...)
+	}
+	if len(left) > 0 {
+		return &relay.Partial{Left: asked - len(installed), Err: errors.Join(left...)}
+	}
+	return nil
 }
 
 // remember records what Watch compares changes with.
@@ -773,33 +784,31 @@ func (r *Relay) Watch(ctx context.Context, ns *netns.NsHandle, changed func()) e
 
 // watch is one subscription, until ctx ends or the subscription fails.
 func (r *Relay) watch(ctx context.Context, ns *netns.NsHandle, changed func()) error {
+	// A subscription that cannot receive (its buffer overflowed: messages lost) closes
+	// its channel; the library's other error reports (a message it could not parse, one
+	// not from the kernel) lose nothing of ours and are ignored. Its goroutine blocks
+	// sending while a channel is full, so once done is closed the channels are read
+	// until the library closes them.
 	routes := make(chan netlink.RouteUpdate, 256)
 	links := make(chan netlink.LinkUpdate, 64)
 	done := make(chan struct{})
 	defer close(done)
-	lost := make(chan struct{}, 1)
-	onErr := func(error) {
-		select {
-		case lost <- struct{}{}:
-		default:
-		}
-	}
 	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{
-		Namespace: ns, ErrorCallback: onErr, ReceiveBufferSize: 1 << 20, ReceiveBufferForceSize: true,
+		Namespace: ns, ReceiveBufferSize: 1 << 20, ReceiveBufferForceSize: true,
 	}); err != nil {
 		return fmt.Errorf("relay: subscribe to route changes: %w", err)
 	}
+	defer drain(routes)
 	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{
-		Namespace: ns, ErrorCallback: onErr,
+		Namespace: ns,
 	}); err != nil {
 		return fmt.Errorf("relay: subscribe to link changes: %w", err)
 	}
+	defer drain(links)
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-lost:
-			return errors.New("relay: a subscription failed")
 		case u, ok := <-routes:
 			if !ok {
 				return errors.New("relay: route subscription ended")
@@ -816,6 +825,14 @@ func (r *Relay) watch(ctx context.Context, ns *netns.NsHandle, changed func()) e
 			}
 		}
 	}
+}
+
+// drain reads a subscription's channel, in the background, until its sender closes it.
+func drain[T any](ch <-chan T) {
+	go func() {
+		for range ch {
+		}
+	}()
 }
 
 // watched is what Watch compares changes with: the state of the last Set.

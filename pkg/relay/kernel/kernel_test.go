@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -247,6 +249,28 @@ func testRelay(t *testing.T, vip, client netip.Addr, nodeIP map[string]netip.Add
 		t.Fatal(err)
 	}
 	check("relayed", true)
+	// The edges of every relayed range and the ports just outside them: the nftables
+	// set's interval ends and the policy rules' source-port ranges agree to the port (a
+	// port untracked without its rule would be routed back out, unanswered).
+	edges := map[transport.Protocol]map[int]bool{}
+	for _, rt := range routes {
+		if edges[rt.Proto] == nil {
+			edges[rt.Proto] = map[int]bool{}
+		}
+		for _, sport := range []int{int(rt.From) - 1, int(rt.From), int(rt.To), int(rt.To) + 1} {
+			if sport >= relay.FirstPort && sport <= relay.LastPort {
+				edges[rt.Proto][sport] = true
+			}
+		}
+	}
+	for p, ports := range edges {
+		for _, sport := range slices.Sorted(maps.Keys(ports)) {
+			who, saw, err := l.ask(vip, client, p, uint16(sport))
+			if expect := want(p, uint16(sport)); err != nil || who != expect || saw != client.String() {
+				t.Errorf("edges: %s from source port %d: answered by %q seeing %q (%v); want %s", p, sport, who, saw, err, expect)
+			}
+		}
+	}
 	// Other traffic skips the relay's rules: a gate before them, its landing after.
 	ip := "-4"
 	if vip.Is6() {
@@ -305,33 +329,44 @@ func testRelay(t *testing.T, vip, client netip.Addr, nodeIP map[string]netip.Add
 }
 
 // Bounds are kept and named: more routes than MaxRules, more nodes than tables.
+// leftOut checks that err says, as a *relay.Partial, that n routes were left out, and
+// names each of want: a steady state to report, not a failure to retry.
+func leftOut(t *testing.T, what string, err error, n int, want ...string) {
+	t.Helper()
+	var p *relay.Partial
+	if !errors.As(err, &p) {
+		t.Errorf("%s: %v, want a *relay.Partial", what, err)
+		return
+	}
+	if p.Left != n {
+		t.Errorf("%s: %d routes left out, want %d (%v)", what, p.Left, n, err)
+	}
+	for _, w := range want {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("%s: %v, want it to name %q", what, err, w)
+		}
+	}
+}
+
 func TestRelayBounds(t *testing.T) {
 	l := newLab(t)
 	routes := relay.Split(vip, transport.TCP, 80, "owner", map[string]netip.Addr{"owner": nodeIP["owner"], "other": nodeIP["other"]})
 	r := l.relay(t, Options{MaxRules: 1})
 	t.Cleanup(func() { _ = l.set(r, nil) })
-	err := l.set(r, routes)
-	if len(routes) > 1 && (err == nil || !strings.Contains(err.Error(), "more than the 1 policy rules")) {
-		t.Errorf("%d routes with MaxRules 1: %v", len(routes), err)
-	}
+	leftOut(t, "MaxRules 1", l.set(r, routes), len(routes)-1, "more than the 1 policy rules")
 	if out := l.owner.Run("ip", "rule", "list", "priority", strconv.Itoa(DefaultPriority)); strings.Count(out, "\n") != 1 {
 		t.Errorf("want exactly one rule:\n%s", out)
 	}
 	two := []relay.Route{routes[0], routes[0]}
 	two[1].Port, two[1].Via, two[1].Node = 81, netip.MustParseAddr("10.77.0.3"), "third"
 	r1 := l.relay(t, Options{Tables: 1})
-	err = l.set(r1, two)
-	if err == nil || !strings.Contains(err.Error(), "all 1 routing tables") {
-		t.Errorf("two nodes in one table: %v", err)
-	}
+	leftOut(t, "two nodes in one table", l.set(r1, two), 1, "all 1 routing tables")
 	// A node that is not on a connected subnet cannot be routed to: that route is left
 	// out everywhere (no rule, no untracked flows), named in the error; the others stay.
 	r2 := l.relay(t, Options{})
 	far := routes[0]
 	far.Port, far.Via, far.Node = 82, netip.MustParseAddr("10.99.0.1"), "far"
-	if err := l.set(r2, []relay.Route{routes[0], far}); err == nil || !strings.Contains(err.Error(), "10.99.0.1") {
-		t.Errorf("an unreachable node: %v", err)
-	}
+	leftOut(t, "an unreachable node", l.set(r2, []relay.Route{routes[0], far}), 1, "10.99.0.1")
 	if out := l.owner.Run("ip", "rule", "list", "priority", strconv.Itoa(DefaultPriority)); strings.Count(out, "\n") != 1 || strings.Contains(out, "dport 82") {
 		t.Errorf("want only the reachable node's rule:\n%s", out)
 	}
@@ -341,9 +376,7 @@ func TestRelayBounds(t *testing.T) {
 	// Without forwarding the relay says what is missing, and takes everything away: an
 	// untracked flow the node will not forward would be lost.
 	l.owner.Run("sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
-	if err := l.set(r2, routes); err == nil || !strings.Contains(err.Error(), "ip_forward") {
-		t.Errorf("forwarding off: %v", err)
-	}
+	leftOut(t, "forwarding off", l.set(r2, routes), len(routes), "ip_forward")
 	if out := l.owner.Run("ip", "rule", "list", "priority", strconv.Itoa(DefaultPriority)); strings.TrimSpace(out) != "" {
 		t.Errorf("forwarding off, rules left:\n%s", out)
 	}
@@ -405,10 +438,7 @@ func TestRelayRefusesALocalAddress(t *testing.T) {
 	routes := relay.Split(vip, transport.TCP, 80, "owner", map[string]netip.Addr{"owner": nodeIP["owner"], "other": nodeIP["other"]})
 	r := l.relay(t, Options{})
 	t.Cleanup(func() { _ = l.set(r, nil) })
-	err := l.set(r, routes)
-	if err == nil || !strings.Contains(err.Error(), vip.String()) || !strings.Contains(err.Error(), "IPVS") {
-		t.Errorf("a local address: %v", err)
-	}
+	leftOut(t, "a local address", l.set(r, routes), len(routes), vip.String(), "IPVS")
 	if out := l.owner.Run("ip", "rule", "list", "priority", strconv.Itoa(DefaultPriority)); strings.TrimSpace(out) != "" {
 		t.Errorf("rules for a local address:\n%s", out)
 	}
