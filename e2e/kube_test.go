@@ -600,7 +600,10 @@ spec:
 				sport := from + 100 + uint16((round*37)%int(to-from-200))
 				a, err := c.ConnectFrom(addr, sport, 2*time.Second)
 				if err != nil {
-					t.Fatalf("%s from port %d: %v", addr, sport, err)
+					// Retried like a wrong answer: a node whose kube-proxy has not yet
+					// caught up with a new pod drops what it is handed.
+					wrong = append(wrong, fmt.Sprintf("port %d: %v", sport, err))
+					continue
 				}
 				if a.Seen != cluster.ClientIP4 {
 					t.Errorf("%q saw the client as %q, want %s", a.Who, a.Seen, cluster.ClientIP4)
@@ -640,7 +643,8 @@ spec:
 				for range 40 {
 					a, err := c.ConnectFrom(addr, 0, 2*time.Second)
 					if err != nil {
-						t.Fatalf("%s: %v", addr, err)
+						t.Errorf("%s: %v", addr, err)
+						continue
 					}
 					_, node, _ := strings.Cut(a.Who, " on ")
 					ports = append(ports, a.Port)

@@ -21,10 +21,13 @@ func PlanNode(n *corev1.Node) plan.Node {
 	}
 	_, pn.Excluded = n.Labels[corev1.LabelNodeExcludeBalancers]
 	for _, a := range n.Status.Addresses {
-		if a.Type == corev1.NodeInternalIP {
-			if ip, err := netip.ParseAddr(a.Address); err == nil {
-				pn.Addresses = append(pn.Addresses, ip)
-			}
+		if a.Type != corev1.NodeInternalIP {
+			continue
+		}
+		// Only an address packets can be sent to from another node: it becomes a
+		// real server, a relay's next hop, a speaker to join.
+		if ip, err := netip.ParseAddr(a.Address); err == nil && ip.Zone() == "" && ip.Unmap().IsGlobalUnicast() {
+			pn.Addresses = append(pn.Addresses, ip.Unmap())
 		}
 	}
 	return pn

@@ -420,7 +420,8 @@ func RelayRoutes(vip netip.Addr, svc *Service, in Input, nodes []node) []relay.R
 				targets[n.Name] = vip // kept here: no address needed
 				continue
 			}
-			if k := slices.IndexFunc(n.addrs, func(a netip.Addr) bool { return a.Is4() == vip.Is4() }); k >= 0 {
+			// Never the address itself: relayed to it, the flow would come back here.
+			if k := slices.IndexFunc(n.addrs, func(a netip.Addr) bool { return a.Is4() == vip.Is4() && a != vip }); k >= 0 {
 				targets[n.Name] = n.addrs[k]
 			}
 		}

@@ -602,6 +602,16 @@ address-pools:
 		"speaker down": func(in *Input, other string) {
 			in.Members = slices.DeleteFunc(slices.Clone(in.Members), func(m string) bool { return m == other })
 		},
+		// A node claiming the Service's address as its own: relayed to, the flows
+		// would come straight back.
+		"address is the Service's": func(in *Input, other string) {
+			in.Nodes = slices.Clone(in.Nodes)
+			for i := range in.Nodes {
+				if in.Nodes[i].Name == other {
+					in.Nodes[i].Addresses = []netip.Addr{ip("192.168.10.1")}
+				}
+			}
+		},
 	} {
 		other := "n1"
 		for _, n := range []string{"n1", "n2", "n3"} {

@@ -69,8 +69,11 @@ const (
 	highWidth  = 547 // 32768–65534 in 60
 )
 
-// BucketPorts returns bucket b's source ports, inclusive.
+// BucketPorts returns bucket b's source ports, inclusive; b is in [0, Buckets).
 func BucketPorts(b int) (from, to uint16) {
+	if b < 0 || b >= Buckets {
+		panic(fmt.Sprintf("relay: bucket %d out of [0, %d)", b, Buckets))
+	}
 	if b < lowBuckets {
 		lo := FirstPort + b*lowWidth
 		return uint16(lo), uint16(min(lo+lowWidth-1, highFirst-1))
