@@ -56,16 +56,20 @@ func PlanService(svc *corev1.Service, ips []netip.Addr, slices []*discoveryv1.En
 			}
 		}
 		for _, ep := range es.Endpoints {
-			if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
+			// Ready (unset means ready), or terminating and still serving: kube-proxy
+			// sends a node's Local traffic to those when the node has no ready one.
+			ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
+			draining := !ready && ptr.Deref(ep.Conditions.Serving, false) && ptr.Deref(ep.Conditions.Terminating, false)
+			if !ready && !draining {
 				continue
 			}
 			node := ptr.Deref(ep.NodeName, "")
-			if node != "" {
+			if node != "" && ready {
 				ps.EndpointNodes[node] = true
 			}
 			for _, a := range ep.Addresses {
 				if ip, err := netip.ParseAddr(a); err == nil {
-					ps.Endpoints = append(ps.Endpoints, plan.Endpoint{Addr: ip, Node: node, Ports: ports})
+					ps.Endpoints = append(ps.Endpoints, plan.Endpoint{Addr: ip, Node: node, Ports: ports, Terminating: draining})
 				}
 			}
 		}

@@ -1,12 +1,15 @@
 package k8s
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 )
 
 // A node's InternalIPs are used as next hops and real servers: only addresses another
@@ -21,5 +24,42 @@ func TestPlanNodeKeepsUsableAddresses(t *testing.T) {
 	want := []netip.Addr{netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("fd10::11"), netip.MustParseAddr("10.0.0.2")}
 	if got := PlanNode(n).Addresses; !slices.Equal(got, want) {
 		t.Errorf("addresses %v, want %v", got, want)
+	}
+}
+
+// Endpoints as kube-proxy counts them for a Local Service: ready ones (an unset condition
+// is ready), and terminating ones still serving, marked so; the others not at all. Only
+// ready ones make a node eligible to announce.
+func TestPlanServiceEndpointConditions(t *testing.T) {
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "web"},
+		Spec: corev1.ServiceSpec{ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal,
+			Ports: []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80}}}}
+	yes, no := ptr.To(true), ptr.To(false)
+	ep := func(addr, node string, c discoveryv1.EndpointConditions) discoveryv1.Endpoint {
+		return discoveryv1.Endpoint{Addresses: []string{addr}, NodeName: ptr.To(node), Conditions: c}
+	}
+	slice := &discoveryv1.EndpointSlice{Ports: []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To(int32(8080))}},
+		Endpoints: []discoveryv1.Endpoint{
+			ep("10.244.1.1", "n1", discoveryv1.EndpointConditions{}),
+			ep("10.244.2.1", "n2", discoveryv1.EndpointConditions{Ready: yes}),
+			ep("10.244.3.1", "n3", discoveryv1.EndpointConditions{Ready: no, Serving: yes, Terminating: yes}),
+			ep("10.244.4.1", "n4", discoveryv1.EndpointConditions{Ready: no, Serving: no, Terminating: yes}),
+			ep("10.244.5.1", "n5", discoveryv1.EndpointConditions{Ready: no, Serving: yes}),
+		}}
+	// What the informers keep (Strip) is what the plan needs.
+	stripped, err := Strip(slice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps := PlanService(svc, nil, []*discoveryv1.EndpointSlice{stripped.(*discoveryv1.EndpointSlice)})
+	got := map[string]bool{}
+	for _, e := range ps.Endpoints {
+		got[e.Node] = e.Terminating
+	}
+	if want := map[string]bool{"n1": false, "n2": false, "n3": true}; !maps.Equal(got, want) {
+		t.Errorf("endpoints (node: terminating) %v, want %v", got, want)
+	}
+	if want := map[string]bool{"n1": true, "n2": true}; !maps.Equal(ps.EndpointNodes, want) {
+		t.Errorf("nodes eligible by their endpoints %v, want %v", ps.EndpointNodes, want)
 	}
 }

@@ -71,7 +71,7 @@ func stripSlice(es *discoveryv1.EndpointSlice) *discoveryv1.EndpointSlice {
 	out.Endpoints = make([]discoveryv1.Endpoint, len(es.Endpoints))
 	for i, e := range es.Endpoints {
 		out.Endpoints[i] = discoveryv1.Endpoint{Addresses: e.Addresses, NodeName: e.NodeName,
-			Conditions: discoveryv1.EndpointConditions{Ready: e.Conditions.Ready}}
+			Conditions: discoveryv1.EndpointConditions{Ready: e.Conditions.Ready, Serving: e.Conditions.Serving, Terminating: e.Conditions.Terminating}}
 	}
 	return out
 }

@@ -46,6 +46,10 @@ type Endpoint struct {
 	Addr  netip.Addr
 	Node  string
 	Ports map[string]uint16 // target port by port name
+	// Terminating: the pod is shutting down but still serving (not ready). Only the
+	// relay uses it, as kube-proxy does: a node whose Local pods are all terminating
+	// still delivers to them, so its flows stay with it and drain.
+	Terminating bool
 }
 
 // Node is a cluster node.
@@ -377,7 +381,7 @@ func RealServers(vip netip.Addr, svc *Service, p Port, in Input, toEndpoints boo
 	} else {
 		for _, e := range svc.Endpoints {
 			port, ok := e.Ports[p.Name]
-			if !ok || e.Addr.Is4() != vip.Is4() || in.Silent[e.Node] || (svc.Local && e.Node != in.Self) {
+			if !ok || e.Terminating || e.Addr.Is4() != vip.Is4() || in.Silent[e.Node] || (svc.Local && e.Node != in.Self) {
 				continue
 			}
 			out = append(out, forward.RealServer{Addr: e.Addr, Port: port})
@@ -390,9 +394,10 @@ func RealServers(vip netip.Addr, svc *Service, p Port, in Input, toEndpoints boo
 // RelayRoutes returns the flows in.Self hands on for vip, which it announces in layer 2,
 // of svc's ports: for a Local Service without session affinity, each TCP and UDP port
 // split (relay.Split) over the nodes that may announce it (a live speaker, Ready, not
-// excluded), are not silent, have an address of vip's family, and hold a ready endpoint
-// of svc with that port and of vip's family — kube-proxy there drops what it cannot
-// deliver to its own pods. ClientIP affinity keeps every flow on this node: its own
+// excluded), are not silent, have an address of vip's family, and hold an endpoint of
+// svc with that port and of vip's family, ready or terminating but still serving —
+// kube-proxy there delivers to its own pods only, to terminating ones when it has no
+// ready one, so a pod shutting down drains the flows it holds. ClientIP affinity keeps every flow on this node: its own
 // endpoint keeps the client, as kube-proxy there promises. A Cluster Service needs no
 // relay: kube-proxy on this node spreads it already.
 func RelayRoutes(vip netip.Addr, svc *Service, in Input, nodes []node) []relay.Route {
@@ -434,7 +439,7 @@ func RelayRoutes(vip netip.Addr, svc *Service, in Input, nodes []node) []relay.R
 func localEndpoints(vip netip.Addr, svc *Service, p Port, node string) []forward.RealServer {
 	var out []forward.RealServer
 	for _, e := range svc.Endpoints {
-		if port, ok := e.Ports[p.Name]; ok && e.Node == node && e.Addr.Is4() == vip.Is4() {
+		if port, ok := e.Ports[p.Name]; ok && !e.Terminating && e.Node == node && e.Addr.Is4() == vip.Is4() {
 			out = append(out, forward.RealServer{Addr: e.Addr, Port: port})
 		}
 	}

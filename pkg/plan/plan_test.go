@@ -629,6 +629,38 @@ address-pools:
 		}
 	}
 
+	// A node whose only pod is terminating but still serving keeps its share (kube-proxy
+	// there falls back to it, so the flows it holds drain), though it may no longer
+	// announce; such a pod is never an IPVS real server.
+	{
+		other := "n1"
+		if self == "n1" {
+			other = "n2"
+		}
+		in := base
+		in.Services = []Service{local("ns/a", "192.168.10.1")}
+		in.Services[0].EndpointNodes = map[string]bool{"n1": true, "n2": true, "n3": true, other: false}
+		for i, e := range in.Services[0].Endpoints {
+			if e.Node == other {
+				in.Services[0].Endpoints[i].Terminating = true
+			}
+		}
+		in.Self = self
+		if got := via(Compute(in)); !got[other] || len(got) != 2 {
+			t.Errorf("%s's pod terminating, still serving: relays to %v, want it kept among two", other, got)
+		}
+		in.Self = other
+		if d := Compute(in); len(d.Layer2) != 0 {
+			t.Errorf("%s announces with only a terminating pod: %v", other, d.Layer2)
+		}
+		svc := in.Services[0]
+		for _, p := range ports {
+			if rs := localEndpoints(ip("192.168.10.1"), &svc, p, other); len(rs) != 0 {
+				t.Errorf("%s's terminating pod as a real server of %s: %v", other, p.Name, rs)
+			}
+		}
+	}
+
 	// A node whose pod lacks a port, or has an address of the other family only, gets
 	// no share of that port: kube-proxy there would drop it.
 	in = base
