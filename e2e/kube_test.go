@@ -3,7 +3,11 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"maps"
+	"net"
+	"net/http"
+	"net/http/httptrace"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -564,6 +568,11 @@ spec:
 	// affinity keeps a client on one pod. What the upstream spec "should be able to switch
 	// session affinity for LoadBalancer service with Local traffic policy" asks.
 	t.Run("Local with relay-local: every node with a pod answers, with the client's address", func(t *testing.T) {
+		// Pods that keep serving for a while once deleted, as a graceful shutdown does.
+		if out, err := c.Kubectl("patch", "deployment", "local", "-p",
+			`{"spec":{"template":{"spec":{"terminationGracePeriodSeconds":30,"containers":[{"name":"demo","lifecycle":{"preStop":{"sleep":{"seconds":15}}}}]}}}}`); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
 		if out, err := c.Kubectl("scale", "deployment/local", "--replicas=3"); err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
@@ -698,6 +707,83 @@ spec:
 				t.Fatal("affinity None again: the flows are not spread as planned")
 			}
 		}
+
+		// A pod shutting down on a node the owner relays to keeps the connections it
+		// holds while it still serves (kube-proxy there falls back to it): a kept-alive
+		// connection relayed to it is answered by it again after it was deleted. Its node
+		// is cordoned so that no new ready pod there keeps the ranges for another reason.
+		var sport uint16
+		var drain string
+		for b := range relay.Buckets {
+			from, _ := relay.BucketPorts(b)
+			if n := split(from + 450); n != owner.Name {
+				sport, drain = from+450, n
+				break
+			}
+		}
+		if drain == "" {
+			t.Fatalf("no range relayed away from %s", owner.Name)
+		}
+		tr := &http.Transport{DialContext: c.Client.DialFrom(sport), MaxIdleConnsPerHost: 1}
+		defer tr.CloseIdleConnections()
+		get := func() (who string, reused bool, err error) {
+			ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			defer cancel()
+			ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused }})
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(addr.String(), fmt.Sprint(cluster.ServicePort))+"/", nil)
+			resp, err := tr.RoundTrip(req)
+			if err != nil {
+				return "", reused, err
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			return strings.TrimSpace(string(b)), reused, err
+		}
+		who, _, err := get()
+		pod, node, _ := strings.Cut(who, " on ")
+		if err != nil || node != drain {
+			t.Fatalf("from port %d: %q (%v), want a pod on %s", sport, who, err, drain)
+		}
+		if out, err := c.Kubectl("cordon", drain); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		defer c.Kubectl("uncordon", drain)
+		if out, err := c.Kubectl("delete", "pod", pod, "--wait=false"); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		// Until the EndpointSlice says the pod is terminating, and the speakers had a
+		// moment to act on it.
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			list, err := c.Kube.DiscoveryV1().EndpointSlices("default").List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=local"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			terminating := false
+			for _, es := range list.Items {
+				for _, e := range es.Endpoints {
+					if e.TargetRef != nil && e.TargetRef.Name == pod && e.Conditions.Terminating != nil && *e.Conditions.Terminating {
+						terminating = true
+					}
+				}
+			}
+			if terminating {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("pod %s not terminating in its EndpointSlice after 10 s", pod)
+			}
+		}
+		time.Sleep(2 * time.Second)
+		again, reused, err := get()
+		if err != nil || again != who || !reused {
+			t.Errorf("the kept-alive connection from port %d after %s was deleted: %q (reused %v, %v), want %q on the same connection", sport, pod, again, reused, err, who)
+		} else {
+			t.Logf("%s, deleted and still serving, answered the connection it held (port %d) again", pod, sport)
+		}
+		if out, err := c.Kubectl("uncordon", drain); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+		c.rollout(t, "default", "deployment/local")
 	})
 
 	// What a non-owner's death costs, where Herald does not forward (forwarding: none):
