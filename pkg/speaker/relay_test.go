@@ -164,11 +164,16 @@ address-pools:
 	// A relay that can install only part of the plan reports it and keeps following the
 	// plan: the part is not failing (no backoff between plans), and the metrics count
 	// what is relayed and what is left with this node.
+	// Two plans in a row, each followed at once.
+	twoPlans := func() {
+		t.Helper()
+		live.kill("r3", liveness.Silent)
+		wantNodes("r2@10.0.5.2")
+		live.set(map[string]liveness.Reason{})
+		wantNodes("r2@10.0.5.2", "r3@10.0.5.3")
+	}
 	rec.left.Store(1)
-	live.kill("r3", liveness.Silent)
-	wantNodes("r2@10.0.5.2")
-	live.set(map[string]liveness.Reason{})
-	wantNodes("r2@10.0.5.2", "r3@10.0.5.3")
+	twoPlans()
 	eventually(t, func() (bool, string) {
 		failing := testutil.ToFloat64(s.metrics.PartFailing.WithLabelValues("relay"))
 		relayed, left := testutil.ToFloat64(s.metrics.Relayed), testutil.ToFloat64(s.metrics.RelayLeftOut)
@@ -177,10 +182,7 @@ address-pools:
 			fmt.Sprintf("partial relay: part failing %v, relayed %v, left out %v; want 0, %v, 1", failing, relayed, left, want-1)
 	})
 	rec.left.Store(0)
-	live.kill("r3", liveness.Silent)
-	wantNodes("r2@10.0.5.2")
-	live.set(map[string]liveness.Reason{})
-	wantNodes("r2@10.0.5.2", "r3@10.0.5.3")
+	twoPlans()
 	eventually(t, func() (bool, string) {
 		left := testutil.ToFloat64(s.metrics.RelayLeftOut)
 		return left == 0, fmt.Sprintf("%v ranges left out after a whole relay", left)
