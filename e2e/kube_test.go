@@ -710,19 +710,33 @@ spec:
 
 		// A pod shutting down on a node the owner relays to keeps the connections it
 		// holds while it still serves (kube-proxy there falls back to it): a kept-alive
-		// connection relayed to it is answered by it again after it was deleted. Its node
-		// is cordoned so that no new ready pod there keeps the ranges for another reason.
+		// connection relayed to it is answered by it again after it was deleted. The
+		// node runs that one pod, and the Deployment is scaled down with that pod chosen
+		// (pod-deletion-cost), so no pod comes or stays to keep the ranges for another
+		// reason, and no new node takes a share.
+		perNode := map[string]int{}
+		{
+			pods, err := c.Kube.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=local"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range pods.Items {
+				if p.DeletionTimestamp == nil {
+					perNode[p.Spec.NodeName]++
+				}
+			}
+		}
 		var sport uint16
 		var drain string
 		for b := range relay.Buckets {
 			from, _ := relay.BucketPorts(b)
-			if n := split(from + 450); n != owner.Name {
+			if n := split(from + 450); n != owner.Name && perNode[n] == 1 {
 				sport, drain = from+450, n
 				break
 			}
 		}
 		if drain == "" {
-			t.Fatalf("no range relayed away from %s", owner.Name)
+			t.Fatalf("no range relayed away from %s to a node with one pod (pods per node %v)", owner.Name, perNode)
 		}
 		tr := &http.Transport{DialContext: c.Client.DialFrom(sport), MaxIdleConnsPerHost: 1}
 		defer tr.CloseIdleConnections()
@@ -744,11 +758,10 @@ spec:
 		if err != nil || node != drain {
 			t.Fatalf("from port %d: %q (%v), want a pod on %s", sport, who, err, drain)
 		}
-		if out, err := c.Kubectl("cordon", drain); err != nil {
+		if out, err := c.Kubectl("annotate", "pod", pod, "controller.kubernetes.io/pod-deletion-cost=-1000"); err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
-		defer c.Kubectl("uncordon", drain)
-		if out, err := c.Kubectl("delete", "pod", pod, "--wait=false"); err != nil {
+		if out, err := c.Kubectl("scale", "deployment/local", "--replicas=2"); err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
 		// Until the EndpointSlice says the pod is terminating, and the speakers had a
@@ -780,7 +793,7 @@ spec:
 		} else {
 			t.Logf("%s, deleted and still serving, answered the connection it held (port %d) again", pod, sport)
 		}
-		if out, err := c.Kubectl("uncordon", drain); err != nil {
+		if out, err := c.Kubectl("scale", "deployment/local", "--replicas=3"); err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
 		c.rollout(t, "default", "deployment/local")

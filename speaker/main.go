@@ -377,8 +377,8 @@ func internalIP(ctx context.Context, client *k8s.Core, node string, v4 bool, w k
 		}
 		for _, a := range n.Status.Addresses {
 			if a.Type == corev1.NodeInternalIP {
-				if ip, err := netip.ParseAddr(a.Address); err == nil && (!v4 || ip.Is4()) {
-					out = a.Address
+				if ip, ok := k8s.NodeAddr(a.Address); ok && (!v4 || ip.Is4()) {
+					out = ip.String()
 					return nil
 				}
 			}

@@ -24,13 +24,24 @@ func PlanNode(n *corev1.Node) plan.Node {
 		if a.Type != corev1.NodeInternalIP {
 			continue
 		}
-		// Only an address packets can be sent to from another node: it becomes a
-		// real server, a relay's next hop, a speaker to join.
-		if ip, err := netip.ParseAddr(a.Address); err == nil && ip.Zone() == "" && ip.Unmap().IsGlobalUnicast() {
-			pn.Addresses = append(pn.Addresses, ip.Unmap())
+		if ip, ok := NodeAddr(a.Address); ok {
+			pn.Addresses = append(pn.Addresses, ip)
 		}
 	}
 	return pn
+}
+
+// NodeAddr parses a node's InternalIP, keeping only an address another node can send
+// to (it becomes a real server, a relay's next hop, a speaker to join or bind): unicast,
+// not loopback or unspecified, no zone, so IPv6 link-local only with one, which a Node
+// cannot carry; IPv4-mapped as IPv4.
+func NodeAddr(s string) (netip.Addr, bool) {
+	ip, err := netip.ParseAddr(s)
+	if err != nil || ip.Zone() != "" {
+		return netip.Addr{}, false
+	}
+	ip = ip.Unmap()
+	return ip, ip.IsGlobalUnicast() || (ip.Is4() && ip.IsLinkLocalUnicast())
 }
 
 // PlanService is a Service with the addresses in its status and its EndpointSlices, as

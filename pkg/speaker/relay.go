@@ -68,6 +68,7 @@ func (s *Speaker) syncRelay(_ context.Context, full bool) error {
 	}
 	s.relay.progress.set(snap.seq, err != nil)
 	if err != nil {
+		s.relay.left = "" // what is left out after the failure is logged anew
 		return fmt.Errorf("relay: %w", err)
 	}
 	s.metrics.Relayed.Set(float64(len(snap.d.Relay) - left))

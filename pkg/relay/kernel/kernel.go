@@ -156,7 +156,7 @@ func (r *Relay) Set(routes []relay.Route) error {
 		return nil
 	}
 	r.clean = false
-	asked := len(routes)
+	asked := routes
 	var errs, left []error // failures; routes left out
 	for _, fam := range []struct {
 		v4   bool
@@ -179,8 +179,12 @@ func (r *Relay) Set(routes []relay.Route) error {
 	if err != nil {
 		return errors.Join(append(left, err)...)
 	}
-	if routes, err = r.notLocal(routes); err != nil {
-		left = append(left, err)
+	routes, refused, err := r.notLocal(routes)
+	if err != nil {
+		return errors.Join(append(left, err)...)
+	}
+	if refused != nil {
+		left = append(left, refused)
 	}
 	if len(routes) > r.opts.MaxRules {
 		left = append(left, fmt.Errorf("%d relayed source-port ranges, more than the %d policy rules allowed: the first %d are relayed", len(routes), r.opts.MaxRules, r.opts.MaxRules))
@@ -229,9 +233,14 @@ func (r *Relay) Set(routes []relay.Route) error {
 			continue
 		}
 		if err := r.nl.RouteReplace(defaultRoute(t, gw)); err != nil {
-			// Most often no link reaches the node (not on a connected subnet); the
-			// route watch tells when one does.
-			left = append(left, fmt.Errorf("routing table %d: default via %s: %w", t, gw, err))
+			err = fmt.Errorf("routing table %d: default via %s: %w", t, gw, err)
+			if unreachable(err) {
+				// No link reaches the node (not on a connected subnet): left out until
+				// the route watch sees one that does.
+				left = append(left, err)
+			} else {
+				errs = append(errs, err)
+			}
 			continue
 		}
 		routed[t] = true
@@ -307,20 +316,29 @@ func (r *Relay) Set(routes []relay.Route) error {
 		}
 	}
 	r.clean = len(routes) == 0 && len(errs) == 0 && len(left) == 0
-	r.remember(installed, links)
+	r.remember(asked, links)
 	if len(errs) > 0 {
 		return errors.Join(append(errs, left...)...)
 	}
 	if len(left) > 0 {
-		return &relay.Partial{Left: asked - len(installed), Err: errors.Join(left...)}
+		return &relay.Partial{Left: len(asked) - len(installed), Err: errors.Join(left...)}
 	}
 	return nil
 }
 
-// remember records what Watch compares changes with.
-func (r *Relay) remember(installed []relay.Route, links []int) {
+// unreachable says whether the kernel refused a route because no link reaches its
+// gateway (or refused it as invalid): a state of the node's links, not a failure to
+// retry.
+func unreachable(err error) bool {
+	return errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.EINVAL)
+}
+
+// remember records what Watch compares changes with: every node and address asked
+// for, installed or left out (so that the link or address that lets a left-out route
+// in wakes the relay too), and the links relayed through.
+func (r *Relay) remember(asked []relay.Route, links []int) {
 	var gws, vips []netip.Addr
-	for _, rt := range installed {
+	for _, rt := range asked {
 		gws = append(gws, rt.Via)
 		vips = append(vips, rt.VIP)
 	}
@@ -338,15 +356,16 @@ func (r *Relay) remember(installed []relay.Route, links []int) {
 // notLocal leaves out the routes of addresses that are local to this node: the local
 // table comes before any policy rule, so they could not be relayed (kube-proxy in IPVS
 // mode binds every Service address to kube-ipvs0).
-func (r *Relay) notLocal(routes []relay.Route) ([]relay.Route, error) {
+// The second error names the routes refused (left out); the third is a failure to list.
+func (r *Relay) notLocal(routes []relay.Route) ([]relay.Route, error, error) {
 	if len(routes) == 0 {
-		return routes, nil
+		return routes, nil, nil
 	}
 	var local []netip.Prefix // addresses, and whole prefixes routed as local (AnyIP)
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
 		list, err := r.nl.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_LOCAL, Type: unix.RTN_LOCAL}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_TYPE)
 		if err != nil {
-			return nil, fmt.Errorf("list local addresses: %w", err)
+			return nil, nil, fmt.Errorf("list local addresses: %w", err)
 		}
 		for _, rt := range list {
 			if rt.Dst == nil {
@@ -374,9 +393,9 @@ func (r *Relay) notLocal(routes []relay.Route) ([]relay.Route, error) {
 		out = append(out, rt)
 	}
 	if len(refused) > 0 {
-		return out, fmt.Errorf("not relaying %s: a local address of this node (kube-proxy in IPVS mode binds Service addresses to kube-ipvs0); relay-local needs kube-proxy in iptables or nftables mode", strings.Join(refused, ", "))
+		return out, fmt.Errorf("not relaying %s: a local address of this node (kube-proxy in IPVS mode binds Service addresses to kube-ipvs0); relay-local needs kube-proxy in iptables or nftables mode", strings.Join(refused, ", ")), nil
 	}
-	return out, nil
+	return out, nil, nil
 }
 
 // uplinks returns the interfaces the routed tables send through.
@@ -851,10 +870,13 @@ func (w *watched) set(gws, vips []netip.Addr, uplinks map[int]string) {
 
 // affects says whether a route change may concern the relay's state.
 func (r *Relay) affects(u netlink.RouteUpdate) bool {
-	if u.Type == unix.RTM_DELROUTE {
-		return r.ours(u.Table)
+	if u.Type == unix.RTM_DELROUTE && r.ours(u.Table) {
+		return true
 	}
-	if u.Type != unix.RTM_NEWROUTE || u.Dst == nil {
+	// Otherwise, added or deleted: the subnet towards a node (a link or an address come
+	// or gone; the kernel flushes IPv4 routes through a gone address without a word),
+	// or a relayed address made local or no longer.
+	if (u.Type != unix.RTM_NEWROUTE && u.Type != unix.RTM_DELROUTE) || u.Dst == nil {
 		return false
 	}
 	a, ok := netip.AddrFromSlice(u.Dst.IP)

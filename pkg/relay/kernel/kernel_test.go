@@ -454,25 +454,7 @@ func TestRelayWatchSeesAFlappedLink(t *testing.T) {
 	if err := l.set(r, routes); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	changed := make(chan struct{}, 16)
-	done := make(chan error, 1)
-	h := l.ns["owner"]
-	go func() {
-		done <- r.Watch(ctx, &h, func() {
-			select {
-			case changed <- struct{}{}:
-			default:
-			}
-		})
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
-	time.Sleep(100 * time.Millisecond) // subscribed
+	changed := l.watch(t, r)
 	l.owner.Run("ip", "link", "set", "eth0", "down")
 	l.owner.Run("ip", "link", "set", "eth0", "up")
 	select {
@@ -497,6 +479,53 @@ func TestRelayWatchSeesAFlappedLink(t *testing.T) {
 		if who, _, err := l.ask(vip, client, transport.TCP, rt.From+5); err != nil || who != "other" {
 			t.Errorf("after the flap, source port %d: %q, %v", rt.From+5, who, err)
 		}
+	}
+}
+
+// watch runs r.Watch on the owner until the test ends; the channel says it reported.
+func (l *lab) watch(t *testing.T, r *Relay) <-chan struct{} {
+	ctx, cancel := context.WithCancel(context.Background())
+	changed := make(chan struct{}, 16)
+	done := make(chan error, 1)
+	h := l.ns["owner"]
+	go func() {
+		done <- r.Watch(ctx, &h, func() {
+			select {
+			case changed <- struct{}{}:
+			default:
+			}
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	time.Sleep(100 * time.Millisecond) // subscribed
+	return changed
+}
+
+// A node no link reaches is left out (a state, not a failure); the address that puts it
+// on a connected subnet wakes Watch, and the next Set relays to it.
+func TestRelayWatchSeesALeftOutNodeReachable(t *testing.T) {
+	l := newLab(t)
+	routes := relay.Split(vip, transport.TCP, 80, "owner", map[string]netip.Addr{"owner": nodeIP["owner"], "other": netip.MustParseAddr("10.99.0.1")})
+	r := l.relay(t, Options{})
+	t.Cleanup(func() { _ = l.set(r, nil) })
+	leftOut(t, "a node no link reaches", l.set(r, routes), len(routes), "10.99.0.1")
+	changed := l.watch(t, r)
+	l.owner.Run("ip", "addr", "add", "10.99.0.254/24", "dev", "eth0")
+	select {
+	case <-changed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Watch did not report the node's subnet come up")
+	}
+	if err := l.set(r, routes); err != nil {
+		t.Fatalf("the node reachable: %v", err)
+	}
+	if out := l.owner.Run("ip", "route", "list", "table", "all"); !strings.Contains(out, "default via 10.99.0.1") {
+		t.Errorf("no table routes via 10.99.0.1:\n%s", out)
 	}
 }
 

@@ -25,7 +25,10 @@ func TestWatchWakesOnlyForItsState(t *testing.T) {
 		want bool
 	}{
 		{"a route of its tables deleted", route(unix.RTM_DELROUTE, DefaultFirstTable, "0.0.0.0/0"), true},
-		{"a route of another table deleted", route(unix.RTM_DELROUTE, unix.RT_TABLE_MAIN, "10.77.0.0/24"), false},
+		{"the subnet towards a node gone", route(unix.RTM_DELROUTE, unix.RT_TABLE_MAIN, "10.77.0.0/24"), true},
+		{"a route of another table deleted", route(unix.RTM_DELROUTE, 100, "10.77.0.0/24"), false},
+		{"a pod's route deleted", route(unix.RTM_DELROUTE, unix.RT_TABLE_MAIN, "10.244.1.7/32"), false},
+		{"a relayed address no longer local", route(unix.RTM_DELROUTE, unix.RT_TABLE_LOCAL, "10.77.0.50/32"), true},
 		{"the subnet towards a node back", route(unix.RTM_NEWROUTE, unix.RT_TABLE_MAIN, "10.77.0.0/24"), true},
 		{"the IPv6 subnet towards a node back", route(unix.RTM_NEWROUTE, unix.RT_TABLE_MAIN, "fd77::/64"), true},
 		{"a pod's route", route(unix.RTM_NEWROUTE, unix.RT_TABLE_MAIN, "10.244.1.7/32"), false},
