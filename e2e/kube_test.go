@@ -568,9 +568,11 @@ spec:
 	// affinity keeps a client on one pod. What the upstream spec "should be able to switch
 	// session affinity for LoadBalancer service with Local traffic policy" asks.
 	t.Run("Local with relay-local: every node with a pod answers, with the client's address", func(t *testing.T) {
-		// Pods that keep serving for a while once deleted, as a graceful shutdown does.
+		// Pods that keep serving for a while once deleted, as a graceful shutdown does,
+		// one per node.
 		if out, err := c.Kubectl("patch", "deployment", "local", "-p",
-			`{"spec":{"template":{"spec":{"terminationGracePeriodSeconds":30,"containers":[{"name":"demo","lifecycle":{"preStop":{"sleep":{"seconds":15}}}}]}}}}`); err != nil {
+			`{"spec":{"template":{"spec":{"terminationGracePeriodSeconds":30,"containers":[{"name":"demo","lifecycle":{"preStop":{"sleep":{"seconds":15}}}}],`+
+				`"topologySpreadConstraints":[{"maxSkew":1,"topologyKey":"kubernetes.io/hostname","whenUnsatisfiable":"DoNotSchedule","labelSelector":{"matchLabels":{"app":"local"}}}]}}}}`); err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
 		if out, err := c.Kubectl("scale", "deployment/local", "--replicas=3"); err != nil {
@@ -761,8 +763,32 @@ spec:
 		if out, err := c.Kubectl("annotate", "pod", pod, "controller.kubernetes.io/pod-deletion-cost=-1000"); err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
+		time.Sleep(time.Second) // the ReplicaSet controller's cache sees the cost
+		terminating := func() []string {
+			pods, err := c.Kube.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=local"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var out []string
+			for _, p := range pods.Items {
+				if p.DeletionTimestamp != nil {
+					out = append(out, p.Name)
+				}
+			}
+			return out
+		}
+		before := terminating() // of an earlier rollout
 		if out, err := c.Kubectl("scale", "deployment/local", "--replicas=2"); err != nil {
 			t.Fatalf("%v\n%s", err, out)
+		}
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			gone := slices.DeleteFunc(terminating(), func(n string) bool { return slices.Contains(before, n) })
+			if slices.Contains(gone, pod) {
+				break
+			}
+			if len(gone) > 0 || time.Now().After(deadline) {
+				t.Fatalf("scaling down removed %v, not %s (the pod with the lowest deletion cost)", gone, pod)
+			}
 		}
 		// Until the EndpointSlice says the pod is terminating, and the speakers had a
 		// moment to act on it.

@@ -327,10 +327,28 @@ func (r *Relay) Set(routes []relay.Route) error {
 }
 
 // unreachable says whether the kernel refused a route because no link reaches its
-// gateway (or refused it as invalid): a state of the node's links, not a failure to
-// retry.
+// gateway, the link is down, a prohibit route covers it, or it is invalid: a state of
+// the node's links, not a failure to retry.
 func unreachable(err error) bool {
-	return errors.Is(err, syscall.ENETUNREACH) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.EINVAL)
+	for _, e := range []syscall.Errno{syscall.ENETUNREACH, syscall.EHOSTUNREACH, syscall.ENETDOWN, syscall.EACCES, syscall.EINVAL} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// dump is a kernel listing, made again (a few times) when the kernel interrupted it
+// because the table changed meanwhile, as on a node whose pods come and go.
+func dump[T any](list func() ([]T, error)) ([]T, error) {
+	var out []T
+	var err error
+	for range 3 {
+		if out, err = list(); !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	return out, err
 }
 
 // remember records what Watch compares changes with: every node and address asked
@@ -363,7 +381,9 @@ func (r *Relay) notLocal(routes []relay.Route) ([]relay.Route, error, error) {
 	}
 	var local []netip.Prefix // addresses, and whole prefixes routed as local (AnyIP)
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		list, err := r.nl.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_LOCAL, Type: unix.RTN_LOCAL}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_TYPE)
+		list, err := dump(func() ([]netlink.Route, error) {
+			return r.nl.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_LOCAL, Type: unix.RTN_LOCAL}, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_TYPE)
+		})
 		if err != nil {
 			return nil, nil, fmt.Errorf("list local addresses: %w", err)
 		}
@@ -450,7 +470,7 @@ func (r *Relay) gates(list []netlink.Rule) []gate {
 func (r *Relay) listRules() ([]netlink.Rule, error) {
 	var out []netlink.Rule
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		list, err := r.nl.RuleList(fam)
+		list, err := dump(func() ([]netlink.Rule, error) { return r.nl.RuleList(fam) })
 		if err != nil {
 			return nil, fmt.Errorf("list policy rules: %w", err)
 		}
@@ -589,7 +609,9 @@ func (r *Relay) rules(list []netlink.Rule) map[rule]*netlink.Rule {
 func (r *Relay) tables() (map[int]netip.Addr, error) {
 	out := map[int]netip.Addr{}
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		list, err := r.nl.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+		list, err := dump(func() ([]netlink.Route, error) {
+			return r.nl.RouteListFiltered(fam, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+		})
 		if err != nil {
 			return nil, fmt.Errorf("list routes: %w", err)
 		}
@@ -889,7 +911,9 @@ func (r *Relay) affects(u netlink.RouteUpdate) bool {
 	defer r.seen.mu.Unlock()
 	switch u.Table {
 	case unix.RT_TABLE_MAIN:
-		return slices.ContainsFunc(r.seen.gws, p.Contains)
+		// Only a link route can make a node reachable or not (a default route covers
+		// every node, and changes often where a routing daemon runs).
+		return u.Gw == nil && len(u.MultiPath) == 0 && slices.ContainsFunc(r.seen.gws, p.Contains)
 	case unix.RT_TABLE_LOCAL:
 		return slices.ContainsFunc(r.seen.vips, p.Contains)
 	}

@@ -32,6 +32,11 @@ func TestWatchWakesOnlyForItsState(t *testing.T) {
 		{"the subnet towards a node back", route(unix.RTM_NEWROUTE, unix.RT_TABLE_MAIN, "10.77.0.0/24"), true},
 		{"the IPv6 subnet towards a node back", route(unix.RTM_NEWROUTE, unix.RT_TABLE_MAIN, "fd77::/64"), true},
 		{"a pod's route", route(unix.RTM_NEWROUTE, unix.RT_TABLE_MAIN, "10.244.1.7/32"), false},
+		{"a default route", func() netlink.RouteUpdate {
+			u := route(unix.RTM_NEWROUTE, unix.RT_TABLE_MAIN, "0.0.0.0/0")
+			u.Gw = net.ParseIP("10.77.0.254")
+			return u
+		}(), false},
 		{"a relayed address made local", route(unix.RTM_NEWROUTE, unix.RT_TABLE_LOCAL, "10.77.0.50/32"), true},
 		{"another local address", route(unix.RTM_NEWROUTE, unix.RT_TABLE_LOCAL, "10.77.0.1/32"), false},
 	} {
