@@ -634,14 +634,8 @@ spec:
 		// Where the plan sends each source port: the speaker and this test agree through
 		// relay.Split, the kernel through the owner's rules.
 		routes := relay.Split(addr, transport.TCP, cluster.ServicePort, owner.Name, targets)
-		split := func(sport uint16) string {
-			for _, r := range routes {
-				if r.From <= sport && sport <= r.To {
-					return r.Node
-				}
-			}
-			return owner.Name
-		}
+		split := func(sport uint16) string { return relay.NodeOf(routes, sport, owner.Name) }
+
 		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
 			pods, nodes, wrong := answers(split)
 			if len(wrong) == 0 && len(nodes) == len(targets) {

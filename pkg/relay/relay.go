@@ -94,6 +94,18 @@ func Bucket(port uint16) int {
 	}
 }
 
+// NodeOf returns the node that takes the flows from source port sport under rs, the
+// routes of one address, protocol and port (as Split returns them), and self for the
+// flows no route hands on.
+func NodeOf(rs []Route, sport uint16, self string) string {
+	for _, r := range rs {
+		if r.From <= sport && sport <= r.To {
+			return r.Node
+		}
+	}
+	return self
+}
+
 // Split returns the routes that spread the flows of vip:port/proto over nodes (name →
 // address of vip's family; self among them, at any address, when it has an endpoint of
 // its own): each

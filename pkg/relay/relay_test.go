@@ -19,14 +19,7 @@ var (
 
 // owners returns which node takes each source port's flows under rs, self for the rest.
 func owners(rs []Route, self string) func(port uint16) string {
-	return func(port uint16) string {
-		for _, r := range rs {
-			if r.From <= port && port <= r.To {
-				return r.Node
-			}
-		}
-		return self
-	}
+	return func(port uint16) string { return NodeOf(rs, port, self) }
 }
 
 func TestBucketsCoverEverySplittablePortOnce(t *testing.T) {

@@ -209,12 +209,7 @@ func testRelay(t *testing.T, vip, client netip.Addr, nodeIP map[string]netip.Add
 		t.Fatal("the split relays nothing")
 	}
 	want := func(p transport.Protocol, sport uint16) string {
-		for _, r := range routes {
-			if r.Proto == p && r.From <= sport && sport <= r.To {
-				return r.Node
-			}
-		}
-		return "owner"
+		return relay.NodeOf(slices.DeleteFunc(slices.Clone(routes), func(r relay.Route) bool { return r.Proto != p }), sport, "owner")
 	}
 	stages := 0
 	check := func(stage string, relayed bool) {
