@@ -183,8 +183,8 @@ func (r *Relay) Set(routes []relay.Route) error {
 	if err != nil {
 		return errors.Join(append(left, err)...)
 	}
-	if refused != nil {
-		left = append(left, refused)
+	if len(refused) > 0 {
+		left = append(left, fmt.Errorf("not relaying %s: a local address of this node (kube-proxy in IPVS mode binds Service addresses to kube-ipvs0); relay-local needs kube-proxy in iptables or nftables mode", strings.Join(refused, ", ")))
 	}
 	if len(routes) > r.opts.MaxRules {
 		left = append(left, fmt.Errorf("%d relayed source-port ranges, more than the %d policy rules allowed: the first %d are relayed", len(routes), r.opts.MaxRules, r.opts.MaxRules))
@@ -371,11 +371,10 @@ func (r *Relay) remember(asked []relay.Route, links []int) {
 	r.seen.set(slices.Compact(gws), slices.Compact(vips), names)
 }
 
-// notLocal leaves out the routes of addresses that are local to this node: the local
-// table comes before any policy rule, so they could not be relayed (kube-proxy in IPVS
-// mode binds every Service address to kube-ipvs0).
-// The second error names the routes refused (left out); the third is a failure to list.
-func (r *Relay) notLocal(routes []relay.Route) ([]relay.Route, error, error) {
+// notLocal leaves out the routes of addresses that are local to this node, and names
+// those addresses: the local table comes before any policy rule, so they could not be
+// relayed (kube-proxy in IPVS mode binds every Service address to kube-ipvs0).
+func (r *Relay) notLocal(routes []relay.Route) ([]relay.Route, []string, error) {
 	if len(routes) == 0 {
 		return routes, nil, nil
 	}
@@ -412,10 +411,7 @@ func (r *Relay) notLocal(routes []relay.Route) ([]relay.Route, error, error) {
 		}
 		out = append(out, rt)
 	}
-	if len(refused) > 0 {
-		return out, fmt.Errorf("not relaying %s: a local address of this node (kube-proxy in IPVS mode binds Service addresses to kube-ipvs0); relay-local needs kube-proxy in iptables or nftables mode", strings.Join(refused, ", ")), nil
-	}
-	return out, nil, nil
+	return out, refused, nil
 }
 
 // uplinks returns the interfaces the routed tables send through.
