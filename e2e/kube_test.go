@@ -583,13 +583,16 @@ spec:
 		owner := c.settledOwner(t, addr)
 		// The nodes with a pod, by name, at their address of addr's family: the relay's
 		// targets when every node may announce and is live.
-		podNodes := func() map[string]netip.Addr {
-			pods, err := c.Kube.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=local"})
+		localPods := func() []corev1.Pod {
+			list, err := c.Kube.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=local"})
 			if err != nil {
 				t.Fatal(err)
 			}
+			return list.Items
+		}
+		podNodes := func() map[string]netip.Addr {
 			out := map[string]netip.Addr{}
-			for _, p := range pods.Items {
+			for _, p := range localPods() {
 				if p.DeletionTimestamp == nil && p.Spec.NodeName != "" {
 					out[p.Spec.NodeName] = netip.MustParseAddr(c.Node(p.Spec.NodeName).IP4)
 				}
@@ -711,15 +714,9 @@ spec:
 		// (pod-deletion-cost), so no pod comes or stays to keep the ranges for another
 		// reason, and no new node takes a share.
 		perNode := map[string]int{}
-		{
-			pods, err := c.Kube.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=local"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, p := range pods.Items {
-				if p.DeletionTimestamp == nil {
-					perNode[p.Spec.NodeName]++
-				}
+		for _, p := range localPods() {
+			if p.DeletionTimestamp == nil {
+				perNode[p.Spec.NodeName]++
 			}
 		}
 		var sport uint16
@@ -759,12 +756,8 @@ spec:
 		}
 		time.Sleep(time.Second) // the ReplicaSet controller's cache sees the cost
 		terminating := func() []string {
-			pods, err := c.Kube.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=local"})
-			if err != nil {
-				t.Fatal(err)
-			}
 			var out []string
-			for _, p := range pods.Items {
+			for _, p := range localPods() {
 				if p.DeletionTimestamp != nil {
 					out = append(out, p.Name)
 				}
