@@ -569,13 +569,15 @@ spec:
 	// session affinity for LoadBalancer service with Local traffic policy" asks.
 	t.Run("Local with relay-local: every node with a pod answers, with the client's address", func(t *testing.T) {
 		// Pods that keep serving for a while once deleted, as a graceful shutdown does,
-		// one per node.
+		// one per node. The spread counts this revision's pods alone (pod-template-hash):
+		// counted with the old revision's pod, still running while the new ones are
+		// placed, two new pods may share a node once it is gone.
 		if out, err := c.Kubectl("patch", "deployment", "local", "-p",
 			`{"spec":{"template":{"spec":{"terminationGracePeriodSeconds":30,"containers":[{"name":"demo","lifecycle":{"preStop":{"sleep":{"seconds":15}}}}],`+
-				`"topologySpreadConstraints":[{"maxSkew":1,"topologyKey":"kubernetes.io/hostname","whenUnsatisfiable":"DoNotSchedule","labelSelector":{"matchLabels":{"app":"local"}}}]}}}}`); err != nil {
+				`"topologySpreadConstraints":[{"maxSkew":1,"topologyKey":"kubernetes.io/hostname","whenUnsatisfiable":"DoNotSchedule","labelSelector":{"matchLabels":{"app":"local"}},"matchLabelKeys":["pod-template-hash"]}]}}}}`); err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
-		if out, err := c.Kubectl("scale", "deployment/local", "--replicas=3"); err != nil {
+		if out, err := c.Kubectl("scale", "deployment/local", fmt.Sprintf("--replicas=%d", len(c.Nodes))); err != nil {
 			t.Fatalf("%v\n%s", err, out)
 		}
 		c.rollout(t, "default", "deployment/local")
@@ -631,8 +633,8 @@ spec:
 			return slices.Sorted(maps.Keys(ps)), slices.Sorted(maps.Keys(ns)), wrong
 		}
 		targets := podNodes()
-		if len(targets) < 2 {
-			t.Skipf("the three pods run on %v: nothing to spread", slices.Sorted(maps.Keys(targets)))
+		if len(targets) != len(c.Nodes) {
+			t.Fatalf("the %d pods run on %v, want one on each of the %d nodes", len(c.Nodes), slices.Sorted(maps.Keys(targets)), len(c.Nodes))
 		}
 		// Where the plan sends each source port: the speaker and this test agree through
 		// relay.Split, the kernel through the owner's rules.
