@@ -30,6 +30,7 @@ import (
 	"github.com/heraldlb/herald/pkg/bgp/process"
 	"github.com/heraldlb/herald/pkg/forward/ipvs"
 	"github.com/heraldlb/herald/pkg/k8s"
+	"github.com/heraldlb/herald/pkg/k8s/apiconn"
 	"github.com/heraldlb/herald/pkg/layer2/announce"
 	"github.com/heraldlb/herald/pkg/liveness"
 	"github.com/heraldlb/herald/pkg/logging"
@@ -77,6 +78,7 @@ func run() error {
 		bgpPort      = flag.Int("bgp-listen-port", 0, "accept BGP connections on this port; 0: only dial out to the peers")
 		bgpBinary    = flag.String("bgp-binary", "", "the BGP process, run while this node has BGP peers (default: speaker-bgp beside this executable)")
 		qps          = flag.Float64("kube-api-qps", 0, "client-side limit on API requests per second; 0 leaves flow control to the API server")
+		apiHealth    = flag.Duration("api-health-check", apiconn.DefaultHealthCheck, "after this much silence on a connection to the API server, ping it, and replace it when the ping is not answered within as long (client-go alone waits 30 s + 15 s, and plans from a stale view meanwhile); whole seconds; $HTTP2_READ_IDLE_TIMEOUT_SECONDS and $HTTP2_PING_TIMEOUT_SECONDS win")
 		logLevel     = flag.String("log-level", "info", "debug, info, warn or error")
 		logFormat    = flag.String("log-format", "json", "json or text")
 		relayPrio    = flag.Int("relay-rule-priority", relaykernel.DefaultPriority, "priority of the policy routing rules relay-local writes, from 2 to 32764 (before the main table's 32766; its gate rules take the priority before, their landing the one after; rules at it that point into the relay's tables are Herald's)")
@@ -102,10 +104,17 @@ func run() error {
 	}
 	logger = logger.With("node", *nodeName)
 	k8s.RouteKlog(logger)
+	if err := apiconn.HealthCheck(*apiHealth); err != nil {
+		return fmt.Errorf("--api-health-check: %w", err)
+	}
 	cfg, err := k8s.RESTConfig(*kubeconfig, float32(*qps), 0)
 	if err != nil {
 		return err
 	}
+	// The speaker runs in the node's network namespace: when a link going down takes the
+	// NAT state of its API connections, they are replaced as soon as the API server is
+	// reachable again (package apiconn says why).
+	apiConns := apiconn.Track(cfg)
 	client, err := k8s.NewCore(cfg)
 	if err != nil {
 		return err
@@ -166,6 +175,11 @@ func run() error {
 		return nil
 	}
 
+	if w, err := apiconn.NewLinkWatch(apiConns, logger.With("component", "api"), reg); err != nil {
+		logger.Warn("cannot watch links: API connections broken by a link going down are replaced only by the health check", "err", err, "after", *apiHealth)
+	} else {
+		g.Go(func() error { w.Run(gctx); return nil })
+	}
 	var runBGP func(context.Context) error
 	announcer := announce.New(announce.Options{Logger: logger.With("component", "layer2"), Registerer: reg, Ignore: []string{ipvs.LinkName}})
 	opts := speaker.Options{
