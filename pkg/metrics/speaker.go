@@ -7,7 +7,10 @@ type Speaker struct {
 	SyncSeconds      prometheus.Histogram // one computation of the desired state
 	OwnershipChanges prometheus.Counter   // Service addresses started or stopped being announced
 	Members          prometheus.Gauge     // live speakers seen, this one included
-	ConfigStale      prometheus.Gauge     // 1 while the newest configuration does not parse
+	// Addresses is how many Service addresses the last plan decided on: the speaker's
+	// view of the cluster, the same on every speaker whose view is current.
+	Addresses   prometheus.Gauge
+	ConfigStale prometheus.Gauge // 1 while the newest configuration does not parse
 	// CanForward is 1 when this node's kernel can do IPVS, so that the node may announce
 	// addresses of pools that forward.
 	CanForward prometheus.Gauge
@@ -39,6 +42,10 @@ func NewSpeaker(reg prometheus.Registerer) *Speaker {
 			Name: "herald_speaker_members",
 			Help: "Live speakers this node sees (memberlist), itself included.",
 		}),
+		Addresses: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "herald_speaker_service_addresses",
+			Help: "Addresses of LoadBalancer Services (one per Service and address) in this speaker's last plan: a speaker that shows another number than the others plans from a stale view of the cluster.",
+		}),
 		ConfigStale: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "herald_speaker_config_stale",
 			Help: "1 while the configuration the controller published as in force does not parse and the last good one stays.",
@@ -60,7 +67,7 @@ func NewSpeaker(reg prometheus.Registerer) *Speaker {
 			Help: "Planned relay-local source-port ranges this node keeps because its kernel cannot relay them as things are (a bound reached, a node no link reaches, kube-proxy in IPVS mode, forwarding off); the speaker logs why.",
 		}),
 	}
-	reg.MustRegister(m.SyncSeconds, m.OwnershipChanges, m.Members, m.ConfigStale, m.CanForward, m.PartFailing, m.Relayed, m.RelayLeftOut)
+	reg.MustRegister(m.SyncSeconds, m.OwnershipChanges, m.Members, m.Addresses, m.ConfigStale, m.CanForward, m.PartFailing, m.Relayed, m.RelayLeftOut)
 	m.InForce = newInForce(reg)
 	return m
 }

@@ -57,6 +57,7 @@ func (s *Speaker) syncPlan(context.Context, bool) error {
 	snap.relayChanged = s.opts.Relay != nil && relayGained(prev, d.Relay)
 	s.latest.Store(snap)
 	s.metrics.Members.Set(float64(len(in.Members)))
+	s.metrics.Addresses.Set(float64(len(d.Decisions)))
 	s.metrics.SyncSeconds.Observe(s.opts.Clock.Since(start).Seconds())
 	for _, r := range s.parts() {
 		r.Poke()
