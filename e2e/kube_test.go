@@ -561,6 +561,39 @@ spec:
 		t.Logf("%s's link cut: %s announced %s after %s; a pod answered (%s)", old.Name, to.Name, ip, took.Round(time.Millisecond), name)
 		c.LinkUp(old)
 		c.waitNodesReady(t)
+
+		// The cut took the NAT state of old's API connections (kube-proxy masquerades a
+		// host-network pod's traffic to the kubernetes Service): its speaker replaces
+		// them (the link watch; the health check would only after 5 s of silence), and a
+		// change reaches its plan as it reaches the others', not after client-go's 30 s
+		// health check.
+		views := func() []float64 {
+			var out []float64
+			for _, n := range c.Nodes {
+				out = append(out, c.metric(n, "herald_speaker_service_addresses"))
+			}
+			return out
+		}
+		replaced := func() float64 { return c.metricWith(old, "herald_api_connections_replaced_total", `why="link_down"`) }
+		for deadline := time.Now().Add(10 * time.Second); replaced() < 1; time.Sleep(100 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s's speaker did not replace its API connections after its link was set down and up", old.Name)
+			}
+		}
+		before := slices.Max(views())
+		c.apply(t, service("after-cut", "nginx", "", ""))
+		c.WaitAddresses("default", "after-cut") // the controller's part (its pod may be on old too)
+		start = time.Now()
+		for deadline := start.Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			v := views()
+			if slices.Min(v) > before && slices.Min(v) == slices.Max(v) {
+				t.Logf("a Service assigned after the link came back is in every speaker's plan %s after its status was written (%v addresses)", time.Since(start).Round(time.Millisecond), v[0])
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("10 s after a Service's address was written, the speakers (in node order) plan for %v addresses (before: %v): %s's view of the API server is stale since its link came back", v, before, old.Name)
+			}
+		}
 	})
 
 	// relay-local, through kube-proxy and real pods: the owner hands the other nodes with a
