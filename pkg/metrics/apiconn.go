@@ -5,8 +5,9 @@ import "github.com/prometheus/client_golang/prometheus"
 // APIConns is the metrics of the speaker's watch over its API connections.
 type APIConns struct {
 	// Replaced counts the times the connections were replaced after the kernel dropped
-	// their NAT state, by why: link_down (a link with an address was set down),
-	// address_deleted (an address a connection left from was deleted).
+	// their NAT state, by why: link_down (a link with a global address was set down),
+	// address_deleted (a global address of a link that is not a dummy, or the one the
+	// connections left from, was deleted).
 	Replaced *prometheus.CounterVec
 	// Watching is 1 while the links and addresses are watched, 0 while the watch cannot
 	// run (the health check alone replaces broken connections then).

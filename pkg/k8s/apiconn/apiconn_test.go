@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"k8s.io/client-go/rest"
 
 	"github.com/heraldlb/herald/pkg/metrics"
@@ -40,7 +41,7 @@ func TestHealthCheckSetsTheEnvironmentUnlessTheAdminDid(t *testing.T) {
 
 func TestTriggerFiresOnAnAdministrativeDownOfALinkWithAnAddress(t *testing.T) {
 	yes, no := func() bool { return true }, func() bool { return false }
-	tr := &trigger{up: map[int]bool{}}
+	tr := newTrigger()
 	steps := []struct {
 		name    string
 		index   int
@@ -59,13 +60,46 @@ func TestTriggerFiresOnAnAdministrativeDownOfALinkWithAnAddress(t *testing.T) {
 		{"it goes down", 3, false, yes, true},
 	}
 	for _, s := range steps {
-		if got := tr.link(s.index, s.adminUp, s.holds); got != s.want {
+		if got := tr.link(s.index, s.adminUp, false, s.holds); got != s.want {
 			t.Errorf("%s: %v, want %v", s.name, got, s.want)
 		}
 	}
 	tr.gone(3)
-	if tr.link(3, false, yes) {
+	if tr.link(3, false, false, yes) {
 		t.Error("a link deleted and seen again down: fired, but its first sight says nothing")
+	}
+	// A link whose global address went before its down message was read (IPv6 addresses
+	// go with the link) fired for what it held.
+	tr.link(4, true, false, no)
+	tr.address(4, netip.MustParseAddr("fd10::12"), true, func([]netip.Addr) bool { return false })
+	if !tr.link(4, false, false, no) {
+		t.Error("a link that held a global address went down: did not fire")
+	}
+}
+
+func TestTriggerFiresOnADeletedAddressThatCarriesTraffic(t *testing.T) {
+	tr := newTrigger()
+	source := netip.MustParseAddr("10.96.0.1") // a socket's own address, as under kube-proxy in IPVS mode
+	from := func(a []netip.Addr) bool { return a[0] == source }
+	tr.link(1, true, false, func() bool { return true })  // eth0
+	tr.link(2, true, true, func() bool { return false })  // kube-ipvs0
+	tr.link(3, true, false, func() bool { return false }) // a pod's veth
+	for _, c := range []struct {
+		name  string
+		index int
+		addr  string
+		added bool
+		want  bool
+	}{
+		{"an address added", 1, "192.168.10.12", true, false},
+		{"the node's address deleted", 1, "192.168.10.12", false, true},
+		{"a link-local address deleted", 3, "fe80::1", false, false},
+		{"a Service address leaving the dummy", 2, "10.96.5.5", false, false},
+		{"the address the connections left from, though on the dummy", 2, "10.96.0.1", false, true},
+	} {
+		if got := tr.address(c.index, netip.MustParseAddr(c.addr), c.added, from); got != c.want {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
+		}
 	}
 }
 
@@ -90,7 +124,8 @@ func TestHoldsGlobal(t *testing.T) {
 	}
 }
 
-// The replacer closes the connections only once a new one can be made.
+// The replacer closes the connections only once a new one can be made, once for the
+// events of one outage.
 func TestReplacerWaitsUntilTheServerIsReachable(t *testing.T) {
 	var mu sync.Mutex
 	reachable := false
@@ -118,6 +153,7 @@ func TestReplacerWaitsUntilTheServerIsReachable(t *testing.T) {
 	defer func() { cancel(); <-done }()
 	kick <- reason{"link_down", "eth0"}
 	time.Sleep(50 * time.Millisecond)
+	kick <- reason{"address_deleted", "fd10::12"} // the same outage's second event
 	closed := func() bool {
 		_ = conn.SetReadDeadline(time.Now().Add(time.Millisecond))
 		_, err := conn.Read(make([]byte, 1))
@@ -132,6 +168,12 @@ func TestReplacerWaitsUntilTheServerIsReachable(t *testing.T) {
 	for deadline := time.Now().Add(5 * time.Second); !closed(); time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("not closed 5 s after the server was reachable again")
+		}
+	}
+	time.Sleep(50 * time.Millisecond) // fifty times minInterval: a second replacement would have come
+	for why, want := range map[string]float64{"link_down": 1, "address_deleted": 0} {
+		if got := testutil.ToFloat64(w.metrics.Replaced.WithLabelValues(why)); got != want {
+			t.Errorf("replaced{why=%q} = %v, want %v: one outage, one replacement", why, got, want)
 		}
 	}
 }

@@ -17,9 +17,8 @@ import (
 )
 
 // LinkWatch replaces a Conns' connections after the kernel dropped their NAT state: when
-// a link holding a global unicast address is set administratively down, or an address a
-// connection was opened from is deleted (what makes the kernel flush the masquerade
-// entries). It replaces them as soon as the API server can be reached again: earlier,
+// a link holding a global unicast address is set administratively down, or such an
+// address is deleted (what makes the kernel flush the masquerade entries); see trigger. It replaces them as soon as the API server can be reached again: earlier,
 // client-go's reconnection would fail on the missing route and back off for seconds.
 // A link losing its carrier drops nothing, and is left alone.
 //
@@ -51,12 +50,13 @@ const (
 // called on a thread of the same namespace (any, in a process that never changes it).
 // reg takes the metrics (herald_api_*); nil registers nowhere.
 func NewLinkWatch(c *Conns, log *slog.Logger, reg prometheus.Registerer) (*LinkWatch, error) {
+	m := metrics.NewAPIConns(metrics.OrPrivate(reg)) // herald_api_link_watch_up is 0 also when the watch cannot start
 	h, err := netlink.NewHandle()
 	if err != nil {
 		return nil, fmt.Errorf("watch links: %w", err)
 	}
 	return &LinkWatch{
-		conns: c, log: logging.OrDiscard(log), metrics: metrics.NewAPIConns(metrics.OrPrivate(reg)), h: h,
+		conns: c, log: logging.OrDiscard(log), metrics: m, h: h,
 		retryEvery: retryEvery, tryLimit: tryLimit, giveUpAfter: giveUpAfter, minInterval: minInterval, resubscribe: resubscribe,
 	}, nil
 }
@@ -68,11 +68,15 @@ func (w *LinkWatch) Run(ctx context.Context) {
 	replaced := make(chan struct{})
 	go func() { defer close(replaced); w.replacer(ctx, kick) }()
 	defer func() { <-replaced }()
-	t := &trigger{up: map[int]bool{}}
+	t := newTrigger()
 	wait := w.resubscribe
 	for ctx.Err() == nil {
+		start := time.Now()
 		err := w.subscribe(ctx, t, kick)
 		w.metrics.Watching.Set(0)
+		if time.Since(start) > maxResubscribe {
+			wait = w.resubscribe // a subscription that lasted is not a failing one
+		}
 		if err != nil {
 			w.log.Warn("cannot watch links: API connections broken by a link going down are replaced only by the health check meanwhile", "err", err, "retryIn", wait)
 		} else if ctx.Err() == nil {
@@ -107,7 +111,7 @@ func (w *LinkWatch) subscribe(ctx context.Context, t *trigger, kick chan reason)
 		for range links {
 		}
 	})
-	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ErrorCallback: onErr}); err != nil {
+	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ListExisting: true, ErrorCallback: onErr}); err != nil {
 		return err
 	}
 	drain = append(drain, func() {
@@ -138,14 +142,18 @@ func (w *LinkWatch) subscribe(ctx context.Context, t *trigger, kick chan reason)
 				continue
 			}
 			adminUp := a.Flags&net.FlagUp != 0
-			if t.link(a.Index, adminUp, func() bool { return holdsGlobal(w.addrsOf(u.Link)) }) {
+			if t.link(a.Index, adminUp, u.Link.Type() == "dummy", func() bool { return holdsGlobal(w.addrsOf(u.Link)) }) {
 				signal(reason{"link_down", a.Name})
 			}
 		case u, ok := <-addrs:
 			if !ok {
 				return nil
 			}
-			if ip, ok := netip.AddrFromSlice(u.LinkAddress.IP); ok && !u.NewAddr && w.conns.From([]netip.Addr{ip.Unmap()}) {
+			ip, ok := netip.AddrFromSlice(u.LinkAddress.IP)
+			if !ok {
+				continue
+			}
+			if t.address(u.LinkIndex, ip.Unmap(), u.NewAddr, w.conns.From) {
 				signal(reason{"address_deleted", ip.Unmap().String()})
 			}
 		}
@@ -155,23 +163,47 @@ func (w *LinkWatch) subscribe(ctx context.Context, t *trigger, kick chan reason)
 // reason says why the connections must go: the metric's label, and the link or address.
 type reason struct{ why, what string }
 
-// trigger remembers the links' administrative state: pure, so that its rule is tested
-// without a kernel.
+// trigger remembers the links' administrative state and which of them held a global
+// address: pure, so that its rules are tested without a kernel.
 type trigger struct {
-	up map[int]bool // by link index, as last seen
+	up     map[int]bool // by link index, as last seen
+	global map[int]bool // the link held a global unicast address (IPv6 ones go with the link)
+	dummy  map[int]bool // the link is a dummy (kube-ipvs0, herald0): its addresses carry no traffic out
 }
 
-// link records a link's administrative state and reports whether the connections must
-// be replaced: it went down (not merely lost its carrier) while holding a global unicast
-// address, which holds is asked only then.
-func (t *trigger) link(index int, adminUp bool, holds func() bool) bool {
+func newTrigger() *trigger {
+	return &trigger{up: map[int]bool{}, global: map[int]bool{}, dummy: map[int]bool{}}
+}
+
+// link records a link's state and reports whether the connections must be replaced: it
+// went administratively down (not merely lost its carrier) while holding a global
+// unicast address, now (holds, asked only then) or earlier.
+func (t *trigger) link(index int, adminUp, dummy bool, holds func() bool) bool {
 	was, known := t.up[index]
-	t.up[index] = adminUp
-	return known && was && !adminUp && holds()
+	t.up[index], t.dummy[index] = adminUp, dummy
+	return known && was && !adminUp && (t.global[index] || holds())
+}
+
+// address records an address added to or deleted from a link and reports whether the
+// connections must be replaced: a deleted address that connections left from (from
+// says), or a global one of a link that is not a dummy (the kernel matches the
+// masqueraded address, which need not be the socket's).
+func (t *trigger) address(index int, a netip.Addr, added bool, from func([]netip.Addr) bool) bool {
+	if added {
+		if a.IsGlobalUnicast() {
+			t.global[index] = true
+		}
+		return false
+	}
+	return from([]netip.Addr{a}) || (a.IsGlobalUnicast() && !t.dummy[index])
 }
 
 // gone forgets a deleted link.
-func (t *trigger) gone(index int) { delete(t.up, index) }
+func (t *trigger) gone(index int) {
+	delete(t.up, index)
+	delete(t.global, index)
+	delete(t.dummy, index)
+}
 
 // holdsGlobal reports whether addrs holds a global unicast address: a link a node's
 // connections may leave from (not a pod's veth, not loopback).
@@ -209,12 +241,12 @@ func (w *LinkWatch) replacer(ctx context.Context, kick <-chan reason) {
 			return
 		case why = <-kick:
 		}
-		took, ok := w.awaitReachable(ctx)
+		took, ok := w.awaitReachable(ctx, kick)
 		switch {
 		case ok:
 			w.log.Info("the kernel dropped the NAT state of the API connections: replacing them, the watches resume on new ones", "why", why.why, "of", why.what, "reachableAfter", took.Round(time.Millisecond))
-			w.conns.CloseAll()
 			w.metrics.Replaced.WithLabelValues(why.why).Inc()
+			w.conns.CloseAll()
 		case ctx.Err() == nil:
 			w.log.Warn("the API server is still unreachable: its connections are left to the health check", "why", why.why, "of", why.what, "after", took.Round(time.Millisecond))
 		}
@@ -226,10 +258,17 @@ func (w *LinkWatch) replacer(ctx context.Context, kick <-chan reason) {
 	}
 }
 
-// awaitReachable waits until the API server is reachable, at most giveUpAfter.
-func (w *LinkWatch) awaitReachable(ctx context.Context) (time.Duration, bool) {
+// awaitReachable waits until the API server is reachable, at most giveUpAfter. Kicks
+// that come meanwhile are taken before each try: a replacement after a successful try
+// serves them too (one outage, one replacement, however many events it made), while a
+// kick after that try asks for the next one.
+func (w *LinkWatch) awaitReachable(ctx context.Context, kick <-chan reason) (time.Duration, bool) {
 	start := time.Now()
 	for {
+		select {
+		case <-kick:
+		default:
+		}
 		if w.conns.Reachable(ctx, w.tryLimit) {
 			return time.Since(start), true
 		}

@@ -85,7 +85,7 @@ func (l *flapLab) route() {
 
 // flap takes link dev of the client down for a moment, the server writing line
 // meanwhile (none when empty), and brings it up; the route to the server comes back
-// routeAfter later. It returns when the route was back.
+// routeAfter later. It returns when the route was about to be set.
 func (l *flapLab) flap(dev, line string, routeAfter time.Duration) time.Time {
 	l.client.Run("ip", "link", "set", dev, "down")
 	if line != "" {
@@ -94,8 +94,9 @@ func (l *flapLab) flap(dev, line string, routeAfter time.Duration) time.Time {
 	time.Sleep(200 * time.Millisecond)
 	l.client.Run("ip", "link", "set", dev, "up")
 	time.Sleep(routeAfter)
+	at := time.Now() // before: a try may succeed while the command that set the route exits
 	l.route()
-	return time.Now()
+	return at
 }
 
 // read returns the next line the client reads within limit, or the error.
