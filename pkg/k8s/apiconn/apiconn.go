@@ -18,20 +18,28 @@ import (
 // maxSources bounds the local addresses remembered: a node's own, which are few.
 const maxSources = 64
 
-// Conns tracks the connections the clients of one rest.Config open.
+// maxRetired bounds the generations of connections waiting to be closed; past it, a
+// retirement joins the newest retired generation (connections opened after it are then
+// closed with it: more than needed, never fewer).
+const maxRetired = 16
+
+// Conns tracks the connections the clients of one rest.Config open, by generation: the
+// connections opened before an event that broke them are retired, and closed later,
+// while those opened after it are left alone.
 type Conns struct {
-	tracker *connrotation.ConnectionTracker
-	dial    connrotation.DialFunc
+	dial connrotation.DialFunc
 
 	mu      sync.Mutex
-	sources []netip.Addr // local addresses connections were opened from
-	targets [][2]string  // network and address connections were opened to
+	current *connrotation.ConnectionTracker   // where new connections are tracked
+	retired []*connrotation.ConnectionTracker // generations to close, oldest first
+	sources []netip.Addr                      // local addresses connections were opened from
+	targets [][2]string                       // network and address connections were opened to
 }
 
 // Track makes cfg's clients dial through the returned Conns (cfg.Dial; one set before
 // is kept as the way to dial). Call it before any client is made from cfg.
 func Track(cfg *rest.Config) *Conns {
-	c := &Conns{tracker: connrotation.NewConnectionTracker(), dial: cfg.Dial}
+	c := &Conns{current: connrotation.NewConnectionTracker(), dial: cfg.Dial}
 	if c.dial == nil {
 		c.dial = (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	}
@@ -54,8 +62,9 @@ func (c *Conns) DialContext(ctx context.Context, network, address string) (net.C
 	if t := [2]string{network, address}; !slices.Contains(c.targets, t) && len(c.targets) < maxSources {
 		c.targets = append(c.targets, t)
 	}
+	tracker := c.current // retired meanwhile: the connection is closed with the others it was opened beside
 	c.mu.Unlock()
-	return c.tracker.Track(conn), nil
+	return tracker.Track(conn), nil
 }
 
 // Reachable reports whether a new connection to one of the addresses connections were
@@ -80,9 +89,36 @@ func (c *Conns) Reachable(ctx context.Context, limit time.Duration) bool {
 	return false
 }
 
-// CloseAll closes every open connection: the clients dial again on their next request,
-// and the watches resume from where they were.
-func (c *Conns) CloseAll() { c.tracker.CloseAll() }
+// Retire marks every connection open now for closing by CloseRetired; connections
+// opened after it are not, unless maxRetired generations wait already: then they are
+// too.
+func (c *Conns) Retire() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n := len(c.retired); n == maxRetired {
+		c.current = c.retired[n-1] // new connections join the newest retired generation
+		return
+	}
+	c.retired = append(c.retired, c.current)
+	c.current = connrotation.NewConnectionTracker()
+}
+
+// CloseRetired closes the connections retired so far, calling before first when there
+// are any: the clients dial again on their next request, and the watches resume from
+// where they were. Connections opened since the last Retire stay open.
+func (c *Conns) CloseRetired(before func()) {
+	c.mu.Lock()
+	retired := c.retired
+	c.retired = nil
+	c.mu.Unlock()
+	if len(retired) == 0 {
+		return
+	}
+	before()
+	for _, t := range retired {
+		t.CloseAll()
+	}
+}
 
 // From reports whether a connection was opened from one of addrs.
 func (c *Conns) From(addrs []netip.Addr) bool {

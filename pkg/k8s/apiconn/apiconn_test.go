@@ -8,12 +8,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/vishvananda/netlink"
 	"k8s.io/client-go/rest"
 
 	"github.com/heraldlb/herald/pkg/metrics"
@@ -39,40 +41,54 @@ func TestHealthCheckSetsTheEnvironmentUnlessTheAdminDid(t *testing.T) {
 	}
 }
 
-func TestTriggerFiresOnAnAdministrativeDownOfALinkWithAnAddress(t *testing.T) {
-	yes, no := func() bool { return true }, func() bool { return false }
+func TestTriggerFiresOnAnAdministrativeDownOfALinkThatCarriesTraffic(t *testing.T) {
+	none := func([]netip.Addr) bool { return false }
 	tr := newTrigger()
+	tr.address(1, netip.MustParseAddr("192.168.10.12"), true, none) // eth0
+	tr.address(2, netip.MustParseAddr("fe80::1"), true, none)       // a pod's veth
+	tr.gateway(3)                                                   // an unnumbered uplink
+	tr.address(3, netip.MustParseAddr("fe80::2"), true, none)
+	tr.address(5, netip.MustParseAddr("10.96.0.10"), true, none) // node-local-dns's dummy
 	steps := []struct {
-		name    string
-		index   int
-		adminUp bool
-		holds   func() bool
-		want    bool
+		name         string
+		index        int
+		adminUp, dum bool
+		want         bool
 	}{
-		{"first sight of a down link", 1, false, yes, false},
-		{"it comes up", 1, true, yes, false},
-		{"it goes down, holding an address", 1, false, yes, true},
-		{"down again (a carrier change while down)", 1, false, yes, false},
-		{"up", 1, true, yes, false},
-		{"another link without an address goes up", 2, true, no, false},
-		{"and down", 2, false, no, false},
-		{"first sight of an up link", 3, true, yes, false},
-		{"it goes down", 3, false, yes, true},
+		{"first sight of a down link", 1, false, false, false},
+		{"it comes up", 1, true, false, false},
+		{"it goes down, holding an address", 1, false, false, true},
+		{"down again (a carrier change while down)", 1, false, false, false},
+		{"up", 1, true, false, false},
+		{"a veth with a link-local address goes up", 2, true, false, false},
+		{"and down", 2, false, false, false},
+		{"an uplink with no address but a gateway route goes up", 3, true, false, false},
+		{"and down (the kernel masqueraded out of it with another link's address)", 3, false, false, true},
+		{"first sight of an up link", 4, true, false, false},
+		{"it goes down, having held nothing", 4, false, false, false},
+		{"a dummy holding a global address goes up", 5, true, true, false},
+		{"and down: nothing left by it", 5, false, true, false},
 	}
 	for _, s := range steps {
-		if got := tr.link(s.index, s.adminUp, false, s.holds); got != s.want {
+		if got := tr.link(s.index, s.adminUp, s.dum); got != s.want {
 			t.Errorf("%s: %v, want %v", s.name, got, s.want)
 		}
 	}
-	tr.gone(3)
-	if tr.link(3, false, false, yes) {
+	tr.link(1, true, false)
+	tr.gone(1)
+	if tr.link(1, false, false) {
 		t.Error("a link deleted and seen again down: fired, but its first sight says nothing")
 	}
-	// A link whose global address went before its down message was read (IPv6 addresses
-	// go with the link) fired for what it held.
-	tr.link(4, true, false, no)
-	tr.address(4, netip.MustParseAddr("fd10::12"), true, func([]netip.Addr) bool { return false })
-	if !tr.link(4, false, false, no) {
+	tr.link(1, true, false)
+	if tr.link(1, false, false) {
+		t.Error("a link index reused by a new link that held nothing: fired for the old link's address")
+	}
+	// What a link held is remembered: its IPv6 addresses are deleted before its down
+	// message is read, and its IPv4 routes silently.
+	tr.link(6, true, false)
+	tr.address(6, netip.MustParseAddr("fd10::12"), true, none)
+	tr.address(6, netip.MustParseAddr("fd10::12"), false, none)
+	if !tr.link(6, false, false) {
 		t.Error("a link that held a global address went down: did not fire")
 	}
 }
@@ -81,9 +97,9 @@ func TestTriggerFiresOnADeletedAddressThatCarriesTraffic(t *testing.T) {
 	tr := newTrigger()
 	source := netip.MustParseAddr("10.96.0.1") // a socket's own address, as under kube-proxy in IPVS mode
 	from := func(a []netip.Addr) bool { return a[0] == source }
-	tr.link(1, true, false, func() bool { return true })  // eth0
-	tr.link(2, true, true, func() bool { return false })  // kube-ipvs0
-	tr.link(3, true, false, func() bool { return false }) // a pod's veth
+	tr.link(1, true, false) // eth0
+	tr.link(2, true, true)  // kube-ipvs0
+	tr.link(3, true, false) // a pod's veth
 	for _, c := range []struct {
 		name  string
 		index int
@@ -103,25 +119,70 @@ func TestTriggerFiresOnADeletedAddressThatCarriesTraffic(t *testing.T) {
 	}
 }
 
-func TestHoldsGlobal(t *testing.T) {
+func TestGatewayLinks(t *testing.T) {
+	gw := net.ParseIP("192.168.10.1")
 	for _, c := range []struct {
-		addrs []string
-		want  bool
+		name  string
+		route netlink.Route
+		want  []int
 	}{
-		{nil, false},
-		{[]string{"fe80::1"}, false},
-		{[]string{"127.0.0.1", "::1"}, false},
-		{[]string{"fe80::1", "192.168.10.12"}, true},
-		{[]string{"fd10::12"}, true},
+		{"a directly connected network", netlink.Route{LinkIndex: 2}, nil},
+		{"a pod's veth route", netlink.Route{LinkIndex: 7, Scope: netlink.SCOPE_LINK}, nil},
+		{"the default route", netlink.Route{LinkIndex: 2, Gw: gw}, []int{2}},
+		{"IPv4 via an IPv6 next hop (unnumbered)", netlink.Route{LinkIndex: 3, Via: &netlink.Via{AddrFamily: netlink.FAMILY_V6, Addr: net.ParseIP("fe80::1")}}, []int{3}},
+		{"equal-cost multipath", netlink.Route{MultiPath: []*netlink.NexthopInfo{{LinkIndex: 3, Gw: gw}, {LinkIndex: 4, Gw: gw}, {LinkIndex: 5}}}, []int{3, 4}},
 	} {
-		var addrs []netip.Addr
-		for _, a := range c.addrs {
-			addrs = append(addrs, netip.MustParseAddr(a))
-		}
-		if got := holdsGlobal(addrs); got != c.want {
-			t.Errorf("holdsGlobal(%v) = %v, want %v", c.addrs, got, c.want)
+		if got := gatewayLinks(c.route); !slices.Equal(got, c.want) {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
 		}
 	}
+}
+
+// A connection opened after the event (client-go's own retry, once the routes were
+// back) is healthy: the replacement closes only those open at the event.
+func TestReplacerClosesOnlyTheConnectionsOpenAtTheEvent(t *testing.T) {
+	cfg := &rest.Config{Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, _ := net.Pipe()
+		return c, nil
+	}}
+	conns := Track(cfg)
+	old, err := cfg.Dial(t.Context(), "tcp", "10.96.0.1:443")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns.Retire()
+	fresh, err := cfg.Dial(t.Context(), "tcp", "10.96.0.1:443")
+	if err != nil {
+		t.Fatal(err)
+	}
+	called := 0
+	conns.CloseRetired(func() { called++ })
+	if !closed(old) || closed(fresh) || called != 1 {
+		t.Errorf("old closed %v (want true), fresh closed %v (want false), before called %d times (want 1)", closed(old), closed(fresh), called)
+	}
+	conns.CloseRetired(func() { called++ })
+	if closed(fresh) || called != 1 {
+		t.Errorf("nothing retired: fresh closed %v, before called %d times; want neither", closed(fresh), called)
+	}
+	// Past maxRetired generations waiting, new connections join the newest: closed too.
+	for range maxRetired + 3 {
+		conns.Retire()
+	}
+	late, err := cfg.Dial(t.Context(), "tcp", "10.96.0.1:443")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conns.CloseRetired(func() {})
+	if !closed(late) || !closed(fresh) {
+		t.Errorf("past the bound: late closed %v, fresh closed %v; want both", closed(late), closed(fresh))
+	}
+}
+
+// closed reports whether c was closed on this side.
+func closed(c net.Conn) bool {
+	_ = c.SetReadDeadline(time.Now().Add(time.Millisecond))
+	_, err := c.Read(make([]byte, 1))
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe)
 }
 
 // The replacer closes the connections only once a new one can be made, once for the
@@ -151,21 +212,18 @@ func TestReplacerWaitsUntilTheServerIsReachable(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); w.replacer(ctx, kick) }()
 	defer func() { cancel(); <-done }()
+	conns.Retire() // as the watch does on each event
 	kick <- reason{"link_down", "eth0"}
 	time.Sleep(50 * time.Millisecond)
+	conns.Retire()
 	kick <- reason{"address_deleted", "fd10::12"} // the same outage's second event
-	closed := func() bool {
-		_ = conn.SetReadDeadline(time.Now().Add(time.Millisecond))
-		_, err := conn.Read(make([]byte, 1))
-		return errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe)
-	}
-	if closed() {
+	if closed(conn) {
 		t.Fatal("closed while the server was unreachable")
 	}
 	mu.Lock()
 	reachable = true
 	mu.Unlock()
-	for deadline := time.Now().Add(5 * time.Second); !closed(); time.Sleep(time.Millisecond) {
+	for deadline := time.Now().Add(5 * time.Second); !closed(conn); time.Sleep(time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("not closed 5 s after the server was reachable again")
 		}

@@ -17,10 +17,13 @@ import (
 )
 
 // LinkWatch replaces a Conns' connections after the kernel dropped their NAT state: when
-// a link holding a global unicast address is set administratively down, or such an
-// address is deleted (what makes the kernel flush the masquerade entries); see trigger. It replaces them as soon as the API server can be reached again: earlier,
-// client-go's reconnection would fail on the missing route and back off for seconds.
-// A link losing its carrier drops nothing, and is left alone.
+// a link that holds a global unicast address, or that a route with a gateway leaves by
+// (an unnumbered uplink), is set administratively down, or a global address is deleted
+// (what makes the kernel flush the masquerade entries); see trigger. The connections
+// open at the event are retired then, and closed as soon as the API server can be
+// reached again: earlier, client-go's reconnection would fail on the missing route and
+// back off for seconds; connections opened after the event are healthy and stay. A link
+// losing its carrier drops nothing, and is left alone.
 //
 // It needs no capability beyond reading netlink: it watches the namespace it was made in
 // (the node's, for a host-network speaker) without ever entering another.
@@ -28,7 +31,6 @@ type LinkWatch struct {
 	conns   *Conns
 	log     *slog.Logger
 	metrics *metrics.APIConns
-	h       *netlink.Handle // in the namespace watched; closed by Run
 	// Timings, injectable for tests; see the defaults below.
 	retryEvery, tryLimit, giveUpAfter, minInterval, resubscribe time.Duration
 }
@@ -46,24 +48,28 @@ const (
 	maxResubscribe = 30 * time.Second
 )
 
+// rcvBuf is each subscription's socket buffer: a node's pods coming and going make
+// bursts of link and route messages, and a full buffer ends the subscription.
+const rcvBuf = 1 << 20
+
 // NewLinkWatch watches the links of the calling thread's network namespace; Run must be
 // called on a thread of the same namespace (any, in a process that never changes it).
 // reg takes the metrics (herald_api_*); nil registers nowhere.
 func NewLinkWatch(c *Conns, log *slog.Logger, reg prometheus.Registerer) (*LinkWatch, error) {
 	m := metrics.NewAPIConns(metrics.OrPrivate(reg)) // herald_api_link_watch_up is 0 also when the watch cannot start
-	h, err := netlink.NewHandle()
+	h, err := netlink.NewHandle()                    // netlink can be used here: say so at start, not on every resubscription
 	if err != nil {
 		return nil, fmt.Errorf("watch links: %w", err)
 	}
+	h.Close()
 	return &LinkWatch{
-		conns: c, log: logging.OrDiscard(log), metrics: m, h: h,
+		conns: c, log: logging.OrDiscard(log), metrics: m,
 		retryEvery: retryEvery, tryLimit: tryLimit, giveUpAfter: giveUpAfter, minInterval: minInterval, resubscribe: resubscribe,
 	}, nil
 }
 
 // Run watches until ctx ends.
 func (w *LinkWatch) Run(ctx context.Context) {
-	defer w.h.Close()
 	kick := make(chan reason, 1) // why the connections must go; pending kicks coalesce
 	replaced := make(chan struct{})
 	go func() { defer close(replaced); w.replacer(ctx, kick) }()
@@ -90,11 +96,12 @@ func (w *LinkWatch) Run(ctx context.Context) {
 	}
 }
 
-// subscribe follows link and address updates until ctx ends or the kernel ends a
+// subscribe follows link, address and route updates until ctx ends or the kernel ends a
 // subscription.
 func (w *LinkWatch) subscribe(ctx context.Context, t *trigger, kick chan reason) error {
 	links := make(chan netlink.LinkUpdate, 64)
 	addrs := make(chan netlink.AddrUpdate, 64)
+	routes := make(chan netlink.RouteUpdate, 64)
 	done := make(chan struct{})
 	var drain []func()
 	defer func() {
@@ -104,23 +111,37 @@ func (w *LinkWatch) subscribe(ctx context.Context, t *trigger, kick chan reason)
 		}
 	}()
 	onErr := func(err error) { w.log.Debug("link watch", "err", err) }
-	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ListExisting: true, ErrorCallback: onErr}); err != nil {
+	if err := subscribeBuffered(func(force bool) error {
+		return netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ListExisting: true, ErrorCallback: onErr, ReceiveBufferSize: rcvBuf, ReceiveBufferForceSize: force})
+	}); err != nil {
 		return err
 	}
 	drain = append(drain, func() {
 		for range links {
 		}
 	})
-	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ListExisting: true, ErrorCallback: onErr}); err != nil {
+	if err := subscribeBuffered(func(force bool) error {
+		return netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ListExisting: true, ErrorCallback: onErr, ReceiveBufferSize: rcvBuf, ReceiveBufferForceSize: force})
+	}); err != nil {
 		return err
 	}
 	drain = append(drain, func() {
 		for range addrs {
 		}
 	})
+	if err := subscribeBuffered(func(force bool) error {
+		return netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{ListExisting: true, ErrorCallback: onErr, ReceiveBufferSize: rcvBuf, ReceiveBufferForceSize: force})
+	}); err != nil {
+		return err
+	}
+	drain = append(drain, func() {
+		for range routes {
+		}
+	})
 	w.metrics.Watching.Set(1)
 	signal := func(why reason) {
-		select { // a pending kick stands for this one too
+		w.conns.Retire() // now, not when the replacer gets to it: what opens later is healthy
+		select {         // a pending kick stands for this one too
 		case kick <- why:
 		default:
 		}
@@ -141,9 +162,17 @@ func (w *LinkWatch) subscribe(ctx context.Context, t *trigger, kick chan reason)
 				t.gone(a.Index)
 				continue
 			}
-			adminUp := a.Flags&net.FlagUp != 0
-			if t.link(a.Index, adminUp, u.Link.Type() == "dummy", func() bool { return holdsGlobal(w.addrsOf(u.Link)) }) {
+			if t.link(a.Index, a.Flags&net.FlagUp != 0, u.Link.Type() == "dummy") {
 				signal(reason{"link_down", a.Name})
+			}
+		case u, ok := <-routes:
+			if !ok {
+				return nil
+			}
+			if u.Type == unix.RTM_NEWROUTE {
+				for _, index := range gatewayLinks(u.Route) {
+					t.gateway(index)
+				}
 			}
 		case u, ok := <-addrs:
 			if !ok {
@@ -163,26 +192,42 @@ func (w *LinkWatch) subscribe(ctx context.Context, t *trigger, kick chan reason)
 // reason says why the connections must go: the metric's label, and the link or address.
 type reason struct{ why, what string }
 
-// trigger remembers the links' administrative state and which of them held a global
-// address: pure, so that its rules are tested without a kernel.
+// subscribeBuffered subscribes with a forced socket buffer (CAP_NET_ADMIN, which the
+// speaker has), or the system's largest without it.
+func subscribeBuffered(subscribe func(force bool) error) error {
+	if err := subscribe(true); err == nil {
+		return nil
+	}
+	return subscribe(false)
+}
+
+// trigger remembers the links' administrative state and which of them carry traffic
+// out of the node: pure, so that its rules are tested without a kernel.
 type trigger struct {
-	up     map[int]bool // by link index, as last seen
-	global map[int]bool // the link held a global unicast address (IPv6 ones go with the link)
-	dummy  map[int]bool // the link is a dummy (kube-ipvs0, herald0): its addresses carry no traffic out
+	up      map[int]bool // by link index, as last seen
+	carries map[int]bool // the link held a global unicast address (IPv6 ones go with the link) or a route with a gateway
+	dummy   map[int]bool // the link is a dummy (kube-ipvs0, herald0): nothing leaves by it
 }
 
 func newTrigger() *trigger {
-	return &trigger{up: map[int]bool{}, global: map[int]bool{}, dummy: map[int]bool{}}
+	return &trigger{up: map[int]bool{}, carries: map[int]bool{}, dummy: map[int]bool{}}
 }
 
-// link records a link's state and reports whether the connections must be replaced: it
-// went administratively down (not merely lost its carrier) while holding a global
-// unicast address, now (holds, asked only then) or earlier.
-func (t *trigger) link(index int, adminUp, dummy bool, holds func() bool) bool {
+// link records a link's state and reports whether the connections must be replaced: a
+// link that is not a dummy went administratively down (not merely lost its carrier)
+// after it held a global unicast address or a route with a gateway. What it held is
+// remembered, not asked when it goes down: the kernel deletes its IPv6 addresses and
+// its routes with it, and says nothing of the IPv4 routes.
+func (t *trigger) link(index int, adminUp, dummy bool) bool {
 	was, known := t.up[index]
 	t.up[index], t.dummy[index] = adminUp, dummy
-	return known && was && !adminUp && (t.global[index] || holds())
+	return known && was && !adminUp && !dummy && t.carries[index]
 }
+
+// gateway records that a route with a gateway leaves by the link: an uplink, even one
+// with no address of its own (the kernel then masquerades with another link's address,
+// and still drops that state when this link goes down).
+func (t *trigger) gateway(index int) { t.carries[index] = true }
 
 // address records an address added to or deleted from a link and reports whether the
 // connections must be replaced: a deleted address that connections left from (from
@@ -191,7 +236,7 @@ func (t *trigger) link(index int, adminUp, dummy bool, holds func() bool) bool {
 func (t *trigger) address(index int, a netip.Addr, added bool, from func([]netip.Addr) bool) bool {
 	if added {
 		if a.IsGlobalUnicast() {
-			t.global[index] = true
+			t.carries[index] = true
 		}
 		return false
 	}
@@ -201,31 +246,20 @@ func (t *trigger) address(index int, a netip.Addr, added bool, from func([]netip
 // gone forgets a deleted link.
 func (t *trigger) gone(index int) {
 	delete(t.up, index)
-	delete(t.global, index)
+	delete(t.carries, index)
 	delete(t.dummy, index)
 }
 
-// holdsGlobal reports whether addrs holds a global unicast address: a link a node's
-// connections may leave from (not a pod's veth, not loopback).
-func holdsGlobal(addrs []netip.Addr) bool {
-	for _, a := range addrs {
-		if a.IsGlobalUnicast() {
-			return true
-		}
+// gatewayLinks returns the links a route leaves by through a gateway (one, or each of a
+// multipath route's); none for a route to a directly connected network or a pod's veth.
+func gatewayLinks(r netlink.Route) []int {
+	var out []int
+	if r.Gw != nil || r.Via != nil {
+		out = append(out, r.LinkIndex)
 	}
-	return false
-}
-
-// addrsOf returns the addresses l holds now.
-func (w *LinkWatch) addrsOf(l netlink.Link) []netip.Addr {
-	list, err := w.h.AddrList(l, netlink.FAMILY_ALL)
-	if err != nil {
-		return nil
-	}
-	out := make([]netip.Addr, 0, len(list))
-	for _, a := range list {
-		if ip, ok := netip.AddrFromSlice(a.IP); ok {
-			out = append(out, ip.Unmap())
+	for _, nh := range r.MultiPath {
+		if nh != nil && (nh.Gw != nil || nh.Via != nil) {
+			out = append(out, nh.LinkIndex)
 		}
 	}
 	return out
@@ -244,9 +278,10 @@ func (w *LinkWatch) replacer(ctx context.Context, kick <-chan reason) {
 		took, ok := w.awaitReachable(ctx, kick)
 		switch {
 		case ok:
-			w.log.Info("the kernel dropped the NAT state of the API connections: replacing them, the watches resume on new ones", "why", why.why, "of", why.what, "reachableAfter", took.Round(time.Millisecond))
-			w.metrics.Replaced.WithLabelValues(why.why).Inc()
-			w.conns.CloseAll()
+			w.conns.CloseRetired(func() { // before the close, which a reader may see first
+				w.log.Info("the kernel dropped the NAT state of the API connections: replacing them, the watches resume on new ones", "why", why.why, "of", why.what, "reachableAfter", took.Round(time.Millisecond))
+				w.metrics.Replaced.WithLabelValues(why.why).Inc()
+			})
 		case ctx.Err() == nil:
 			w.log.Warn("the API server is still unreachable: its connections are left to the health check", "why", why.why, "of", why.what, "after", took.Round(time.Millisecond))
 		}

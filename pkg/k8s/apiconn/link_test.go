@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"testing"
@@ -15,12 +16,14 @@ import (
 	"github.com/heraldlb/herald/hack/netlab"
 )
 
-// flapLab is a client namespace that reaches a server over link a0, through a route that
-// goes with the link (as a Service's route does), masqueraded on its way out as
-// kube-proxy masquerades a host-network pod's traffic to the kubernetes Service; and a
-// second link a1 with no address, as a pod's veth on the node.
+// flapLab is a client namespace that reaches a server over link a0, through a route via
+// a gateway that goes with the link, masqueraded on its way out as kube-proxy
+// masquerades a host-network pod's traffic to the kubernetes Service; and a second link
+// a1 with no address, as a pod's veth on the node. a0 holds the client's address, or,
+// unnumbered, none (the address is on lo, as on a routed fabric's node).
 type flapLab struct {
 	client, server *netlab.NS
+	unnumbered     bool
 	// conn is the client's connection; send makes the server write a line on it.
 	conn net.Conn
 	send func(line string)
@@ -28,13 +31,18 @@ type flapLab struct {
 
 // newFlapLab builds the lab; dial opens the client's connection, given the client's
 // namespace's own dialer.
-func newFlapLab(t *testing.T, dial func(ns func(context.Context, string, string) (net.Conn, error)) func(context.Context, string, string) (net.Conn, error)) *flapLab {
+func newFlapLab(t *testing.T, unnumbered bool, dial func(ns func(context.Context, string, string) (net.Conn, error)) func(context.Context, string, string) (net.Conn, error)) *flapLab {
 	t.Helper()
-	l := &flapLab{}
+	l := &flapLab{unnumbered: unnumbered}
 	l.client, l.server = netlab.NewNS(t, "apic"), netlab.NewNS(t, "apis")
 	netlab.Veth(t, l.client, "a0", l.server, "b0")
 	netlab.Veth(t, l.client, "a1", l.server, "b1")
-	l.client.Addr("a0", "10.77.0.1/24")
+	if unnumbered {
+		l.client.Addr("lo", clientLoopback+"/32")
+		l.server.Run("ip", "route", "add", clientLoopback+"/32", "dev", "b0")
+	} else {
+		l.client.Addr("a0", "10.77.0.1/24")
+	}
 	l.server.Addr("b0", "10.77.0.2/24")
 	l.server.Run("ip", "link", "set", "b1", "up")
 	l.server.Addr("lo", serverAddr+"/32")
@@ -75,11 +83,19 @@ func newFlapLab(t *testing.T, dial func(ns func(context.Context, string, string)
 	return l
 }
 
-// serverAddr is where the server listens, reached through a0.
-const serverAddr = "10.79.0.2"
+// serverAddr is where the server listens, reached through a0; clientLoopback is the
+// client's address when a0 is unnumbered.
+const (
+	serverAddr     = "10.79.0.2"
+	clientLoopback = "10.76.0.1"
+)
 
 // route sets the client's route to the server, which a0 going down takes away.
 func (l *flapLab) route() {
+	if l.unnumbered {
+		l.client.Run("ip", "route", "replace", serverAddr+"/32", "via", "10.77.0.2", "dev", "a0", "onlink")
+		return
+	}
 	l.client.Run("ip", "route", "replace", serverAddr+"/32", "via", "10.77.0.2", "dev", "a0")
 }
 
@@ -110,7 +126,13 @@ func read(c net.Conn, r *bufio.Reader, limit time.Duration) (string, error) {
 // the reset the server's next segment drew) until it sends.
 func TestAFlappedLinkSilencesAMasqueradedConnection(t *testing.T) {
 	netlab.Require(t)
-	l := newFlapLab(t, func(ns func(context.Context, string, string) (net.Conn, error)) func(context.Context, string, string) (net.Conn, error) {
+	for _, unnumbered := range []bool{false, true} {
+		t.Run(fmt.Sprintf("unnumbered=%v", unnumbered), func(t *testing.T) { aFlappedLinkSilences(t, unnumbered) })
+	}
+}
+
+func aFlappedLinkSilences(t *testing.T, unnumbered bool) {
+	l := newFlapLab(t, unnumbered, func(ns func(context.Context, string, string) (net.Conn, error)) func(context.Context, string, string) (net.Conn, error) {
 		return ns
 	})
 	r := bufio.NewReader(l.conn)
@@ -130,8 +152,14 @@ func TestAFlappedLinkSilencesAMasqueradedConnection(t *testing.T) {
 // its carrier (the NAT state stays), leaves them alone.
 func TestLinkWatchClosesTheConnectionsOfAFlappedLink(t *testing.T) {
 	netlab.Require(t)
+	for _, unnumbered := range []bool{false, true} {
+		t.Run(fmt.Sprintf("unnumbered=%v", unnumbered), func(t *testing.T) { linkWatchCloses(t, unnumbered) })
+	}
+}
+
+func linkWatchCloses(t *testing.T, unnumbered bool) {
 	var conns *Conns
-	l := newFlapLab(t, func(ns func(context.Context, string, string) (net.Conn, error)) func(context.Context, string, string) (net.Conn, error) {
+	l := newFlapLab(t, unnumbered, func(ns func(context.Context, string, string) (net.Conn, error)) func(context.Context, string, string) (net.Conn, error) {
 		cfg := &rest.Config{Dial: ns}
 		conns = Track(cfg)
 		return cfg.Dial
@@ -169,6 +197,9 @@ func TestLinkWatchClosesTheConnectionsOfAFlappedLink(t *testing.T) {
 			l.send("while a0 had no carrier")
 			time.Sleep(200 * time.Millisecond)
 			l.server.Run("ip", "link", "set", "b0", "up")
+			if l.unnumbered { // the server's own route to the client went with its b0
+				l.server.Run("ip", "route", "replace", clientLoopback+"/32", "dev", "b0")
+			}
 			if got, err := read(l.conn, r, 5*time.Second); got != "while a0 had no carrier\n" {
 				t.Fatalf("%s: read %q, %v", step, got, err)
 			}
