@@ -12,34 +12,48 @@ import (
 	"time"
 
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/util/connrotation"
 )
 
 // maxSources bounds the local addresses remembered: a node's own, which are few.
 const maxSources = 64
 
-// maxRetired bounds the generations of connections waiting to be closed; past it, a
-// retirement joins the newest retired generation (connections opened after it are then
-// closed with it: more than needed, never fewer).
-const maxRetired = 16
+// dialTries bounds the dials of one DialContext: a connection whose generation was
+// closed while it was being opened is closed and dialled again.
+const dialTries = 3
 
 // Conns tracks the connections the clients of one rest.Config open, by generation: the
 // connections opened before an event that broke them are retired, and closed later,
-// while those opened after it are left alone.
+// while those opened after it are left alone. (client-go's connrotation closes all or
+// nothing.)
 type Conns struct {
-	dial connrotation.DialFunc
+	dial func(ctx context.Context, network, address string) (net.Conn, error)
 
 	mu      sync.Mutex
-	current *connrotation.ConnectionTracker   // where new connections are tracked
-	retired []*connrotation.ConnectionTracker // generations to close, oldest first
-	sources []netip.Addr                      // local addresses connections were opened from
-	targets [][2]string                       // network and address connections were opened to
+	gen     uint64              // the generation of the connections being opened now
+	retired uint64              // generations up to this one are to be closed
+	closed  uint64              // generations up to this one were closed
+	open    map[*tracked]uint64 // the open connections and their generations
+	sources []netip.Addr        // local addresses connections were opened from
+	targets [][2]string         // network and address connections were opened to
+}
+
+// tracked is a connection Conns tracks; closing it forgets it.
+type tracked struct {
+	net.Conn
+	c *Conns
+}
+
+func (t *tracked) Close() error {
+	t.c.mu.Lock()
+	delete(t.c.open, t)
+	t.c.mu.Unlock()
+	return t.Conn.Close()
 }
 
 // Track makes cfg's clients dial through the returned Conns (cfg.Dial; one set before
 // is kept as the way to dial). Call it before any client is made from cfg.
 func Track(cfg *rest.Config) *Conns {
-	c := &Conns{current: connrotation.NewConnectionTracker(), dial: cfg.Dial}
+	c := &Conns{dial: cfg.Dial, gen: 1, open: map[*tracked]uint64{}}
 	if c.dial == nil {
 		c.dial = (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	}
@@ -47,24 +61,71 @@ func Track(cfg *rest.Config) *Conns {
 	return c
 }
 
-// DialContext opens a connection and tracks it.
+// DialContext opens a connection and tracks it in the generation current when the dial
+// began: an event read while the connection was being opened may have broken it too.
 func (c *Conns) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	conn, err := c.dial(ctx, network, address)
-	if err != nil {
-		return nil, err
+	for try := 1; ; try++ {
+		c.mu.Lock()
+		gen := c.gen
+		c.mu.Unlock()
+		conn, err := c.dial(ctx, network, address)
+		if err != nil {
+			return nil, err
+		}
+		c.mu.Lock()
+		if gen <= c.closed { // retired and closed while it was opened: the routes are back, open another
+			c.mu.Unlock()
+			conn.Close()
+			if try == dialTries {
+				return nil, fmt.Errorf("dial %s %s: the connections were replaced during each of %d dials", network, address, dialTries)
+			}
+			continue
+		}
+		t := &tracked{Conn: conn, c: c}
+		c.open[t] = gen
+		if ap, err := netip.ParseAddrPort(conn.LocalAddr().String()); err == nil {
+			if a := ap.Addr().Unmap(); !slices.Contains(c.sources, a) && len(c.sources) < maxSources {
+				c.sources = append(c.sources, a)
+			}
+		}
+		if t := [2]string{network, address}; !slices.Contains(c.targets, t) && len(c.targets) < maxSources {
+			c.targets = append(c.targets, t)
+		}
+		c.mu.Unlock()
+		return t, nil
 	}
+}
+
+// Retire marks every connection open now, or being opened, for closing by
+// CloseRetired; connections whose dial begins after it are not.
+func (c *Conns) Retire() {
 	c.mu.Lock()
-	if ap, err := netip.ParseAddrPort(conn.LocalAddr().String()); err == nil {
-		if a := ap.Addr().Unmap(); !slices.Contains(c.sources, a) && len(c.sources) < maxSources {
-			c.sources = append(c.sources, a)
+	defer c.mu.Unlock()
+	c.retired = c.gen
+	c.gen++
+}
+
+// CloseRetired closes the connections retired so far, calling before first when there
+// are any: the clients dial again on their next request, and the watches resume from
+// where they were. Connections whose dial began after the last Retire stay open.
+func (c *Conns) CloseRetired(before func()) {
+	c.mu.Lock()
+	var doomed []*tracked
+	for t, gen := range c.open {
+		if gen <= c.retired {
+			doomed = append(doomed, t)
+			delete(c.open, t)
 		}
 	}
-	if t := [2]string{network, address}; !slices.Contains(c.targets, t) && len(c.targets) < maxSources {
-		c.targets = append(c.targets, t)
-	}
-	tracker := c.current // retired meanwhile: the connection is closed with the others it was opened beside
+	c.closed = c.retired
 	c.mu.Unlock()
-	return tracker.Track(conn), nil
+	if len(doomed) == 0 {
+		return
+	}
+	before()
+	for _, t := range doomed {
+		t.Conn.Close()
+	}
 }
 
 // Reachable reports whether a new connection to one of the addresses connections were
@@ -87,37 +148,6 @@ func (c *Conns) Reachable(ctx context.Context, limit time.Duration) bool {
 		}
 	}
 	return false
-}
-
-// Retire marks every connection open now for closing by CloseRetired; connections
-// opened after it are not, unless maxRetired generations wait already: then they are
-// too.
-func (c *Conns) Retire() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if n := len(c.retired); n == maxRetired {
-		c.current = c.retired[n-1] // new connections join the newest retired generation
-		return
-	}
-	c.retired = append(c.retired, c.current)
-	c.current = connrotation.NewConnectionTracker()
-}
-
-// CloseRetired closes the connections retired so far, calling before first when there
-// are any: the clients dial again on their next request, and the watches resume from
-// where they were. Connections opened since the last Retire stay open.
-func (c *Conns) CloseRetired(before func()) {
-	c.mu.Lock()
-	retired := c.retired
-	c.retired = nil
-	c.mu.Unlock()
-	if len(retired) == 0 {
-		return
-	}
-	before()
-	for _, t := range retired {
-		t.CloseAll()
-	}
 }
 
 // From reports whether a connection was opened from one of addrs.

@@ -139,42 +139,66 @@ func TestGatewayLinks(t *testing.T) {
 }
 
 // A connection opened after the event (client-go's own retry, once the routes were
-// back) is healthy: the replacement closes only those open at the event.
-func TestReplacerClosesOnlyTheConnectionsOpenAtTheEvent(t *testing.T) {
+// back) is healthy: the replacement closes only those open, or being opened, at the
+// event, and counts only when it closed one.
+func TestConnsCloseOnlyTheConnectionsOpenAtTheEvent(t *testing.T) {
+	var during func() // run by the dial after the connection is made, before it returns
+	dials := 0
 	cfg := &rest.Config{Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials++
 		c, _ := net.Pipe()
+		if d := during; d != nil {
+			during = nil
+			d()
+		}
 		return c, nil
 	}}
 	conns := Track(cfg)
-	old, err := cfg.Dial(t.Context(), "tcp", "10.96.0.1:443")
-	if err != nil {
-		t.Fatal(err)
-	}
-	conns.Retire()
-	fresh, err := cfg.Dial(t.Context(), "tcp", "10.96.0.1:443")
-	if err != nil {
-		t.Fatal(err)
+	dial := func() net.Conn {
+		t.Helper()
+		c, err := cfg.Dial(t.Context(), "tcp", "10.96.0.1:443")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
 	}
 	called := 0
-	conns.CloseRetired(func() { called++ })
+	count := func() { called++ }
+
+	old := dial()
+	conns.Retire()
+	fresh := dial()
+	conns.CloseRetired(count)
 	if !closed(old) || closed(fresh) || called != 1 {
-		t.Errorf("old closed %v (want true), fresh closed %v (want false), before called %d times (want 1)", closed(old), closed(fresh), called)
+		t.Errorf("old closed %v (want true), fresh closed %v (want false), counted %d (want 1)", closed(old), closed(fresh), called)
 	}
-	conns.CloseRetired(func() { called++ })
-	if closed(fresh) || called != 1 {
-		t.Errorf("nothing retired: fresh closed %v, before called %d times; want neither", closed(fresh), called)
+	conns.CloseRetired(count)
+	conns.Retire()
+	fresh.Close() // the health check closed it before the replacement
+	conns.CloseRetired(count)
+	if called != 1 {
+		t.Errorf("nothing to close, or only what was closed already: counted %d times, want 1", called)
 	}
-	// Past maxRetired generations waiting, new connections join the newest: closed too.
-	for range maxRetired + 3 {
-		conns.Retire()
+
+	// The event is read while a connection is being opened: it may be broken too.
+	during = conns.Retire
+	opening := dial()
+	conns.CloseRetired(count)
+	if !closed(opening) || called != 2 {
+		t.Errorf("a connection being opened at the event: closed %v (want true), counted %d (want 2)", closed(opening), called)
 	}
-	late, err := cfg.Dial(t.Context(), "tcp", "10.96.0.1:443")
-	if err != nil {
-		t.Fatal(err)
+
+	// Retired and closed while it was being opened (the routes were back): it is closed,
+	// and another one opened in its place.
+	dials = 0
+	during = func() { conns.Retire(); conns.CloseRetired(count) }
+	replacement := dial()
+	if closed(replacement) || dials != 2 {
+		t.Errorf("a connection whose generation was closed while it was opened: returned one closed %v (want false), dials %d (want 2)", closed(replacement), dials)
 	}
-	conns.CloseRetired(func() {})
-	if !closed(late) || !closed(fresh) {
-		t.Errorf("past the bound: late closed %v, fresh closed %v; want both", closed(late), closed(fresh))
+	conns.CloseRetired(count)
+	if closed(replacement) {
+		t.Error("the connection opened after the replacement was closed by the next CloseRetired")
 	}
 }
 

@@ -7,9 +7,9 @@
 // the API server's next segment draws a reset, and the client learns nothing until it
 // sends. client-go then notices only through HTTP/2's health check, after 30 s of
 // silence and a 15 s ping, and a speaker plans from a stale view for that long: two
-// nodes answer for an address, or none. So Conns tracks the connections (client-go's
-// connrotation), LinkWatch replaces them as soon as the API server is reachable again
-// after such an event, and HealthCheck shortens the HTTP/2 health check for every other
-// way a connection can die quietly. A link that only loses its carrier keeps the NAT
+// nodes answer for an address, or none. So Conns tracks the connections, LinkWatch
+// replaces those such an event broke as soon as the API server is reachable again, and
+// HealthCheck shortens the HTTP/2 health check for every other way a connection can die
+// quietly. A link that only loses its carrier keeps the NAT
 // state: its connections resume by themselves.
 package apiconn

@@ -25,12 +25,14 @@ import (
 // back off for seconds; connections opened after the event are healthy and stay. A link
 // losing its carrier drops nothing, and is left alone.
 //
-// It needs no capability beyond reading netlink: it watches the namespace it was made in
-// (the node's, for a host-network speaker) without ever entering another.
+// It needs no capability beyond reading netlink (CAP_NET_ADMIN, where it has it, sizes
+// its socket buffers): it watches the namespace it was made in (the node's, for a
+// host-network speaker) without ever entering another.
 type LinkWatch struct {
 	conns   *Conns
 	log     *slog.Logger
 	metrics *metrics.APIConns
+	force   bool // the subscriptions' buffers can be forced past rmem_max (CAP_NET_ADMIN)
 	// Timings, injectable for tests; see the defaults below.
 	retryEvery, tryLimit, giveUpAfter, minInterval, resubscribe time.Duration
 }
@@ -44,7 +46,7 @@ const (
 	tryLimit       = time.Second
 	giveUpAfter    = 10 * time.Minute
 	minInterval    = time.Second
-	resubscribe    = time.Second
+	resubscribe    = 100 * time.Millisecond
 	maxResubscribe = 30 * time.Second
 )
 
@@ -52,18 +54,29 @@ const (
 // bursts of link and route messages, and a full buffer ends the subscription.
 const rcvBuf = 1 << 20
 
+// endGrace is how long the messages the other subscriptions hold are still read after
+// the kernel ended one.
+const endGrace = 100 * time.Millisecond
+
 // NewLinkWatch watches the links of the calling thread's network namespace; Run must be
 // called on a thread of the same namespace (any, in a process that never changes it).
 // reg takes the metrics (herald_api_*); nil registers nowhere.
 func NewLinkWatch(c *Conns, log *slog.Logger, reg prometheus.Registerer) (*LinkWatch, error) {
 	m := metrics.NewAPIConns(metrics.OrPrivate(reg)) // herald_api_link_watch_up is 0 also when the watch cannot start
-	h, err := netlink.NewHandle()                    // netlink can be used here: say so at start, not on every resubscription
+	// Netlink can be used here, and the buffers can be forced or not: found once, and
+	// said at start rather than on every subscription.
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 	if err != nil {
-		return nil, fmt.Errorf("watch links: %w", err)
+		return nil, fmt.Errorf("watch links: netlink socket: %w", err)
 	}
-	h.Close()
+	force := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, rcvBuf) == nil
+	unix.Close(fd)
+	log = logging.OrDiscard(log)
+	if !force {
+		log.Warn("link watch: cannot force its socket buffers (no CAP_NET_ADMIN): capped at net.core.rmem_max, a burst of link or route messages can end a subscription")
+	}
 	return &LinkWatch{
-		conns: c, log: logging.OrDiscard(log), metrics: m,
+		conns: c, log: log, metrics: m, force: force,
 		retryEvery: retryEvery, tryLimit: tryLimit, giveUpAfter: giveUpAfter, minInterval: minInterval, resubscribe: resubscribe,
 	}, nil
 }
@@ -111,27 +124,21 @@ func (w *LinkWatch) subscribe(ctx context.Context, t *trigger, kick chan reason)
 		}
 	}()
 	onErr := func(err error) { w.log.Debug("link watch", "err", err) }
-	if err := subscribeBuffered(func(force bool) error {
-		return netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ListExisting: true, ErrorCallback: onErr, ReceiveBufferSize: rcvBuf, ReceiveBufferForceSize: force})
-	}); err != nil {
+	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ListExisting: true, ErrorCallback: onErr, ReceiveBufferSize: rcvBuf, ReceiveBufferForceSize: w.force}); err != nil {
 		return err
 	}
 	drain = append(drain, func() {
 		for range links {
 		}
 	})
-	if err := subscribeBuffered(func(force bool) error {
-		return netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ListExisting: true, ErrorCallback: onErr, ReceiveBufferSize: rcvBuf, ReceiveBufferForceSize: force})
-	}); err != nil {
+	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ListExisting: true, ErrorCallback: onErr, ReceiveBufferSize: rcvBuf, ReceiveBufferForceSize: w.force}); err != nil {
 		return err
 	}
 	drain = append(drain, func() {
 		for range addrs {
 		}
 	})
-	if err := subscribeBuffered(func(force bool) error {
-		return netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{ListExisting: true, ErrorCallback: onErr, ReceiveBufferSize: rcvBuf, ReceiveBufferForceSize: force})
-	}); err != nil {
+	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{ListExisting: true, ErrorCallback: onErr, ReceiveBufferSize: rcvBuf, ReceiveBufferForceSize: w.force}); err != nil {
 		return err
 	}
 	drain = append(drain, func() {
@@ -146,13 +153,26 @@ func (w *LinkWatch) subscribe(ctx context.Context, t *trigger, kick chan reason)
 		default:
 		}
 	}
-	for {
+	// When the kernel ends one subscription (a full buffer), what the others hold already
+	// is still read, for at most endGrace: a link-down message among them is not lost.
+	lc, ac, rc := links, addrs, routes
+	var ending <-chan time.Time
+	end := func() {
+		if ending == nil {
+			ending = time.After(endGrace)
+		}
+	}
+	for lc != nil || ac != nil || rc != nil {
 		select {
 		case <-ctx.Done():
 			return nil
-		case u, ok := <-links:
+		case <-ending:
+			return nil
+		case u, ok := <-lc:
 			if !ok {
-				return nil
+				lc = nil
+				end()
+				continue
 			}
 			if u.Family != unix.AF_UNSPEC { // a bridge port's message, not the link's own
 				continue
@@ -165,18 +185,22 @@ func (w *LinkWatch) subscribe(ctx context.Context, t *trigger, kick chan reason)
 			if t.link(a.Index, a.Flags&net.FlagUp != 0, u.Link.Type() == "dummy") {
 				signal(reason{"link_down", a.Name})
 			}
-		case u, ok := <-routes:
+		case u, ok := <-rc:
 			if !ok {
-				return nil
+				rc = nil
+				end()
+				continue
 			}
 			if u.Type == unix.RTM_NEWROUTE {
 				for _, index := range gatewayLinks(u.Route) {
 					t.gateway(index)
 				}
 			}
-		case u, ok := <-addrs:
+		case u, ok := <-ac:
 			if !ok {
-				return nil
+				ac = nil
+				end()
+				continue
 			}
 			ip, ok := netip.AddrFromSlice(u.LinkAddress.IP)
 			if !ok {
@@ -187,19 +211,11 @@ func (w *LinkWatch) subscribe(ctx context.Context, t *trigger, kick chan reason)
 			}
 		}
 	}
+	return nil
 }
 
 // reason says why the connections must go: the metric's label, and the link or address.
 type reason struct{ why, what string }
-
-// subscribeBuffered subscribes with a forced socket buffer (CAP_NET_ADMIN, which the
-// speaker has), or the system's largest without it.
-func subscribeBuffered(subscribe func(force bool) error) error {
-	if err := subscribe(true); err == nil {
-		return nil
-	}
-	return subscribe(false)
-}
 
 // trigger remembers the links' administrative state and which of them carry traffic
 // out of the node: pure, so that its rules are tested without a kernel.
