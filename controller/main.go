@@ -59,7 +59,7 @@ func run() error {
 		mlSecret     = flag.String("memberlist-secret", "memberlist", "Secret (in --config-namespace) holding the speakers' gossip key; created with a random key if missing; empty: leave it alone")
 		qps          = flag.Float64("kube-api-qps", 0, "client-side limit on API requests per second; 0 leaves flow control to the API server (priority and fairness)")
 		burst        = flag.Int("kube-api-burst", 0, "client-side burst of API requests, with --kube-api-qps")
-		apiHealth    = flag.Duration("api-health-check", apiconn.DefaultHealthCheck, "after this much silence on a connection to the API server, ping it, and replace it when the ping is not answered within as long (client-go alone waits 30 s + 15 s, and plans from a stale view meanwhile); whole seconds; $HTTP2_READ_IDLE_TIMEOUT_SECONDS and $HTTP2_PING_TIMEOUT_SECONDS win")
+		apiHealth    = flag.Duration("api-health-check", apiconn.DefaultHealthCheck, apiconn.HealthCheckUsage)
 		logLevel     = flag.String("log-level", "info", "debug, info, warn or error")
 		logFormat    = flag.String("log-format", "json", "json or text")
 		resyncPeriod = flag.Duration("resync-period", 10*time.Minute, "how often every Service is checked again")

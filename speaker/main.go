@@ -78,7 +78,7 @@ func run() error {
 		bgpPort      = flag.Int("bgp-listen-port", 0, "accept BGP connections on this port; 0: only dial out to the peers")
 		bgpBinary    = flag.String("bgp-binary", "", "the BGP process, run while this node has BGP peers (default: speaker-bgp beside this executable)")
 		qps          = flag.Float64("kube-api-qps", 0, "client-side limit on API requests per second; 0 leaves flow control to the API server")
-		apiHealth    = flag.Duration("api-health-check", apiconn.DefaultHealthCheck, "after this much silence on a connection to the API server, ping it, and replace it when the ping is not answered within as long (client-go alone waits 30 s + 15 s, and plans from a stale view meanwhile); whole seconds; $HTTP2_READ_IDLE_TIMEOUT_SECONDS and $HTTP2_PING_TIMEOUT_SECONDS win")
+		apiHealth    = flag.Duration("api-health-check", apiconn.DefaultHealthCheck, apiconn.HealthCheckUsage)
 		logLevel     = flag.String("log-level", "info", "debug, info, warn or error")
 		logFormat    = flag.String("log-format", "json", "json or text")
 		relayPrio    = flag.Int("relay-rule-priority", relaykernel.DefaultPriority, "priority of the policy routing rules relay-local writes, from 2 to 32764 (before the main table's 32766; its gate rules take the priority before, their landing the one after; rules at it that point into the relay's tables are Herald's)")

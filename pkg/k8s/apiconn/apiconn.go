@@ -184,6 +184,9 @@ func HealthCheck(every time.Duration) error {
 	return nil
 }
 
+// HealthCheckUsage describes the --api-health-check flag both binaries take.
+const HealthCheckUsage = "after this much silence on a connection to the API server, ping it, and replace it when the ping is not answered within as long (client-go alone waits 30 s + 15 s, and plans from a stale view meanwhile); whole seconds; $HTTP2_READ_IDLE_TIMEOUT_SECONDS and $HTTP2_PING_TIMEOUT_SECONDS win"
+
 // DefaultHealthCheck is the HTTP/2 health check interval Herald's binaries set: a
 // connection that died quietly is replaced within about twice this.
 const DefaultHealthCheck = 5 * time.Second
