@@ -127,24 +127,15 @@ func (w *LinkWatch) subscribe(ctx context.Context, t *trigger, kick chan reason)
 	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ListExisting: true, ErrorCallback: onErr, ReceiveBufferSize: rcvBuf, ReceiveBufferForceSize: w.force}); err != nil {
 		return err
 	}
-	drain = append(drain, func() {
-		for range links {
-		}
-	})
+	drain = append(drain, func() { empty(links) })
 	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ListExisting: true, ErrorCallback: onErr, ReceiveBufferSize: rcvBuf, ReceiveBufferForceSize: w.force}); err != nil {
 		return err
 	}
-	drain = append(drain, func() {
-		for range addrs {
-		}
-	})
+	drain = append(drain, func() { empty(addrs) })
 	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{ListExisting: true, ErrorCallback: onErr, ReceiveBufferSize: rcvBuf, ReceiveBufferForceSize: w.force}); err != nil {
 		return err
 	}
-	drain = append(drain, func() {
-		for range routes {
-		}
-	})
+	drain = append(drain, func() { empty(routes) })
 	w.metrics.Watching.Set(1)
 	signal := func(why reason) {
 		w.conns.Retire() // now, not when the replacer gets to it: what opens later is healthy
@@ -212,6 +203,12 @@ func (w *LinkWatch) subscribe(ctx context.Context, t *trigger, kick chan reason)
 		}
 	}
 	return nil
+}
+
+// empty reads ch until its sender closes it.
+func empty[T any](ch <-chan T) {
+	for range ch {
+	}
 }
 
 // reason says why the connections must go: the metric's label, and the link or address.
